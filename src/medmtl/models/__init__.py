@@ -1,0 +1,32 @@
+"""Architectures. Every model goes through :func:`build_model`."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from medmtl.models.base import MultiTaskNet, SeparateNetworks
+from medmtl.tasks import Task
+
+ModelFactory = Callable[..., MultiTaskNet]
+
+
+def build_model(factory: ModelFactory, tasks: Sequence[Task], separate_networks: bool = False) -> MultiTaskNet:
+    """Build one multi-task network, or one network per task when ``separate_networks``.
+
+    Args:
+        factory: the architecture's constructor with its options bound (a Hydra ``_partial_``);
+            it is called as ``factory(tasks=...)``.
+        tasks: the task set of the dataset.
+        separate_networks: single-task learning: each task gets the same architecture built for
+            that task alone.
+    """
+    if separate_networks:
+        return SeparateNetworks({t.name: factory(tasks=[t]) for t in tasks})
+    return factory(tasks=list(tasks))
+
+
+def count_parameters(model: MultiTaskNet) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["MultiTaskNet", "SeparateNetworks", "build_model", "count_parameters"]

@@ -1,0 +1,84 @@
+"""The contract every multi-task network fulfils, so that any strategy trains any model.
+
+A :class:`MultiTaskNet` returns ``{task: logits}`` and can run the forward of a subset of its
+tasks: ``model(image, tasks=["glaucoma"])`` computes only what that task's output depends on (for
+the U-Net, the encoder and the classifier, not the decoder). It declares, per task, the modules on
+the task's path; from these the parameter groups that strategies need are derived:
+
+- ``path_parameters(k)``: every parameter L_k depends on (what MTL-IO's optimizer k owns);
+- ``head_parameters(k)``: the parameters only task k uses;
+- ``shared_parameters()``: parameters on the path of two tasks or more (W in METHODS.md).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+
+def _unique(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
+    seen: set[int] = set()
+    result = []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            result.append(p)
+    return result
+
+
+class MultiTaskNet(nn.Module):
+    """Base class: subclasses set ``task_names`` and implement ``forward`` and ``path_modules``."""
+
+    task_names: tuple[str, ...] = ()
+
+    def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def path_modules(self, task: str) -> list[nn.Module]:
+        """Modules whose parameters task ``task``'s output depends on."""
+        raise NotImplementedError
+
+    def _check_tasks(self, tasks: Sequence[str] | None) -> tuple[str, ...]:
+        if tasks is None:
+            return self.task_names
+        unknown = [t for t in tasks if t not in self.task_names]
+        if unknown:
+            raise KeyError(f"{type(self).__name__} has no task {unknown}; it has {list(self.task_names)}.")
+        return tuple(tasks)
+
+    def path_parameters(self, task: str) -> list[nn.Parameter]:
+        return _unique(p for m in self.path_modules(task) for p in m.parameters())
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        counts: dict[int, int] = {}
+        for task in self.task_names:
+            for p in self.path_parameters(task):
+                counts[id(p)] = counts.get(id(p), 0) + 1
+        return [p for p in self.parameters() if counts.get(id(p), 0) >= 2]
+
+    def head_parameters(self, task: str) -> list[nn.Parameter]:
+        shared = {id(p) for p in self.shared_parameters()}
+        return [p for p in self.path_parameters(task) if id(p) not in shared]
+
+
+class SeparateNetworks(MultiTaskNet):
+    """One independent network per task (single-task learning, ``optim=stl``).
+
+    Each member is the same architecture built for one task only, so that the parameter count is
+    the sum of the single-task networks (seed 000 Table 1 reports STL this way) and no parameter is
+    shared: summing the task losses and taking one Adam step equals training each network alone,
+    because Adam acts element-wise.
+    """
+
+    def __init__(self, members: dict[str, MultiTaskNet]):
+        super().__init__()
+        self.members = nn.ModuleDict(members)
+        self.task_names = tuple(members)
+
+    def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        return {t: self.members[t](image, tasks=[t])[t] for t in self._check_tasks(tasks)}
+
+    def path_modules(self, task: str) -> list[nn.Module]:
+        return [self.members[task]]

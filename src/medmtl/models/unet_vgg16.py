@@ -1,0 +1,194 @@
+"""Multi-task U-Net with a VGG encoder (seed 000, Fig. 5; METHODS.md section 2).
+
+Encoder: five levels of ``conv3x3-BN-ReLU`` blocks with 64, 128, 256, 512, 512 channels and a 2x2
+max pool between levels. Decoder: four bilinear up-sampling blocks with skip connections,
+1024->256, 512->128, 256->64, 128->64 (middle width half the input). Heads: a 1x1 conv per dense
+task (OD, OC, fovea heatmap) on the shared decoder output; the classifier branches off the
+bottleneck: global max pool -> dropout(0.8) -> linear(512, 1).
+
+Layout choice: with two convolutions per level (``encoder_layout: vgg13``, the default) the
+multi-task network has 17,268,036 parameters and the four single-task networks 61,213,572, the
+counts of seed 000 Table 1 (17.2e6 / 61.2e6); the authors' code loads ``vgg13_bn`` weights. A
+true VGG16 layout (2, 2, 3, 3, 3 convolutions per level) is ``encoder_layout: vgg16`` (22.6e6).
+
+The decoder is only built, and only run, when the model has a dense task: a classification-only
+model (the STL classifier) is encoder + classifier, and ``forward(x, tasks=["glaucoma"])`` never
+touches the decoder, so that MTL-IO's classification step leaves it without gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medmtl.models.base import MultiTaskNet
+from medmtl.models.weights import load_state_dict, resolve_weights_file
+from medmtl.tasks import Task
+
+ENCODER_CHANNELS = (64, 128, 256, 512, 512)
+CONVS_PER_LEVEL = {"vgg13": (2, 2, 2, 2, 2), "vgg16": (2, 2, 3, 3, 3)}
+TORCHVISION_ARCH = {"vgg13": "vgg13_bn", "vgg16": "vgg16_bn"}
+
+
+def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def conv_stack(widths: Sequence[int]) -> nn.Sequential:
+    """``len(widths) - 1`` conv-BN-ReLU layers through the given channel widths."""
+    layers: list[nn.Module] = []
+    for cin, cout in zip(widths[:-1], widths[1:]):
+        layers += conv_bn_relu(cin, cout)
+    return nn.Sequential(*layers)
+
+
+class VGGEncoder(nn.Module):
+    """Returns the feature map of every level (the last one is the bottleneck)."""
+
+    def __init__(self, channels: Sequence[int], convs_per_level: Sequence[int], in_channels: int = 3):
+        super().__init__()
+        levels = []
+        cin = in_channels
+        for cout, n in zip(channels, convs_per_level):
+            levels.append(conv_stack([cin] + [cout] * n))
+            cin = cout
+        self.levels = nn.ModuleList(levels)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for i, level in enumerate(self.levels):
+            if i > 0:
+                x = F.max_pool2d(x, 2)
+            x = level(x)
+            features.append(x)
+        return features
+
+
+class UpBlock(nn.Module):
+    """Bilinear x2 up-sampling, concatenation with the skip, two conv-BN-ReLU (middle = in/2)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.convs = conv_stack([in_channels, in_channels // 2, out_channels])
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
+        return self.convs(torch.cat([skip, x], dim=1))
+
+
+class UNetDecoder(nn.Module):
+    def __init__(self, channels: Sequence[int]):
+        super().__init__()
+        c1, c2, c3, c4, c5 = channels
+        # Output widths follow the reference: each block halves towards the next skip's width.
+        self.blocks = nn.ModuleList(
+            [UpBlock(c5 + c4, c3), UpBlock(c3 + c3, c2), UpBlock(c2 + c2, c1), UpBlock(c1 + c1, c1)]
+        )
+        self.out_channels = c1
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        for block, skip in zip(self.blocks, reversed(features[:-1])):
+            x = block(x, skip)
+        return x
+
+
+class UNetVGG16(MultiTaskNet):
+    """U-Net VGG multi-task network; see the module docstring.
+
+    Args:
+        tasks: the tasks to build heads for (binary tasks get a classifier on the bottleneck,
+            dense tasks a 1x1 conv on the decoder).
+        width: channel multiplier (1.0 = the paper; small values for tests and CPU runs).
+        encoder_layout: ``vgg13`` (reproduces the published parameter counts) or ``vgg16``.
+        dropout: dropout before each classifier (0.8 in seed 000).
+        pretrained: load ImageNet weights into the encoder from ``weights_path`` (width 1 only).
+        weights_path: a torchvision ``vgg13_bn``/``vgg16_bn`` state dict file, or its bare name in
+            ``$TORCH_HOME/hub/checkpoints``.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        width: float = 1.0,
+        encoder_layout: str = "vgg13",
+        dropout: float = 0.8,
+        pretrained: bool = False,
+        weights_path: str | None = None,
+        in_channels: int = 3,
+    ):
+        super().__init__()
+        if encoder_layout not in CONVS_PER_LEVEL:
+            raise ValueError(f"encoder_layout must be one of {list(CONVS_PER_LEVEL)}, got {encoder_layout!r}.")
+        if width <= 0:
+            raise ValueError(f"width must be positive, got {width}.")
+        self.task_names = tuple(t.name for t in tasks)
+        self.encoder_layout = encoder_layout
+        channels = [max(1, round(c * width)) for c in ENCODER_CHANNELS]
+        self.encoder = VGGEncoder(channels, CONVS_PER_LEVEL[encoder_layout], in_channels)
+        dense = [t for t in tasks if t.is_dense]
+        self.decoder = UNetDecoder(channels) if dense else None
+        self.dense_heads = nn.ModuleDict({t.name: nn.Conv2d(channels[0], 1, 1) for t in dense})
+        self.classifiers = nn.ModuleDict(
+            {
+                t.name: nn.Sequential(nn.Dropout(dropout), nn.Linear(channels[-1], 1))
+                for t in tasks
+                if t.kind == "binary"
+            }
+        )
+        self._init_weights()
+        if pretrained:
+            if width != 1.0 or in_channels != 3:
+                raise ValueError("pretrained=true needs width=1.0 and in_channels=3 (the ImageNet VGG shapes).")
+            if not weights_path:
+                raise ValueError("pretrained=true needs model.weights_path (a torchvision VGG-BN state dict file).")
+            self.load_encoder_weights(weights_path)
+
+    def _init_weights(self) -> None:
+        """Kaiming-uniform initialisation, as in seed 000's implementation details."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def load_encoder_weights(self, weights_path: str) -> None:
+        """Copy a torchvision VGG-BN ``features`` state into the encoder, layer by layer in order."""
+        import torchvision
+
+        path = resolve_weights_file(weights_path, option="model.pretrained")
+        reference = getattr(torchvision.models, TORCHVISION_ARCH[self.encoder_layout])(weights=None)
+        reference.load_state_dict(load_state_dict(path))
+        source = [m for m in reference.features if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+        target = [m for m in self.encoder.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+        if len(source) != len(target):
+            raise ValueError(f"{path} has {len(source)} conv/BN layers, the encoder {len(target)}.")
+        for src, dst in zip(source, target):
+            dst.load_state_dict(src.state_dict())
+
+    def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        tasks = self._check_tasks(tasks)
+        if image.shape[-1] % 16 or image.shape[-2] % 16:
+            raise ValueError(f"UNetVGG16 needs image sides divisible by 16, got {tuple(image.shape[-2:])}.")
+        features = self.encoder(image)
+        outputs: dict[str, torch.Tensor] = {}
+        wanted_classifiers = [t for t in tasks if t in self.classifiers]
+        if wanted_classifiers:
+            pooled = torch.amax(features[-1], dim=(-2, -1))
+            for name in wanted_classifiers:
+                outputs[name] = self.classifiers[name](pooled).squeeze(-1)
+        wanted_dense = [t for t in tasks if t in self.dense_heads]
+        if wanted_dense:
+            decoded = self.decoder(features)
+            for name in wanted_dense:
+                outputs[name] = self.dense_heads[name](decoded).squeeze(1)
+        return outputs
+
+    def path_modules(self, task: str) -> list[nn.Module]:
+        if task in self.classifiers:
+            return [self.encoder, self.classifiers[task]]
+        if task in self.dense_heads:
+            return [self.encoder, self.decoder, self.dense_heads[task]]
+        raise KeyError(f"UNetVGG16 has no task {task!r}; it has {list(self.task_names)}.")

@@ -1,0 +1,48 @@
+"""Pretrained weights from local files only: every failure becomes one sentence.
+
+Nothing is downloaded. A weights file is looked for at the configured path, then (for a bare file
+name) in ``$TORCH_HOME/hub/checkpoints`` where torchvision keeps its cache.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Raised with a message that says which file, where it was looked for, and how to skip it."""
+
+
+def torch_hub_checkpoints() -> Path:
+    torch_home = os.environ.get("TORCH_HOME", str(Path.home() / ".cache" / "torch"))
+    return Path(torch_home) / "hub" / "checkpoints"
+
+
+def resolve_weights_file(path: str | os.PathLike, option: str) -> Path:
+    """Return an existing weights file or raise :class:`WeightsNotFoundError`.
+
+    Args:
+        path: a path, or a bare file name looked up in the torch hub cache.
+        option: the config option that turns pretrained loading off (named in the message).
+    """
+    candidates = [Path(path).expanduser()]
+    if not candidates[0].is_absolute() and candidates[0].parent == Path("."):
+        candidates.append(torch_hub_checkpoints() / candidates[0].name)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    looked = " or ".join(str(c) for c in candidates)
+    raise WeightsNotFoundError(
+        f"Pretrained weights file not found: looked for {looked}. This machine downloads nothing; "
+        f"copy the file there (or set the path in the config), or set {option}=false to train from scratch."
+    )
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return state

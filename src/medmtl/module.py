@@ -1,0 +1,186 @@
+"""One LightningModule for every architecture and strategy (manual optimization).
+
+Training: each mini-batch goes to ``strategy.training_step(ctx, batch)``; the module only offers
+the :class:`~medmtl.strategies.base.StepContext` (forward of a subset of tasks, per-task losses,
+``manual_backward``, optimizers, gradient clipping) and logs what the strategy returns.
+
+Counters: ``trainer.global_step`` counts optimizer steps (T per mini-batch under MTL-IO), so the
+module keeps ``iterations``, the number of mini-batches trained, saved in checkpoints. Schedulers
+are stepped once per epoch by the module, never per optimizer step.
+
+Evaluation: validation and test run every task's forward, log the per-task losses and their sum
+(``val/loss``, the model-selection criterion of seed 000), and feed the datamodule's evaluator
+(``datamodule.make_evaluator()``) for the dataset's metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import lightning as L
+import torch
+
+from medmtl.models import build_model, count_parameters
+from medmtl.models.base import MultiTaskNet
+from medmtl.strategies.base import Strategy
+from medmtl.tasks import Task, compute_losses
+
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+class MultiTaskModule(L.LightningModule):
+    """Model + tasks + strategy.
+
+    Args:
+        model: the architecture's constructor (Hydra ``_partial_``), called with ``tasks=``.
+        strategy: the training strategy.
+        tasks: the dataset's task set.
+        optimizer: optimizer constructor (``_partial_``), called with a parameter list.
+        scheduler: optional scheduler constructor, called with each optimizer; stepped per epoch.
+        gradient_clip_val: max global gradient norm per optimizer step (None = no clipping).
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., MultiTaskNet],
+        strategy: Strategy,
+        tasks: Sequence[Task],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: SchedulerFactory | None = None,
+        gradient_clip_val: float | None = None,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.tasks = list(tasks)
+        self.strategy = strategy
+        self.model = build_model(model, self.tasks, strategy.separate_networks)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.gradient_clip_val = gradient_clip_val
+        self.iterations = 0
+        self.evaluator = None
+        self.test_predictions: dict | None = None
+
+    # ----- the StepContext offered to strategies -------------------------------------------
+    def forward(self, batch: Mapping[str, torch.Tensor], tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        return self.model(batch["image"], tasks=tasks)
+
+    def losses(self, outputs, batch, tasks=None) -> dict[str, torch.Tensor]:
+        chosen = self.tasks if tasks is None else [t for t in self.tasks if t.name in tasks]
+        return compute_losses(chosen, outputs, batch)
+
+    def optimizer_list(self) -> list:
+        """``self.optimizers()`` normalised to a list (Lightning returns a bare object for one)."""
+        optimizers = self.optimizers()
+        return list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
+
+    def clip_gradients_of(self, optimizer) -> None:
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+
+    @property
+    def context(self) -> "_Context":
+        return _Context(self)
+
+    # ----- Lightning hooks -----------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizers = self.strategy.configure_optimizers(self.model, self.optimizer_factory)
+        if self.scheduler_factory is None:
+            return optimizers
+        return optimizers, [self.scheduler_factory(opt) for opt in optimizers]
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "make_evaluator") and stage in ("fit", "validate", "test"):
+            self.evaluator = datamodule.make_evaluator()
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        logged = self.strategy.training_step(self.context, batch)
+        self.iterations += 1
+        batch_size = batch["image"].shape[0]
+        if logged:
+            task_losses = [v for k, v in logged.items() if k.startswith("loss/") and k != "loss/total"]
+            logged.setdefault("loss/total", torch.stack(task_losses).sum() if task_losses else torch.tensor(0.0))
+            self.log_dict({f"train/{k}": v for k, v in logged.items()}, on_step=True, on_epoch=True,
+                          batch_size=batch_size, prog_bar=False)
+            self.log("train/loss", logged["loss/total"], on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.log("train/iteration", float(self.iterations), on_step=True, on_epoch=False, batch_size=batch_size)
+
+    def on_train_epoch_end(self) -> None:
+        self.strategy.on_train_epoch_end(self.current_epoch)
+        schedulers = self.lr_schedulers()
+        if schedulers is not None:
+            for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+                scheduler.step()
+
+    def _evaluation_step(self, stage: str, batch) -> None:
+        outputs = self.forward(batch)
+        losses = self.losses(outputs, batch)
+        batch_size = batch["image"].shape[0]
+        self.log_dict({f"{stage}/loss/{k}": v for k, v in losses.items()}, on_epoch=True, batch_size=batch_size)
+        self.log(f"{stage}/loss", torch.stack(list(losses.values())).sum(), on_epoch=True,
+                 prog_bar=stage == "val", batch_size=batch_size)
+        if self.evaluator is not None:
+            self.evaluator.update(outputs, batch)
+
+    def _evaluation_epoch_end(self, stage: str) -> None:
+        if self.evaluator is None:
+            return
+        metrics = self.evaluator.compute()
+        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, prog_bar=False)
+        if stage == "test":
+            self.test_predictions = self.evaluator.predictions()
+        self.evaluator.reset()
+
+    def on_validation_epoch_start(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.reset()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluation_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluation_epoch_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.reset()
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluation_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluation_epoch_end("test")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["medmtl_iterations"] = self.iterations
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.iterations = int(checkpoint.get("medmtl_iterations", 0))
+
+    def num_parameters(self) -> int:
+        return count_parameters(self.model)
+
+
+class _Context:
+    """Adapter exposing the module as a :class:`~medmtl.strategies.base.StepContext`."""
+
+    def __init__(self, module: MultiTaskModule):
+        self._module = module
+        self.model = module.model
+        self.tasks = module.tasks
+
+    def forward(self, batch, tasks=None):
+        return self._module.forward(batch, tasks)
+
+    def losses(self, outputs, batch, tasks=None):
+        return self._module.losses(outputs, batch, tasks)
+
+    def backward(self, loss):
+        self._module.manual_backward(loss)
+
+    def optimizers(self):
+        return self._module.optimizer_list()
+
+    def clip_gradients(self, optimizer):
+        self._module.clip_gradients_of(optimizer)

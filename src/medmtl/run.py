@@ -1,0 +1,139 @@
+"""Training and evaluation runs from a composed Hydra config (called by ``src/train.py``, ``src/eval.py``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from medmtl.callbacks import IterationTimer
+from medmtl.data.errors import DatasetError
+from medmtl.models.weights import WeightsNotFoundError
+from medmtl.module import MultiTaskModule
+from medmtl.utils.outputs import print_summary, write_metrics_json, write_predictions
+
+log = logging.getLogger(__name__)
+
+#: Errors whose message is the whole story: printed as one sentence, no stack trace.
+USER_ERRORS = (DatasetError, WeightsNotFoundError)
+
+
+def _instantiate_group(group: DictConfig | None) -> list[Any]:
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
+
+
+def build_module(cfg: DictConfig, datamodule) -> MultiTaskModule:
+    return MultiTaskModule(
+        model=instantiate(cfg.model),
+        strategy=instantiate(cfg.optim.strategy),
+        tasks=datamodule.tasks,
+        optimizer=instantiate(cfg.optim.optimizer),
+        scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
+        gradient_clip_val=cfg.optim.get("gradient_clip_val"),
+    )
+
+
+def _overrides() -> list[str]:
+    if HydraConfig.initialized():
+        return list(HydraConfig.get().overrides.task)
+    return []
+
+
+def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``last`` means this run folder's ``checkpoints/last.ckpt`` (when it exists)."""
+    if ckpt_path != "last":
+        return ckpt_path
+    last = output_dir / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else None
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, test with the best checkpoint, write ``metrics.json``; return the metrics record."""
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg, datamodule)
+    timer = IterationTimer()
+    loggers = _instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=_instantiate_group(cfg.get("callbacks")) + [timer], logger=loggers or False)
+
+    started = time.perf_counter()
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+    test_metrics: dict[str, float] = {}
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.get("test", True):
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        test_metrics = {k.removeprefix("test/"): float(v) for k, v in (results[0] if results else {}).items()}
+        if module.test_predictions is not None:
+            write_predictions(output_dir / "predictions.npz", module.test_predictions)
+
+    record = {
+        "test": test_metrics,
+        "num_parameters": module.num_parameters(),
+        "seconds_per_iteration": timer.mean_seconds,
+        "iterations": module.iterations,
+        "epochs": trainer.current_epoch,
+        "seed": cfg.seed,
+        "fold": cfg.data.get("fold"),
+        "protocol": cfg.data.get("protocol"),
+        "model": cfg.model._target_.rsplit(".", 1)[-1],
+        "strategy": cfg.optim.get("name", cfg.optim.strategy._target_.rsplit(".", 1)[-1]),
+        "data": cfg.data._target_.rsplit(".", 1)[-1],
+        "best_checkpoint": best,
+        "best_val_loss": float(trainer.checkpoint_callback.best_model_score)
+        if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_score is not None
+        else None,
+        "wall_seconds": time.perf_counter() - started,
+        "overrides": _overrides(),
+        "device": str(module.device),
+        "torch": torch.__version__,
+    }
+    write_metrics_json(output_dir / "metrics.json", record)
+    summary = {f"test/{k}": v for k, v in test_metrics.items()}
+    summary |= {"parameters": record["num_parameters"], "s/iteration": record["seconds_per_iteration"] or float("nan")}
+    print_summary(f"{record['strategy']} | {record['model']} | {record['data']} -> {output_dir}", summary)
+    _finish_wandb(loggers)
+    return record
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Test a checkpoint (``ckpt_path``) on the configured data; write ``metrics.json``."""
+    if not cfg.get("ckpt_path"):
+        raise ValueError("eval needs ckpt_path=/path/to/checkpoint.ckpt.")
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg, datamodule)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=_instantiate_group(cfg.get("logger")) or False)
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=False)
+    metrics = {k.removeprefix("test/"): float(v) for k, v in (results[0] if results else {}).items()}
+    if module.test_predictions is not None:
+        write_predictions(output_dir / "predictions.npz", module.test_predictions)
+    record = {"test": metrics, "checkpoint": cfg.ckpt_path, "overrides": _overrides(), "num_parameters": module.num_parameters()}
+    write_metrics_json(output_dir / "metrics.json", record)
+    print_summary(f"eval {cfg.ckpt_path}", {f"test/{k}": v for k, v in metrics.items()})
+    return record
+
+
+def _finish_wandb(loggers: list[Any]) -> None:
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            wandb.finish()
+
+
+def save_config(cfg: DictConfig) -> None:
+    """The resolved config next to Hydra's own ``.hydra/config.yaml`` (which keeps interpolations)."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -1,0 +1,87 @@
+"""The strategy interface: the one place that knows how task losses become parameter updates.
+
+The LightningModule hands a strategy a :class:`StepContext` and a batch; the strategy runs the
+forward passes it needs, calls ``ctx.backward`` (Lightning's ``manual_backward``, so AMP and DDP
+keep working) and steps its optimizers. It never reaches into Lightning or the model otherwise.
+
+A strategy is an ``nn.Module``: learnable task weights (uncertainty, GradNorm) are parameters and
+running statistics (loss histories) are buffers, so they move with the device and are saved in, and
+restored from, every checkpoint with the model. ``extra_state`` covers non-tensor state.
+
+To add a strategy: subclass :class:`Strategy`, implement ``training_step`` (and, when it needs more
+than one optimizer or optimizes its own parameters, ``configure_optimizers``), add
+``conf/optim/<name>.yaml``. The module is not touched.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping, Protocol, Sequence
+
+import torch
+from torch import nn
+
+from medmtl.models.base import MultiTaskNet
+from medmtl.tasks import Task
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+Batch = Mapping[str, torch.Tensor]
+
+
+class StepContext(Protocol):
+    """What the module offers a strategy during one training iteration."""
+
+    model: MultiTaskNet
+    tasks: Sequence[Task]
+
+    def forward(self, batch: Batch, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Outputs of the given tasks (all by default) at the current weights."""
+
+    def losses(
+        self, outputs: Mapping[str, torch.Tensor], batch: Batch, tasks: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Losses of the tasks that have labelled samples in ``batch`` (absent tasks are left out)."""
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``manual_backward``: accumulates d(loss)/d(params) into ``.grad``."""
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizers returned by ``configure_optimizers``, in the same order."""
+
+    def clip_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip the gradients of ``optimizer``'s parameters when clipping is configured."""
+
+
+class Strategy(nn.Module):
+    """Base class; the default configuration is one optimizer over every parameter.
+
+    Attributes:
+        separate_networks: build one network per task (single-task learning).
+    """
+
+    separate_networks: bool = False
+
+    def configure_optimizers(
+        self, model: MultiTaskNet, optimizer_factory: OptimizerFactory
+    ) -> list[torch.optim.Optimizer]:
+        return [optimizer_factory(list(model.parameters()) + list(self.parameters()))]
+
+    def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
+        """Run one iteration; return the (detached) values to log, e.g. ``loss/<task>``."""
+        raise NotImplementedError
+
+    def on_train_epoch_end(self, epoch: int) -> None:
+        """Hook for epoch-level state (loss histories)."""
+
+    @staticmethod
+    def detached(losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {f"loss/{name}": value.detach() for name, value in losses.items()}
+
+
+def task_order(tasks: Sequence[Task], order: Sequence[str] | None) -> list[str]:
+    """The configured task order, checked against the task set; the dataset's order by default."""
+    names = [t.name for t in tasks]
+    if order is None:
+        return names
+    if sorted(order) != sorted(names):
+        raise ValueError(f"optim.strategy.order must be a permutation of {names}, got {list(order)}.")
+    return list(order)

@@ -1,0 +1,32 @@
+"""Train one model with one strategy on one dataset: ``python src/train.py model=... optim=... data=...``.
+
+Hydra composes ``conf/train.yaml``; ``-m`` runs sweeps. Each run writes its resolved config, a CSV
+log, checkpoints, ``metrics.json`` and ``predictions.npz`` into its own folder under ``logs/``.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the package, also without `pip install -e`
+
+from medmtl.entry import prepare_environment  # noqa: E402
+
+prepare_environment()
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from medmtl.entry import run_reporting_user_errors
+    from medmtl.run import save_config, train
+
+    save_config(cfg)
+    record = run_reporting_user_errors(train, cfg)
+    metric = cfg.get("optimized_metric")
+    return record["test"].get(metric) if metric else None
+
+
+if __name__ == "__main__":
+    main()
