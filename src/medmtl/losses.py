@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 
 def _per_sample_mean(x: torch.Tensor) -> torch.Tensor:
-    return x.flatten(1).mean(dim=1)
+    return x.reshape(x.shape[0], -1).mean(dim=1)
 
 
 def binary_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

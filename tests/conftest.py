@@ -1,0 +1,28 @@
+"""Shared fixtures: a small synthetic REFUGE written once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+from medmtl.data.refuge_synthetic import SyntheticRefugeSpec, generate_synthetic_refuge  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+#: Small enough to write in a second, large enough for 5 stratified folds.
+SMALL_SPEC = SyntheticRefugeSpec(
+    n_train=24, n_val=16, n_test=10, train_size=(176, 160), eval_size=(160, 160),
+    glaucoma_threshold=0.55, seed=3,
+)
+
+
+@pytest.fixture(scope="session")
+def refuge_root(tmp_path_factory) -> Path:
+    """A read-only synthetic REFUGE in the official layout (tests that modify it copy it first)."""
+    return generate_synthetic_refuge(tmp_path_factory.mktemp("refuge") / "REFUGE", SMALL_SPEC)

@@ -1,0 +1,87 @@
+"""The entry points as a user runs them: one epoch on a tiny synthetic REFUGE, then eval."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import PROJECT_ROOT
+
+TINY = [
+    "experiment=quickstart",
+    "model.width=0.0625",
+    "data.image_size=32",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "data.synthetic.n_train=20",
+    "data.synthetic.n_val=10",
+    "data.synthetic.n_test=8",
+    "data.synthetic.train_size=[96,96]",
+    "data.synthetic.eval_size=[96,96]",
+    "data.synthetic.glaucoma_threshold=0.55",
+    "trainer.max_epochs=1",
+]
+
+
+def run(script: str, overrides: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MEDMTL_LOG_DIR": str(tmp_path / "logs"), "MEDMTL_DATA_DIR": str(tmp_path / "data")}
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "src" / script), *overrides],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("cli")
+    first = run("train.py", TINY, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run("train.py", TINY + ["optim=vanilla"], tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    return tmp_path, sorted((tmp_path / "logs" / "train" / "runs").iterdir())
+
+
+def test_each_run_writes_its_own_folder_with_metrics_config_and_csv(trained):
+    _, runs = trained
+    assert len(runs) == 2, "two runs must not share (and overwrite) one folder"
+    for folder in runs:
+        record = json.loads((folder / "metrics.json").read_text())
+        for key in ("auc", "auc_fc", "auc_vcdr", "dice_od", "dice_oc", "fovea_error_grid", "fovea_error_px"):
+            assert key in record["test"]
+        assert record["num_parameters"] > 0 and record["seconds_per_iteration"] > 0
+        assert record["seed"] == 42 and record["fold"] == 0
+        assert "model.width=0.0625" in record["overrides"]
+        assert (folder / "config_resolved.yaml").is_file() and (folder / ".hydra" / "config.yaml").is_file()
+        assert (folder / "csv" / "metrics.csv").is_file()
+        assert (folder / "checkpoints" / "last.ckpt").is_file()
+        assert (folder / "predictions.npz").is_file()
+    strategies = {json.loads((f / "metrics.json").read_text())["strategy"] for f in runs}
+    assert strategies == {"mtl_io", "vanilla"}
+
+
+def test_iterations_count_mini_batches_not_optimizer_steps(trained):
+    _, runs = trained
+    for folder in runs:
+        record = json.loads((folder / "metrics.json").read_text())
+        # the CV training fold holds 4/5 of the 30 pooled images = 24; batch 4 -> 6 mini-batches
+        assert record["iterations"] == 24 // 4
+
+
+def test_eval_entry_point_tests_a_checkpoint(trained):
+    tmp_path, runs = trained
+    ckpt = runs[0] / "checkpoints" / "last.ckpt"
+    result = run("eval.py", [o for o in TINY if not o.startswith(("experiment", "trainer"))]
+                 + ["model.width=0.0625", "trainer=cpu", "data=refuge_synthetic", f"ckpt_path={ckpt}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evals = sorted((tmp_path / "logs" / "eval" / "runs").iterdir())
+    assert "dice_od" in json.loads((evals[-1] / "metrics.json").read_text())["test"]
+
+
+def test_missing_dataset_is_one_sentence_not_a_stack_trace(tmp_path):
+    result = run("train.py", ["data=refuge", f"data.root={tmp_path / 'absent'}", "trainer.max_epochs=1"], tmp_path)
+    assert result.returncode != 0
+    assert "REFUGE root folder not found" in result.stderr
+    assert "Traceback" not in result.stderr
