@@ -28,6 +28,15 @@ from medmtl.tasks import Task, compute_losses
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
+def check_precision(precision: str, strategy: Strategy) -> None:
+    """Refuse ``16-mixed`` for strategies that step more than once per mini-batch (PITFALLS.md)."""
+    if precision.startswith("16") and not strategy.single_scaled_step:
+        raise ValueError(
+            f"precision={precision} uses a gradient scaler that supports one optimizer step per iteration; "
+            f"{type(strategy).__name__} steps several times. Use trainer.precision=bf16-mixed or 32-true."
+        )
+
+
 class MultiTaskModule(L.LightningModule):
     """Model + tasks + strategy.
 
@@ -90,6 +99,8 @@ class MultiTaskModule(L.LightningModule):
         return optimizers, [self.scheduler_factory(opt) for opt in optimizers]
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self._trainer is not None:
+            check_precision(str(self.trainer.precision), self.strategy)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "make_evaluator") and stage in ("fit", "validate", "test"):
             self.evaluator = datamodule.make_evaluator()

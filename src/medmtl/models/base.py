@@ -12,6 +12,7 @@ the task's path; from these the parameter groups that strategies need are derive
 
 from __future__ import annotations
 
+import abc
 from typing import Iterable, Sequence
 
 import torch
@@ -28,17 +29,18 @@ def _unique(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
     return result
 
 
-class MultiTaskNet(nn.Module):
+class MultiTaskNet(nn.Module, abc.ABC):
     """Base class: subclasses set ``task_names`` and implement ``forward`` and ``path_modules``."""
 
     task_names: tuple[str, ...] = ()
 
+    @abc.abstractmethod
     def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """``{task: logits}`` for the requested tasks (all by default), computing nothing else."""
 
+    @abc.abstractmethod
     def path_modules(self, task: str) -> list[nn.Module]:
         """Modules whose parameters task ``task``'s output depends on."""
-        raise NotImplementedError
 
     def _check_tasks(self, tasks: Sequence[str] | None) -> tuple[str, ...]:
         if tasks is None:

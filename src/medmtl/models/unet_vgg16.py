@@ -18,6 +18,7 @@ touches the decoder, so that MTL-IO's classification step leaves it without grad
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -108,6 +109,11 @@ class UNetVGG16(MultiTaskNet):
         pretrained: load ImageNet weights into the encoder from ``weights_path`` (width 1 only).
         weights_path: a torchvision ``vgg13_bn``/``vgg16_bn`` state dict file, or its bare name in
             ``$TORCH_HOME/hub/checkpoints``.
+        head_prior: initial foreground probability of the dense heads: their bias starts at
+            log(prior / (1 - prior)) (Lin et al. 2017's prior initialisation). Seed 000 specifies
+            Kaiming-uniform weights but no bias; with a zero bias every map starts at 0.5 and Adam
+            needs thousands of steps to bring the background of the sparse OD/OC/fovea maps down.
+            ``null`` keeps zero biases.
     """
 
     def __init__(
@@ -119,6 +125,7 @@ class UNetVGG16(MultiTaskNet):
         pretrained: bool = False,
         weights_path: str | None = None,
         in_channels: int = 3,
+        head_prior: float | None = 0.01,
     ):
         super().__init__()
         if encoder_layout not in CONVS_PER_LEVEL:
@@ -140,6 +147,11 @@ class UNetVGG16(MultiTaskNet):
             }
         )
         self._init_weights()
+        if head_prior is not None:
+            if not 0.0 < head_prior < 1.0:
+                raise ValueError(f"head_prior must be in (0, 1), got {head_prior}.")
+            for head in self.dense_heads.values():
+                nn.init.constant_(head.bias, math.log(head_prior / (1.0 - head_prior)))
         if pretrained:
             if width != 1.0 or in_channels != 3:
                 raise ValueError("pretrained=true needs width=1.0 and in_channels=3 (the ImageNet VGG shapes).")

@@ -15,6 +15,7 @@ than one optimizer or optimizes its own parameters, ``configure_optimizers``), a
 
 from __future__ import annotations
 
+import abc
 from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 import torch
@@ -51,23 +52,28 @@ class StepContext(Protocol):
         """Clip the gradients of ``optimizer``'s parameters when clipping is configured."""
 
 
-class Strategy(nn.Module):
+class Strategy(nn.Module, abc.ABC):
     """Base class; the default configuration is one optimizer over every parameter.
 
     Attributes:
         separate_networks: build one network per task (single-task learning).
+        single_scaled_step: True when the strategy makes exactly one optimizer step per
+            mini-batch, the only case in which Lightning's ``16-mixed`` gradient scaler is correct
+            (one ``scaler.update()`` per iteration). Other strategies are refused under ``16-mixed``
+            (``bf16-mixed`` needs no scaler and works with all of them).
     """
 
     separate_networks: bool = False
+    single_scaled_step: bool = True
 
     def configure_optimizers(
         self, model: MultiTaskNet, optimizer_factory: OptimizerFactory
     ) -> list[torch.optim.Optimizer]:
         return [optimizer_factory(list(model.parameters()) + list(self.parameters()))]
 
+    @abc.abstractmethod
     def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
         """Run one iteration; return the (detached) values to log, e.g. ``loss/<task>``."""
-        raise NotImplementedError
 
     def on_train_epoch_end(self, epoch: int) -> None:
         """Hook for epoch-level state (loss histories)."""

@@ -19,6 +19,7 @@ Cost: T forwards and T backwards per mini-batch; one iteration is still one mini
 
 from __future__ import annotations
 
+import abc
 from typing import Sequence
 
 import torch
@@ -30,12 +31,15 @@ from medmtl.strategies.base import Batch, OptimizerFactory, StepContext, Strateg
 class AlternatingUpdates(Strategy):
     """Shared logic: one forward/backward/step per task, in order, at the current weights."""
 
+    single_scaled_step = False
+
     def __init__(self, order: Sequence[str] | None = None):
         super().__init__()
         self.order = list(order) if order is not None else None
 
+    @abc.abstractmethod
     def optimizer_for(self, ctx: StepContext, task: str) -> torch.optim.Optimizer:
-        raise NotImplementedError
+        """The optimizer that applies task ``task``'s step."""
 
     def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
         logged = {}
