@@ -130,3 +130,20 @@ def test_ground_truth_vcdr_separates_the_classes(refuge_root):
     dm.setup()
     vcdr, labels = dm.datasets["train"].ground_truth_vcdr(), dm.datasets["train"].labels()
     assert vcdr[labels == 1].mean() > vcdr[labels == 0].mean() + 0.05
+
+
+def test_workers_draw_different_augmentations_reproducibly(refuge_root):
+    from medmtl.data.refuge import RefugeDataset, seed_augmentation_in_worker, training_augmentation
+
+    RefugeDataModule(str(refuge_root), image_size=32).prepare_data()
+    sample = layout.scan_refuge(refuge_root, ["train"])[0]
+    twice = RefugeDataset(refuge_root, [sample, sample], 32, 50.0, transform=training_augmentation(seed=0))
+
+    def load(seed):
+        torch.manual_seed(seed)
+        loader = torch.utils.data.DataLoader(twice, batch_size=1, num_workers=2, worker_init_fn=seed_augmentation_in_worker)
+        return [b["image"] for b in loader]  # item 0 comes from worker 0, item 1 from worker 1
+
+    first, again = load(0), load(0)
+    assert all(torch.equal(a, b) for a, b in zip(first, again)), "same seed, different augmentations"
+    assert not torch.equal(first[0], first[1]), "both workers replayed the same augmentation stream"

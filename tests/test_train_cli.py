@@ -85,3 +85,18 @@ def test_missing_dataset_is_one_sentence_not_a_stack_trace(tmp_path):
     assert result.returncode != 0
     assert "REFUGE root folder not found" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_inspection_notebook_runs_on_a_run_folder(trained):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    _, runs = trained
+    notebook = json.loads((PROJECT_ROOT / "notebooks" / "inspect_run.ipynb").read_text())
+    code = ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
+    namespace: dict = {}
+    exec(code[0], namespace)  # imports (its run lookup finds nothing here: logs live in tmp)
+    namespace["run"] = runs[0]
+    for cell in code[1:]:
+        exec(cell, namespace)
+    assert "auc" in namespace["record"]["test"]
