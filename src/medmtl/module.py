@@ -62,6 +62,7 @@ class MultiTaskModule(L.LightningModule):
         self.automatic_optimization = False
         self.tasks = list(tasks)
         self.strategy = strategy
+        self.strategy.setup([t.name for t in self.tasks])
         self.model = build_model(model, self.tasks, strategy.separate_networks)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler

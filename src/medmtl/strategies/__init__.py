@@ -1,7 +1,21 @@
 """Training strategies (METHODS.md section 1), one module each."""
 
 from medmtl.strategies.base import StepContext, Strategy
+from medmtl.strategies.dwa import DynamicWeightAverage
+from medmtl.strategies.fixed import FixedWeights
 from medmtl.strategies.io import IndependentOptimizers, SharedOptimizerAlternating
-from medmtl.strategies.vanilla import EqualWeights, SingleTask
+from medmtl.strategies.uncertainty import UncertaintyWeighting
+from medmtl.strategies.weighted_sum import EqualWeights, SingleTask, WeightedSum
 
-__all__ = ["EqualWeights", "IndependentOptimizers", "SharedOptimizerAlternating", "SingleTask", "StepContext", "Strategy"]
+__all__ = [
+    "DynamicWeightAverage",
+    "EqualWeights",
+    "FixedWeights",
+    "IndependentOptimizers",
+    "SharedOptimizerAlternating",
+    "SingleTask",
+    "StepContext",
+    "Strategy",
+    "UncertaintyWeighting",
+    "WeightedSum",
+]

@@ -66,6 +66,10 @@ class Strategy(nn.Module, abc.ABC):
     separate_networks: bool = False
     single_scaled_step: bool = True
 
+    def setup(self, task_names: list[str]) -> None:
+        """Called once by the module with the task set, before optimizers exist: create per-task
+        parameters (learnable weights) and buffers (statistics) here."""
+
     def configure_optimizers(
         self, model: MultiTaskNet, optimizer_factory: OptimizerFactory
     ) -> list[torch.optim.Optimizer]:

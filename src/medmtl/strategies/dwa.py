@@ -1,0 +1,53 @@
+"""``dwa`` (Liu et al. 2019; survey 3.1.3): dynamic weight average.
+
+w_k(t) = T softmax_k(r_k(t-1) / Temp), r_k(t-1) = Lbar_k(t-1) / Lbar_k(t-2), on epoch-mean
+training losses, Temp = 2; w = 1 while fewer than two epochs have ended. The running sums and the
+two-epoch history are buffers, so a checkpoint restores them and a resumed run continues the same
+weights.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from medmtl.strategies.weighted_sum import WeightedSum
+
+
+class DynamicWeightAverage(WeightedSum):
+    def __init__(self, temperature: float = 2.0):
+        super().__init__()
+        self.temperature = temperature
+
+    def setup(self, task_names: list[str]) -> None:
+        self.task_names = list(task_names)
+        t = len(self.task_names)
+        self.register_buffer("loss_sum", torch.zeros(t, dtype=torch.float64))
+        self.register_buffer("loss_count", torch.zeros(t, dtype=torch.float64))
+        # history[0] = Lbar(t-2), history[1] = Lbar(t-1); NaN until two epochs have ended
+        self.register_buffer("history", torch.full((2, t), float("nan"), dtype=torch.float64))
+
+    def observe(self, losses):
+        for name, loss in losses.items():
+            i = self.task_names.index(name)
+            self.loss_sum[i] += loss.detach().to(torch.float64)
+            self.loss_count[i] += 1
+
+    def current_weights(self) -> torch.Tensor:
+        if torch.isnan(self.history).any():
+            return torch.ones(len(self.task_names), dtype=torch.float64, device=self.history.device)
+        ratio = self.history[1] / self.history[0]
+        return len(self.task_names) * torch.softmax(ratio / self.temperature, dim=0)
+
+    def weighted_total(self, losses):
+        weights = self.current_weights()
+        return torch.stack([weights[self.task_names.index(k)].to(v.dtype) * v for k, v in losses.items()]).sum()
+
+    def on_train_epoch_end(self, epoch: int) -> None:
+        """Push this epoch's mean losses (a task unseen this epoch keeps its previous mean)."""
+        mean = torch.where(self.loss_count > 0, self.loss_sum / self.loss_count.clamp_min(1), self.history[1])
+        self.history.copy_(torch.stack([self.history[1], mean]))
+        self.loss_sum.zero_()
+        self.loss_count.zero_()
+
+    def weights_to_log(self):
+        return {f"weight/{k}": w for k, w in zip(self.task_names, self.current_weights().float())}

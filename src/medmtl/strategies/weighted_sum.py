@@ -1,0 +1,60 @@
+"""Loss-weighting strategies share one iteration: one backward of sum_k w_k L_k, one step.
+
+Subclasses choose w (``weighted_total``). Tasks absent from a batch are left out of the sum; a
+task's weight never depends on whether the other tasks are present.
+
+- ``vanilla`` (equal weights): w_k = 1.
+- ``stl``: the same update on :class:`~medmtl.models.base.SeparateNetworks`, one network per
+  task. The networks share no parameter, so dL/dtheta for network k is dL_k/dtheta and Adam,
+  acting element-wise, makes this exactly T independent trainings; its parameter count and
+  iteration time are the sums over the single-task networks, as seed 000 reports them.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Mapping
+
+import torch
+
+from medmtl.strategies.base import Batch, StepContext, Strategy
+
+
+class WeightedSum(Strategy):
+    """Base: subclasses give ``weighted_total(losses)``."""
+
+    @abc.abstractmethod
+    def weighted_total(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The scalar to back-propagate."""
+
+    def observe(self, losses: Mapping[str, torch.Tensor]) -> None:
+        """Hook for strategies that keep statistics of the losses."""
+
+    def weights_to_log(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
+        losses = ctx.losses(ctx.forward(batch), batch)
+        if not losses:
+            return {}
+        self.observe(losses)
+        (optimizer,) = ctx.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        total = self.weighted_total(losses)
+        ctx.backward(total)
+        ctx.clip_gradients(optimizer)
+        optimizer.step()
+        return self.detached(losses) | {"loss/total": total.detach()} | self.weights_to_log()
+
+
+class EqualWeights(WeightedSum):
+    """``vanilla``: L = sum_k L_k."""
+
+    def weighted_total(self, losses):
+        return torch.stack(list(losses.values())).sum()
+
+
+class SingleTask(EqualWeights):
+    """``stl``: one network per task (see the module docstring)."""
+
+    separate_networks = True

@@ -1,0 +1,82 @@
+"""Loss-weighting strategies against their formulas (METHODS.md section 1)."""
+
+import math
+
+import pytest
+import torch
+
+from medmtl.strategies import DynamicWeightAverage, EqualWeights, FixedWeights, UncertaintyWeighting
+from medmtl.tasks import refuge_tasks
+
+from helpers import PlainContext, random_batch, tiny_unet
+
+TASKS = ["glaucoma", "od", "oc", "fovea"]
+
+
+def test_uncertainty_total_matches_kendall_formula():
+    strategy = UncertaintyWeighting()
+    strategy.setup(TASKS)
+    with torch.no_grad():
+        strategy.log_variance.copy_(torch.tensor([0.0, 1.0, -0.5, 2.0]))
+    losses = {"glaucoma": torch.tensor(0.3), "od": torch.tensor(1.2), "fovea": torch.tensor(0.05)}
+    s = {"glaucoma": 0.0, "od": 1.0, "fovea": 2.0}
+    expected = sum((math.exp(-s[k]) * float(v) + s[k]) / 2 for k, v in losses.items())
+    assert strategy.weighted_total(losses).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_uncertainty_parameters_are_trained_by_the_optimizer():
+    strategy = UncertaintyWeighting()
+    strategy.setup(TASKS)
+    model = tiny_unet(dtype=torch.float32)
+    optimizers = strategy.configure_optimizers(model, lambda p: torch.optim.Adam(p, lr=0.1))
+    strategy.training_step(PlainContext(model, refuge_tasks(), optimizers), random_batch(0, dtype=torch.float32))
+    # dL/ds_k = (1 - L_k exp(-s_k)) / 2 != 0, so one Adam step moves every s_k by about lr
+    assert torch.all(strategy.log_variance.detach().abs() > 0.05)
+
+
+def test_dwa_weights_follow_the_formula_after_two_epochs():
+    strategy = DynamicWeightAverage(temperature=2.0)
+    strategy.setup(["a", "b"])
+    assert strategy.current_weights().tolist() == [1.0, 1.0]
+    epochs = [{"a": [2.0, 4.0], "b": [1.0, 1.0]}, {"a": [1.0, 2.0], "b": [1.0, 1.0]}]
+    for epoch, values in enumerate(epochs):
+        for la, lb in zip(values["a"], values["b"]):
+            strategy.observe({"a": torch.tensor(la), "b": torch.tensor(lb)})
+        if epoch == 0:
+            strategy.on_train_epoch_end(epoch)
+            assert strategy.current_weights().tolist() == [1.0, 1.0], "weights must stay 1 for two epochs"
+    strategy.on_train_epoch_end(1)
+    # means: a 3 -> 1.5 (r = 0.5), b 1 -> 1 (r = 1); w = 2 softmax(r / 2)
+    ea, eb = math.exp(0.25), math.exp(0.5)
+    assert strategy.current_weights().tolist() == pytest.approx([2 * ea / (ea + eb), 2 * eb / (ea + eb)])
+    total = strategy.weighted_total({"a": torch.tensor(1.0), "b": torch.tensor(2.0)})
+    assert total.item() == pytest.approx(2 * ea / (ea + eb) + 4 * eb / (ea + eb))
+
+
+def test_dwa_history_is_in_the_state_dict():
+    strategy = DynamicWeightAverage()
+    strategy.setup(["a", "b"])
+    strategy.observe({"a": torch.tensor(2.0), "b": torch.tensor(3.0)})
+    strategy.on_train_epoch_end(0)
+    restored = DynamicWeightAverage()
+    restored.setup(["a", "b"])
+    restored.load_state_dict(strategy.state_dict())
+    assert restored.history[1].tolist() == [2.0, 3.0]
+
+
+def test_fixed_weights_formula_and_validation():
+    strategy = FixedWeights({"a": 0.5, "b": 3.0})
+    strategy.setup(["a", "b"])
+    assert strategy.weighted_total({"a": torch.tensor(2.0), "b": torch.tensor(1.0)}).item() == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="missing \\['c'\\]"):
+        FixedWeights({"a": 1.0, "b": 1.0}).setup(["a", "b", "c"])
+
+
+def test_absent_task_contributes_nothing_to_the_sum():
+    model = tiny_unet()
+    strategy = EqualWeights()
+    (optimizer,) = strategy.configure_optimizers(model, lambda p: torch.optim.SGD(p, lr=0.0))
+    batch = random_batch(1) | {"present/od": torch.tensor([False, False])}
+    logged = strategy.training_step(PlainContext(model, refuge_tasks(), [optimizer]), batch)
+    assert "loss/od" not in logged
+    assert model.dense_heads["od"].weight.grad is None
