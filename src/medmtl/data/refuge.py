@@ -1,0 +1,222 @@
+"""REFUGE as a LightningDataModule: four tasks (glaucoma, OD, OC, fovea) from the official layout.
+
+Protocols (``protocol``):
+- ``cv`` (seed 000 Tables 1-2): Training400 + Validation400 merged and split into ``n_folds``
+  stratified folds with ``split_seed``; ``fold`` is the validation fold; Test400 is the test set.
+- ``official`` (Tables 3-4): train on Training400, select on Validation400, test on Test400.
+
+Each sample is a dict: ``image`` (3, S, S) float in [0, 1]; ``od``, ``oc`` (S, S) float {0, 1};
+``fovea_heatmap`` (S, S); ``glaucoma`` () float; ``fovea_xy`` (2,) in S-grid pixels;
+``original_wh`` (2,); ``index``. Image, both masks and the fovea point are augmented together.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from medmtl.data.folds import stratified_fold
+from medmtl.data.heatmap import gaussian_heatmap, scaled_variance
+from medmtl.data.images import decode_refuge_mask
+from medmtl.data.refuge_cache import ensure_cache, load_entry
+from medmtl.data.refuge_layout import RefugeSample, scan_refuge
+from medmtl.metrics.refuge import RefugeEvaluator
+from medmtl.postprocess import vertical_cup_to_disc_ratio
+from medmtl.tasks import Task, refuge_tasks
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("cv", "official")
+
+
+def training_augmentation(seed: int) -> A.Compose:
+    """Spatial transforms move the image, both masks and the fovea together; colour ones the image only."""
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-15, 15), p=0.7),
+            A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
+            A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=10, val_shift_limit=10, p=0.3),
+        ],
+        keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
+        seed=seed,
+    )
+
+
+def seed_augmentation_in_worker(worker_id: int) -> None:
+    """Give each DataLoader worker its own albumentations stream.
+
+    ``Compose`` keeps its own RNG, which global seeds do not reach, so every worker would
+    otherwise replay the same augmentations. torch's per-worker seed (base seed drawn from the
+    seeded main process each epoch, plus the worker id) keeps runs reproducible.
+    """
+    from lightning.fabric.utilities.seed import pl_worker_init_function
+
+    pl_worker_init_function(worker_id)
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if transform is not None:
+        transform.set_random_seed(info.seed % 2**32)
+
+
+class RefugeDataset(Dataset):
+    """Reads cached, resized samples; see the module docstring for the sample dict."""
+
+    def __init__(
+        self,
+        root: Path,
+        samples: Sequence[RefugeSample],
+        image_size: int,
+        heatmap_variance: float,
+        transform: A.Compose | None = None,
+    ):
+        self.root = Path(root)
+        self.samples = list(samples)
+        self.image_size = image_size
+        self.variance = scaled_variance(image_size, heatmap_variance)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def fovea_on_grid(self, index: int, original_wh: np.ndarray) -> tuple[float, float]:
+        """Fovea (x, y) mapped from original pixels to the S x S grid (pixel centres at integers)."""
+        x, y = self.samples[index].fovea_xy
+        scale_x = self.image_size / float(original_wh[0])
+        scale_y = self.image_size / float(original_wh[1])
+        return (x + 0.5) * scale_x - 0.5, (y + 0.5) * scale_y - 0.5
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        sample = self.samples[index]
+        entry = load_entry(self.root, sample, self.image_size)
+        image = entry["image"]
+        od, oc = decode_refuge_mask(entry["mask"])
+        fovea = self.fovea_on_grid(index, entry["original_wh"])
+        if self.transform is not None:
+            out = self.transform(image=image, masks=[od, oc], keypoints=np.array([fovea], dtype=np.float32))
+            image, (od, oc), fovea = out["image"], out["masks"], tuple(out["keypoints"][0])
+        size = self.image_size
+        heatmap = gaussian_heatmap(size, size, fovea[0], fovea[1], self.variance)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0),
+            "od": torch.from_numpy(np.ascontiguousarray(od)).float(),
+            "oc": torch.from_numpy(np.ascontiguousarray(oc)).float(),
+            "fovea_heatmap": torch.from_numpy(heatmap),
+            "glaucoma": torch.tensor(float(sample.label)),
+            "fovea_xy": torch.tensor(fovea, dtype=torch.float32),
+            "original_wh": torch.from_numpy(entry["original_wh"]).float(),
+            "index": torch.tensor(index),
+        }
+
+    def ground_truth_vcdr(self) -> np.ndarray:
+        """vCDR of every sample's ground-truth masks on the S grid (features of the logistic regression)."""
+        values = []
+        for sample in self.samples:
+            od, oc = decode_refuge_mask(load_entry(self.root, sample, self.image_size)["mask"])
+            values.append(vertical_cup_to_disc_ratio(od, oc))
+        return np.asarray(values, dtype=np.float64)
+
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples], dtype=np.int64)
+
+
+class RefugeDataModule(L.LightningDataModule):
+    """REFUGE in its official layout; see the module docstring.
+
+    Args:
+        root: folder holding ``Training400/``, ``REFUGE-Validation400/``, ``Test400/`` and the GT folders.
+        protocol: ``cv`` or ``official``.
+        fold, n_folds, split_seed: the CV fold; the split depends on ``split_seed`` only.
+        image_size: side of the square network input (256 in seed 000); images are cached at it.
+        augment: albumentations on the training split; ``augment_seed`` seeds its RNG.
+        heatmap_variance: fovea Gaussian variance in px^2 on a 256 grid (scaled with image_size).
+        focal_gamma: gamma of the glaucoma focal loss.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        protocol: str = "cv",
+        fold: int = 0,
+        n_folds: int = 5,
+        split_seed: int = 0,
+        image_size: int = 256,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        augment: bool = True,
+        augment_seed: int = 0,
+        heatmap_variance: float = 50.0,
+        focal_gamma: float = 2.0,
+        pin_memory: bool = False,
+    ):
+        super().__init__()
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"data.protocol must be one of {PROTOCOLS}, got {protocol!r}.")
+        self.root = Path(root).expanduser()
+        self.protocol = protocol
+        self.fold, self.n_folds, self.split_seed = fold, n_folds, split_seed
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.augment, self.augment_seed = augment, augment_seed
+        self.heatmap_variance = heatmap_variance
+        self.pin_memory = pin_memory
+        self.tasks: list[Task] = refuge_tasks(focal_gamma)
+        self.datasets: dict[str, RefugeDataset] = {}
+
+    def prepare_data(self) -> None:
+        ensure_cache(self.root, scan_refuge(self.root), self.image_size)
+
+    def split_samples(self, samples: list[RefugeSample]) -> dict[str, list[RefugeSample]]:
+        by_split = {s: [x for x in samples if x.split == s] for s in ("train", "val", "test")}
+        if self.protocol == "official":
+            return by_split
+        pool = by_split["train"] + by_split["val"]
+        train_idx, val_idx = stratified_fold([s.label for s in pool], self.n_folds, self.fold, self.split_seed)
+        return {"train": [pool[i] for i in train_idx], "val": [pool[i] for i in val_idx], "test": by_split["test"]}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        samples = scan_refuge(self.root)
+        ensure_cache(self.root, samples, self.image_size)
+        for split, chosen in self.split_samples(samples).items():
+            transform = training_augmentation(self.augment_seed) if split == "train" and self.augment else None
+            self.datasets[split] = RefugeDataset(self.root, chosen, self.image_size, self.heatmap_variance, transform)
+        counts = {k: len(v) for k, v in self.datasets.items()}
+        log.info("REFUGE %s protocol (fold %s): %s samples.", self.protocol, self.fold, counts)
+
+    def make_evaluator(self) -> RefugeEvaluator:
+        """Seed 000's metrics; the vCDR logistic regression is fitted on the training split's ground truth."""
+        train = self.datasets["train"]
+        return RefugeEvaluator(train.ground_truth_vcdr(), train.labels())
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_augmentation_in_worker if self.num_workers > 0 else None,
+            drop_last=split == "train" and len(self.datasets[split]) > self.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
