@@ -21,8 +21,8 @@ class PlainContext:
         chosen = self.tasks if tasks is None else [t for t in self.tasks if t.name in tasks]
         return compute_losses(chosen, outputs, batch)
 
-    def backward(self, loss):
-        loss.backward()
+    def backward(self, loss, **kwargs):
+        loss.backward(**kwargs)
 
     def optimizers(self):
         return self._optimizers

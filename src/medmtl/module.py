@@ -188,8 +188,8 @@ class _Context:
     def losses(self, outputs, batch, tasks=None):
         return self._module.losses(outputs, batch, tasks)
 
-    def backward(self, loss):
-        self._module.manual_backward(loss)
+    def backward(self, loss, **kwargs):
+        self._module.manual_backward(loss, **kwargs)
 
     def optimizers(self):
         return self._module.optimizer_list()

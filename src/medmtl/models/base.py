@@ -60,6 +60,14 @@ class MultiTaskNet(nn.Module, abc.ABC):
                 counts[id(p)] = counts.get(id(p), 0) + 1
         return [p for p in self.parameters() if counts.get(id(p), 0) >= 2]
 
+    def shared_modules(self) -> list[nn.Module]:
+        """Path modules used by two tasks or more (none is a child of another by construction)."""
+        counts: dict[int, list] = {}
+        for task in self.task_names:
+            for m in self.path_modules(task):
+                counts.setdefault(id(m), [m, 0])[1] += 1
+        return [m for m, n in counts.values() if n >= 2]
+
     def head_parameters(self, task: str) -> list[nn.Parameter]:
         shared = {id(p) for p in self.shared_parameters()}
         return [p for p in self.path_parameters(task) if id(p) not in shared]

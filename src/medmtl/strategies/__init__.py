@@ -3,7 +3,11 @@
 from medmtl.strategies.base import StepContext, Strategy
 from medmtl.strategies.dwa import DynamicWeightAverage
 from medmtl.strategies.fixed import FixedWeights
+from medmtl.strategies.gradient_combination import GradientCombination
 from medmtl.strategies.io import IndependentOptimizers, SharedOptimizerAlternating
+from medmtl.strategies.jacobian_aggregator import JacobianAggregator
+from medmtl.strategies.mgda import MGDA
+from medmtl.strategies.pcgrad import PCGrad
 from medmtl.strategies.uncertainty import UncertaintyWeighting
 from medmtl.strategies.weighted_sum import EqualWeights, SingleTask, WeightedSum
 
@@ -11,6 +15,10 @@ __all__ = [
     "DynamicWeightAverage",
     "EqualWeights",
     "FixedWeights",
+    "GradientCombination",
+    "JacobianAggregator",
+    "MGDA",
+    "PCGrad",
     "IndependentOptimizers",
     "SharedOptimizerAlternating",
     "SingleTask",

@@ -42,8 +42,9 @@ class StepContext(Protocol):
     ) -> dict[str, torch.Tensor]:
         """Losses of the tasks that have labelled samples in ``batch`` (absent tasks are left out)."""
 
-    def backward(self, loss: torch.Tensor) -> None:
-        """``manual_backward``: accumulates d(loss)/d(params) into ``.grad``."""
+    def backward(self, loss: torch.Tensor, **kwargs) -> None:
+        """``manual_backward``: accumulates d(loss)/d(params) into ``.grad`` (``inputs=``,
+        ``retain_graph=`` are passed on to ``Tensor.backward``)."""
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """The optimizers returned by ``configure_optimizers``, in the same order."""

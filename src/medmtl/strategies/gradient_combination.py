@@ -1,0 +1,114 @@
+"""Strategies whose shared update is a combination sum_k a_k g_k of the task gradients.
+
+PCGrad, MGDA, IMTL-G, CAGrad, UPGrad, Aligned-MTL, DualProj, ... all choose weights a that
+depend only on the Gramian G = J J^T of the task Jacobian J (T x |W|, row k = g_k = dL_k/dW over
+the shared parameters W) and sometimes on the losses. Two ways to compute the update
+(``mode``):
+
+- ``jacobian`` (default): J is materialised with ONE batched backward (T vector-Jacobian products
+  through ``autograd.grad(..., is_grads_batched=True)``), G = J J^T, and the update a^T J is a
+  matrix product written into ``.grad``. Memory: T x |W|.
+- ``gramian``: G is accumulated layer by layer by torchjd's autogram engine without ever holding J,
+  then the update is ONE backward of sum_k a_k L_k through ``manual_backward``. Less memory, one
+  more backward.
+
+Heads always receive their own task's gradient only (a backward of sum_k L_k restricted to the
+head parameters: head k depends on L_k alone). Tasks absent from the batch are left out of J.
+
+Aggregators that need J itself (Nash-MTL) set ``needs_jacobian`` and run in ``jacobian`` mode.
+With DDP, gradients from ``autograd.grad`` are not all-reduced: these strategies are
+single-device for now (see PITFALLS.md).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from medmtl.strategies.base import Batch, StepContext, Strategy
+
+MODES = ("jacobian", "gramian")
+
+
+def task_jacobian(losses: torch.Tensor, params: Sequence[nn.Parameter]) -> torch.Tensor:
+    """(T, n) matrix whose row k is dL_k/dparams, from one batched backward (graph retained)."""
+    t = losses.shape[0]
+    eye = torch.eye(t, dtype=losses.dtype, device=losses.device)
+    grads = torch.autograd.grad(losses, list(params), grad_outputs=eye, is_grads_batched=True,
+                                retain_graph=True, allow_unused=True)
+    rows = [
+        (g if g is not None else torch.zeros((t, *p.shape), dtype=losses.dtype, device=losses.device)).reshape(t, -1)
+        for g, p in zip(grads, params)
+    ]
+    return torch.cat(rows, dim=1)
+
+
+def write_flat_gradient(params: Sequence[nn.Parameter], flat: torch.Tensor) -> None:
+    """Accumulate a flat vector into ``.grad`` of ``params`` (in order)."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        chunk = flat[offset : offset + n].view_as(p).to(p.dtype)
+        p.grad = chunk.clone() if p.grad is None else p.grad + chunk
+        offset += n
+
+
+class GradientCombination(Strategy):
+    """Base class; subclasses implement :meth:`combination_weights`."""
+
+    needs_jacobian: bool = False
+
+    def __init__(self, mode: str = "jacobian"):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"optim.strategy.mode must be one of {MODES}, got {mode!r}.")
+        if mode == "gramian" and self.needs_jacobian:
+            raise ValueError(f"{type(self).__name__} needs the Jacobian itself: use mode=jacobian.")
+        self.mode = mode
+        self._engine = None
+
+    @abc.abstractmethod
+    def combination_weights(self, gramian: torch.Tensor, losses: torch.Tensor,
+                            jacobian: torch.Tensor | None = None) -> torch.Tensor:
+        """Weights a (T,) of the shared update sum_k a_k g_k."""
+
+    def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
+        self._ensure_engine(ctx.model)
+        losses = ctx.losses(ctx.forward(batch), batch)
+        if not losses:
+            return {}
+        names = list(losses)
+        stacked = torch.stack([losses[n] for n in names])
+        model = ctx.model
+        shared = model.shared_parameters()
+        heads = [p for n in names for p in model.head_parameters(n)]
+        (optimizer,) = ctx.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        if self.mode == "jacobian":
+            jacobian = task_jacobian(stacked, shared)
+            gramian = jacobian @ jacobian.T
+            weights = self.combination_weights(gramian.detach(), stacked.detach(), jacobian.detach())
+            write_flat_gradient(shared, weights.to(jacobian.dtype) @ jacobian)
+            ctx.backward(stacked.sum(), inputs=heads)
+        else:
+            gramian = self._gramian(model, stacked)
+            weights = self.combination_weights(gramian.detach(), stacked.detach())
+            ctx.backward(stacked @ weights.to(stacked.dtype), inputs=shared, retain_graph=True)
+            ctx.backward(stacked.sum(), inputs=heads)
+        ctx.clip_gradients(optimizer)
+        optimizer.step()
+        logged = self.detached(losses) | {"loss/total": stacked.sum().detach()}
+        return logged | {f"weight/{n}": w for n, w in zip(names, weights.detach().float())}
+
+    def _gramian(self, model, losses: torch.Tensor) -> torch.Tensor:
+        return self._engine.compute_gramian(losses)
+
+    def _ensure_engine(self, model) -> None:
+        """torchjd's engine hooks the shared modules; it must exist before their forward."""
+        if self.mode == "gramian" and self._engine is None:
+            from torchjd.autogram import Engine
+
+            self._engine = Engine(*model.shared_modules(), batch_dim=None)

@@ -1,0 +1,195 @@
+"""Gradient-combination strategies: closed forms, torchjd agreement, properties, and the update
+that reaches the network (METHODS.md 1.2, section 1)."""
+
+import copy
+
+import pytest
+import torch
+import torchjd.aggregation as jd
+
+from medmtl.strategies import MGDA, JacobianAggregator, PCGrad
+from medmtl.strategies.gradient_combination import task_jacobian
+from medmtl.strategies.mgda import min_norm_weights
+from medmtl.strategies.pcgrad import pcgrad_weights
+from medmtl.tasks import refuge_tasks
+
+from helpers import PlainContext, random_batch, tiny_unet
+
+TASKS = ["glaucoma", "od", "oc", "fovea"]
+
+
+def random_jacobian(t, n=12, seed=0):
+    return torch.randn(t, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def reference_pcgrad(jacobian, orders):
+    """PCGrad on explicit vectors (Yu et al. 2020, Algorithm 1), with the given visiting orders."""
+    projected = []
+    for i, g in enumerate(jacobian):
+        g = g.clone()
+        for j in orders[i]:
+            if j != i and g @ jacobian[j] < 0:
+                g = g - (g @ jacobian[j]) / (jacobian[j] @ jacobian[j]) * jacobian[j]
+        projected.append(g)
+    return torch.stack(projected).sum(0)
+
+
+def test_pcgrad_two_task_closed_form():
+    g1 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    g2 = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    jacobian = torch.stack([g1, g2])
+    update = pcgrad_weights(jacobian @ jacobian.T) @ jacobian
+    # g1.g2 = -1: g1' = g1 + g2/2 = (0.5, 0.5); g2' = g2 + g1 = (0, 1)
+    assert update.tolist() == pytest.approx([0.5, 1.5])
+
+
+@pytest.mark.parametrize("t", [3, 5])
+def test_pcgrad_on_the_gramian_equals_pcgrad_on_vectors(t):
+    jacobian = random_jacobian(t, seed=t)
+    generator = torch.Generator().manual_seed(7)
+    orders = [torch.randperm(t, generator=generator).tolist() for _ in range(t)]
+    weights = pcgrad_weights(jacobian @ jacobian.T, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(weights @ jacobian, reference_pcgrad(jacobian, orders))
+
+
+def test_pcgrad_agrees_with_torchjd_for_two_tasks():
+    for seed in range(5):
+        jacobian = random_jacobian(2, seed=seed)
+        gramian = jacobian @ jacobian.T
+        torch.testing.assert_close(pcgrad_weights(gramian), jd.PCGradWeighting()(gramian).to(torch.float64))
+
+
+def test_pcgrad_mean_reduction():
+    jacobian = random_jacobian(3)
+    gramian = jacobian @ jacobian.T
+    torch.manual_seed(0)
+    total = pcgrad_weights(gramian)
+    torch.manual_seed(0)
+    assert torch.allclose(pcgrad_weights(gramian, reduction="mean"), total / 3)
+
+
+def test_mgda_two_task_closed_form():
+    for seed in range(5):
+        jacobian = random_jacobian(2, seed=seed)
+        g = jacobian @ jacobian.T
+        alpha = torch.clamp((g[1, 1] - g[0, 1]) / (g[0, 0] + g[1, 1] - 2 * g[0, 1]), 0, 1)
+        torch.testing.assert_close(min_norm_weights(g), torch.stack([alpha, 1 - alpha]))
+
+
+@pytest.mark.parametrize("t", [3, 4, 6])
+def test_mgda_reaches_the_min_norm_point_of_torchjd(t):
+    for seed in range(3):
+        jacobian = random_jacobian(t, n=4 + t, seed=seed)
+        g = jacobian @ jacobian.T
+        ours = min_norm_weights(g, max_iterations=5000, tolerance=1e-12)
+        theirs = jd.MGDAWeighting(epsilon=1e-9, max_iters=5000)(g).to(torch.float64)
+        assert ours.sum().item() == pytest.approx(1.0) and (ours >= 0).all()
+        # same minimum (weights need not be unique)
+        assert (ours @ g @ ours).item() == pytest.approx((theirs @ g @ theirs).item(), rel=1e-3, abs=1e-8)
+
+
+AGGREGATORS = {
+    "pcgrad": lambda: PCGrad(),
+    "mgda": lambda: MGDA(),
+    "mgda_l2": lambda: MGDA(normalization="l2"),
+    "mgda_l2_rescaled": lambda: MGDA(normalization="l2", rescale=True),
+    **{f"jd_{name}": (lambda name=name: JacobianAggregator(name)) for name in
+       ("upgrad", "imtl_g", "aligned_mtl", "cagrad", "dualproj", "nash_mtl")},
+}
+# with rescale=false MGDA's weights (from normalised gradients) meet the raw gradients: no claim
+NON_CONFLICTING = {"mgda", "mgda_l2_rescaled", "jd_upgrad", "jd_dualproj"}
+PERMUTATION_INVARIANT = {"mgda", "mgda_l2", "jd_upgrad", "jd_imtl_g", "jd_dualproj", "jd_cagrad"}
+
+
+def weights_of(name, jacobian):
+    strategy = AGGREGATORS[name]()
+    strategy.setup([f"t{i}" for i in range(jacobian.shape[0])])
+    losses = torch.ones(jacobian.shape[0], dtype=torch.float64)
+    return strategy.combination_weights(jacobian @ jacobian.T, losses, jacobian).to(torch.float64)
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+def test_aggregator_output_is_finite(name):
+    for seed in range(3):
+        jacobian = random_jacobian(4, seed=seed)
+        assert torch.isfinite(weights_of(name, jacobian)).all()
+
+
+@pytest.mark.parametrize("name", sorted(NON_CONFLICTING))
+def test_non_conflicting_update(name):
+    for seed in range(5):
+        jacobian = random_jacobian(4, n=6, seed=seed)
+        update = weights_of(name, jacobian) @ jacobian
+        # cosine tolerance 1e-3: torchjd's dual-cone solver regularises (reg_eps = 1e-4)
+        cosines = (jacobian @ update) / (jacobian.norm(dim=1) * update.norm())
+        assert (cosines >= -1e-3).all(), f"the update conflicts with a task gradient: {cosines}"
+
+
+@pytest.mark.parametrize("name", sorted(PERMUTATION_INVARIANT))
+def test_permutation_invariance(name):
+    jacobian = random_jacobian(4, seed=11)
+    permutation = torch.tensor([2, 0, 3, 1])
+    update = weights_of(name, jacobian) @ jacobian
+    permuted = weights_of(name, jacobian[permutation]) @ jacobian[permutation]
+    torch.testing.assert_close(update, permuted, rtol=1e-3, atol=1e-5)
+
+
+def per_task_gradients(model, batch, tasks, params):
+    """Reference: one full backward per task (what the strategy must NOT do, but must equal)."""
+    rows = []
+    for task in tasks:
+        model.zero_grad(set_to_none=True)
+        loss = task.compute_loss(model(batch["image"])[task.name], batch)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)]))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("mode", ["jacobian", "gramian"])
+def test_update_is_the_weighted_jacobian_and_heads_get_their_own_gradient(mode):
+    tasks = refuge_tasks()
+    model = tiny_unet()
+    reference = copy.deepcopy(model)
+    batch = random_batch(2)
+    strategy = MGDA(mode=mode, normalization="l2")
+    strategy.setup(TASKS)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    strategy.training_step(PlainContext(model, tasks, [optimizer]), batch)
+
+    shared = reference.shared_parameters()
+    jacobian = per_task_gradients(reference, batch, tasks, shared)
+    gramian = jacobian @ jacobian.T
+    losses = torch.stack([t.compute_loss(reference(batch["image"])[t.name], batch) for t in tasks]).detach()
+    expected = strategy.combination_weights(gramian, losses) @ jacobian
+    got = torch.cat([p.grad.flatten() for p in model.shared_parameters()])
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)
+    for task in tasks:
+        ours = torch.cat([p.grad.flatten() for p in model.head_parameters(task.name)])
+        own = per_task_gradients(reference, batch, [task], reference.head_parameters(task.name))[0]
+        torch.testing.assert_close(ours, own)
+
+
+def test_batched_jacobian_equals_per_task_backward():
+    tasks = refuge_tasks()
+    model = tiny_unet()
+    batch = random_batch(3)
+    outputs = model(batch["image"])
+    losses = torch.stack([t.compute_loss(outputs[t.name], batch) for t in tasks])
+    params = model.shared_parameters()
+    torch.testing.assert_close(task_jacobian(losses, params), per_task_gradients(model, batch, tasks, params))
+
+
+def test_absent_tasks_are_left_out_of_the_jacobian():
+    tasks = refuge_tasks()
+    model = tiny_unet()
+    batch = random_batch(4) | {"present/oc": torch.tensor([False, False]), "present/glaucoma": torch.tensor([False, False])}
+    strategy = PCGrad()
+    logged = strategy.training_step(PlainContext(model, tasks, [torch.optim.SGD(model.parameters(), lr=0.1)]), batch)
+    assert {k for k in logged if k.startswith("weight/")} == {"weight/od", "weight/fovea"}
+    assert model.dense_heads["oc"].weight.grad is None and model.classifiers["glaucoma"][1].weight.grad is None
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_gramian_mode_is_refused_for_an_aggregator_of_the_jacobian():
+    with pytest.raises(ValueError, match="mode=jacobian"):
+        JacobianAggregator("nash_mtl", mode="gramian")
