@@ -68,6 +68,18 @@ class MultiTaskNet(nn.Module, abc.ABC):
                 counts.setdefault(id(m), [m, 0])[1] += 1
         return [m for m, n in counts.values() if n >= 2]
 
+    def last_shared_layer(self) -> nn.Parameter:
+        """Weight of the last layer on the path of EVERY task (GradNorm's W): the last parameter
+        with two or more dimensions, in module order, among those all tasks share."""
+        common = None
+        for task in self.task_names:
+            ids = {id(p) for p in self.path_parameters(task)}
+            common = ids if common is None else common & ids
+        candidates = [p for p in self.parameters() if id(p) in (common or set()) and p.dim() >= 2]
+        if not candidates:
+            raise ValueError(f"{type(self).__name__} has no layer shared by all of its tasks {list(self.task_names)}.")
+        return candidates[-1]
+
     def head_parameters(self, task: str) -> list[nn.Parameter]:
         shared = {id(p) for p in self.shared_parameters()}
         return [p for p in self.path_parameters(task) if id(p) not in shared]

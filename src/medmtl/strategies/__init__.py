@@ -4,6 +4,7 @@ from medmtl.strategies.base import StepContext, Strategy
 from medmtl.strategies.dwa import DynamicWeightAverage
 from medmtl.strategies.fixed import FixedWeights
 from medmtl.strategies.gradient_combination import GradientCombination
+from medmtl.strategies.gradnorm import GradNorm
 from medmtl.strategies.io import IndependentOptimizers, SharedOptimizerAlternating
 from medmtl.strategies.jacobian_aggregator import JacobianAggregator
 from medmtl.strategies.mgda import MGDA
@@ -15,6 +16,7 @@ __all__ = [
     "DynamicWeightAverage",
     "EqualWeights",
     "FixedWeights",
+    "GradNorm",
     "GradientCombination",
     "JacobianAggregator",
     "MGDA",
