@@ -7,6 +7,7 @@ from medmtl.strategies.gradient_combination import GradientCombination
 from medmtl.strategies.gradnorm import GradNorm
 from medmtl.strategies.io import IndependentOptimizers, SharedOptimizerAlternating
 from medmtl.strategies.jacobian_aggregator import JacobianAggregator
+from medmtl.strategies.mao import MultiAdaptive, MultiAdaptiveOptimization
 from medmtl.strategies.mgda import MGDA
 from medmtl.strategies.pcgrad import PCGrad
 from medmtl.strategies.uncertainty import UncertaintyWeighting
@@ -20,6 +21,8 @@ __all__ = [
     "GradientCombination",
     "JacobianAggregator",
     "MGDA",
+    "MultiAdaptive",
+    "MultiAdaptiveOptimization",
     "PCGrad",
     "IndependentOptimizers",
     "SharedOptimizerAlternating",

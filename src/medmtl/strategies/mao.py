@@ -1,0 +1,118 @@
+"""``mao``: multi-adaptive optimization (seed 002, Eqs. 7-12; METHODS.md 1.4).
+
+Per parameter theta and task n, first and second moments of that task's gradient g_n::
+
+    m_n <- b1 m_n + (1 - b1) g_n ;  v_n <- b2 v_n + (1 - b2) g_n^2          for every task n
+    theta <- theta - lr * wd * theta                                          (decoupled decay)
+    theta <- theta - lr * sum_n c_t(n) * m_n / sqrt(v_n + eps)               (Eq. 8: eps inside)
+    c_t = sqrt(1 - b2^t) / (1 - b1^t)                                         (standard Adam)
+
+so each task gets its own per-parameter adaptive learning rate and the tasks are summed (Eq. 9).
+``bias_correction: printed`` uses the paper's printed c_t = (1 - b2^t) / (1 - b1^t) (Eq. 10);
+``eps_placement: adam`` uses sqrt(v_n) + eps instead of sqrt(v_n + eps). A task that does not
+reach a parameter (or is absent from the batch) updates neither its moments nor its step count t
+there, so heads behave as plain Adam. Cost: one forward and one batched backward giving all T
+task gradients.
+
+Gradient clipping is not applied (the update does not use a single ``.grad``); decay applies once
+per step to every parameter some task reached.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+
+from medmtl.models.base import MultiTaskNet
+from medmtl.strategies.base import Batch, OptimizerFactory, StepContext, Strategy
+from medmtl.strategies.gradient_combination import task_jacobian
+
+
+class MultiAdaptive(torch.optim.Optimizer):
+    """The MAO update; per-task gradients are handed over in ``task_gradients`` before ``step``.
+
+    ``task_gradients``: ``{task: {param: gradient}}`` for the parameters each task reached.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, bias_correction: str = "standard",
+                 eps_placement: str = "inside"):
+        if bias_correction not in ("standard", "printed"):
+            raise ValueError(f"bias_correction must be standard or printed, got {bias_correction!r}.")
+        if eps_placement not in ("inside", "adam"):
+            raise ValueError(f"eps_placement must be inside or adam, got {eps_placement!r}.")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        bias_correction=bias_correction, eps_placement=eps_placement)
+        super().__init__(params, defaults)
+        self.task_gradients: dict[str, dict[torch.nn.Parameter, torch.Tensor]] = {}
+
+    @staticmethod
+    def correction(step: int, b1: float, b2: float, kind: str) -> float:
+        if kind == "printed":
+            return (1 - b2**step) / (1 - b1**step)
+        return math.sqrt(1 - b2**step) / (1 - b1**step)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                contributions = [(task, grads[p]) for task, grads in self.task_gradients.items() if p in grads]
+                if not contributions:
+                    continue
+                state = self.state[p]
+                update = torch.zeros_like(p)
+                for task, grad in contributions:
+                    moments = state.setdefault(task, {"step": 0, "m": torch.zeros_like(p), "v": torch.zeros_like(p)})
+                    moments["step"] += 1
+                    moments["m"].mul_(b1).add_(grad, alpha=1 - b1)
+                    moments["v"].mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                    if group["eps_placement"] == "inside":
+                        denominator = (moments["v"] + group["eps"]).sqrt()
+                    else:
+                        denominator = moments["v"].sqrt() + group["eps"]
+                    c = self.correction(moments["step"], b1, b2, group["bias_correction"])
+                    update.addcdiv_(moments["m"], denominator, value=c)
+                if group["weight_decay"]:
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-group["lr"])
+        self.task_gradients = {}
+        return loss
+
+
+class MultiAdaptiveOptimization(Strategy):
+    """Computes every task's gradient on its path and hands them to :class:`MultiAdaptive`."""
+
+    def configure_optimizers(self, model: MultiTaskNet, optimizer_factory: OptimizerFactory):
+        optimizer = optimizer_factory(list(model.parameters()))
+        if not isinstance(optimizer, MultiAdaptive):
+            raise TypeError(f"optim=mao needs optim.optimizer to be MultiAdaptive, got {type(optimizer).__name__}.")
+        return [optimizer]
+
+    def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
+        losses = ctx.losses(ctx.forward(batch), batch)
+        if not losses:
+            return {}
+        names = list(losses)
+        stacked = torch.stack([losses[n] for n in names])
+        model = ctx.model
+        params = list(model.parameters())
+        jacobian = task_jacobian(stacked, params).detach()
+        del stacked
+        (optimizer,) = ctx.optimizers()
+        inner = getattr(optimizer, "optimizer", optimizer)  # Lightning wraps optimizers
+        sizes = [p.numel() for p in params]
+        gradients = {}
+        for row, name in zip(jacobian, names):
+            on_path = {id(p) for p in model.path_parameters(name)}
+            chunks = row.split(sizes)
+            gradients[name] = {p: g.view_as(p) for p, g in zip(params, chunks) if id(p) in on_path}
+        inner.task_gradients = gradients
+        optimizer.step()
+        return self.detached(losses) | {"loss/total": sum(losses.values()).detach()}
