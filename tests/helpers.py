@@ -5,30 +5,8 @@ from __future__ import annotations
 import torch
 
 from medmtl.models.unet_vgg16 import UNetVGG16
-from medmtl.tasks import compute_losses, refuge_tasks
-
-
-class PlainContext:
-    """The StepContext a strategy sees, implemented with plain PyTorch (no Lightning)."""
-
-    def __init__(self, model, tasks, optimizers):
-        self.model, self.tasks, self._optimizers = model, tasks, optimizers
-
-    def forward(self, batch, tasks=None):
-        return self.model(batch["image"], tasks=tasks)
-
-    def losses(self, outputs, batch, tasks=None):
-        chosen = self.tasks if tasks is None else [t for t in self.tasks if t.name in tasks]
-        return compute_losses(chosen, outputs, batch)
-
-    def backward(self, loss, **kwargs):
-        loss.backward(**kwargs)
-
-    def optimizers(self):
-        return self._optimizers
-
-    def clip_gradients(self, optimizer):
-        pass
+from medmtl.strategies.context import PlainContext  # noqa: F401  (re-exported for the tests)
+from medmtl.tasks import refuge_tasks
 
 
 def tiny_unet(seed: int = 0, dtype=torch.float64) -> UNetVGG16:

@@ -1,0 +1,220 @@
+"""Seconds per training iteration and peak memory of every strategy, as ratios to ``vanilla``.
+
+    python benchmarks/bench_strategies.py [--width 0.25] [--size 128] [--batch 4] [--repeats 7]
+
+Setting: the U-Net VGG of seed 000 (reduced width) on random REFUGE-shaped batches, the four
+REFUGE tasks, fixed thread count, a warm-up, the median of ``repeats`` timed iterations. Each
+strategy runs in its own process so that its peak memory (max resident set size on CPU, peak
+allocated on CUDA) is its own. Targets (issue "every training strategy"):
+
+- exact-Jacobian methods <= 1.1 x the cost of T backward passes, i.e. (1 + 2T) / 3 x vanilla;
+- MTL-IO <= 1.05 x T x vanilla.
+
+torchjd's own training path for the same aggregators (``torchjd.autojac.backward`` followed by
+``jac_to_grad``) is timed in the same run for comparison (rows ``torchjd:<name>``).
+
+Writes ``benchmarks/results/strategies.md`` (and prints it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+STRATEGIES = ["vanilla", "stl", "fixed", "uncertainty", "dwa", "gradnorm", "pcgrad", "mgda", "mtl_io", "mtl_ius",
+              "mao", "jd_upgrad", "jd_imtl_g", "jd_aligned_mtl", "jd_cagrad", "jd_dualproj", "jd_nash_mtl"]
+GRAMIAN_VARIANTS = ["pcgrad", "mgda", "jd_upgrad"]
+TORCHJD_REFERENCE = {"jd_upgrad": "UPGrad", "jd_imtl_g": "IMTLG", "jd_dualproj": "DualProj", "mgda": "MGDA"}
+EXACT_JACOBIAN = {"pcgrad", "mgda", "jd_upgrad", "jd_imtl_g", "jd_aligned_mtl", "jd_cagrad", "jd_dualproj", "jd_nash_mtl"}
+
+
+def random_batch(size: int, batch: int, device):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    od = (torch.rand(batch, size, size, generator=g) > 0.7).float()
+    return {k: v.to(device) for k, v in {
+        "image": torch.rand(batch, 3, size, size, generator=g),
+        "od": od, "oc": od * (torch.rand(batch, size, size, generator=g) > 0.5).float(),
+        "fovea_heatmap": torch.rand(batch, size, size, generator=g),
+        "glaucoma": (torch.rand(batch, generator=g) > 0.5).float(),
+    }.items()}
+
+
+def build(name: str, width: float, mode: str | None):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from medmtl.models import build_model
+    from medmtl.models.unet_vgg16 import UNetVGG16
+    from medmtl.tasks import refuge_tasks
+
+    overrides = [f"optim={name}"] + ([f"optim.strategy.mode={mode}"] if mode else [])
+    with initialize_config_dir(config_dir=str(HERE.parent / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    tasks = refuge_tasks()
+    strategy = instantiate(cfg.optim.strategy)
+    strategy.setup([t.name for t in tasks])
+    model = build_model(lambda tasks: UNetVGG16(tasks, width=width), tasks, strategy.separate_networks)
+    return model, strategy, tasks, instantiate(cfg.optim.optimizer)
+
+
+def torchjd_step_factory(aggregator_name: str, model, tasks, optimizer):
+    """torchjd's documented path: autojac.backward on the losses, then jac_to_grad on the shared
+    parameters with the aggregator, heads by a plain backward (as in our strategies)."""
+    import torch
+    import torchjd.aggregation as aggregation
+    from torchjd.autojac import backward, jac_to_grad
+
+    aggregator = getattr(aggregation, aggregator_name)()
+    shared = model.shared_parameters()
+
+    def step(batch):
+        outputs = model(batch["image"])
+        losses = torch.stack([t.compute_loss(outputs[t.name], batch) for t in tasks])
+        optimizer.zero_grad(set_to_none=True)
+        heads = [p for t in tasks for p in model.head_parameters(t.name)]
+        torch.autograd.backward(losses.sum(), inputs=heads, retain_graph=True)
+        backward(losses, inputs=shared)
+        jac_to_grad(shared, aggregator)
+        optimizer.step()
+
+    return step
+
+
+def measure(args) -> dict:
+    """Runs in a child process: time one strategy, report its peak memory."""
+    import torch
+
+    from medmtl.strategies.context import PlainContext
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    name = args.strategy.removeprefix("torchjd:")
+    model, strategy, tasks, optimizer_factory = build(name, args.width, args.mode)
+    model.to(device)
+    strategy.to(device)
+    optimizers = strategy.configure_optimizers(model, optimizer_factory)
+    batch = random_batch(args.size, args.batch, device)
+    if args.strategy.startswith("torchjd:"):
+        step = torchjd_step_factory(TORCHJD_REFERENCE[name], model, tasks, optimizers[0])
+    else:
+        ctx = PlainContext(model, tasks, optimizers)
+        step = lambda b: strategy.training_step(ctx, b)  # noqa: E731
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        start_mb = torch.cuda.memory_allocated() / 2**20
+    else:
+        start_mb = resident_mb()
+    for _ in range(args.warmup):
+        step(batch)
+    times = []
+    for _ in range(args.repeats):
+        sync()
+        start = time.perf_counter()
+        step(batch)
+        sync()
+        times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20 - start_mb
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - start_mb
+    return {"seconds": statistics.median(times), "peak_mb": peak_mb}
+
+
+def resident_mb() -> float:
+    """Current resident set size of this process (Linux)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_child(strategy: str, mode: str | None, args) -> dict:
+    command = [sys.executable, __file__, "--child", "--strategy", strategy, "--width", str(args.width),
+               "--size", str(args.size), "--batch", str(args.batch), "--repeats", str(args.repeats),
+               "--warmup", str(args.warmup), "--threads", str(args.threads), "--device", args.device]
+    if mode:
+        command += ["--mode", mode]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if result.returncode != 0:
+        raise RuntimeError(f"{strategy} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def target_for(name: str, t: int) -> tuple[str, float | None]:
+    if name in EXACT_JACOBIAN:
+        return f"<= 1.1 x (1+2x{t})/3", 1.1 * (1 + 2 * t) / 3
+    if name == "mtl_io":
+        return f"<= 1.05 x {t}", 1.05 * t
+    return "", None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--strategy", default="vanilla")
+    parser.add_argument("--mode", default=None)
+    parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--only", nargs="*", default=None, help="a subset of strategies")
+    parser.add_argument("--output", default=str(HERE / "results" / "strategies.md"))
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args)))
+        return
+
+    t = 4
+    runs = [(s, None) for s in (args.only or STRATEGIES)]
+    runs += [(s, "gramian") for s in GRAMIAN_VARIANTS if not args.only or s in args.only]
+    runs += [(f"torchjd:{s}", None) for s in TORCHJD_REFERENCE if not args.only or s in args.only]
+    results = {}
+    for strategy, mode in runs:
+        label = strategy + (f" ({mode})" if mode else "")
+        results[label] = run_child(strategy, mode, args)
+        print(f"{label:28s} {results[label]['seconds']:.4f} s  {results[label]['peak_mb']:.0f} MB", flush=True)
+    base = results["vanilla"]
+    lines = [
+        f"# Strategies: seconds per training iteration relative to vanilla",
+        "",
+        f"U-Net VGG (width {args.width}), {args.size}x{args.size} images, batch {args.batch}, T = {t} tasks, "
+        f"device {args.device}, {args.threads} threads, median of {args.repeats} after {args.warmup} warm-up "
+        f"iterations; peak memory = growth of {'allocated CUDA memory' if args.device != 'cpu' else 'the process resident set size'} "
+        "over the whole run above the model and batch (activations, gradients, optimizer states, workspace).",
+        "",
+        "| strategy | s / iteration | x vanilla | target | met | peak MB | x vanilla |",
+        "|---|---:|---:|---|---|---:|---:|",
+    ]
+    for label, r in results.items():
+        ratio = r["seconds"] / base["seconds"]
+        name = label.split(" ")[0]
+        text, bound = target_for(name, t) if not name.startswith("torchjd:") else ("", None)
+        met = "" if bound is None else ("yes" if ratio <= bound else "no")
+        target = f"{text} = {bound:.2f}" if bound else ""
+        lines.append(f"| {label} | {r['seconds']:.4f} | {ratio:.2f} | {target} | {met} | {r['peak_mb']:.0f} | "
+                     f"{r['peak_mb'] / base['peak_mb']:.2f} |")
+    table = "\n".join(lines) + "\n"
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(table)
+    print()
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
