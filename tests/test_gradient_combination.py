@@ -193,3 +193,37 @@ def test_absent_tasks_are_left_out_of_the_jacobian():
 def test_gramian_mode_is_refused_for_an_aggregator_of_the_jacobian():
     with pytest.raises(ValueError, match="mode=jacobian"):
         JacobianAggregator("nash_mtl", mode="gramian")
+
+
+def test_representation_mode_weights_come_from_gradients_at_z_and_reach_w_by_the_chain_rule():
+    tasks = refuge_tasks()
+    model = tiny_unet()
+    reference = copy.deepcopy(model)
+    batch = random_batch(6)
+    strategy = MGDA(mode="representation")
+    logged = strategy.training_step(PlainContext(model, tasks, [torch.optim.SGD(model.parameters(), lr=0.0)]), batch)
+
+    # reference: one backward per task to the representation Z (what the batched call replaces)
+    shared = reference.representation(batch["image"])
+    rows = []
+    for task in tasks:
+        loss = task.compute_loss(reference.heads(shared)[task.name], batch)
+        grads = torch.autograd.grad(loss, list(shared.values()), retain_graph=True, allow_unused=True)
+        rows.append(torch.cat([(g if g is not None else torch.zeros_like(z)).flatten() for g, z in zip(grads, shared.values())]))
+    jz = torch.stack(rows)
+    gram = jz @ jz.T
+    best = min_norm_weights(gram, max_iterations=10000, tolerance=1e-14)
+    weights = torch.tensor([logged[f"weight/{t.name}"].item() for t in tasks], dtype=torch.float64)
+    # the strategy's weights are a min-norm point of the Gramian at Z (weights need not be unique)
+    assert (weights @ gram @ weights).item() == pytest.approx((best @ gram @ best).item(), rel=1e-3)
+    # shared parameters: gradient of sum_k a_k L_k; heads: their own task's gradient
+    outputs = reference(batch["image"])
+    losses = [t.compute_loss(outputs[t.name], batch) for t in tasks]
+    reference.zero_grad()
+    sum(w * l for w, l in zip(weights, losses)).backward()
+    for (name, ours), theirs in zip(model.named_parameters(), reference.parameters()):
+        if name.startswith(("encoder.", "decoder.")):
+            torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-5, atol=1e-9, msg=name)
+    for task in tasks:
+        own = per_task_gradients(reference, batch, [task], reference.head_parameters(task.name))[0]
+        torch.testing.assert_close(torch.cat([p.grad.flatten() for p in model.head_parameters(task.name)]), own)

@@ -38,6 +38,15 @@ class MultiTaskNet(nn.Module, abc.ABC):
     def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """``{task: logits}`` for the requested tasks (all by default), computing nothing else."""
 
+    def representation(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Optional: the shared features Z the task heads read (``forward = heads(representation)``).
+        Needed by the "-UB" strategies, which use dL_k/dZ instead of dL_k/dW."""
+        raise TypeError(f"{type(self).__name__} does not expose a shared representation (needed by the -UB strategies).")
+
+    def heads(self, shared: dict[str, torch.Tensor], tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Optional: task outputs from the shared representation (see :meth:`representation`)."""
+        raise TypeError(f"{type(self).__name__} does not expose its heads (needed by the -UB strategies).")
+
     @abc.abstractmethod
     def path_modules(self, task: str) -> list[nn.Module]:
         """Modules whose parameters task ``task``'s output depends on."""

@@ -180,23 +180,32 @@ class UNetVGG16(MultiTaskNet):
         for src, dst in zip(source, target):
             dst.load_state_dict(src.state_dict())
 
-    def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    def representation(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """The shared representation the heads read: the bottleneck (classifiers) and, when a
+        dense task is requested, the decoder output (dense heads)."""
         tasks = self._check_tasks(tasks)
         if image.shape[-1] % 16 or image.shape[-2] % 16:
             raise ValueError(f"UNetVGG16 needs image sides divisible by 16, got {tuple(image.shape[-2:])}.")
         features = self.encoder(image)
+        shared = {"bottleneck": features[-1]}
+        if any(t in self.dense_heads for t in tasks):
+            shared["decoded"] = self.decoder(features)
+        return shared
+
+    def heads(self, shared: dict[str, torch.Tensor], tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         outputs: dict[str, torch.Tensor] = {}
+        tasks = self._check_tasks(tasks)
         wanted_classifiers = [t for t in tasks if t in self.classifiers]
         if wanted_classifiers:
-            pooled = torch.amax(features[-1], dim=(-2, -1))
+            pooled = torch.amax(shared["bottleneck"], dim=(-2, -1))
             for name in wanted_classifiers:
                 outputs[name] = self.classifiers[name](pooled).squeeze(-1)
-        wanted_dense = [t for t in tasks if t in self.dense_heads]
-        if wanted_dense:
-            decoded = self.decoder(features)
-            for name in wanted_dense:
-                outputs[name] = self.dense_heads[name](decoded).squeeze(1)
+        for name in (t for t in tasks if t in self.dense_heads):
+            outputs[name] = self.dense_heads[name](shared["decoded"]).squeeze(1)
         return outputs
+
+    def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        return self.heads(self.representation(image, tasks), tasks)
 
     def path_modules(self, task: str) -> list[nn.Module]:
         if task in self.classifiers:

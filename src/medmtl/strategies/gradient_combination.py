@@ -12,6 +12,12 @@ the shared parameters W) and sometimes on the losses. Two ways to compute the up
   then the update is ONE backward of sum_k a_k L_k through ``manual_backward``. Less memory, one
   more backward.
 
+- ``representation`` (the "-UB" variants of Sener & Koltun): the task gradients are taken with
+  respect to the shared representation Z (``model.representation``) instead of W: one batched
+  backward through the heads only gives J_Z (T x |Z|), the weights come from J_Z J_Z^T, and one
+  backward through the shared layers applies (a^T J_Z) to Z. Cost close to vanilla; an upper
+  bound of the W objective rather than the exact one.
+
 Heads always receive their own task's gradient only (a backward of sum_k L_k restricted to the
 head parameters: head k depends on L_k alone). Tasks absent from the batch are left out of J.
 
@@ -30,7 +36,7 @@ from torch import nn
 
 from medmtl.strategies.base import Batch, StepContext, Strategy
 
-MODES = ("jacobian", "gramian")
+MODES = ("jacobian", "gramian", "representation")
 
 
 def task_jacobian(losses: torch.Tensor, params: Sequence[nn.Parameter]) -> torch.Tensor:
@@ -76,6 +82,8 @@ class GradientCombination(Strategy):
         """Weights a (T,) of the shared update sum_k a_k g_k."""
 
     def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
+        if self.mode == "representation":
+            return self._representation_step(ctx, batch)
         self._ensure_engine(ctx.model)
         losses = ctx.losses(ctx.forward(batch), batch)
         if not losses:
@@ -98,6 +106,31 @@ class GradientCombination(Strategy):
             weights = self.combination_weights(gramian.detach(), stacked.detach())
             ctx.backward(stacked @ weights.to(stacked.dtype), inputs=shared, retain_graph=True)
             ctx.backward(stacked.sum(), inputs=heads)
+        ctx.clip_gradients(optimizer)
+        optimizer.step()
+        logged = self.detached(losses) | {"loss/total": stacked.sum().detach()}
+        return logged | {f"weight/{n}": w for n, w in zip(names, weights.detach().float())}
+
+    def _representation_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
+        model = ctx.model
+        shared = model.representation(batch["image"])
+        detached = {k: v.detach().requires_grad_() for k, v in shared.items()}
+        losses = ctx.losses(model.heads(detached), batch)
+        if not losses:
+            return {}
+        names = list(losses)
+        stacked = torch.stack([losses[n] for n in names])
+        keys = list(detached)
+        jacobian = task_jacobian(stacked, [detached[k] for k in keys])
+        weights = self.combination_weights((jacobian @ jacobian.T).detach(), stacked.detach(), jacobian.detach())
+        combined = (weights.to(jacobian.dtype) @ jacobian).detach()
+        (optimizer,) = ctx.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        heads = [p for n in names for p in model.head_parameters(n)]
+        ctx.backward(stacked.sum(), inputs=heads)
+        # sum_i <Z_i, c_i> has gradient J_Z^T c through the shared layers: a^T J_Z pulled back to W
+        surrogate = sum((shared[k] * c.view_as(shared[k])).sum() for k, c in zip(keys, combined.split([detached[k].numel() for k in keys])))
+        ctx.backward(surrogate)
         ctx.clip_gradients(optimizer)
         optimizer.step()
         logged = self.detached(losses) | {"loss/total": stacked.sum().detach()}
