@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 import torch
+from lightning.fabric.utilities import move_data_to_device
 
 from medmtl.models import build_model, count_parameters
 from medmtl.models.base import MultiTaskNet
@@ -70,6 +71,7 @@ class MultiTaskModule(L.LightningModule):
         self.iterations = 0
         self.evaluator = None
         self.test_predictions: dict | None = None
+        self._task_iterators: dict = {}
 
     # ----- the StepContext offered to strategies -------------------------------------------
     def forward(self, batch: Mapping[str, torch.Tensor], tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
@@ -78,6 +80,23 @@ class MultiTaskModule(L.LightningModule):
     def losses(self, outputs, batch, tasks=None) -> dict[str, torch.Tensor]:
         chosen = self.tasks if tasks is None else [t for t in self.tasks if t.name in tasks]
         return compute_losses(chosen, outputs, batch)
+
+    def task_batch(self, task: str):
+        """Next batch of ``task``'s own infinite training loader, on the module's device.
+
+        The datamodule's ``task_dataloader(task)`` when it has one (datasets per task), otherwise a
+        separate ``train_dataloader()`` per task (own shuffling). Iterator positions are not
+        checkpointed: a resumed run restarts the task loaders.
+        """
+        if task not in self._task_iterators:
+            self._task_iterators[task] = self._endless(task)
+        return move_data_to_device(next(self._task_iterators[task]), self.device)
+
+    def _endless(self, task: str):
+        datamodule = self.trainer.datamodule
+        factory = getattr(datamodule, "task_dataloader", None)
+        while True:
+            yield from (factory(task) if factory is not None else datamodule.train_dataloader())
 
     def optimizer_list(self) -> list:
         """``self.optimizers()`` normalised to a list (Lightning returns a bare object for one)."""
@@ -193,6 +212,9 @@ class _Context:
 
     def optimizers(self):
         return self._module.optimizer_list()
+
+    def task_batch(self, task):
+        return self._module.task_batch(task)
 
     def clip_gradients(self, optimizer):
         self._module.clip_gradients_of(optimizer)

@@ -3,6 +3,7 @@
 from medmtl.strategies.base import StepContext, Strategy
 from medmtl.strategies.dwa import DynamicWeightAverage
 from medmtl.strategies.fixed import FixedWeights
+from medmtl.strategies.ga import GradientAccumulation
 from medmtl.strategies.gradient_combination import GradientCombination
 from medmtl.strategies.gradnorm import GradNorm
 from medmtl.strategies.io import IndependentOptimizers, SharedOptimizerAlternating
@@ -18,6 +19,7 @@ __all__ = [
     "EqualWeights",
     "FixedWeights",
     "GradNorm",
+    "GradientAccumulation",
     "GradientCombination",
     "JacobianAggregator",
     "MGDA",

@@ -46,6 +46,9 @@ class StepContext(Protocol):
         """``manual_backward``: accumulates d(loss)/d(params) into ``.grad`` (``inputs=``,
         ``retain_graph=`` are passed on to ``Tensor.backward``)."""
 
+    def task_batch(self, task: str) -> Batch:
+        """The next batch of task ``task``'s own infinite training loader (restarts on its own)."""
+
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """The optimizers returned by ``configure_optimizers``, in the same order."""
 

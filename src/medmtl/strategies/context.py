@@ -7,7 +7,7 @@ global-norm gradient clipping when ``clip_norm`` is set.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 
@@ -16,8 +16,14 @@ from medmtl.tasks import Task, compute_losses
 
 class PlainContext:
     def __init__(self, model, tasks: Sequence[Task], optimizers: Sequence[torch.optim.Optimizer],
-                 clip_norm: float | None = None):
+                 clip_norm: float | None = None, task_batches: Mapping[str, Iterator] | None = None):
         self.model, self.tasks, self._optimizers, self.clip_norm = model, list(tasks), list(optimizers), clip_norm
+        self._task_batches = dict(task_batches or {})
+
+    def task_batch(self, task):
+        if task not in self._task_batches:
+            raise KeyError(f"PlainContext has no batches for task {task!r}: pass task_batches=.")
+        return next(self._task_batches[task])
 
     def forward(self, batch, tasks=None):
         return self.model(batch["image"], tasks=tasks)
