@@ -31,10 +31,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-STRATEGIES = ["vanilla", "stl", "fixed", "uncertainty", "dwa", "gradnorm", "pcgrad", "mgda", "mtl_io", "mtl_ius",
-              "mao", "jd_upgrad", "jd_imtl_g", "jd_aligned_mtl", "jd_cagrad", "jd_dualproj", "jd_nash_mtl"]
+STRATEGIES = ["vanilla", "stl", "fixed", "uncertainty", "dwa", "dtp", "gradnorm", "pcgrad", "mgda", "mgda_ub", "mtl_io",
+              "mtl_ius", "mao", "ga", "jd_upgrad", "jd_imtl_g", "jd_aligned_mtl", "jd_cagrad", "jd_dualproj", "jd_nash_mtl"]
 GRAMIAN_VARIANTS = ["pcgrad", "mgda", "jd_upgrad"]
 TORCHJD_REFERENCE = {"jd_upgrad": "UPGrad", "jd_imtl_g": "IMTLG", "jd_dualproj": "DualProj", "mgda": "MGDA"}
+REPRESENTATION = {"mgda_ub"}
 EXACT_JACOBIAN = {"pcgrad", "mgda", "jd_upgrad", "jd_imtl_g", "jd_aligned_mtl", "jd_cagrad", "jd_dualproj", "jd_nash_mtl"}
 
 
@@ -51,7 +52,7 @@ def random_batch(size: int, batch: int, device):
     }.items()}
 
 
-def build(name: str, width: float, mode: str | None):
+def build(name: str, width: float, mode: str | None, dropout: float = 0.8, extra: list[str] | None = None):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -59,13 +60,13 @@ def build(name: str, width: float, mode: str | None):
     from medmtl.models.unet_vgg16 import UNetVGG16
     from medmtl.tasks import refuge_tasks
 
-    overrides = [f"optim={name}"] + ([f"optim.strategy.mode={mode}"] if mode else [])
+    overrides = [f"optim={name}"] + ([f"optim.strategy.mode={mode}"] if mode else []) + list(extra or [])
     with initialize_config_dir(config_dir=str(HERE.parent / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     tasks = refuge_tasks()
     strategy = instantiate(cfg.optim.strategy)
     strategy.setup([t.name for t in tasks])
-    model = build_model(lambda tasks: UNetVGG16(tasks, width=width), tasks, strategy.separate_networks)
+    model = build_model(lambda tasks: UNetVGG16(tasks, width=width, dropout=dropout), tasks, strategy.separate_networks)
     return model, strategy, tasks, instantiate(cfg.optim.optimizer)
 
 
@@ -102,7 +103,8 @@ def measure(args) -> dict:
     torch.manual_seed(0)
     device = torch.device(args.device)
     name = args.strategy.removeprefix("torchjd:")
-    model, strategy, tasks, optimizer_factory = build(name, args.width, args.mode)
+    extra = [f"optim.strategy.jacobian_method={args.jacobian_method}"] if args.jacobian_method else []
+    model, strategy, tasks, optimizer_factory = build(name, args.width, args.mode, extra=extra)
     model.to(device)
     strategy.to(device)
     optimizers = strategy.configure_optimizers(model, optimizer_factory)
@@ -110,7 +112,10 @@ def measure(args) -> dict:
     if args.strategy.startswith("torchjd:"):
         step = torchjd_step_factory(TORCHJD_REFERENCE[name], model, tasks, optimizers[0])
     else:
-        ctx = PlainContext(model, tasks, optimizers)
+        import itertools
+
+        # GA draws one batch per task: the same batch here, so that every strategy sees equal work
+        ctx = PlainContext(model, tasks, optimizers, task_batches={t.name: itertools.repeat(batch) for t in tasks})
         step = lambda b: strategy.training_step(ctx, b)  # noqa: E731
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
@@ -140,12 +145,14 @@ def resident_mb() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_child(strategy: str, mode: str | None, args) -> dict:
+def run_child(strategy: str, mode: str | None, args, jacobian_method: str | None = None) -> dict:
     command = [sys.executable, __file__, "--child", "--strategy", strategy, "--width", str(args.width),
                "--size", str(args.size), "--batch", str(args.batch), "--repeats", str(args.repeats),
                "--warmup", str(args.warmup), "--threads", str(args.threads), "--device", args.device]
     if mode:
         command += ["--mode", mode]
+    if jacobian_method:
+        command += ["--jacobian-method", jacobian_method]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if result.returncode != 0:
         raise RuntimeError(f"{strategy} failed:\n{result.stderr[-2000:]}")
@@ -153,6 +160,8 @@ def run_child(strategy: str, mode: str | None, args) -> dict:
 
 
 def target_for(name: str, t: int) -> tuple[str, float | None]:
+    if name in REPRESENTATION:
+        return "<= 1.3", 1.3
     if name in EXACT_JACOBIAN:
         return f"<= 1.1 x (1+2x{t})/3", 1.1 * (1 + 2 * t) / 3
     if name == "mtl_io":
@@ -165,6 +174,7 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--strategy", default="vanilla")
     parser.add_argument("--mode", default=None)
+    parser.add_argument("--jacobian-method", default=None)
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)
@@ -180,13 +190,16 @@ def main() -> None:
         return
 
     t = 4
-    runs = [(s, None) for s in (args.only or STRATEGIES)]
-    runs += [(s, "gramian") for s in GRAMIAN_VARIANTS if not args.only or s in args.only]
-    runs += [(f"torchjd:{s}", None) for s in TORCHJD_REFERENCE if not args.only or s in args.only]
+    chosen = lambda s: not args.only or s in args.only  # noqa: E731
+    runs = [(s, None, None) for s in (args.only or STRATEGIES)]
+    runs += [(s, None, "loop") for s in ("pcgrad", "jd_upgrad", "mgda_ub") if chosen(s)]
+    runs += [(s, "gramian", None) for s in GRAMIAN_VARIANTS if chosen(s)]
+    runs += [(s, "representation", None) for s in ("pcgrad", "jd_upgrad") if chosen(s)]
+    runs += [(f"torchjd:{s}", None, None) for s in TORCHJD_REFERENCE if chosen(s)]
     results = {}
-    for strategy, mode in runs:
-        label = strategy + (f" ({mode})" if mode else "")
-        results[label] = run_child(strategy, mode, args)
+    for strategy, mode, method in runs:
+        label = strategy + "".join(f" ({x})" for x in (mode, method) if x)
+        results[label] = run_child(strategy, mode, args, method)
         print(f"{label:28s} {results[label]['seconds']:.4f} s  {results[label]['peak_mb']:.0f} MB", flush=True)
     base = results["vanilla"]
     lines = [
@@ -203,6 +216,8 @@ def main() -> None:
     for label, r in results.items():
         ratio = r["seconds"] / base["seconds"]
         name = label.split(" ")[0]
+        if "(representation)" in label:
+            name = "mgda_ub"
         text, bound = target_for(name, t) if not name.startswith("torchjd:") else ("", None)
         met = "" if bound is None else ("yes" if ratio <= bound else "no")
         target = f"{text} = {bound:.2f}" if bound else ""

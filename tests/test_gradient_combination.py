@@ -227,3 +227,13 @@ def test_representation_mode_weights_come_from_gradients_at_z_and_reach_w_by_the
     for task in tasks:
         own = per_task_gradients(reference, batch, [task], reference.head_parameters(task.name))[0]
         torch.testing.assert_close(torch.cat([p.grad.flatten() for p in model.head_parameters(task.name)]), own)
+
+
+def test_loop_and_batched_jacobians_agree():
+    tasks = refuge_tasks()
+    model = tiny_unet()
+    batch = random_batch(7)
+    outputs = model(batch["image"])
+    losses = torch.stack([t.compute_loss(outputs[t.name], batch) for t in tasks])
+    params = model.shared_parameters()
+    torch.testing.assert_close(task_jacobian(losses, params, "loop"), task_jacobian(losses, params, "batched"))

@@ -41,7 +41,7 @@ def test_dwa_weights_follow_the_formula_after_two_epochs():
     epochs = [{"a": [2.0, 4.0], "b": [1.0, 1.0]}, {"a": [1.0, 2.0], "b": [1.0, 1.0]}]
     for epoch, values in enumerate(epochs):
         for la, lb in zip(values["a"], values["b"]):
-            strategy.observe({"a": torch.tensor(la), "b": torch.tensor(lb)})
+            strategy.record({"a": torch.tensor(la), "b": torch.tensor(lb)})
         if epoch == 0:
             strategy.on_train_epoch_end(epoch)
             assert strategy.current_weights().tolist() == [1.0, 1.0], "weights must stay 1 for two epochs"
@@ -56,7 +56,7 @@ def test_dwa_weights_follow_the_formula_after_two_epochs():
 def test_dwa_history_is_in_the_state_dict():
     strategy = DynamicWeightAverage()
     strategy.setup(["a", "b"])
-    strategy.observe({"a": torch.tensor(2.0), "b": torch.tensor(3.0)})
+    strategy.record({"a": torch.tensor(2.0), "b": torch.tensor(3.0)})
     strategy.on_train_epoch_end(0)
     restored = DynamicWeightAverage()
     restored.setup(["a", "b"])
@@ -80,3 +80,28 @@ def test_absent_task_contributes_nothing_to_the_sum():
     logged = strategy.training_step(PlainContext(model, refuge_tasks(), [optimizer]), batch)
     assert "loss/od" not in logged
     assert model.dense_heads["od"].weight.grad is None
+
+
+def test_dtp_weights_follow_the_focal_formula_on_smoothed_kpis():
+    from medmtl.strategies import DynamicTaskPrioritization
+
+    strategy = DynamicTaskPrioritization(gamma={"glaucoma": 2.0, "od": 1.0, "oc": 1.0, "fovea": 0.5}, ema=0.5)
+    strategy.setup(TASKS)
+    tasks = refuge_tasks()
+    batch = random_batch(0)
+    logits = {
+        "glaucoma": torch.tensor([3.0, 3.0], dtype=torch.float64),  # predicts 1, 1 vs labels 1, 0: accuracy 0.5
+        "od": (batch["od"] * 20 - 10),  # perfect segmentation: Dice 1
+        "oc": torch.full_like(batch["oc"], -10.0),  # empty prediction: Dice 0 where the cup exists
+        "fovea": torch.zeros_like(batch["fovea_heatmap"]),
+    }
+    ctx = PlainContext(None, tasks, [])
+    strategy.observe(ctx, batch, logits, {})
+    strategy.observe(ctx, batch, logits | {"glaucoma": torch.tensor([3.0, -3.0], dtype=torch.float64)}, {})
+    kappa_glaucoma = 0.5 * 0.5 + 0.5 * 1.0  # EMA of accuracies 0.5 then 1.0
+    assert strategy.kappa[0].item() == pytest.approx(kappa_glaucoma)
+    assert strategy.kappa[1].item() == pytest.approx(1.0)
+    weights = strategy.task_weights()
+    assert weights[0].item() == pytest.approx(-((1 - kappa_glaucoma) ** 2) * math.log(kappa_glaucoma))
+    assert weights[1].item() == pytest.approx(-(1e-3) * math.log(1 - 1e-3))  # kappa clipped at 1 - 1e-3
+    assert weights[2] > weights[0] > weights[1], "the hardest task must get the largest weight"

@@ -1,6 +1,7 @@
 """Training strategies (METHODS.md section 1), one module each."""
 
 from medmtl.strategies.base import StepContext, Strategy
+from medmtl.strategies.dtp import DynamicTaskPrioritization
 from medmtl.strategies.dwa import DynamicWeightAverage
 from medmtl.strategies.fixed import FixedWeights
 from medmtl.strategies.ga import GradientAccumulation
@@ -15,6 +16,7 @@ from medmtl.strategies.uncertainty import UncertaintyWeighting
 from medmtl.strategies.weighted_sum import EqualWeights, SingleTask, WeightedSum
 
 __all__ = [
+    "DynamicTaskPrioritization",
     "DynamicWeightAverage",
     "EqualWeights",
     "FixedWeights",

@@ -26,7 +26,11 @@ class DynamicWeightAverage(WeightedSum):
         # history[0] = Lbar(t-2), history[1] = Lbar(t-1); NaN until two epochs have ended
         self.register_buffer("history", torch.full((2, t), float("nan"), dtype=torch.float64))
 
-    def observe(self, losses):
+    def observe(self, ctx, batch, outputs, losses):
+        self.record(losses)
+
+    def record(self, losses) -> None:
+        """Add one batch's task losses to this epoch's sums."""
         for name, loss in losses.items():
             i = self.task_names.index(name)
             self.loss_sum[i] += loss.detach().to(torch.float64)

@@ -5,9 +5,11 @@ depend only on the Gramian G = J J^T of the task Jacobian J (T x |W|, row k = g_
 the shared parameters W) and sometimes on the losses. Two ways to compute the update
 (``mode``):
 
-- ``jacobian`` (default): J is materialised with ONE batched backward (T vector-Jacobian products
-  through ``autograd.grad(..., is_grads_batched=True)``), G = J J^T, and the update a^T J is a
-  matrix product written into ``.grad``. Memory: T x |W|.
+- ``jacobian`` (default): J is materialised from the retained graph (``jacobian_method``: ``loop``,
+  T ``autograd.grad`` calls, or ``batched``, one vmapped call of T vector-Jacobian products),
+  G = J J^T, and the update a^T J is a matrix product written into ``.grad``. Memory: T x |W|.
+  On an H100 (benchmarks/results/strategies_h100.md) ``loop`` is both faster and leaner than
+  ``batched``: vmap lacks batching rules for some backward ops of the U-Net and falls back.
 - ``gramian``: G is accumulated layer by layer by torchjd's autogram engine without ever holding J,
   then the update is ONE backward of sum_k a_k L_k through ``manual_backward``. Less memory, one
   more backward.
@@ -39,17 +41,41 @@ from medmtl.strategies.base import Batch, StepContext, Strategy
 MODES = ("jacobian", "gramian", "representation")
 
 
-def task_jacobian(losses: torch.Tensor, params: Sequence[nn.Parameter]) -> torch.Tensor:
-    """(T, n) matrix whose row k is dL_k/dparams, from one batched backward (graph retained)."""
+JACOBIAN_METHODS = ("batched", "loop")
+
+
+def task_jacobian(losses: torch.Tensor, params: Sequence[nn.Parameter], method: str = "loop") -> torch.Tensor:
+    """(T, n) matrix whose row k is dL_k/dparams; the graph is retained.
+
+    ``batched``: one ``autograd.grad`` call with ``is_grads_batched=True`` (vmap over the T
+    vector-Jacobian products). ``loop``: T ``autograd.grad`` calls, one per task; faster where
+    vmap has no batching rule for an op of the backward (it then loops per op internally).
+    """
     t = losses.shape[0]
-    eye = torch.eye(t, dtype=losses.dtype, device=losses.device)
-    grads = torch.autograd.grad(losses, list(params), grad_outputs=eye, is_grads_batched=True,
-                                retain_graph=True, allow_unused=True)
-    rows = [
-        (g if g is not None else torch.zeros((t, *p.shape), dtype=losses.dtype, device=losses.device)).reshape(t, -1)
-        for g, p in zip(grads, params)
-    ]
-    return torch.cat(rows, dim=1)
+    params = list(params)
+    if method == "batched":
+        eye = torch.eye(t, dtype=losses.dtype, device=losses.device)
+        grads = torch.autograd.grad(losses, params, grad_outputs=eye, is_grads_batched=True,
+                                    retain_graph=True, allow_unused=True)
+        per_param = [g.reshape(t, -1) if g is not None else None for g in grads]
+    elif method == "loop":
+        rows = [torch.autograd.grad(losses[k], params, retain_graph=True, allow_unused=True) for k in range(t)]
+        per_param = []
+        for i, p in enumerate(params):
+            column = [rows[k][i] for k in range(t)]
+            per_param.append(None if all(g is None for g in column) else torch.stack(
+                [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g in column]))
+    else:
+        raise ValueError(f"jacobian method must be one of {JACOBIAN_METHODS}, got {method!r}.")
+    return torch.cat([g if g is not None else losses.new_zeros(t, p.numel()) for g, p in zip(per_param, params)], dim=1)
+
+
+def gramian_of(jacobian: torch.Tensor) -> torch.Tensor:
+    """J J^T in float32 at least, outside autocast (a bf16 Gramian loses the small inner products
+    that decide conflicts, and the solvers need float)."""
+    with torch.autocast(jacobian.device.type, enabled=False):
+        matrix = jacobian.detach().to(torch.promote_types(jacobian.dtype, torch.float32))
+        return matrix @ matrix.T
 
 
 def write_flat_gradient(params: Sequence[nn.Parameter], flat: torch.Tensor) -> None:
@@ -67,8 +93,11 @@ class GradientCombination(Strategy):
 
     needs_jacobian: bool = False
 
-    def __init__(self, mode: str = "jacobian"):
+    def __init__(self, mode: str = "jacobian", jacobian_method: str = "loop"):
         super().__init__()
+        if jacobian_method not in JACOBIAN_METHODS:
+            raise ValueError(f"optim.strategy.jacobian_method must be one of {JACOBIAN_METHODS}, got {jacobian_method!r}.")
+        self.jacobian_method = jacobian_method
         if mode not in MODES:
             raise ValueError(f"optim.strategy.mode must be one of {MODES}, got {mode!r}.")
         if mode == "gramian" and self.needs_jacobian:
@@ -96,14 +125,13 @@ class GradientCombination(Strategy):
         (optimizer,) = ctx.optimizers()
         optimizer.zero_grad(set_to_none=True)
         if self.mode == "jacobian":
-            jacobian = task_jacobian(stacked, shared)
-            gramian = jacobian @ jacobian.T
-            weights = self.combination_weights(gramian.detach(), stacked.detach(), jacobian.detach())
+            jacobian = task_jacobian(stacked, shared, self.jacobian_method)
+            weights = self.combination_weights(gramian_of(jacobian), stacked.detach().float(), jacobian.detach())
             write_flat_gradient(shared, weights.to(jacobian.dtype) @ jacobian)
             ctx.backward(stacked.sum(), inputs=heads)
         else:
             gramian = self._gramian(model, stacked)
-            weights = self.combination_weights(gramian.detach(), stacked.detach())
+            weights = self.combination_weights(gramian.detach().float(), stacked.detach().float())
             ctx.backward(stacked @ weights.to(stacked.dtype), inputs=shared, retain_graph=True)
             ctx.backward(stacked.sum(), inputs=heads)
         ctx.clip_gradients(optimizer)
@@ -121,8 +149,8 @@ class GradientCombination(Strategy):
         names = list(losses)
         stacked = torch.stack([losses[n] for n in names])
         keys = list(detached)
-        jacobian = task_jacobian(stacked, [detached[k] for k in keys])
-        weights = self.combination_weights((jacobian @ jacobian.T).detach(), stacked.detach(), jacobian.detach())
+        jacobian = task_jacobian(stacked, [detached[k] for k in keys], self.jacobian_method)
+        weights = self.combination_weights(gramian_of(jacobian), stacked.detach().float(), jacobian.detach())
         combined = (weights.to(jacobian.dtype) @ jacobian).detach()
         (optimizer,) = ctx.optimizers()
         optimizer.zero_grad(set_to_none=True)

@@ -30,11 +30,12 @@ WEIGHTINGS = {
 class JacobianAggregator(GradientCombination):
     """``aggregator``: a key of :data:`WEIGHTINGS`; ``options``: keyword arguments of its torchjd class."""
 
-    def __init__(self, aggregator: str, mode: str = "jacobian", options: dict[str, Any] | None = None):
+    def __init__(self, aggregator: str, mode: str = "jacobian", options: dict[str, Any] | None = None,
+                 jacobian_method: str = "loop"):
         if aggregator not in WEIGHTINGS:
             raise ValueError(f"optim.strategy.aggregator must be one of {sorted(WEIGHTINGS)}, got {aggregator!r}.")
         self.class_name, self.needs_jacobian = WEIGHTINGS[aggregator]
-        super().__init__(mode)
+        super().__init__(mode, jacobian_method)
         self.aggregator_name = aggregator
         self.options = dict(options or {})
         self._weighting = None

@@ -57,14 +57,17 @@ def gradient_normalizers(gramian: torch.Tensor, losses: torch.Tensor, normalizat
 
 class MGDA(GradientCombination):
     def __init__(self, mode: str = "jacobian", normalization: str = "none", rescale: bool = False,
-                 max_iterations: int = 250, tolerance: float = 1e-6):
-        super().__init__(mode)
+                 max_iterations: int = 250, tolerance: float = 1e-6, jacobian_method: str = "loop"):
+        super().__init__(mode, jacobian_method)
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"optim.strategy.normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
         self.normalization, self.rescale = normalization, rescale
         self.max_iterations, self.tolerance = max_iterations, tolerance
 
     def combination_weights(self, gramian, losses, jacobian=None):
-        n = gradient_normalizers(gramian.to(torch.float64), losses, self.normalization).clamp_min(1e-12)
-        weights = min_norm_weights(gramian.to(torch.float64) / torch.outer(n, n), self.max_iterations, self.tolerance)
-        return weights / n if self.rescale else weights
+        # a T x T problem: solved on the CPU (a GPU loop would synchronise at every iteration)
+        device = gramian.device
+        gramian, losses = gramian.detach().cpu().to(torch.float64), losses.detach().cpu()
+        n = gradient_normalizers(gramian, losses, self.normalization).clamp_min(1e-12)
+        weights = min_norm_weights(gramian / torch.outer(n, n), self.max_iterations, self.tolerance)
+        return (weights / n if self.rescale else weights).to(device)

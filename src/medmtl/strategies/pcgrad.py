@@ -35,8 +35,8 @@ def pcgrad_weights(gramian: torch.Tensor, generator: torch.Generator | None = No
 class PCGrad(GradientCombination):
     """Projecting conflicting gradients; ``reduction`` is ``sum`` (paper) or ``mean``."""
 
-    def __init__(self, mode: str = "jacobian", reduction: str = "sum"):
-        super().__init__(mode)
+    def __init__(self, mode: str = "jacobian", reduction: str = "sum", jacobian_method: str = "loop"):
+        super().__init__(mode, jacobian_method)
         if reduction not in ("sum", "mean"):
             raise ValueError(f"optim.strategy.reduction must be sum or mean, got {reduction!r}.")
         self.reduction = reduction

@@ -27,17 +27,19 @@ class WeightedSum(Strategy):
     def weighted_total(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The scalar to back-propagate."""
 
-    def observe(self, losses: Mapping[str, torch.Tensor]) -> None:
-        """Hook for strategies that keep statistics of the losses."""
+    def observe(self, ctx: StepContext, batch: Batch, outputs: Mapping[str, torch.Tensor],
+                losses: Mapping[str, torch.Tensor]) -> None:
+        """Hook for strategies that keep statistics (of losses, of task performance)."""
 
     def weights_to_log(self) -> dict[str, torch.Tensor]:
         return {}
 
     def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
-        losses = ctx.losses(ctx.forward(batch), batch)
+        outputs = ctx.forward(batch)
+        losses = ctx.losses(outputs, batch)
         if not losses:
             return {}
-        self.observe(losses)
+        self.observe(ctx, batch, outputs, losses)
         (optimizer,) = ctx.optimizers()
         optimizer.zero_grad(set_to_none=True)
         total = self.weighted_total(losses)

@@ -1,0 +1,79 @@
+"""What only a GPU shows: every strategy's step on CUDA equals its step on the CPU, and bf16
+autocast steps stay finite.
+
+    python benchmarks/cuda_check.py [--output benchmarks/results/cuda_check.md]
+
+For each strategy: the same tiny U-Net (float64), the same batch, two training steps on the CPU and
+on CUDA; the largest parameter difference must be at round-off level. Then two steps under
+``torch.autocast("cuda", dtype=torch.bfloat16)`` in float32: parameters must stay finite and move.
+Strategies that draw random numbers (PCGrad's order, GA's balanced sampler) are seeded identically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
+
+STRATEGIES = ["vanilla", "stl", "uncertainty", "dwa", "dtp", "gradnorm", "pcgrad", "mgda", "mgda_ub", "mtl_io",
+              "mtl_ius", "mao", "ga", "jd_upgrad", "jd_imtl_g", "jd_dualproj"]
+
+
+def steps(name, device, dtype, autocast, width=1 / 16, size=64):
+    import torch
+
+    from bench_strategies import build, random_batch
+    from medmtl.strategies.context import PlainContext
+
+    torch.manual_seed(0)
+    model, strategy, tasks, optimizer_factory = build(name, width, None, dropout=0.0)
+    model.to(device=device, dtype=dtype)
+    strategy.to(device=device, dtype=dtype)
+    optimizers = strategy.configure_optimizers(model, optimizer_factory)
+    batch = {k: v.to(dtype) for k, v in random_batch(size, 2, device).items()}
+    ctx = PlainContext(model, tasks, optimizers, task_batches={t.name: itertools.repeat(batch) for t in tasks})
+    initial = copy.deepcopy([p.detach() for p in model.parameters()])
+    torch.manual_seed(1)
+    for _ in range(2):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            strategy.training_step(ctx, batch)
+    moved = max((p.detach() - q).abs().max().item() for p, q in zip(model.parameters(), initial))
+    return [p.detach().cpu() for p in model.parameters()], moved
+
+
+def main() -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output", default=str(HERE / "results" / "cuda_check.md"))
+    args = parser.parse_args()
+    cuda = torch.device("cuda")
+    lines = [f"# CUDA checks ({torch.cuda.get_device_name()}, torch {torch.__version__})", "",
+             "| strategy | max abs diff CUDA vs CPU (float64, 2 steps) | bf16 autocast: finite | bf16: max update |",
+             "|---|---:|---|---:|"]
+    failures = []
+    for name in STRATEGIES:
+        cpu_params, _ = steps(name, torch.device("cpu"), torch.float64, autocast=False)
+        gpu_params, _ = steps(name, cuda, torch.float64, autocast=False)
+        diff = max((a - b).abs().max().item() for a, b in zip(cpu_params, gpu_params))
+        bf16_params, moved = steps(name, cuda, torch.float32, autocast=True)
+        finite = all(torch.isfinite(p).all().item() for p in bf16_params)
+        if diff > 1e-8 or not finite or moved == 0:
+            failures.append(name)
+        lines.append(f"| {name} | {diff:.2e} | {'yes' if finite else 'NO'} | {moved:.2e} |")
+        print(lines[-1], flush=True)
+    lines += ["", f"failures: {failures or 'none'}"]
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()

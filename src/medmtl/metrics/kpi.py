@@ -1,0 +1,44 @@
+"""Key performance indicators in [0, 1] per task kind, for DTP (survey 3.1.4).
+
+- ``binary``: accuracy at threshold 0.5;
+- ``segmentation``: Dice of the thresholded map (1 when prediction and target are both empty);
+- ``heatmap``: soft Dice 2 sum(p y) / (sum p + sum y) of the sigmoid map against the target.
+
+Computed on the samples labelled for the task, without gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from medmtl.tasks import Task
+
+
+def _labelled(task: Task, output: torch.Tensor, target: torch.Tensor, batch: Mapping[str, torch.Tensor]):
+    mask = task.present(batch)
+    if mask is None:
+        return output, target
+    mask = mask.to(device=output.device, dtype=torch.bool)
+    return output[mask], target[mask]
+
+
+def _dice(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    prediction, target = prediction.flatten(1), target.flatten(1)
+    denominator = prediction.sum(1) + target.sum(1)
+    overlap = 2 * (prediction * target).sum(1)
+    return torch.where(denominator > 0, overlap / denominator.clamp_min(1e-12), torch.ones_like(denominator)).mean()
+
+
+@torch.no_grad()
+def task_kpi(task: Task, output: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    output, target = _labelled(task, output.float(), batch[task.target_key].float(), batch)
+    if output.shape[0] == 0:
+        return None
+    probability = torch.sigmoid(output)
+    if task.kind == "binary":
+        return ((probability > 0.5).float() == target).float().mean()
+    if task.kind == "segmentation":
+        return _dice((probability > 0.5).float(), target)
+    return _dice(probability, target)

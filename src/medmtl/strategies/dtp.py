@@ -1,0 +1,61 @@
+"""``dtp``: dynamic task prioritization (Guo et al. 2018; survey 3.1.4).
+
+w_k = -(1 - kappa_k)^gamma_k log(kappa_k), where kappa_k in (0, 1) is task k's key performance
+indicator (``medmtl.metrics.kpi``: accuracy, Dice, soft Dice), smoothed by an exponential moving
+average kappa <- ema * kappa + (1 - ema) * KPI(batch) over training batches (the survey's
+"validation-style metric"; computing it on training batches avoids an extra pass). Harder tasks
+(low kappa) get larger weights. The first observation initialises kappa; kappa is clipped to
+[``clip``, 1 - ``clip``] so that the weight stays finite. ``gamma`` is one value or one per task.
+The smoothed KPIs are buffers (checkpointed).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from medmtl.metrics.kpi import task_kpi
+from medmtl.strategies.base import Batch, StepContext
+from medmtl.strategies.weighted_sum import WeightedSum
+
+
+class DynamicTaskPrioritization(WeightedSum):
+    def __init__(self, gamma: float | Mapping[str, float] = 1.0, ema: float = 0.9, clip: float = 1e-3):
+        super().__init__()
+        self.gamma, self.ema, self.clip = gamma, ema, clip
+
+    def setup(self, task_names: list[str]) -> None:
+        self.task_names = list(task_names)
+        if isinstance(self.gamma, Mapping):
+            missing = [t for t in task_names if t not in self.gamma]
+            if missing:
+                raise ValueError(f"optim.strategy.gamma has no value for the tasks {missing}.")
+            gammas = [float(self.gamma[t]) for t in task_names]
+        else:
+            gammas = [float(self.gamma)] * len(task_names)
+        self.register_buffer("gammas", torch.tensor(gammas, dtype=torch.float64))
+        self.register_buffer("kappa", torch.full((len(task_names),), float("nan"), dtype=torch.float64))
+
+    def observe(self, ctx: StepContext, batch: Batch, outputs, losses) -> None:
+        for task in ctx.tasks:
+            if task.name not in outputs:
+                continue
+            value = task_kpi(task, outputs[task.name], batch)
+            if value is None:
+                continue
+            i = self.task_names.index(task.name)
+            value = value.to(self.kappa)
+            previous = self.kappa[i]
+            self.kappa[i] = value if torch.isnan(previous) else self.ema * previous + (1 - self.ema) * value
+
+    def task_weights(self) -> torch.Tensor:
+        kappa = self.kappa.nan_to_num(0.5).clamp(self.clip, 1 - self.clip)
+        return -((1 - kappa) ** self.gammas) * torch.log(kappa)
+
+    def weighted_total(self, losses):
+        weights = self.task_weights()
+        return torch.stack([weights[self.task_names.index(k)].to(v.dtype) * v for k, v in losses.items()]).sum()
+
+    def weights_to_log(self):
+        return {f"weight/{k}": w for k, w in zip(self.task_names, self.task_weights().float())}
