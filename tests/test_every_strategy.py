@@ -59,3 +59,31 @@ def test_strategy_trains_and_resumes_its_state(optim_name, refuge_root, tmp_path
     loaded = [o.state_dict()["state"] for o in restored.optimizer_list()]
     assert len(saved) == len(loaded)
     torch.testing.assert_close(saved, loaded, equal_nan=True)
+
+
+@pytest.mark.parametrize("optim_name", options("optim"))
+def test_absent_tasks_contribute_nothing_and_break_nothing(optim_name):
+    import itertools
+
+    from helpers import PlainContext, random_batch, tiny_unet
+    from medmtl.models import build_model
+    from medmtl.tasks import refuge_tasks
+
+    cfg = compose_train([f"optim={optim_name}"])
+    strategy = instantiate(cfg.optim.strategy)
+    tasks = refuge_tasks()
+    strategy.setup([t.name for t in tasks])
+    torch.manual_seed(0)
+    model = build_model(lambda tasks: UNetVGG16(tasks, width=1 / 16, dropout=0.0), tasks, strategy.separate_networks).double()
+    strategy.double()
+    optimizers = strategy.configure_optimizers(model, instantiate(cfg.optim.optimizer))
+    absent = {"present/oc": torch.tensor([False, False]), "present/glaucoma": torch.tensor([False, False])}
+    batch = random_batch(3) | absent
+    oc_head = [p.detach().clone() for p in model.head_parameters("oc")]
+    ctx = PlainContext(model, tasks, optimizers, task_batches={t.name: itertools.repeat(batch) for t in tasks})
+    for _ in range(2):
+        logged = strategy.training_step(ctx, batch)
+    assert "loss/oc" not in logged and "loss/glaucoma" not in logged
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(oc_head, model.head_parameters("oc"))), "an absent task's head moved"
+    assert all(torch.isfinite(v).all() for v in logged.values())

@@ -9,7 +9,7 @@ import torch
 from medmtl.data.refuge import RefugeDataModule
 from medmtl.models.unet_vgg16 import UNetVGG16
 from medmtl.module import MultiTaskModule, check_precision
-from medmtl.strategies import EqualWeights, IndependentOptimizers
+from medmtl.strategies import EqualWeights, GradNorm, IndependentOptimizers, MultiAdaptiveOptimization, PCGrad
 from medmtl.utils import wandb_logger
 
 
@@ -62,6 +62,9 @@ def test_fp16_scaler_is_refused_for_multi_step_strategies():
     with pytest.raises(ValueError, match="bf16-mixed"):
         check_precision("16-mixed", IndependentOptimizers())
     check_precision("16-mixed", EqualWeights())
+    for strategy in (PCGrad(), GradNorm(), MultiAdaptiveOptimization()):
+        with pytest.raises(ValueError, match="bf16-mixed"):
+            check_precision("16-mixed", strategy)
     check_precision("bf16-mixed", IndependentOptimizers())
 
 

@@ -30,11 +30,12 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
 def check_precision(precision: str, strategy: Strategy) -> None:
-    """Refuse ``16-mixed`` for strategies that step more than once per mini-batch (PITFALLS.md)."""
-    if precision.startswith("16") and not strategy.single_scaled_step:
+    """Refuse ``16-mixed`` for strategies the fp16 gradient scaler cannot serve (PITFALLS.md)."""
+    if precision.startswith("16") and not strategy.supports_fp16_scaler:
         raise ValueError(
-            f"precision={precision} uses a gradient scaler that supports one optimizer step per iteration; "
-            f"{type(strategy).__name__} steps several times. Use trainer.precision=bf16-mixed or 32-true."
+            f"precision={precision} uses a gradient scaler that needs one optimizer step per iteration on gradients "
+            f"from manual_backward; {type(strategy).__name__} does not work that way. "
+            "Use trainer.precision=bf16-mixed or 32-true."
         )
 
 

@@ -61,14 +61,16 @@ class Strategy(nn.Module, abc.ABC):
 
     Attributes:
         separate_networks: build one network per task (single-task learning).
-        single_scaled_step: True when the strategy makes exactly one optimizer step per
-            mini-batch, the only case in which Lightning's ``16-mixed`` gradient scaler is correct
-            (one ``scaler.update()`` per iteration). Other strategies are refused under ``16-mixed``
-            (``bf16-mixed`` needs no scaler and works with all of them).
+        supports_fp16_scaler: True when the strategy makes exactly one optimizer step per
+            mini-batch from gradients that all went through ``manual_backward``: the only case in
+            which Lightning's ``16-mixed`` gradient scaler is correct (one ``scaler.update()`` per
+            iteration, every ``.grad`` scaled). Strategies that step several times (MTL-IO) or write
+            gradients from ``autograd.grad`` (Jacobian methods, GradNorm's weights, MAO) are refused
+            under ``16-mixed``; ``bf16-mixed`` needs no scaler and works with all of them.
     """
 
     separate_networks: bool = False
-    single_scaled_step: bool = True
+    supports_fp16_scaler: bool = True
 
     def setup(self, task_names: list[str]) -> None:
         """Called once by the module with the task set, before optimizers exist: create per-task

@@ -92,6 +92,7 @@ class GradientCombination(Strategy):
     """Base class; subclasses implement :meth:`combination_weights`."""
 
     needs_jacobian: bool = False
+    supports_fp16_scaler = False
 
     def __init__(self, mode: str = "jacobian", jacobian_method: str = "loop"):
         super().__init__()

@@ -30,6 +30,7 @@ from medmtl.strategies.gradient_combination import task_jacobian
 
 
 class GradNorm(Strategy):
+    supports_fp16_scaler = False
     def __init__(self, alpha: float = 1.5, weights_lr: float | None = None):
         super().__init__()
         self.alpha = alpha

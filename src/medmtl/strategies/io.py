@@ -31,7 +31,7 @@ from medmtl.strategies.base import Batch, OptimizerFactory, StepContext, Strateg
 class AlternatingUpdates(Strategy):
     """Shared logic: one forward/backward/step per task, in order, at the current weights."""
 
-    single_scaled_step = False
+    supports_fp16_scaler = False
 
     def __init__(self, order: Sequence[str] | None = None):
         super().__init__()

@@ -38,20 +38,29 @@ class JacobianAggregator(GradientCombination):
         super().__init__(mode, jacobian_method)
         self.aggregator_name = aggregator
         self.options = dict(options or {})
-        self._weighting = None
+        self._weightings: dict[int, Any] = {}
+
+    def weighting(self, n_tasks: int):
+        """The torchjd object for ``n_tasks`` present tasks. Nash-MTL is built for a fixed number
+        of tasks and keeps state between steps: with partial labels, each number of present tasks
+        gets its own instance (and state)."""
+        if n_tasks not in self._weightings:
+            import torchjd.aggregation as aggregation
+
+            options = dict(self.options)
+            if self.aggregator_name == "cagrad":
+                options.setdefault("c", 0.5)  # the CAGrad paper's default
+            if self.aggregator_name == "nash_mtl":
+                options["n_tasks"] = n_tasks
+            self._weightings[n_tasks] = getattr(aggregation, self.class_name)(**options)
+        return self._weightings[n_tasks]
 
     def setup(self, task_names: list[str]) -> None:
-        import torchjd.aggregation as aggregation
-
-        options = dict(self.options)
-        if self.aggregator_name == "cagrad":
-            options.setdefault("c", 0.5)  # the CAGrad paper's default
-        if self.aggregator_name == "nash_mtl":
-            options.setdefault("n_tasks", len(task_names))
-        self._weighting = getattr(aggregation, self.class_name)(**options)
+        self.weighting(len(task_names))  # fail at start-up on a missing solver or a bad option
 
     def combination_weights(self, gramian, losses, jacobian=None):
+        weighting = self.weighting(gramian.shape[0])
         if self.needs_jacobian:
             # a torchjd WeightedAggregator: its public ``weighting`` maps J to the weights
-            return self._weighting.weighting(jacobian)
-        return self._weighting(gramian)
+            return weighting.weighting(jacobian)
+        return weighting(gramian)

@@ -88,6 +88,7 @@ class MultiAdaptive(torch.optim.Optimizer):
 
 class MultiAdaptiveOptimization(Strategy):
     """Computes every task's gradient on its path and hands them to :class:`MultiAdaptive`."""
+    supports_fp16_scaler = False
 
     def configure_optimizers(self, model: MultiTaskNet, optimizer_factory: OptimizerFactory):
         optimizer = optimizer_factory(list(model.parameters()))
