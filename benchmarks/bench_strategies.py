@@ -11,7 +11,8 @@ allocated on CUDA) is its own. Targets (issue "every training strategy"):
 - MTL-IO <= 1.05 x T x vanilla.
 
 torchjd's own training path for the same aggregators (``torchjd.autojac.backward`` followed by
-``jac_to_grad``) is timed in the same run for comparison (rows ``torchjd:<name>``).
+``jac_to_grad``) and, when installed, LibMTL's weightings (a full backward per task) are timed in
+the same run for comparison (rows ``torchjd:<name>``, ``libmtl:<name>``).
 
 Writes ``benchmarks/results/strategies.md`` (and prints it).
 """
@@ -19,6 +20,7 @@ Writes ``benchmarks/results/strategies.md`` (and prints it).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -36,6 +38,8 @@ STRATEGIES = ["vanilla", "stl", "fixed", "uncertainty", "dwa", "dtp", "gradnorm"
 GRAMIAN_VARIANTS = ["pcgrad", "mgda", "jd_upgrad"]
 TORCHJD_REFERENCE = {"jd_upgrad": "UPGrad", "jd_imtl_g": "IMTLG", "jd_dualproj": "DualProj", "mgda": "MGDA"}
 REPRESENTATION = {"mgda_ub"}
+#: our strategy -> LibMTL weighting class (and its backward kwargs), when LibMTL is installed
+LIBMTL_REFERENCE = {"pcgrad": ("PCGrad", {}), "mgda": ("MGDA", {"mgda_gn": "none"}), "jd_imtl_g": ("IMTL", {})}
 EXACT_JACOBIAN = {"pcgrad", "mgda", "jd_upgrad", "jd_imtl_g", "jd_aligned_mtl", "jd_cagrad", "jd_dualproj", "jd_nash_mtl"}
 
 
@@ -93,6 +97,49 @@ def torchjd_step_factory(aggregator_name: str, model, tasks, optimizer):
     return step
 
 
+def libmtl_step_factory(name: str, model, tasks, optimizer, device):
+    """LibMTL's documented use: its weighting's ``backward(losses)`` loops over the tasks with one
+    full backward each and writes the combined gradient of the shared parameters."""
+    import types
+
+    import torch
+    import torch.hub
+
+    # LibMTL 1.1.5 (the PyPI release) imports torchvision.models.utils, removed from torchvision
+    # since; the one function it takes from there lives in torch.hub
+    sys.modules.setdefault("torchvision.models.utils",
+                           types.SimpleNamespace(load_state_dict_from_url=torch.hub.load_state_dict_from_url))
+    import LibMTL.weighting as weighting
+
+    class_name, kwargs = LIBMTL_REFERENCE[name]
+    shared = model.shared_parameters()
+
+    class Adapter(getattr(weighting, class_name)):
+        def __init__(self):
+            super().__init__()
+            self.task_num, self.device, self.rep_grad = len(tasks), device, False
+
+        def get_share_params(self):
+            return shared
+
+        def zero_grad_share_params(self):
+            for p in shared:
+                if p.grad is not None:
+                    p.grad.zero_()
+
+    adapter = Adapter()
+    adapter.init_param()
+
+    def step(batch):
+        outputs = model(batch["image"])
+        losses = torch.stack([t.compute_loss(outputs[t.name], batch) for t in tasks])  # as LibMTL's trainer
+        optimizer.zero_grad(set_to_none=False)
+        adapter.backward(losses, **kwargs)
+        optimizer.step()
+
+    return step
+
+
 def measure(args) -> dict:
     """Runs in a child process: time one strategy, report its peak memory."""
     import torch
@@ -102,7 +149,7 @@ def measure(args) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    name = args.strategy.removeprefix("torchjd:")
+    name = args.strategy.removeprefix("torchjd:").removeprefix("libmtl:")
     extra = [f"optim.strategy.jacobian_method={args.jacobian_method}"] if args.jacobian_method else []
     model, strategy, tasks, optimizer_factory = build(name, args.width, args.mode, extra=extra)
     model.to(device)
@@ -111,6 +158,8 @@ def measure(args) -> dict:
     batch = random_batch(args.size, args.batch, device)
     if args.strategy.startswith("torchjd:"):
         step = torchjd_step_factory(TORCHJD_REFERENCE[name], model, tasks, optimizers[0])
+    elif args.strategy.startswith("libmtl:"):
+        step = libmtl_step_factory(name, model, tasks, optimizers[0], device)
     else:
         import itertools
 
@@ -192,10 +241,14 @@ def main() -> None:
     t = 4
     chosen = lambda s: not args.only or s in args.only  # noqa: E731
     runs = [(s, None, None) for s in (args.only or STRATEGIES)]
-    runs += [(s, None, "loop") for s in ("pcgrad", "jd_upgrad", "mgda_ub") if chosen(s)]
+    runs += [(s, None, "batched") for s in ("pcgrad", "jd_upgrad", "mgda_ub") if chosen(s)]
     runs += [(s, "gramian", None) for s in GRAMIAN_VARIANTS if chosen(s)]
     runs += [(s, "representation", None) for s in ("pcgrad", "jd_upgrad") if chosen(s)]
     runs += [(f"torchjd:{s}", None, None) for s in TORCHJD_REFERENCE if chosen(s)]
+    if importlib.util.find_spec("LibMTL") is not None:
+        runs += [(f"libmtl:{s}", None, None) for s in LIBMTL_REFERENCE if chosen(s)]
+    else:
+        print("LibMTL is not installed (pip install LibMTL): its rows are left out.")
     results = {}
     for strategy, mode, method in runs:
         label = strategy + "".join(f" ({x})" for x in (mode, method) if x)
@@ -218,7 +271,7 @@ def main() -> None:
         name = label.split(" ")[0]
         if "(representation)" in label:
             name = "mgda_ub"
-        text, bound = target_for(name, t) if not name.startswith("torchjd:") else ("", None)
+        text, bound = target_for(name, t) if ":" not in name else ("", None)
         met = "" if bound is None else ("yes" if ratio <= bound else "no")
         target = f"{text} = {bound:.2f}" if bound else ""
         lines.append(f"| {label} | {r['seconds']:.4f} | {ratio:.2f} | {target} | {met} | {r['peak_mb']:.0f} | "

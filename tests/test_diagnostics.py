@@ -57,3 +57,19 @@ def test_callback_writes_per_layer_per_task_rows(refuge_root, tmp_path):
     assert float(by_key[("0", decoder_layer, "glaucoma")]["grad"]) == 0.0
     assert float(by_key[("0", decoder_layer, "od")]["grad"]) > 0.0
     assert all(float(r["contribution"]) >= 0 for r in rows)
+
+
+def test_task_balance_plots_are_written(tmp_path):
+    import pandas as pd
+
+    from medmtl.analysis.task_balance import plot_per_layer, plot_per_step, read_diagnostics
+
+    rows = [(it, layer, task, 1e-3 * (i + 1), 1e-5 * (j + 1))
+            for it in (0, 50) for i, layer in enumerate(["encoder.a", "encoder.b", "decoder.c"])
+            for j, task in enumerate(["od", "glaucoma"])]
+    pd.DataFrame(rows, columns=["iteration", "layer", "task", "grad", "contribution"]).to_csv(tmp_path / "d.csv", index=False)
+    frame = read_diagnostics(tmp_path / "d.csv")
+    for path in (plot_per_layer(frame, tmp_path / "layers.png"), plot_per_step(frame, tmp_path / "steps.png", "encoder")):
+        assert path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="No layer"):
+        plot_per_step(frame, tmp_path / "x.png", "head")

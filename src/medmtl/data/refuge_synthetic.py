@@ -166,27 +166,22 @@ def _write_train(root: Path, rng: np.random.Generator, spec: SyntheticRefugeSpec
     _write_xlsx(root / layout.TRAIN_XLSX, rows)
 
 
-def _write_val(root: Path, rng: np.random.Generator, spec: SyntheticRefugeSpec) -> None:
+def _write_evaluation_split(root: Path, rng: np.random.Generator, spec: SyntheticRefugeSpec, split: str) -> None:
+    """Validation400 (labels in the xlsx, flat masks) or Test400 (masks in G/ and N/ folders)."""
+    count, prefix = (spec.n_val, "V") if split == "val" else (spec.n_test, "T")
+    images, masks, xlsx = ((layout.VAL_IMAGES, layout.VAL_MASKS, layout.VAL_XLSX) if split == "val"
+                           else (layout.TEST_IMAGES, layout.TEST_MASKS, layout.TEST_XLSX))
     rows = []
     width, height = spec.eval_size
-    for i in range(spec.n_val):
+    for i in range(count):
         image, mask, (fx, fy), label, _ = draw_sample(rng, width, height, spec)
-        stem = f"V{i + 1:04d}"
-        _write_pair(root / layout.VAL_IMAGES / f"{stem}.jpg", root / layout.VAL_MASKS / f"{stem}.bmp", image, mask)
-        rows.append({"ImgName": f"{stem}.jpg", "Glaucoma Label": label, "Fovea_X": round(fx, 2), "Fovea_Y": round(fy, 2)})
-    _write_xlsx(root / layout.VAL_XLSX, rows)
-
-
-def _write_test(root: Path, rng: np.random.Generator, spec: SyntheticRefugeSpec) -> None:
-    rows = []
-    width, height = spec.eval_size
-    for i in range(spec.n_test):
-        image, mask, (fx, fy), label, _ = draw_sample(rng, width, height, spec)
-        stem = f"T{i + 1:04d}"
-        class_dir = "G" if label else "N"
-        _write_pair(root / layout.TEST_IMAGES / f"{stem}.jpg", root / layout.TEST_MASKS / class_dir / f"{stem}.bmp", image, mask)
-        rows.append({"ImgName": f"{stem}.jpg", "Fovea_X": round(fx, 2), "Fovea_Y": round(fy, 2), "Label(Glaucoma=1)": label})
-    _write_xlsx(root / layout.TEST_XLSX, rows)
+        stem = f"{prefix}{i + 1:04d}"
+        mask_dir = root / masks if split == "val" else root / masks / ("G" if label else "N")
+        _write_pair(root / images / f"{stem}.jpg", mask_dir / f"{stem}.bmp", image, mask)
+        row = {"ImgName": f"{stem}.jpg", "Fovea_X": round(fx, 2), "Fovea_Y": round(fy, 2)}
+        rows.append({"ImgName": row.pop("ImgName"), "Glaucoma Label": label, **row} if split == "val"
+                    else row | {"Label(Glaucoma=1)": label})
+    _write_xlsx(root / xlsx, rows)
 
 
 def generate_synthetic_refuge(root: str | Path, spec: SyntheticRefugeSpec = SyntheticRefugeSpec()) -> Path:
@@ -209,8 +204,8 @@ def generate_synthetic_refuge(root: str | Path, spec: SyntheticRefugeSpec = Synt
     (root / PARTIAL_MARKER).touch()
     rng = np.random.default_rng(spec.seed)
     _write_train(root, rng, spec)
-    _write_val(root, rng, spec)
-    _write_test(root, rng, spec)
+    _write_evaluation_split(root, rng, spec, "val")
+    _write_evaluation_split(root, rng, spec, "test")
     marker.write_text(json.dumps(wanted, indent=2))
     (root / PARTIAL_MARKER).unlink()
     return root

@@ -89,6 +89,16 @@ class Strategy(nn.Module, abc.ABC):
         """Hook for epoch-level state (loss histories)."""
 
     @staticmethod
+    def stacked_losses(ctx: StepContext, batch: Batch) -> tuple[dict[str, torch.Tensor], list[str], torch.Tensor] | None:
+        """One forward of every task; (losses, names of the present tasks, their stacked losses),
+        or None when no task is labelled in the batch."""
+        losses = ctx.losses(ctx.forward(batch), batch)
+        if not losses:
+            return None
+        names = list(losses)
+        return losses, names, torch.stack([losses[n] for n in names])
+
+    @staticmethod
     def detached(losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {f"loss/{name}": value.detach() for name, value in losses.items()}
 

@@ -115,11 +115,10 @@ class GradientCombination(Strategy):
         if self.mode == "representation":
             return self._representation_step(ctx, batch)
         self._ensure_engine(ctx.model)
-        losses = ctx.losses(ctx.forward(batch), batch)
-        if not losses:
+        found = self.stacked_losses(ctx, batch)
+        if found is None:
             return {}
-        names = list(losses)
-        stacked = torch.stack([losses[n] for n in names])
+        losses, names, stacked = found
         model = ctx.model
         shared = model.shared_parameters()
         heads = [p for n in names for p in model.head_parameters(n)]

@@ -60,12 +60,11 @@ class GradNorm(Strategy):
         return grad
 
     def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
-        losses = ctx.losses(ctx.forward(batch), batch)
-        if not losses:
+        found = self.stacked_losses(ctx, batch)
+        if found is None:
             return {}
-        names = list(losses)
+        losses, names, stacked = found
         index = torch.tensor([self.task_names.index(n) for n in names], device=self.task_weights.device)
-        stacked = torch.stack([losses[n] for n in names])
         with torch.no_grad():
             unset = torch.isnan(self.initial_losses[index])
             self.initial_losses[index[unset]] = stacked.detach()[unset].to(self.initial_losses)

@@ -97,11 +97,10 @@ class MultiAdaptiveOptimization(Strategy):
         return [optimizer]
 
     def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
-        losses = ctx.losses(ctx.forward(batch), batch)
-        if not losses:
+        found = self.stacked_losses(ctx, batch)
+        if found is None:
             return {}
-        names = list(losses)
-        stacked = torch.stack([losses[n] for n in names])
+        losses, names, stacked = found
         model = ctx.model
         params = list(model.parameters())
         jacobian = task_jacobian(stacked, params).detach()
