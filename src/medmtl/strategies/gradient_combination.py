@@ -11,8 +11,9 @@ the shared parameters W) and sometimes on the losses. Two ways to compute the up
   On an H100 (benchmarks/results/strategies_h100.md) ``loop`` is both faster and leaner than
   ``batched``: vmap lacks batching rules for some backward ops of the U-Net and falls back.
 - ``gramian``: G is accumulated layer by layer by torchjd's autogram engine without ever holding J,
-  then the update is ONE backward of sum_k a_k L_k through ``manual_backward``. Less memory, one
-  more backward.
+  then the update is ONE backward of sum_k a_k L_k through ``manual_backward``. J is never held,
+  but the engine needs ``batch_dim=None`` with batch norm in the network: on the U-Net it is
+  slower (about 5x vanilla) and not leaner than ``jacobian`` (benchmarks/results/).
 
 - ``representation`` (the "-UB" variants of Sener & Koltun): the task gradients are taken with
   respect to the shared representation Z (``model.representation``) instead of W: one batched
