@@ -86,3 +86,24 @@ def test_wandb_mode_never_prompts(monkeypatch, tmp_path):
     assert wandb_logger.resolve_mode("disabled") == "disabled"
     with pytest.raises(ValueError, match="mode"):
         wandb_logger.resolve_mode("sometimes")
+
+
+def test_gradient_clipping_is_refused_where_the_update_ignores_grad():
+    from medmtl.tasks import refuge_tasks as tasks
+
+    with pytest.raises(ValueError, match="gradient_clip_val=null"):
+        MultiTaskModule(model=partial(UNetVGG16, width=1 / 16), strategy=MultiAdaptiveOptimization(),
+                        tasks=tasks(), optimizer=partial(torch.optim.Adam, lr=1e-3), gradient_clip_val=1.0)
+
+
+def test_gradient_clipping_bounds_the_update_norm():
+    from medmtl.tasks import refuge_tasks
+
+    from helpers import PlainContext, random_batch, tiny_unet
+
+    model = tiny_unet()
+    strategy = EqualWeights()
+    (optimizer,) = strategy.configure_optimizers(model, lambda p: torch.optim.SGD(p, lr=0.0))
+    strategy.training_step(PlainContext(model, refuge_tasks(), [optimizer], clip_norm=1e-3), random_batch(0))
+    total = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters() if p.grad is not None))
+    assert total.item() == pytest.approx(1e-3, rel=1e-4)

@@ -68,6 +68,8 @@ class MultiTaskModule(L.LightningModule):
         self.model = build_model(model, self.tasks, strategy.separate_networks)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        if gradient_clip_val and not strategy.supports_gradient_clipping:
+            raise ValueError(f"{type(strategy).__name__} does not clip gradients: set optim.gradient_clip_val=null.")
         self.gradient_clip_val = gradient_clip_val
         self.iterations = 0
         self.evaluator = None

@@ -71,6 +71,8 @@ class Strategy(nn.Module, abc.ABC):
 
     separate_networks: bool = False
     supports_fp16_scaler: bool = True
+    #: False when the update does not come from ``.grad`` (MAO): gradient_clip_val is refused
+    supports_gradient_clipping: bool = True
 
     def setup(self, task_names: list[str]) -> None:
         """Called once by the module with the task set, before optimizers exist: create per-task

@@ -14,8 +14,8 @@ reach a parameter (or is absent from the batch) updates neither its moments nor 
 there, so heads behave as plain Adam. Cost: one forward and one batched backward giving all T
 task gradients.
 
-Gradient clipping is not applied (the update does not use a single ``.grad``); decay applies once
-per step to every parameter some task reached.
+Gradient clipping is refused (the update does not come from ``.grad``); decay applies once per
+step to every parameter some task reached.
 """
 
 from __future__ import annotations
@@ -88,7 +88,9 @@ class MultiAdaptive(torch.optim.Optimizer):
 
 class MultiAdaptiveOptimization(Strategy):
     """Computes every task's gradient on its path and hands them to :class:`MultiAdaptive`."""
+
     supports_fp16_scaler = False
+    supports_gradient_clipping = False
 
     def configure_optimizers(self, model: MultiTaskNet, optimizer_factory: OptimizerFactory):
         optimizer = optimizer_factory(list(model.parameters()))
