@@ -7,7 +7,7 @@ STAMP := .make/install.stamp
 export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 
-.PHONY: help install quickstart train test test-all bench clean-logs
+.PHONY: help install quickstart train test test-all report bench clean-logs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ test-all: install ## every test, slow ones included
 
 clean-logs: ## delete logs/ (all runs!)
 	rm -rf logs
+
+report: install ## tables from a sweep: make report DIR=logs/train/multiruns/<date>
+	$(PYTHON) src/report.py $(DIR)
 
 bench: install ## benchmarks: strategies' time and memory relative to vanilla -> benchmarks/results/
 	$(PYTHON) benchmarks/bench_strategies.py

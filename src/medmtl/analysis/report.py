@@ -1,0 +1,200 @@
+"""Turn a sweep folder into results tables (Markdown, LaTeX, CSV).
+
+A sweep folder holds one job folder per run (Hydra's multirun layout); each job has
+``.hydra/overrides.yaml`` and, when it finished, ``metrics.json``. Runs are grouped by method
+(strategy, plus the model when several are present) and paired across methods by fold (CV) or by
+seed. Each cell is mean +/- std over the runs; the best mean per column is bold; a method whose
+value the best is significantly better than (paired t-test) is marked * (p < 0.05) or ** (p < 0.01);
+Delta_MTL is computed against the ``baseline`` method (``stl``) over the task metrics.
+
+Nothing is averaged silently: jobs without ``metrics.json`` (failed or unfinished) and folds or
+seeds that a method lacks compared with the others are listed in the report.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from medmtl.analysis.stats import delta_mtl, lower_is_better, mean_std, paired_t_test, significance_mark
+
+RESOURCE_COLUMNS = {"num_parameters": "parameters", "seconds_per_iteration": "seconds/iteration"}
+
+
+@dataclass
+class Run:
+    folder: Path
+    method: str
+    pair_key: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Collection:
+    runs: list[Run]
+    failed: list[Path]
+
+
+def job_folders(sweep: Path) -> list[Path]:
+    return sorted(p.parent.parent for p in Path(sweep).rglob(".hydra/overrides.yaml"))
+
+
+def load_run(folder: Path) -> Run | None:
+    path = folder / "metrics.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    metrics = {k: float(v) for k, v in record.get("test", {}).items()
+               if v is not None and not k.startswith("loss")}
+    for key, name in RESOURCE_COLUMNS.items():
+        if record.get(key) is not None:
+            metrics[name] = float(record[key])
+    fold = record.get("fold")
+    pair_key = f"fold {fold}" if record.get("protocol", "cv") == "cv" and fold is not None else f"seed {record.get('seed')}"
+    return Run(folder, str(record.get("strategy")), pair_key, metrics | {"_model": record.get("model")})
+
+
+def collect(sweep: str | Path) -> Collection:
+    runs, failed = [], []
+    for folder in job_folders(Path(sweep)):
+        run = load_run(folder)
+        (runs.append(run) if run is not None else failed.append(folder))
+    models = {r.metrics.get("_model") for r in runs}
+    for run in runs:
+        model = run.metrics.pop("_model", None)
+        if len(models) > 1:
+            run.method = f"{run.method} ({model})"
+    return Collection(runs, failed)
+
+
+@dataclass
+class Table:
+    methods: list[str]
+    metrics: list[str]
+    values: dict[tuple[str, str], dict[str, float]]  # (method, metric) -> {pair_key: value}
+    best: dict[str, str]
+    p_values: dict[tuple[str, str], float]
+    delta: dict[str, float]
+    missing: dict[str, list[str]]
+
+
+def build_table(collection: Collection, metrics: Sequence[str] | None = None, baseline: str = "stl") -> Table:
+    runs = collection.runs
+    methods = sorted({r.method for r in runs})
+    all_metrics = sorted({m for r in runs for m in r.metrics})
+    metrics = list(metrics) if metrics else [m for m in all_metrics if m not in RESOURCE_COLUMNS.values()]
+    metrics += [m for m in RESOURCE_COLUMNS.values() if m in all_metrics and m not in metrics]
+    values: dict[tuple[str, str], dict[str, float]] = {}
+    for run in runs:
+        for metric, value in run.metrics.items():
+            values.setdefault((run.method, metric), {})[run.pair_key] = value
+    keys = {r.pair_key for r in runs}
+    missing = {m: sorted(keys - {r.pair_key for r in runs if r.method == m}) for m in methods}
+    best, p_values = {}, {}
+    for metric in metrics:
+        means = {m: mean_std(list(values.get((m, metric), {}).values()))[0] for m in methods}
+        finite = {m: v for m, v in means.items() if not math.isnan(v)}
+        if not finite:
+            continue
+        chooser = min if lower_is_better(metric) else max
+        best[metric] = chooser(finite, key=finite.get)
+        if metric in RESOURCE_COLUMNS.values():
+            continue  # parameters and timings: no significance test
+        for method in methods:
+            if method != best[metric]:
+                p_values[(method, metric)] = paired_t_test(values.get((best[metric], metric), {}),
+                                                           values.get((method, metric), {}))
+    task_metrics = [m for m in metrics if m not in RESOURCE_COLUMNS.values()]
+    delta = {}
+    if baseline in methods:
+        base = {m: mean_std(list(values.get((baseline, m), {}).values()))[0] for m in task_metrics}
+        for method in methods:
+            mine = {m: mean_std(list(values.get((method, m), {}).values()))[0] for m in task_metrics}
+            delta[method] = delta_mtl(mine, base, task_metrics)
+    return Table(methods, metrics, values, best, p_values, delta, missing)
+
+
+def _cell(table: Table, method: str, metric: str, bold: tuple[str, str]) -> str:
+    samples = list(table.values.get((method, metric), {}).values())
+    if not samples:
+        return "-"
+    mean, std = mean_std(samples)
+    scale = 100.0 if any(w in metric for w in ("auc", "dice", "acc", "iou")) else 1.0
+    digits = 0 if metric == "parameters" else 2 if scale == 100.0 else 4
+    text = f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+    best = table.best.get(metric)
+    best_mean = mean_std(list(table.values.get((best, metric), {}).values()))[0] if best else math.nan
+    if best is not None and math.isclose(mean, best_mean, rel_tol=1e-12, abs_tol=1e-15):
+        text = f"{bold[0]}{text}{bold[1]}"  # the best, and every method tied with it
+    return text + significance_mark(table.p_values.get((method, metric), math.nan))
+
+
+def to_markdown(table: Table, collection: Collection) -> str:
+    header = ["method", *table.metrics] + (["Δ_MTL (%)"] if table.delta else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in table.methods:
+        row = [method] + [_cell(table, method, m, ("**", "**")) for m in table.metrics]
+        if table.delta:
+            row.append(f"{table.delta[method]:+.2f}" if not math.isnan(table.delta[method]) else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "AUC, Dice, accuracy and IoU in percent. Best mean in bold; * p < 0.05, ** p < 0.01 "
+              "(paired t-test of the best method against that method, paired by fold or seed)."]
+    lines += problems(table, collection)
+    return "\n".join(lines) + "\n"
+
+
+def problems(table: Table, collection: Collection) -> list[str]:
+    lines = []
+    for folder in collection.failed:
+        lines.append(f"- failed or unfinished (no metrics.json): {folder}")
+    for method, keys in table.missing.items():
+        if keys:
+            lines.append(f"- {method}: missing {', '.join(keys)}")
+    return (["", "Missing or failed runs:"] + lines) if lines else ["", "All runs present."]
+
+
+def to_latex(table: Table) -> str:
+    columns = "l" + "c" * (len(table.metrics) + (1 if table.delta else 0))
+    header = ["Method", *[m.replace("_", r"\_") for m in table.metrics]] + ([r"$\Delta_{MTL}$ (\%)"] if table.delta else [])
+    lines = [rf"\begin{{tabular}}{{{columns}}}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
+    for method in table.methods:
+        cells = [_cell(table, method, m, (r"\textbf{", "}")).replace("±", r"$\pm$") for m in table.metrics]
+        cells = [c.replace("**", "$^{**}$") if c.endswith("**") else c.replace("*", "$^{*}$") if c.endswith("*") else c
+                 for c in cells]
+        row = [method.replace("_", r"\_"), *cells]
+        if table.delta:
+            row.append(f"{table.delta[method]:+.2f}" if not math.isnan(table.delta[method]) else "-")
+        lines.append(" & ".join(row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(table: Table, path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "metric", "mean", "std", "n", "p_value_vs_best", "delta_mtl"])
+        for method in table.methods:
+            for metric in table.metrics:
+                samples = list(table.values.get((method, metric), {}).values())
+                mean, std = mean_std(samples)
+                writer.writerow([method, metric, mean, std, len(samples),
+                                 table.p_values.get((method, metric), ""), table.delta.get(method, "")])
+
+
+def write_report(sweep: str | Path, output: str | Path | None = None, metrics: Sequence[str] | None = None,
+                 baseline: str = "stl") -> Path:
+    sweep = Path(sweep)
+    collection = collect(sweep)
+    if not collection.runs:
+        raise FileNotFoundError(f"No finished run (metrics.json) under {sweep}.")
+    table = build_table(collection, metrics, baseline)
+    output = Path(output) if output else sweep / "report"
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "results.md").write_text(to_markdown(table, collection))
+    (output / "results.tex").write_text(to_latex(table))
+    write_csv(table, output / "results.csv")
+    return output

@@ -1,0 +1,84 @@
+"""Report tables from a fabricated sweep: statistics checked by hand and against scipy."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from medmtl.analysis.report import build_table, collect, write_report
+from medmtl.analysis.stats import delta_mtl
+
+from conftest import PROJECT_ROOT
+
+RESULTS = {  # method -> fold -> (auc, dice_od, fovea_error_px)
+    "stl": {0: (0.80, 0.90, 20.0), 1: (0.82, 0.91, 22.0), 2: (0.78, 0.89, 18.0)},
+    "mtl_io": {0: (0.90, 0.92, 19.0), 1: (0.91, 0.93, 21.0), 2: (0.89, 0.90, 17.0)},
+    "vanilla": {0: (0.85, 0.91, 25.0), 1: (0.88, 0.90, 27.0)},  # fold 2 missing
+}
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    job = 0
+    for method, folds in RESULTS.items():
+        for fold, (auc, dice, error) in folds.items():
+            folder = tmp_path / str(job)
+            (folder / ".hydra").mkdir(parents=True)
+            (folder / ".hydra" / "overrides.yaml").write_text(f"- optim={method}\n- data.fold={fold}\n")
+            record = {"test": {"auc": auc, "dice_od": dice, "fovea_error_px": error, "loss": 1.0},
+                      "strategy": method, "model": "UNetVGG16", "fold": fold, "protocol": "cv", "seed": 42,
+                      "num_parameters": 100, "seconds_per_iteration": 0.5}
+            (folder / "metrics.json").write_text(json.dumps(record))
+            job += 1
+    crashed = tmp_path / str(job)
+    (crashed / ".hydra").mkdir(parents=True)
+    (crashed / ".hydra" / "overrides.yaml").write_text("- optim=vanilla\n- data.fold=2\n")
+    return tmp_path
+
+
+def test_table_statistics(sweep):
+    collection = collect(sweep)
+    table = build_table(collection)
+    assert table.methods == ["mtl_io", "stl", "vanilla"]
+    assert table.best["auc"] == "mtl_io" and table.best["fovea_error_px"] == "mtl_io"
+    # paired t-test, best (mtl_io) against stl on AUC, by hand: t = mean(d) / (sd(d) / sqrt(n))
+    d = np.array([0.90 - 0.80, 0.91 - 0.82, 0.89 - 0.78])
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(3))
+    assert table.p_values[("stl", "auc")] == pytest.approx(2 * stats.t.sf(abs(t), df=2))
+    # vanilla is paired on the two folds it has
+    assert table.p_values[("vanilla", "auc")] == pytest.approx(stats.ttest_rel([0.90, 0.91], [0.85, 0.88]).pvalue)
+    # a constant difference (fovea error: vanilla is 6 px worse on both folds) has no t statistic
+    assert math.isnan(table.p_values[("vanilla", "fovea_error_px")])
+    assert ("stl", "parameters") not in table.p_values, "no significance test on resources"
+    assert table.missing == {"mtl_io": [], "stl": [], "vanilla": ["fold 2"]}
+    assert len(collection.failed) == 1
+    # Delta_MTL by hand: mean of +dAUC/AUC, +dDice/Dice, -dError/Error (in percent)
+    stl = [np.mean([v[i] for v in RESULTS["stl"].values()]) for i in range(3)]
+    io = [np.mean([v[i] for v in RESULTS["mtl_io"].values()]) for i in range(3)]
+    expected = 100 * np.mean([(io[0] - stl[0]) / stl[0], (io[1] - stl[1]) / stl[1], -(io[2] - stl[2]) / stl[2]])
+    assert table.delta["mtl_io"] == pytest.approx(expected)
+    assert table.delta["stl"] == pytest.approx(0.0)
+
+
+def test_delta_mtl_sign_convention():
+    assert delta_mtl({"auc": 0.9, "error": 9.0}, {"auc": 0.9, "error": 10.0}, ["auc", "error"]) == pytest.approx(5.0)
+
+
+def test_report_files_name_missing_and_failed_runs(sweep):
+    output = write_report(sweep)
+    markdown = (output / "results.md").read_text()
+    assert "**90.00 ± 1.00**" in markdown  # mtl_io AUC in percent, bold as the best
+    assert "vanilla: missing fold 2" in markdown
+    assert "failed or unfinished (no metrics.json)" in markdown
+    assert r"\textbf{90.00 $\pm$ 1.00}" in (output / "results.tex").read_text()
+    assert "p_value_vs_best" in (output / "results.csv").read_text().splitlines()[0]
+
+
+def test_report_cli_on_an_empty_folder_is_one_sentence(tmp_path):
+    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "src" / "report.py"), str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "No finished run" in result.stderr and "Traceback" not in result.stderr
