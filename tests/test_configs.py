@@ -54,3 +54,18 @@ def test_every_optim_file_names_itself():
     for option in options("optim"):
         text = (CONF / "optim" / f"{option}.yaml").read_text()
         assert f"name: {option}" in text, option
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "local"])
+def test_launcher_configs_compose(launcher, tmp_path):
+    cfg = compose_train([f"hydra/launcher={launcher}", f"paths.log_dir={tmp_path}"])
+    target = cfg.hydra.launcher._target_
+    assert ("submitit" in target) if launcher == "slurm" else ("joblib" in target.lower())
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.gpus_per_node == 1
+
+
+def test_table1_experiment_sweeps_five_methods_over_five_folds(tmp_path):
+    cfg = compose_train(["experiment=refuge_table1_tiny", f"paths.log_dir={tmp_path}"])
+    params = cfg.hydra.sweeper.params
+    assert params.optim == "stl,vanilla,gradnorm,pcgrad,mtl_io" and params["data.fold"] == "range(0,5)"

@@ -82,3 +82,28 @@ def test_report_cli_on_an_empty_folder_is_one_sentence(tmp_path):
     result = subprocess.run([sys.executable, str(PROJECT_ROOT / "src" / "report.py"), str(tmp_path)],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "No finished run" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_pooled_roc_concatenates_every_run_of_a_method(sweep):
+    from sklearn.metrics import roc_auc_score
+
+    from medmtl.analysis.figures import plot_roc, pooled_predictions
+
+    rng = np.random.default_rng(0)
+    runs = collect(sweep).runs
+    expected = {}
+    for run in runs:
+        labels = rng.integers(0, 2, 10)
+        scores = labels * 0.3 + rng.random(10)
+        np.savez(run.folder / "predictions.npz", label=labels, p_combined=scores)
+        parts = expected.setdefault(run.method, ([], []))
+        parts[0].append(labels)
+        parts[1].append(scores)
+    pooled = pooled_predictions(runs)
+    for method, (labels, scores) in expected.items():
+        got_labels, got_scores = pooled[method]
+        assert len(got_labels) == 10 * len(labels)
+        assert roc_auc_score(got_labels, got_scores) == pytest.approx(
+            roc_auc_score(np.concatenate(labels), np.concatenate(scores)))
+    path = plot_roc(runs, sweep / "roc.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"

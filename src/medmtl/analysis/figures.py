@@ -1,0 +1,51 @@
+"""Figures of a sweep report.
+
+- :func:`plot_roc`: ROC curves of the glaucoma score per method, pooled over folds or seeds
+  (seed 000, Fig. 1): each run's ``predictions.npz`` (labels and the combined probability) is
+  concatenated per method; the legend gives the pooled AUC (scikit-learn).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
+
+
+def pooled_predictions(runs, score: str = "p_combined") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """method -> (labels, scores) over every run that saved ``predictions.npz``."""
+    pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for run in runs:
+        path = run.folder / "predictions.npz"
+        if path.is_file():
+            with np.load(path) as data:
+                if score in data.files:
+                    pooled.setdefault(run.method, []).append((data["label"], data[score]))
+    return {m: (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+            for m, parts in pooled.items()}
+
+
+def plot_roc(runs, output: str | Path, score: str = "p_combined") -> Path | None:
+    pooled = pooled_predictions(runs, score)
+    pooled = {m: v for m, v in pooled.items() if len(np.unique(v[0])) == 2}
+    if not pooled:
+        return None
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for method, (labels, scores) in sorted(pooled.items()):
+        fpr, tpr, _ = roc_curve(labels, scores)
+        ax.plot(fpr, tpr, label=f"{method} (AUC {roc_auc_score(labels, scores):.3f})")
+    ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("Glaucoma ROC, pooled over runs")
+    ax.legend(fontsize="small", loc="lower right")
+    fig.tight_layout()
+    output = Path(output)
+    fig.savefig(output, dpi=150)
+    plt.close(fig)
+    return output
