@@ -100,3 +100,17 @@ def test_inspection_notebook_runs_on_a_run_folder(trained):
     for cell in code[1:]:
         exec(cell, namespace)
     assert "auc" in namespace["record"]["test"]
+
+
+def test_a_reused_run_folder_resumes_from_its_last_checkpoint(tmp_path):
+    folder = tmp_path / "run"
+    first = run("train.py", TINY + [f"hydra.run.dir={folder}"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    one_epoch = json.loads((folder / "metrics.json").read_text())["iterations"]
+    second = run("train.py", TINY + [f"hydra.run.dir={folder}", "trainer.max_epochs=2"], tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Resuming from" in second.stdout + second.stderr
+    record = json.loads((folder / "metrics.json").read_text())
+    assert record["resumed_from"] == str(folder / "checkpoints" / "last.ckpt")
+    # the second run trained only the missing epoch: its iteration counter continues from the first
+    assert record["iterations"] == 2 * one_epoch and record["epochs"] == 2

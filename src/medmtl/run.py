@@ -48,11 +48,16 @@ def _overrides() -> list[str]:
     return []
 
 
-def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """``last`` means this run folder's ``checkpoints/last.ckpt`` (when it exists)."""
+def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, auto_resume: bool = True) -> str | None:
+    """``last`` means this run folder's ``checkpoints/last.ckpt`` (when it exists). With
+    ``auto_resume`` and no ``ckpt_path``, a run folder that already holds ``last.ckpt`` (the same
+    ``hydra.run.dir`` reused after a crash) resumes from it, and says so."""
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path is None and auto_resume and last.is_file():
+        log.info("Resuming from %s (this run folder was used before; auto_resume=false to start anew).", last)
+        return str(last)
     if ckpt_path != "last":
         return ckpt_path
-    last = output_dir / "checkpoints" / "last.ckpt"
     return str(last) if last.is_file() else None
 
 
@@ -67,8 +72,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=_instantiate_group(cfg.get("callbacks")) + [timer], logger=loggers or False)
 
     started = time.perf_counter()
+    resume = None
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+        resume = _resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, cfg.get("auto_resume", True))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     test_metrics: dict[str, float] = {}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("test", True):
@@ -94,6 +101,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_score is not None
         else None,
         "wall_seconds": time.perf_counter() - started,
+        "resumed_from": resume,
         "overrides": _overrides(),
         "device": str(module.device),
         "torch": torch.__version__,
