@@ -107,3 +107,22 @@ def test_pooled_roc_concatenates_every_run_of_a_method(sweep):
             roc_auc_score(np.concatenate(labels), np.concatenate(scores)))
     path = plot_roc(runs, sweep / "roc.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_epoch_curves_average_runs_per_method(sweep):
+    import pandas as pd
+
+    from medmtl.analysis.figures import epoch_curves, plot_curves
+
+    runs = collect(sweep).runs
+    for i, run in enumerate(runs):
+        (run.folder / "csv").mkdir()
+        rows = [{"epoch": e, "step": e, "val/loss": 1.0 / (e + 1) + i} for e in range(3)]
+        rows.append({"epoch": 0, "step": 0, "train/loss": 5.0})  # a row without the column
+        pd.DataFrame(rows).to_csv(run.folder / "csv" / "metrics.csv", index=False)
+    curves = epoch_curves(runs)
+    offsets = {m: [i for i, r in enumerate(runs) if r.method == m] for m in curves}
+    for method, values in curves.items():
+        expected = np.array([[1.0 / (e + 1) + i for e in range(3)] for i in offsets[method]])
+        np.testing.assert_allclose(values, expected)
+    assert plot_curves(runs, sweep / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -3,6 +3,8 @@
 - :func:`plot_roc`: ROC curves of the glaucoma score per method, pooled over folds or seeds
   (seed 000, Fig. 1): each run's ``predictions.npz`` (labels and the combined probability) is
   concatenated per method; the legend gives the pooled AUC (scikit-learn).
+- :func:`plot_curves`: per method, the mean over runs of an epoch-level logged value (validation
+  loss by default) with a +/- std band, read from each run's ``csv/metrics.csv``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,48 @@ def plot_roc(runs, output: str | Path, score: str = "p_combined") -> Path | None
     ax.set_ylabel("true positive rate")
     ax.set_title("Glaucoma ROC, pooled over runs")
     ax.legend(fontsize="small", loc="lower right")
+    fig.tight_layout()
+    output = Path(output)
+    fig.savefig(output, dpi=150)
+    plt.close(fig)
+    return output
+
+
+def epoch_curves(runs, column: str = "val/loss") -> dict[str, "np.ndarray"]:
+    """method -> (runs x epochs) array of ``column`` (runs cut to the shortest)."""
+    import pandas as pd
+
+    curves: dict[str, list[np.ndarray]] = {}
+    for run in runs:
+        path = run.folder / "csv" / "metrics.csv"
+        if not path.is_file():
+            continue
+        log = pd.read_csv(path)
+        if column not in log.columns:
+            continue
+        per_epoch = log.dropna(subset=[column]).groupby("epoch")[column].last()
+        curves.setdefault(run.method, []).append(per_epoch.to_numpy(dtype=np.float64))
+    result = {}
+    for method, arrays in curves.items():
+        length = min(len(a) for a in arrays)
+        if length:
+            result[method] = np.stack([a[:length] for a in arrays])
+    return result
+
+
+def plot_curves(runs, output: str | Path, column: str = "val/loss") -> Path | None:
+    curves = epoch_curves(runs, column)
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, values in sorted(curves.items()):
+        epochs = np.arange(values.shape[1])
+        mean, std = values.mean(axis=0), values.std(axis=0)
+        ax.plot(epochs, mean, label=f"{method} (n={values.shape[0]})")
+        ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(column)
+    ax.legend(fontsize="small")
     fig.tight_layout()
     output = Path(output)
     fig.savefig(output, dpi=150)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from medmtl.analysis.figures import plot_roc
+from medmtl.analysis.figures import plot_curves, plot_roc
 from medmtl.analysis.stats import delta_mtl, lower_is_better, mean_std, paired_t_test, significance_mark
 
 RESOURCE_COLUMNS = {"num_parameters": "parameters", "seconds_per_iteration": "seconds/iteration"}
@@ -199,4 +199,5 @@ def write_report(sweep: str | Path, output: str | Path | None = None, metrics: S
     (output / "results.tex").write_text(to_latex(table))
     write_csv(table, output / "results.csv")
     plot_roc(collection.runs, output / "roc.png")
+    plot_curves(collection.runs, output / "val_loss.png")
     return output
