@@ -126,3 +126,14 @@ def test_epoch_curves_average_runs_per_method(sweep):
         expected = np.array([[1.0 / (e + 1) + i for e in range(3)] for i in offsets[method]])
         np.testing.assert_allclose(values, expected)
     assert plot_curves(runs, sweep / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_draws_task_balance_plots_for_runs_with_diagnostics(sweep):
+    import pandas as pd
+
+    run = collect(sweep).runs[0]
+    rows = [(it, layer, task, 1e-3, 1e-5) for it in (0, 50) for layer in ("encoder.a", "decoder.b") for task in ("od", "glaucoma")]
+    pd.DataFrame(rows, columns=["iteration", "layer", "task", "grad", "contribution"]).to_csv(run.folder / "diagnostics.csv", index=False)
+    output = write_report(sweep)
+    name = f"{run.method}_{run.pair_key}".replace(" ", "")
+    assert (output / f"balance_layers_{name}.png").is_file() and (output / f"balance_steps_{name}.png").is_file()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from medmtl.analysis.figures import plot_curves, plot_roc
+from medmtl.analysis.task_balance import plot_per_layer, plot_per_step, read_diagnostics
 from medmtl.analysis.stats import delta_mtl, lower_is_better, mean_std, paired_t_test, significance_mark
 
 RESOURCE_COLUMNS = {"num_parameters": "parameters", "seconds_per_iteration": "seconds/iteration"}
@@ -200,4 +201,11 @@ def write_report(sweep: str | Path, output: str | Path | None = None, metrics: S
     write_csv(table, output / "results.csv")
     plot_roc(collection.runs, output / "roc.png")
     plot_curves(collection.runs, output / "val_loss.png")
+    for run in collection.runs:  # task-balance plots of the runs trained with callbacks=diagnostics
+        diagnostics = run.folder / "diagnostics.csv"
+        if diagnostics.is_file():
+            frame = read_diagnostics(diagnostics)
+            name = f"{run.method}_{run.pair_key}".replace(" ", "")
+            plot_per_layer(frame, output / f"balance_layers_{name}.png")
+            plot_per_step(frame, output / f"balance_steps_{name}.png")
     return output
