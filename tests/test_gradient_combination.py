@@ -169,14 +169,19 @@ def test_update_is_the_weighted_jacobian_and_heads_get_their_own_gradient(mode):
         torch.testing.assert_close(ours, own)
 
 
-def test_batched_jacobian_equals_per_task_backward():
+def stacked_losses(seed):
+    """A tiny U-Net's four task losses on a random batch, with its shared parameters."""
     tasks = refuge_tasks()
     model = tiny_unet()
-    batch = random_batch(3)
+    batch = random_batch(seed)
     outputs = model(batch["image"])
     losses = torch.stack([t.compute_loss(outputs[t.name], batch) for t in tasks])
-    params = model.shared_parameters()
-    torch.testing.assert_close(task_jacobian(losses, params), per_task_gradients(model, batch, tasks, params))
+    return model, batch, tasks, losses, model.shared_parameters()
+
+
+def test_batched_jacobian_equals_per_task_backward():
+    model, batch, tasks, losses, params = stacked_losses(3)
+    torch.testing.assert_close(task_jacobian(losses, params, "batched"), per_task_gradients(model, batch, tasks, params))
 
 
 def test_absent_tasks_are_left_out_of_the_jacobian():
@@ -230,10 +235,5 @@ def test_representation_mode_weights_come_from_gradients_at_z_and_reach_w_by_the
 
 
 def test_loop_and_batched_jacobians_agree():
-    tasks = refuge_tasks()
-    model = tiny_unet()
-    batch = random_batch(7)
-    outputs = model(batch["image"])
-    losses = torch.stack([t.compute_loss(outputs[t.name], batch) for t in tasks])
-    params = model.shared_parameters()
+    _, _, _, losses, params = stacked_losses(7)
     torch.testing.assert_close(task_jacobian(losses, params, "loop"), task_jacobian(losses, params, "batched"))

@@ -61,6 +61,14 @@ def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, auto_resume: boo
     return str(last) if last.is_file() else None
 
 
+def _test(trainer: L.Trainer, module: MultiTaskModule, datamodule, ckpt_path: str | None, output_dir: Path) -> dict[str, float]:
+    """Test ``ckpt_path`` (the module's current weights when None); write ``predictions.npz``."""
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    if module.test_predictions is not None:
+        write_predictions(output_dir / "predictions.npz", module.test_predictions)
+    return {k.removeprefix("test/"): float(v) for k, v in (results[0] if results else {}).items()}
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test with the best checkpoint, write ``metrics.json``; return the metrics record."""
     L.seed_everything(cfg.seed, workers=True)
@@ -79,10 +87,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     test_metrics: dict[str, float] = {}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("test", True):
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
-        test_metrics = {k.removeprefix("test/"): float(v) for k, v in (results[0] if results else {}).items()}
-        if module.test_predictions is not None:
-            write_predictions(output_dir / "predictions.npz", module.test_predictions)
+        test_metrics = _test(trainer, module, datamodule, best or None, output_dir)
 
     record = {
         "test": test_metrics,
@@ -122,10 +127,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     module = build_module(cfg, datamodule)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=_instantiate_group(cfg.get("logger")) or False)
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=False)
-    metrics = {k.removeprefix("test/"): float(v) for k, v in (results[0] if results else {}).items()}
-    if module.test_predictions is not None:
-        write_predictions(output_dir / "predictions.npz", module.test_predictions)
+    metrics = _test(trainer, module, datamodule, cfg.ckpt_path, output_dir)
     record = {"test": metrics, "checkpoint": cfg.ckpt_path, "overrides": _overrides(), "num_parameters": module.num_parameters()}
     write_metrics_json(output_dir / "metrics.json", record)
     print_summary(f"eval {cfg.ckpt_path}", {f"test/{k}": v for k, v in metrics.items()})

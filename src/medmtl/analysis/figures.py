@@ -19,6 +19,15 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 
+def save_figure(fig, output: str | Path, dpi: int = 150) -> Path:
+    """Lay out, write and close a figure."""
+    fig.tight_layout()
+    output = Path(output)
+    fig.savefig(output, dpi=dpi)
+    plt.close(fig)
+    return output
+
+
 def pooled_predictions(runs, score: str = "p_combined") -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """method -> (labels, scores) over every run that saved ``predictions.npz``."""
     pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
@@ -46,11 +55,7 @@ def plot_roc(runs, output: str | Path, score: str = "p_combined") -> Path | None
     ax.set_ylabel("true positive rate")
     ax.set_title("Glaucoma ROC, pooled over runs")
     ax.legend(fontsize="small", loc="lower right")
-    fig.tight_layout()
-    output = Path(output)
-    fig.savefig(output, dpi=150)
-    plt.close(fig)
-    return output
+    return save_figure(fig, output)
 
 
 def epoch_curves(runs, column: str = "val/loss") -> dict[str, "np.ndarray"]:
@@ -88,8 +93,4 @@ def plot_curves(runs, output: str | Path, column: str = "val/loss") -> Path | No
     ax.set_xlabel("epoch")
     ax.set_ylabel(column)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    output = Path(output)
-    fig.savefig(output, dpi=150)
-    plt.close(fig)
-    return output
+    return save_figure(fig, output)

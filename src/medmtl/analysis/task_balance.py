@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from medmtl.analysis.figures import save_figure  # noqa: E402
+
 QUANTITIES = (("grad", "mean |gradient|"), ("contribution", "mean update contribution"))
 
 
@@ -40,11 +42,7 @@ def plot_per_layer(frame: pd.DataFrame, output: str | Path) -> Path:
         ax.legend(fontsize="small")
     axes[-1].set_xticks(range(len(order)))
     axes[-1].set_xticklabels(order, rotation=90, fontsize=6)
-    fig.tight_layout()
-    output = Path(output)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
-    return output
+    return save_figure(fig, output, dpi=120)
 
 
 def plot_per_step(frame: pd.DataFrame, output: str | Path, layer_prefix: str = "") -> Path:
@@ -60,8 +58,4 @@ def plot_per_step(frame: pd.DataFrame, output: str | Path, layer_prefix: str = "
         ax.set_xlabel("iteration")
         ax.set_title(f"{label}{f' ({layer_prefix}*)' if layer_prefix else ''}")
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    output = Path(output)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
-    return output
+    return save_figure(fig, output, dpi=120)

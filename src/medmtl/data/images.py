@@ -19,23 +19,24 @@ cv2.setNumThreads(0)
 REFUGE_MASK_VALUES = (0, 128, 255)
 
 
+def _decode(path: Path, flag: int, what: str, expected: str) -> np.ndarray:
+    """cv2.imread with one DatasetError for a missing file and one for an undecodable one."""
+    if not Path(path).is_file():
+        raise DatasetError(f"{what.capitalize()} file missing: {path}.")
+    array = cv2.imread(str(path), flag)
+    if array is None:
+        raise DatasetError(f"Cannot decode {what} {path}: expected {expected}.")
+    return array
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """Decode an image file into an (H, W, 3) uint8 RGB array."""
-    if not Path(path).is_file():
-        raise DatasetError(f"Image file missing: {path}.")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DatasetError(f"Cannot decode image {path}: expected a JPEG/PNG/BMP image file.")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(_decode(path, cv2.IMREAD_COLOR, "image", "a JPEG/PNG/BMP image file"), cv2.COLOR_BGR2RGB)
 
 
 def read_refuge_mask(path: Path) -> np.ndarray:
     """Read a REFUGE disc/cup mask as (H, W) uint8 and check its values are within {0, 128, 255}."""
-    if not Path(path).is_file():
-        raise DatasetError(f"Mask file missing: {path}.")
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise DatasetError(f"Cannot decode mask {path}: expected an 8-bit BMP/PNG image.")
+    mask = _decode(path, cv2.IMREAD_GRAYSCALE, "mask", "an 8-bit BMP/PNG image")
     unexpected = np.setdiff1d(np.unique(mask), REFUGE_MASK_VALUES)
     if unexpected.size:
         raise DatasetError(

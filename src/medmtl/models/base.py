@@ -59,15 +59,26 @@ class MultiTaskNet(nn.Module, abc.ABC):
             raise KeyError(f"{type(self).__name__} has no task {unknown}; it has {list(self.task_names)}.")
         return tuple(tasks)
 
+    def _cached(self, key: tuple, compute) -> list:
+        """Parameter groups are fixed once the network is built (``.to()`` keeps the Parameter
+        objects), and strategies ask for them at every step: compute each once."""
+        cache = self.__dict__.setdefault("_parameter_groups", {})
+        if key not in cache:
+            cache[key] = compute()
+        return list(cache[key])
+
     def path_parameters(self, task: str) -> list[nn.Parameter]:
-        return _unique(p for m in self.path_modules(task) for p in m.parameters())
+        return self._cached(("path", task), lambda: _unique(p for m in self.path_modules(task) for p in m.parameters()))
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        counts: dict[int, int] = {}
-        for task in self.task_names:
-            for p in self.path_parameters(task):
-                counts[id(p)] = counts.get(id(p), 0) + 1
-        return [p for p in self.parameters() if counts.get(id(p), 0) >= 2]
+        def compute():
+            counts: dict[int, int] = {}
+            for task in self.task_names:
+                for p in self.path_parameters(task):
+                    counts[id(p)] = counts.get(id(p), 0) + 1
+            return [p for p in self.parameters() if counts.get(id(p), 0) >= 2]
+
+        return self._cached(("shared",), compute)
 
     def shared_modules(self) -> list[nn.Module]:
         """Path modules used by two tasks or more (none is a child of another by construction)."""
@@ -90,8 +101,11 @@ class MultiTaskNet(nn.Module, abc.ABC):
         return candidates[-1]
 
     def head_parameters(self, task: str) -> list[nn.Parameter]:
-        shared = {id(p) for p in self.shared_parameters()}
-        return [p for p in self.path_parameters(task) if id(p) not in shared]
+        def compute():
+            shared = {id(p) for p in self.shared_parameters()}
+            return [p for p in self.path_parameters(task) if id(p) not in shared]
+
+        return self._cached(("head", task), compute)
 
 
 class SeparateNetworks(MultiTaskNet):
