@@ -132,18 +132,23 @@ def test_ground_truth_vcdr_separates_the_classes(refuge_root):
     assert vcdr[labels == 1].mean() > vcdr[labels == 0].mean() + 0.05
 
 
-def test_workers_draw_different_augmentations_reproducibly(refuge_root):
-    from medmtl.data.refuge import RefugeDataset, seed_augmentation_in_worker, training_augmentation
+def test_augmentation_depends_on_seed_and_epoch_only_not_on_workers(refuge_root):
+    """The sampler's (index, seed) keys fix every augmentation: 0 or 2 workers give the same batches,
+    the same sample twice in one epoch is augmented differently, another epoch differs."""
+    from medmtl.data.refuge import RefugeDataset, training_augmentation
+    from medmtl.data.sampling import EpochSeededSampler
 
     RefugeDataModule(str(refuge_root), image_size=32).prepare_data()
     sample = layout.scan_refuge(refuge_root, ["train"])[0]
     twice = RefugeDataset(refuge_root, [sample, sample], 32, 50.0, transform=training_augmentation(seed=0))
 
-    def load(seed):
-        torch.manual_seed(seed)
-        loader = torch.utils.data.DataLoader(twice, batch_size=1, num_workers=2, worker_init_fn=seed_augmentation_in_worker)
-        return [b["image"] for b in loader]  # item 0 comes from worker 0, item 1 from worker 1
+    def load(epoch, workers):
+        sampler = EpochSeededSampler(len(twice), seed=7)
+        sampler.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(twice, batch_size=1, sampler=sampler, num_workers=workers)
+        return [b["image"] for b in loader]
 
-    first, again = load(0), load(0)
-    assert all(torch.equal(a, b) for a, b in zip(first, again)), "same seed, different augmentations"
-    assert not torch.equal(first[0], first[1]), "both workers replayed the same augmentation stream"
+    first = load(epoch=3, workers=0)
+    assert all(torch.equal(a, b) for a, b in zip(first, load(epoch=3, workers=2))), "workers changed the augmentations"
+    assert not torch.equal(first[0], first[1]), "two draws of one sample got the same augmentation"
+    assert not all(torch.equal(a, b) for a, b in zip(first, load(epoch=4, workers=0))), "epochs replay one augmentation"

@@ -25,6 +25,7 @@ from medmtl.models import build_model, count_parameters
 from medmtl.models.base import MultiTaskNet
 from medmtl.strategies.base import Strategy
 from medmtl.tasks import Task, compute_losses
+from medmtl.utils.rng import collect_rng_states, restore_rng_states
 
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
@@ -188,9 +189,13 @@ class MultiTaskModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["medmtl_iterations"] = self.iterations
+        checkpoint["medmtl_rng_states"] = collect_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Iteration counter and global random states (exact resume; see :mod:`medmtl.utils.rng`)."""
         self.iterations = int(checkpoint.get("medmtl_iterations", 0))
+        if "medmtl_rng_states" in checkpoint:
+            restore_rng_states(checkpoint["medmtl_rng_states"])
 
     def num_parameters(self) -> int:
         return count_parameters(self.model)

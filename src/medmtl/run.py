@@ -11,18 +11,22 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from medmtl.callbacks import IterationTimer
 from medmtl.data.errors import DatasetError
 from medmtl.models.weights import WeightsNotFoundError
 from medmtl.module import MultiTaskModule
+from medmtl.utils.csv_log import merge_after_resume, set_aside_before_resume
 from medmtl.utils.outputs import print_summary, write_metrics_json, write_predictions
+from medmtl.utils.run_identity import RunFolderConflict, check_reused_folder, config_digest, record_identity
 
 log = logging.getLogger(__name__)
 
 #: Errors whose message is the whole story: printed as one sentence, no stack trace.
-USER_ERRORS = (DatasetError, WeightsNotFoundError)
+USER_ERRORS = (DatasetError, WeightsNotFoundError, RunFolderConflict)
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -40,6 +44,14 @@ def build_module(cfg: DictConfig, datamodule) -> MultiTaskModule:
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
         gradient_clip_val=cfg.optim.get("gradient_clip_val"),
     )
+
+
+def _in_sweep() -> bool:
+    if not HydraConfig.initialized():
+        return False
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _overrides() -> list[str]:
@@ -61,6 +73,15 @@ def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, auto_resume: boo
     return str(last) if last.is_file() else None
 
 
+def _csv_log_dir(loggers: list[Any]) -> Path | None:
+    return next((Path(logger.log_dir) for logger in loggers if isinstance(logger, CSVLogger)), None)
+
+
+def _model_selection_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
+    """The checkpoint callback that monitors a metric (the other one only keeps ``last.ckpt``)."""
+    return next((c for c in trainer.checkpoint_callbacks if c.monitor is not None), None)
+
+
 def _test(trainer: L.Trainer, module: MultiTaskModule, datamodule, ckpt_path: str | None, output_dir: Path) -> dict[str, float]:
     """Test ``ckpt_path`` (the module's current weights when None); write ``predictions.npz``."""
     results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
@@ -70,9 +91,20 @@ def _test(trainer: L.Trainer, module: MultiTaskModule, datamodule, ckpt_path: st
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, test with the best checkpoint, write ``metrics.json``; return the metrics record."""
-    L.seed_everything(cfg.seed, workers=True)
+    """Fit, test with the best checkpoint, write ``metrics.json``; return the metrics record.
+
+    With ``skip_finished`` (default) a folder that already holds this config's ``metrics.json``
+    is not trained again: its record is returned (completing an interrupted sweep).
+    """
     output_dir = Path(cfg.paths.output_dir)
+    digest = config_digest(cfg)
+    finished = check_reused_folder(output_dir, digest, in_sweep=_in_sweep())
+    if finished is not None and cfg.get("skip_finished", True):
+        log.info("Skipping %s: it holds a finished run of this config (skip_finished=false to rerun).", output_dir)
+        print(f"skipped (finished before): {output_dir}")
+        return finished
+    record_identity(output_dir, digest)
+    L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     module = build_module(cfg, datamodule)
     timer = IterationTimer()
@@ -81,19 +113,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     started = time.perf_counter()
     resume = None
+    csv_dir = _csv_log_dir(loggers)
     if cfg.get("train", True):
         resume = _resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, cfg.get("auto_resume", True))
+        if resume and csv_dir is not None:
+            set_aside_before_resume(csv_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    iterations = module.iterations  # before testing loads the best checkpoint (and its counter)
     test_metrics: dict[str, float] = {}
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    selector = _model_selection_callback(trainer)
+    best = selector.best_model_path if selector is not None else ""
     if cfg.get("test", True):
         test_metrics = _test(trainer, module, datamodule, best or None, output_dir)
+    if csv_dir is not None:  # after testing: the logger's header only knows the keys it logged itself
+        merge_after_resume(csv_dir)
 
     record = {
         "test": test_metrics,
         "num_parameters": module.num_parameters(),
         "seconds_per_iteration": timer.mean_seconds,
-        "iterations": module.iterations,
+        "iterations": iterations,
         "epochs": trainer.current_epoch,
         "seed": cfg.seed,
         "fold": cfg.data.get("fold"),
@@ -102,12 +141,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "strategy": cfg.optim.get("name", cfg.optim.strategy._target_.rsplit(".", 1)[-1]),
         "data": cfg.data._target_.rsplit(".", 1)[-1],
         "best_checkpoint": best,
-        "best_val_loss": float(trainer.checkpoint_callback.best_model_score)
-        if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_score is not None
+        "best_val_loss": float(selector.best_model_score)
+        if selector is not None and selector.best_model_score is not None
         else None,
         "wall_seconds": time.perf_counter() - started,
         "resumed_from": resume,
         "overrides": _overrides(),
+        "config_digest": digest,
         "device": str(module.device),
         "torch": torch.__version__,
     }

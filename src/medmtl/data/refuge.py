@@ -27,6 +27,7 @@ from medmtl.data.heatmap import gaussian_heatmap, scaled_variance
 from medmtl.data.images import decode_refuge_mask
 from medmtl.data.refuge_cache import ensure_cache, load_entry
 from medmtl.data.refuge_layout import RefugeSample, scan_refuge
+from medmtl.data.sampling import EpochSeededSampler, SampleKey, split_key
 from medmtl.metrics.refuge import RefugeEvaluator
 from medmtl.postprocess import vertical_cup_to_disc_ratio
 from medmtl.tasks import Task, refuge_tasks
@@ -48,22 +49,6 @@ def training_augmentation(seed: int) -> A.Compose:
         keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
         seed=seed,
     )
-
-
-def seed_augmentation_in_worker(worker_id: int) -> None:
-    """Give each DataLoader worker its own albumentations stream.
-
-    ``Compose`` keeps its own RNG, which global seeds do not reach, so every worker would
-    otherwise replay the same augmentations. torch's per-worker seed (base seed drawn from the
-    seeded main process each epoch, plus the worker id) keeps runs reproducible.
-    """
-    from lightning.fabric.utilities.seed import pl_worker_init_function
-
-    pl_worker_init_function(worker_id)
-    info = torch.utils.data.get_worker_info()
-    transform = getattr(info.dataset, "transform", None)
-    if transform is not None:
-        transform.set_random_seed(info.seed % 2**32)
 
 
 class RefugeDataset(Dataset):
@@ -93,13 +78,17 @@ class RefugeDataset(Dataset):
         scale_y = self.image_size / float(original_wh[1])
         return (x + 0.5) * scale_x - 0.5, (y + 0.5) * scale_y - 0.5
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: SampleKey) -> dict[str, torch.Tensor]:
+        """``key``: an index, or ``(index, augmentation seed)`` from :class:`EpochSeededSampler`."""
+        index, augmentation_seed = split_key(key)
         sample = self.samples[index]
         entry = load_entry(self.root, sample, self.image_size)
         image = entry["image"]
         od, oc = decode_refuge_mask(entry["mask"])
         fovea = self.fovea_on_grid(index, entry["original_wh"])
         if self.transform is not None:
+            if augmentation_seed is not None:
+                self.transform.set_random_seed(augmentation_seed)
             out = self.transform(image=image, masks=[od, oc], keypoints=np.array([fovea], dtype=np.float32))
             image, (od, oc), fovea = out["image"], out["masks"], tuple(out["keypoints"][0])
         size = self.image_size
@@ -135,7 +124,8 @@ class RefugeDataModule(L.LightningDataModule):
         protocol: ``cv`` or ``official``.
         fold, n_folds, split_seed: the CV fold; the split depends on ``split_seed`` only.
         image_size: side of the square network input (256 in seed 000); images are cached at it.
-        augment: albumentations on the training split; ``augment_seed`` seeds its RNG.
+        augment: albumentations on the training split. ``augment_seed`` fixes the training order and
+            the augmentation of every sample in every epoch (:mod:`medmtl.data.sampling`).
         heatmap_variance: fovea Gaussian variance in px^2 on a 256 grid (scaled with image_size).
         focal_gamma: gamma of the glaucoma focal loss.
     """
@@ -201,14 +191,14 @@ class RefugeDataModule(L.LightningDataModule):
         return RefugeEvaluator(train.ground_truth_vcdr(), train.labels())
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[split]
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
+            sampler=EpochSeededSampler(len(dataset), self.augment_seed) if shuffle else None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            worker_init_fn=seed_augmentation_in_worker if self.num_workers > 0 else None,
             drop_last=split == "train" and len(self.datasets[split]) > self.batch_size,
         )
 

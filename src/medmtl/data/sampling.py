@@ -1,0 +1,63 @@
+"""Shuffling and augmentation draws that depend on (seed, epoch) only, so that a resumed run replays them.
+
+A ``RandomSampler`` draws its permutation from the global torch RNG when its iterator is
+created, and albumentations' ``Compose`` keeps an RNG of its own that no checkpoint holds. After a
+crash, a run restarted from the last end-of-epoch checkpoint would therefore see other orders and
+other augmentations than the uninterrupted run. :class:`EpochSeededSampler` removes both sources:
+for epoch ``e`` it seeds a private generator with ``(seed, e)``, draws the permutation and one
+augmentation seed per sample, and yields ``(index, augmentation_seed)`` keys; a dataset that
+accepts such keys (:func:`split_key`) reseeds its transform before augmenting the sample. The
+result does not depend on the number of DataLoader workers either.
+
+Lightning calls ``set_epoch`` before every training epoch (also on the first epoch after a
+resume). A sampler whose epoch was never set (e.g. the endless per-task loaders of gradient
+accumulation) draws its generator seed from the global torch RNG, like ``RandomSampler``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+#: Keys a dataset receives: a plain index, or (index, augmentation seed) from the sampler.
+SampleKey = int | tuple[int, int]
+
+_EPOCH_STRIDE = 1_000_003  # a prime, so that (seed, epoch) pairs map to distinct generator seeds
+
+
+def split_key(key: SampleKey) -> tuple[int, int | None]:
+    """``(index, augmentation seed or None)`` from a dataset key."""
+    if isinstance(key, tuple):
+        return int(key[0]), int(key[1])
+    return int(key), None
+
+
+class EpochSeededSampler(Sampler[tuple[int, int]]):
+    """A shuffled pass over ``range(n)`` determined by ``(seed, epoch)``, with a seed per sample."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True):
+        if n <= 0:
+            raise ValueError(f"EpochSeededSampler needs at least one sample, got n={n}.")
+        self.n, self.seed, self.shuffle = n, int(seed), shuffle
+        self.epoch: int | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _generator(self) -> torch.Generator:
+        if self.epoch is None:
+            base = int(torch.empty((), dtype=torch.int64).random_().item())
+        else:
+            base = self.seed * _EPOCH_STRIDE + self.epoch
+        return torch.Generator().manual_seed(base % 2**63)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = self._generator()
+        order = torch.randperm(self.n, generator=generator) if self.shuffle else torch.arange(self.n)
+        seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=generator)
+        yield from zip(order.tolist(), seeds[order].tolist())
+
+    def __len__(self) -> int:
+        return self.n
