@@ -11,21 +11,18 @@ multi-task network has 17,268,036 parameters and the four single-task networks 6
 counts of seed 000 Table 1 (17.2e6 / 61.2e6); the authors' code loads ``vgg13_bn`` weights. A
 true VGG16 layout (2, 2, 3, 3, 3 convolutions per level) is ``encoder_layout: vgg16`` (22.6e6).
 
-The decoder is only built, and only run, when the model has a dense task: a classification-only
-model (the STL classifier) is encoder + classifier, and ``forward(x, tasks=["glaucoma"])`` never
-touches the decoder, so that MTL-IO's classification step leaves it without gradient.
+Heads and the task paths: :class:`~medmtl.models.encoder_decoder.EncoderDecoderNet`.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmtl.models.base import MultiTaskNet
+from medmtl.models.encoder_decoder import EncoderDecoderNet
 from medmtl.models.weights import load_state_dict, resolve_weights_file
 from medmtl.tasks import Task
 
@@ -97,7 +94,7 @@ class UNetDecoder(nn.Module):
         return x
 
 
-class UNetVGG16(MultiTaskNet):
+class UNetVGG16(EncoderDecoderNet):
     """U-Net VGG multi-task network; see the module docstring.
 
     Args:
@@ -116,6 +113,8 @@ class UNetVGG16(MultiTaskNet):
             ``null`` keeps zero biases.
     """
 
+    input_multiple = 16  # four 2x2 max pools
+
     def __init__(
         self,
         tasks: Sequence[Task],
@@ -132,26 +131,13 @@ class UNetVGG16(MultiTaskNet):
             raise ValueError(f"encoder_layout must be one of {list(CONVS_PER_LEVEL)}, got {encoder_layout!r}.")
         if width <= 0:
             raise ValueError(f"width must be positive, got {width}.")
-        self.task_names = tuple(t.name for t in tasks)
         self.encoder_layout = encoder_layout
         channels = [max(1, round(c * width)) for c in ENCODER_CHANNELS]
         self.encoder = VGGEncoder(channels, CONVS_PER_LEVEL[encoder_layout], in_channels)
-        dense = [t for t in tasks if t.is_dense]
-        self.decoder = UNetDecoder(channels) if dense else None
-        self.dense_heads = nn.ModuleDict({t.name: nn.Conv2d(channels[0], 1, 1) for t in dense})
-        self.classifiers = nn.ModuleDict(
-            {
-                t.name: nn.Sequential(nn.Dropout(dropout), nn.Linear(channels[-1], 1))
-                for t in tasks
-                if t.kind == "binary"
-            }
-        )
+        self.decoder = UNetDecoder(channels) if any(t.is_dense for t in tasks) else None
+        self._build_heads(tasks, bottleneck_channels=channels[-1], decoded_channels=channels[0], dropout=dropout)
         self._init_weights()
-        if head_prior is not None:
-            if not 0.0 < head_prior < 1.0:
-                raise ValueError(f"head_prior must be in (0, 1), got {head_prior}.")
-            for head in self.dense_heads.values():
-                nn.init.constant_(head.bias, math.log(head_prior / (1.0 - head_prior)))
+        self._apply_head_prior(head_prior)
         if pretrained:
             if width != 1.0 or in_channels != 3:
                 raise ValueError("pretrained=true needs width=1.0 and in_channels=3 (the ImageNet VGG shapes).")
@@ -179,37 +165,3 @@ class UNetVGG16(MultiTaskNet):
             raise ValueError(f"{path} has {len(source)} conv/BN layers, the encoder {len(target)}.")
         for src, dst in zip(source, target):
             dst.load_state_dict(src.state_dict())
-
-    def representation(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        """The shared representation the heads read: the bottleneck (classifiers) and, when a
-        dense task is requested, the decoder output (dense heads)."""
-        tasks = self._check_tasks(tasks)
-        if image.shape[-1] % 16 or image.shape[-2] % 16:
-            raise ValueError(f"UNetVGG16 needs image sides divisible by 16, got {tuple(image.shape[-2:])}.")
-        features = self.encoder(image)
-        shared = {"bottleneck": features[-1]}
-        if any(t in self.dense_heads for t in tasks):
-            shared["decoded"] = self.decoder(features)
-        return shared
-
-    def heads(self, shared: dict[str, torch.Tensor], tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        outputs: dict[str, torch.Tensor] = {}
-        tasks = self._check_tasks(tasks)
-        wanted_classifiers = [t for t in tasks if t in self.classifiers]
-        if wanted_classifiers:
-            pooled = torch.amax(shared["bottleneck"], dim=(-2, -1))
-            for name in wanted_classifiers:
-                outputs[name] = self.classifiers[name](pooled).squeeze(-1)
-        for name in (t for t in tasks if t in self.dense_heads):
-            outputs[name] = self.dense_heads[name](shared["decoded"]).squeeze(1)
-        return outputs
-
-    def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        return self.heads(self.representation(image, tasks), tasks)
-
-    def path_modules(self, task: str) -> list[nn.Module]:
-        if task in self.classifiers:
-            return [self.encoder, self.classifiers[task]]
-        if task in self.dense_heads:
-            return [self.encoder, self.decoder, self.dense_heads[task]]
-        raise KeyError(f"UNetVGG16 has no task {task!r}; it has {list(self.task_names)}.")

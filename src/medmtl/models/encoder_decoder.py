@@ -1,0 +1,82 @@
+"""Shared encoder + shared decoder + one head per task: the shape of seed 000's networks.
+
+Binary tasks read the deepest encoder feature: global max pool -> dropout -> linear(C, 1).
+Dense tasks read the decoder output: a 1x1 conv each. The decoder is only built, and only run,
+when the model has a dense task: a classification-only model (the STL classifier) is encoder +
+classifier, and ``forward(x, tasks=["glaucoma"])`` never touches the decoder, so that MTL-IO's
+classification step leaves it without gradient.
+
+Subclasses build ``self.encoder`` (image -> list of features, deepest last) and ``self.decoder``
+(that list -> one map at input resolution), then call :meth:`_build_heads`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from medmtl.models.base import MultiTaskNet
+from medmtl.tasks import Task
+
+
+class EncoderDecoderNet(MultiTaskNet):
+    #: input sides must be multiples of this (the encoder's total down-sampling)
+    input_multiple: int = 1
+    encoder: nn.Module
+    decoder: nn.Module | None
+
+    def _build_heads(self, tasks: Sequence[Task], bottleneck_channels: int, decoded_channels: int, dropout: float) -> None:
+        self.task_names = tuple(t.name for t in tasks)
+        dense = [t for t in tasks if t.is_dense]
+        self.dense_heads = nn.ModuleDict({t.name: nn.Conv2d(decoded_channels, 1, 1) for t in dense})
+        self.classifiers = nn.ModuleDict(
+            {t.name: nn.Sequential(nn.Dropout(dropout), nn.Linear(bottleneck_channels, 1)) for t in tasks if t.kind == "binary"}
+        )
+
+    def _apply_head_prior(self, head_prior: float | None) -> None:
+        """Dense heads start at foreground probability ``head_prior``: bias = log(p / (1 - p))
+        (Lin et al. 2017's prior initialisation); ``None`` keeps the biases as they are."""
+        if head_prior is None:
+            return
+        if not 0.0 < head_prior < 1.0:
+            raise ValueError(f"head_prior must be in (0, 1), got {head_prior}.")
+        for head in self.dense_heads.values():
+            nn.init.constant_(head.bias, math.log(head_prior / (1.0 - head_prior)))
+
+    def representation(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """The shared representation the heads read: the bottleneck (classifiers) and, when a
+        dense task is requested, the decoder output (dense heads)."""
+        tasks = self._check_tasks(tasks)
+        m = self.input_multiple
+        if image.shape[-1] % m or image.shape[-2] % m:
+            raise ValueError(f"{type(self).__name__} needs image sides divisible by {m}, got {tuple(image.shape[-2:])}.")
+        features = self.encoder(image)
+        shared = {"bottleneck": features[-1]}
+        if any(t in self.dense_heads for t in tasks):
+            shared["decoded"] = self.decoder(features)
+        return shared
+
+    def heads(self, shared: dict[str, torch.Tensor], tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        outputs: dict[str, torch.Tensor] = {}
+        tasks = self._check_tasks(tasks)
+        wanted_classifiers = [t for t in tasks if t in self.classifiers]
+        if wanted_classifiers:
+            pooled = torch.amax(shared["bottleneck"], dim=(-2, -1))
+            for name in wanted_classifiers:
+                outputs[name] = self.classifiers[name](pooled).squeeze(-1)
+        for name in (t for t in tasks if t in self.dense_heads):
+            outputs[name] = self.dense_heads[name](shared["decoded"]).squeeze(1)
+        return outputs
+
+    def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        return self.heads(self.representation(image, tasks), tasks)
+
+    def path_modules(self, task: str) -> list[nn.Module]:
+        if task in self.classifiers:
+            return [self.encoder, self.classifiers[task]]
+        if task in self.dense_heads:
+            return [self.encoder, self.decoder, self.dense_heads[task]]
+        raise KeyError(f"{type(self).__name__} has no task {task!r}; it has {list(self.task_names)}.")

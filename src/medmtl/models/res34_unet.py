@@ -1,0 +1,65 @@
+"""ResNet-34 U-Net, the transfer-learning reference of seed 000 Table 2 ("Res34-Unet").
+
+Encoder and decoder are segmentation-models-pytorch's ``Unet`` parts (ResNet-34 encoder, five
+up-sampling blocks with skip connections, ``decoder_channels`` wide); the heads are those of
+:class:`~medmtl.models.encoder_decoder.EncoderDecoderNet`, so the network trains on all four
+REFUGE tasks with every strategy (the reference was an OD/OC segmenter; single-task runs,
+``optim=stl``, give its per-task form). Seed 000 initialised the encoder from weights trained on
+Messidor-2; any torchvision-layout ResNet state dict file can be given (``weights_path``),
+nothing is downloaded (smp's ``encoder_weights`` stays ``None``).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from medmtl.models.encoder_decoder import EncoderDecoderNet
+from medmtl.models.weights import load_state_dict, resolve_weights_file
+from medmtl.tasks import Task
+
+
+class Res34UNet(EncoderDecoderNet):
+    """Args:
+        tasks: the task set (binary tasks: classifier on the deepest encoder feature; dense: 1x1 conv).
+        encoder_name: an smp ResNet encoder (``resnet34``; ``resnet18`` for quick tests).
+        decoder_channels: widths of the five decoder blocks (smp's default 256, 128, 64, 32, 16).
+        dropout: before each classifier.
+        pretrained: load ``weights_path`` (a torchvision ResNet state dict) into the encoder.
+        head_prior: initial foreground probability of the dense heads (see ``UNetVGG16``).
+    """
+
+    input_multiple = 32
+
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        encoder_name: str = "resnet34",
+        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        dropout: float = 0.8,
+        pretrained: bool = False,
+        weights_path: str | None = None,
+        in_channels: int = 3,
+        head_prior: float | None = 0.01,
+    ):
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        if not encoder_name.startswith("resnet"):
+            raise ValueError(f"Res34UNet takes an smp ResNet encoder (resnet18/34/50...), got {encoder_name!r}.")
+        unet = smp.Unet(encoder_name, encoder_weights=None, in_channels=in_channels, classes=1,
+                        decoder_channels=tuple(decoder_channels))
+        self.encoder = unet.encoder
+        self.decoder = unet.decoder if any(t.is_dense for t in tasks) else None
+        self._build_heads(tasks, bottleneck_channels=self.encoder.out_channels[-1],
+                          decoded_channels=decoder_channels[-1], dropout=dropout)
+        self._apply_head_prior(head_prior)
+        if pretrained:
+            if not weights_path:
+                raise ValueError("pretrained=true needs model.weights_path (a torchvision ResNet state dict file).")
+            self.load_encoder_weights(weights_path)
+
+    def load_encoder_weights(self, weights_path: str) -> None:
+        """A torchvision ResNet state dict (its ``fc`` layer ignored) into the encoder, strictly."""
+        path = resolve_weights_file(weights_path, option="model.pretrained")
+        state = {k: v for k, v in load_state_dict(path).items() if not k.startswith("fc.")}
+        self.encoder.load_state_dict(state)
