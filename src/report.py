@@ -1,7 +1,9 @@
-"""Results tables from a sweep: ``python src/report.py logs/train/multiruns/<date> [--baseline stl]``.
+"""Results tables and figures from sweeps: ``python src/report.py <multirun folder> [more folders]``.
 
-Writes ``<sweep>/report/results.{md,tex,csv}`` (mean +/- std, best in bold, paired t-test marks,
-Delta_MTL against the baseline) and names every run or fold that is missing or failed.
+Writes ``<first sweep>/report/``: ``results.{md,tex,csv}`` (mean +/- std, best in bold, paired
+t-test marks, Delta_MTL against the baseline, every missing or failed run named), ``roc.png``,
+``val_loss.png``, ``overlay.png``, ``lr_metrics.png`` / ``lr_losses.png`` when the runs span
+several learning rates, and the task-balance plots of runs trained with diagnostics.
 """
 
 import argparse
@@ -15,13 +17,15 @@ from medmtl.analysis.report import write_report  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep", help="a multirun folder (one job folder per run)")
-    parser.add_argument("--output", default=None, help="where to write (default: <sweep>/report)")
+    parser.add_argument("sweeps", nargs="+", help="one or several multirun folders (one job folder per run)")
+    parser.add_argument("--output", default=None, help="where to write (default: <first sweep>/report)")
     parser.add_argument("--metrics", nargs="*", default=None, help="columns, in order (default: every test metric)")
     parser.add_argument("--baseline", default="stl", help="the single-task method of Delta_MTL")
+    parser.add_argument("--overlay", nargs="*", default=None, metavar="METHOD",
+                        help="methods of the segmentation overlay (default: the baseline and the best by AUC)")
     args = parser.parse_args()
     try:
-        output = write_report(args.sweep, args.output, args.metrics, args.baseline)
+        output = write_report(args.sweeps, args.output, args.metrics, args.baseline, args.overlay)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -66,6 +66,35 @@ def test_launcher_configs_compose(launcher, tmp_path):
 
 
 def test_table1_experiment_sweeps_five_methods_over_five_folds(tmp_path):
-    cfg = compose_train(["experiment=refuge_table1_tiny", f"paths.log_dir={tmp_path}"])
+    cfg = compose_train(["experiment=refuge_table1", "preset=tiny", f"paths.log_dir={tmp_path}"])
     params = cfg.hydra.sweeper.params
     assert params.optim == "stl,vanilla,gradnorm,pcgrad,mtl_io" and params["data.fold"] == "range(0,5)"
+    assert cfg.model.width == 0.0625 and cfg.data.image_size == 64 and cfg.trainer.max_epochs == 5
+
+
+@pytest.mark.parametrize("experiment", [o for o in options("experiment") if o.startswith("refuge_")])
+def test_every_paper_experiment_builds_its_network_in_the_tiny_preset(experiment, tmp_path):
+    """The tiny preset shrinks whichever network the experiment uses and drops pretrained weights
+    (they exist for the full-size networks only)."""
+    from medmtl.models import build_model, count_parameters
+    from medmtl.tasks import refuge_tasks
+
+    full = compose_train([f"experiment={experiment}", "model.pretrained=false", f"paths.log_dir={tmp_path}"])
+    tiny = compose_train([f"experiment={experiment}", "preset=tiny", f"paths.log_dir={tmp_path}"])
+    assert tiny.model._target_ == full.model._target_ and tiny.model.pretrained is False
+    size = {name: count_parameters(build_model(instantiate(cfg.model), refuge_tasks())) for name, cfg in
+            (("full", full), ("tiny", tiny))}
+    assert size["tiny"] < size["full"] / 2
+
+
+def test_paper_tables_are_what_seed_000_reports(tmp_path):
+    def sweep(experiment):
+        return compose_train([f"experiment={experiment}", f"paths.log_dir={tmp_path}"])
+
+    assert sweep("refuge_table2").model.pretrained and sweep("refuge_table4").model.pretrained
+    assert sweep("refuge_table2_res34").model._target_.endswith("Res34UNet")
+    for table in ("refuge_table3", "refuge_table4"):  # official splits, three runs each
+        cfg = sweep(table)
+        assert cfg.data.protocol == "official" and cfg.hydra.sweeper.params.seed == "0,1,2"
+    lr = sweep("refuge_lr_sensitivity").hydra.sweeper.params
+    assert lr.optim == "stl,mtl_io" and len(lr["optim.optimizer.lr"].split(",")) >= 3

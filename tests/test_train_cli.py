@@ -180,3 +180,21 @@ def test_rerunning_an_interrupted_sweep_trains_only_the_missing_jobs(tmp_path):
     changed = run("train.py", ["-m", *TINY, "optim=pcgrad", f"hydra.sweep.dir={sweep}"], tmp_path)
     assert changed.returncode != 0
     assert "holds a run of another configuration" in changed.stderr and "Traceback" not in changed.stderr
+
+
+def test_wandb_offline_run_is_grouped_and_holds_the_test_examples(tmp_path):
+    env_overrides = TINY + ["logger=wandb", "logger.wandb.mode=offline", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = run("train.py", env_overrides, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    images = list(runs[0].rglob("media/images/test/examples_*.png"))
+    assert len(images) >= 2, "the kept test examples were not logged as images"
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(images[0]).convert("RGB"), dtype=np.float64)
+    assert pixels.mean() > 20 and pixels.std() > 10, "the logged image is blank"
+    # group model-strategy-data and job type fold<k>, as written into the run's record file
+    record = next(runs[0].glob("run-*.wandb")).read_bytes()
+    assert b"unet_vgg16-mtl_io-refuge_synthetic" in record and b"fold0" in record

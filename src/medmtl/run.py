@@ -87,6 +87,7 @@ def _test(trainer: L.Trainer, module: MultiTaskModule, datamodule, ckpt_path: st
     results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     if module.test_predictions is not None:
         write_predictions(output_dir / "predictions.npz", module.test_predictions)
+        _log_examples_to_wandb(trainer.loggers, module.test_predictions)
     return {k.removeprefix("test/"): float(v) for k, v in (results[0] if results else {}).items()}
 
 
@@ -140,6 +141,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "model": cfg.model._target_.rsplit(".", 1)[-1],
         "strategy": cfg.optim.get("name", cfg.optim.strategy._target_.rsplit(".", 1)[-1]),
         "data": cfg.data._target_.rsplit(".", 1)[-1],
+        "lr": cfg.optim.get("optimizer", {}).get("lr"),
+        "task_metrics": getattr(module.evaluator, "TASK_METRICS", None),
         "best_checkpoint": best,
         "best_val_loss": float(selector.best_model_score)
         if selector is not None and selector.best_model_score is not None
@@ -172,6 +175,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     write_metrics_json(output_dir / "metrics.json", record)
     print_summary(f"eval {cfg.ckpt_path}", {f"test/{k}": v for k, v in metrics.items()})
     return record
+
+
+def _log_examples_to_wandb(loggers: list[Any], predictions: dict) -> None:
+    """The kept test examples as images (ground truth | prediction) in the W&B run, if one logs."""
+    wandb_loggers = [logger for logger in loggers if type(logger).__name__ == "WandbLogger"]
+    examples = {k.removeprefix("example_"): v for k, v in predictions.items() if k.startswith("example_")}
+    if not wandb_loggers or not examples:
+        return
+    from medmtl.analysis.overlays import example_panels
+
+    panels = example_panels(examples)
+    captions = [f"test image {int(i)}, label {int(y)}" for i, y in zip(examples["index"], examples["label"])]
+    for logger in wandb_loggers:
+        logger.log_image(key="test/examples", images=panels, caption=captions)
 
 
 def _finish_wandb(loggers: list[Any]) -> None:

@@ -1,9 +1,10 @@
 """Turn a sweep folder into results tables (Markdown, LaTeX, CSV).
 
 A sweep folder holds one job folder per run (Hydra's multirun layout); each job has
-``.hydra/overrides.yaml`` and, when it finished, ``metrics.json``. Runs are grouped by method
-(strategy, plus the model when several are present) and paired across methods by fold (CV) or by
-seed. Each cell is mean +/- std over the runs; the best mean per column is bold; a method whose
+``.hydra/overrides.yaml`` and, when it finished, ``metrics.json``. Several sweep folders can be
+reported together (e.g. seed 000 Table 2 and its Res34-UNet reference). Runs are grouped by method:
+the strategy, plus the model and the learning rate when the runs differ in them
+(``mtl_io (UNetVGG16, lr=0.001)``); they are paired across methods by fold (CV) or by seed. Each cell is mean +/- std over the runs; the best mean per column is bold; a method whose
 value the best is significantly better than (paired t-test) is marked * (p < 0.05) or ** (p < 0.01);
 Delta_MTL is computed against the ``baseline`` method (``stl``) over the task metrics.
 
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Sequence
 
 from medmtl.analysis.figures import plot_curves, plot_roc
+from medmtl.analysis.lr_sensitivity import plot_lr_sensitivity
+from medmtl.analysis.overlays import overlay_from_runs
 from medmtl.analysis.task_balance import plot_per_layer, plot_per_step, read_diagnostics
 from medmtl.analysis.stats import delta_mtl, lower_is_better, mean_std, paired_t_test, significance_mark
 
@@ -33,6 +36,7 @@ class Run:
     method: str
     pair_key: str
     metrics: dict[str, float] = field(default_factory=dict)
+    attributes: dict[str, object] = field(default_factory=dict)  # strategy; model and lr join the label when they vary
 
 
 @dataclass
@@ -57,20 +61,47 @@ def load_run(folder: Path) -> Run | None:
             metrics[name] = float(record[key])
     fold = record.get("fold")
     pair_key = f"fold {fold}" if record.get("protocol", "cv") == "cv" and fold is not None else f"seed {record.get('seed')}"
-    return Run(folder, str(record.get("strategy")), pair_key, metrics | {"_model": record.get("model")})
+    attributes = {"strategy": record.get("strategy"), "model": record.get("model"), "lr": record.get("lr"),
+                  "task_metrics": record.get("task_metrics")}
+    return Run(folder, str(record.get("strategy")), pair_key, metrics, attributes)
 
 
-def collect(sweep: str | Path) -> Collection:
+def _attribute_label(name: str, value) -> str:
+    return str(value) if name == "model" else f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+
+
+def collect(sweeps: str | Path | Sequence[str | Path]) -> Collection:
+    """Every job of one or several sweep folders; methods labelled by what varies among them."""
+    sweeps = [sweeps] if isinstance(sweeps, (str, Path)) else list(sweeps)
     runs, failed = [], []
-    for folder in job_folders(Path(sweep)):
-        run = load_run(folder)
-        (runs.append(run) if run is not None else failed.append(folder))
-    models = {r.metrics.get("_model") for r in runs}
+    for sweep in sweeps:
+        for folder in job_folders(Path(sweep)):
+            run = load_run(folder)
+            (runs.append(run) if run is not None else failed.append(folder))
+    varying = [name for name in ("model", "lr") if len({r.attributes.get(name) for r in runs}) > 1]
     for run in runs:
-        model = run.metrics.pop("_model", None)
-        if len(models) > 1:
-            run.method = f"{run.method} ({model})"
+        if varying:
+            labels = ", ".join(_attribute_label(n, run.attributes.get(n)) for n in varying)
+            run.method = f"{run.method} ({labels})"
     return Collection(runs, failed)
+
+
+def delta_metrics(runs: Sequence[Run], shown: Sequence[str]) -> list[str]:
+    """The T terms of Delta_MTL: one metric per task, as the runs' evaluator declared them
+    (``task_metrics`` in metrics.json: REFUGE's auc, dice_od, dice_oc, fovea_error_px); every shown
+    task metric when the runs declare none."""
+    declared = {tuple(r.attributes["task_metrics"].items()) for r in runs if r.attributes.get("task_metrics")}
+    if len(declared) == 1:
+        return [metric for _, metric in next(iter(declared))]
+    return list(shown)
+
+
+def resolve_baseline(methods: Sequence[str], baseline: str) -> str | None:
+    """``baseline`` itself, or the one method labelled ``"<baseline> (...)"``; None if absent or ambiguous."""
+    if baseline in methods:
+        return baseline
+    candidates = [m for m in methods if m.startswith(f"{baseline} (")]
+    return candidates[0] if len(candidates) == 1 else None
 
 
 @dataclass
@@ -81,6 +112,7 @@ class Table:
     best: dict[str, str]
     p_values: dict[tuple[str, str], float]
     delta: dict[str, float]
+    delta_metrics: list[str]
     missing: dict[str, list[str]]
 
 
@@ -110,14 +142,15 @@ def build_table(collection: Collection, metrics: Sequence[str] | None = None, ba
             if method != best[metric]:
                 p_values[(method, metric)] = paired_t_test(values.get((best[metric], metric), {}),
                                                            values.get((method, metric), {}))
-    task_metrics = [m for m in metrics if m not in RESOURCE_COLUMNS.values()]
+    task_metrics = delta_metrics(runs, [m for m in metrics if m not in RESOURCE_COLUMNS.values()])
     delta = {}
-    if baseline in methods:
+    baseline = resolve_baseline(methods, baseline)
+    if baseline is not None:
         base = {m: mean_std(list(values.get((baseline, m), {}).values()))[0] for m in task_metrics}
         for method in methods:
             mine = {m: mean_std(list(values.get((method, m), {}).values()))[0] for m in task_metrics}
             delta[method] = delta_mtl(mine, base, task_metrics)
-    return Table(methods, metrics, values, best, p_values, delta, missing)
+    return Table(methods, metrics, values, best, p_values, delta, task_metrics, missing)
 
 
 def _cell(table: Table, method: str, metric: str, bold: tuple[str, str]) -> str:
@@ -145,6 +178,9 @@ def to_markdown(table: Table, collection: Collection) -> str:
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "AUC, Dice, accuracy and IoU in percent. Best mean in bold; * p < 0.05, ** p < 0.01 "
               "(paired t-test of the best method against that method, paired by fold or seed)."]
+    if table.delta:
+        lines += [f"Δ_MTL: mean relative change against the baseline over {', '.join(table.delta_metrics)} "
+                  "(sign flipped where lower is better); - where a baseline value is 0."]
     lines += problems(table, collection)
     return "\n".join(lines) + "\n"
 
@@ -187,20 +223,28 @@ def write_csv(table: Table, path: Path) -> None:
                                  table.p_values.get((method, metric), ""), table.delta.get(method, "")])
 
 
-def write_report(sweep: str | Path, output: str | Path | None = None, metrics: Sequence[str] | None = None,
-                 baseline: str = "stl") -> Path:
-    sweep = Path(sweep)
-    collection = collect(sweep)
+def write_report(sweeps: str | Path | Sequence[str | Path], output: str | Path | None = None,
+                 metrics: Sequence[str] | None = None, baseline: str = "stl",
+                 overlay_methods: Sequence[str] | None = None) -> Path:
+    """Tables and figures of one or several sweep folders, into ``output`` (default
+    ``<first sweep>/report``). ``overlay_methods``: the methods of the overlay figure (default:
+    the baseline and the method with the best mean AUC)."""
+    sweeps = [Path(sweeps)] if isinstance(sweeps, (str, Path)) else [Path(s) for s in sweeps]
+    collection = collect(sweeps)
     if not collection.runs:
-        raise FileNotFoundError(f"No finished run (metrics.json) under {sweep}.")
+        raise FileNotFoundError(f"No finished run (metrics.json) under {', '.join(map(str, sweeps))}.")
     table = build_table(collection, metrics, baseline)
-    output = Path(output) if output else sweep / "report"
+    output = Path(output) if output else sweeps[0] / "report"
     output.mkdir(parents=True, exist_ok=True)
     (output / "results.md").write_text(to_markdown(table, collection))
     (output / "results.tex").write_text(to_latex(table))
     write_csv(table, output / "results.csv")
     plot_roc(collection.runs, output / "roc.png")
     plot_curves(collection.runs, output / "val_loss.png")
+    plot_lr_sensitivity(collection.runs, output)
+    chosen = list(overlay_methods) if overlay_methods else _default_overlay_methods(table, baseline)
+    if chosen:
+        overlay_from_runs(collection.runs, chosen, output / "overlay.png")
     for run in collection.runs:  # task-balance plots of the runs trained with callbacks=diagnostics
         diagnostics = run.folder / "diagnostics.csv"
         if diagnostics.is_file():
@@ -209,3 +253,10 @@ def write_report(sweep: str | Path, output: str | Path | None = None, metrics: S
             plot_per_layer(frame, output / f"balance_layers_{name}.png")
             plot_per_step(frame, output / f"balance_steps_{name}.png")
     return output
+
+
+def _default_overlay_methods(table: Table, baseline: str) -> list[str]:
+    """The best method by AUC and the baseline (seed 000 Fig. 4: MTL-IO and STL)."""
+    chosen = [m for m in (table.best.get("auc"), resolve_baseline(table.methods, baseline)) if m is not None]
+    chosen = list(dict.fromkeys(chosen))
+    return chosen if len(chosen) == 2 else table.methods[:2]

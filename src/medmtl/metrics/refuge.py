@@ -27,6 +27,9 @@ from medmtl.postprocess import binarize, largest_connected_component, vertical_c
 
 log = logging.getLogger(__name__)
 
+#: What is kept of each example image (``predictions.npz`` keys ``example_<name>``).
+EXAMPLE_KEYS = ("index", "label", "image", "od_pred", "oc_pred", "od_true", "oc_true", "fovea_pred", "fovea_true")
+
 
 def dice(prediction: np.ndarray, target: np.ndarray) -> float:
     prediction, target = prediction.astype(bool), target.astype(bool)
@@ -52,16 +55,26 @@ def fit_vcdr_classifier(train_vcdr: np.ndarray, train_labels: np.ndarray) -> Log
 
 
 class RefugeEvaluator:
-    """Collects per-image results with :meth:`update`; :meth:`compute` returns the metrics."""
+    """Collects per-image results with :meth:`update`; :meth:`compute` returns the metrics.
 
-    def __init__(self, train_vcdr: np.ndarray, train_labels: np.ndarray):
+    ``examples_per_class``: the first images of each glaucoma label are also kept whole (input,
+    ground-truth and post-processed predicted masks) for overlay figures; evaluation loaders are
+    not shuffled, so every run keeps the same images.
+    """
+
+    #: one metric per task: the T terms of Delta_MTL (METHODS.md section 4)
+    TASK_METRICS = {"glaucoma": "auc", "od": "dice_od", "oc": "dice_oc", "fovea": "fovea_error_px"}
+
+    def __init__(self, train_vcdr: np.ndarray, train_labels: np.ndarray, examples_per_class: int = 4):
         self.vcdr_classifier = fit_vcdr_classifier(train_vcdr, train_labels)
+        self.examples_per_class = examples_per_class
         self.reset()
 
     def reset(self) -> None:
         self.records: dict[str, list] = {k: [] for k in (
             "index", "label", "p_fc", "vcdr_pred", "vcdr_true", "dice_od", "dice_oc",
             "fovea_error_grid", "fovea_error_px", "fovea_pred", "fovea_true")}
+        self.examples: dict[str, list] = {k: [] for k in EXAMPLE_KEYS}
 
     @torch.no_grad()
     def update(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> None:
@@ -87,6 +100,24 @@ class RefugeEvaluator:
             records["dice_oc"].append(dice(oc, oc_true[i]))
             records["vcdr_pred"].append(vertical_cup_to_disc_ratio(od, oc))
             records["vcdr_true"].append(vertical_cup_to_disc_ratio(od_true[i], oc_true[i]))
+            self._keep_example(batch, i, od, oc, fovea_pred[i].tolist(), fovea_true[i].tolist())
+
+    def _keep_example(self, batch: Mapping[str, torch.Tensor], i: int, od: np.ndarray, oc: np.ndarray,
+                      fovea_pred: list[float], fovea_true: list[float]) -> None:
+        label = int(batch["glaucoma"][i])
+        if sum(1 for kept in self.examples["label"] if kept == label) >= self.examples_per_class:
+            return
+        image = (batch["image"][i].float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+        kept = self.examples
+        kept["index"].append(int(batch["index"][i]))
+        kept["label"].append(label)
+        kept["image"].append(image)
+        kept["od_pred"].append(od.astype(bool))
+        kept["oc_pred"].append(oc.astype(bool))
+        kept["od_true"].append(batch["od"][i].cpu().numpy() > 0.5)
+        kept["oc_true"].append(batch["oc"][i].cpu().numpy() > 0.5)
+        kept["fovea_pred"].append(fovea_pred)
+        kept["fovea_true"].append(fovea_true)
 
     def glaucoma_probabilities(self) -> dict[str, np.ndarray]:
         p_fc = np.asarray(self.records["p_fc"], dtype=np.float64)
@@ -117,4 +148,6 @@ class RefugeEvaluator:
         """Per-image arrays (for ROC curves and overlays in reports)."""
         arrays = {k: np.asarray(v) for k, v in self.records.items()}
         arrays.update({f"p_{k}": v for k, v in self.glaucoma_probabilities().items()})
+        if self.examples["index"]:
+            arrays.update({f"example_{k}": np.stack([np.asarray(x) for x in v]) for k, v in self.examples.items()})
         return arrays
