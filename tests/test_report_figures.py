@@ -131,3 +131,18 @@ def test_delta_mtl_averages_one_declared_metric_per_task(tmp_path):
     table = build_table(collect(tmp_path))
     assert table.delta_metrics == ["auc", "fovea_error_px"]
     assert table.delta["mtl_io"] == pytest.approx(100 * ((0.88 - 0.80) / 0.80 + (10.0 - 9.0) / 10.0) / 2)
+
+
+def test_runs_of_one_method_and_fold_never_overwrite_each_other(tmp_path):
+    """Single-task runs of one strategy, one dataset each: their own metrics merge into one row,
+    a metric several of them report (a mean over datasets) is left out and named."""
+    for job, (flag, auc) in enumerate([("breastmnist", 0.8), ("pneumoniamnist", 0.9)]):
+        folder = tmp_path / str(job)
+        _job(folder, "ga", 0, auc=auc)
+        record = json.loads((folder / "metrics.json").read_text())
+        record["test"] = {f"{flag}_auc": auc, "auc_mean": auc}
+        (folder / "metrics.json").write_text(json.dumps(record))
+    table = build_table(collect(tmp_path))
+    assert table.values[("ga", "breastmnist_auc")] == {"fold 0": 0.8}
+    assert table.values[("ga", "pneumoniamnist_auc")] == {"fold 0": 0.9}
+    assert table.values[("ga", "auc_mean")] == {} and table.conflicts == [("ga", "auc_mean", "fold 0")]

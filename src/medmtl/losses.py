@@ -41,3 +41,13 @@ def binary_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0)
     log_pt = -F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     pt = log_pt.exp()
     return _per_sample_mean(-((1.0 - pt) ** gamma) * log_pt)
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy over C classes; ``target``: class indices (B,) or (B, 1)."""
+    return F.cross_entropy(logits, target.reshape(-1).long(), reduction="none")
+
+
+def multilabel_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE of L independent sigmoid outputs, averaged over the labels: (B, L) -> (B,)."""
+    return _per_sample_mean(F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="none"))

@@ -30,6 +30,10 @@ from medmtl.utils.rng import collect_rng_states, restore_rng_states
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
+class StrategyNotApplicable(ValueError):
+    """The chosen strategy cannot train this task set (said in one sentence)."""
+
+
 def check_precision(precision: str, strategy: Strategy) -> None:
     """Refuse ``16-mixed`` for strategies the fp16 gradient scaler cannot serve (PITFALLS.md)."""
     if precision.startswith("16") and not strategy.supports_fp16_scaler:
@@ -64,6 +68,7 @@ class MultiTaskModule(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.tasks = list(tasks)
+        self.task_by_name = {t.name: t for t in self.tasks}
         self.strategy = strategy
         self.strategy.setup([t.name for t in self.tasks])
         self.model = build_model(model, self.tasks, strategy.separate_networks)
@@ -76,6 +81,7 @@ class MultiTaskModule(L.LightningModule):
         self.evaluator = None
         self.test_predictions: dict | None = None
         self._task_iterators: dict = {}
+        self._evaluation_losses: dict[str, tuple[float, float]] = {}  # task -> (sum of losses x samples, samples)
 
     # ----- the StepContext offered to strategies -------------------------------------------
     def forward(self, batch: Mapping[str, torch.Tensor], tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
@@ -126,13 +132,19 @@ class MultiTaskModule(L.LightningModule):
         if stage == "fit" and self._trainer is not None:
             check_precision(str(self.trainer.precision), self.strategy)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit" and getattr(datamodule, "separate_task_inputs", False) and not self.strategy.uses_task_batches:
+            raise StrategyNotApplicable(
+                f"optim={type(self.strategy).__name__} needs one forward pass over a batch labelled for every "
+                "task, but this task set gives each task its own dataset and input; use optim=ga "
+                "(gradient accumulation over per-task batches)."
+            )
         if datamodule is not None and hasattr(datamodule, "make_evaluator") and stage in ("fit", "validate", "test"):
             self.evaluator = datamodule.make_evaluator()
 
     def training_step(self, batch, batch_idx: int) -> None:
         logged = self.strategy.training_step(self.context, batch)
         self.iterations += 1
-        batch_size = batch["image"].shape[0]
+        batch_size = batch["image"].shape[0] if "image" in batch else 1  # per-task batches: drawn by the strategy
         if logged:
             task_losses = [v for k, v in logged.items() if k.startswith("loss/") and k != "loss/total"]
             logged.setdefault("loss/total", torch.stack(task_losses).sum() if task_losses else torch.tensor(0.0))
@@ -149,16 +161,29 @@ class MultiTaskModule(L.LightningModule):
                 scheduler.step()
 
     def _evaluation_step(self, stage: str, batch) -> None:
-        outputs = self.forward(batch)
-        losses = self.losses(outputs, batch)
+        """Forward the tasks this batch is labelled for (every task, unless the batch comes from one
+        dataset of a multi-dataset task set); per-task losses, the evaluator's update."""
+        labelled = [t.name for t in self.tasks if t.target_key in batch]
+        outputs = self.forward(batch, labelled)
+        losses = self.losses(outputs, batch, labelled)
         batch_size = batch["image"].shape[0]
-        self.log_dict({f"{stage}/loss/{k}": v for k, v in losses.items()}, on_epoch=True, batch_size=batch_size)
-        self.log(f"{stage}/loss", torch.stack(list(losses.values())).sum(), on_epoch=True,
-                 prog_bar=stage == "val", batch_size=batch_size)
+        self.log_dict({f"{stage}/loss/{k}": v for k, v in losses.items()}, on_epoch=True, batch_size=batch_size,
+                      add_dataloader_idx=False)
+        for task, loss in losses.items():
+            mask = self.task_by_name[task].present(batch)
+            count = float(batch_size if mask is None else mask.sum())
+            total, seen = self._evaluation_losses.get(task, (0.0, 0.0))
+            self._evaluation_losses[task] = (total + float(loss) * count, seen + count)
         if self.evaluator is not None:
             self.evaluator.update(outputs, batch)
 
     def _evaluation_epoch_end(self, stage: str) -> None:
+        """``<stage>/loss`` = sum over tasks of each task's mean loss over its labelled samples
+        (model selection monitors ``val/loss``, as seed 000: the summed validation loss)."""
+        if self._evaluation_losses:
+            summed = sum(total / seen for total, seen in self._evaluation_losses.values() if seen)
+            self.log(f"{stage}/loss", summed, prog_bar=stage == "val")
+        self._evaluation_losses = {}
         if self.evaluator is None:
             return
         metrics = self.evaluator.compute()
@@ -171,7 +196,7 @@ class MultiTaskModule(L.LightningModule):
         if self.evaluator is not None:
             self.evaluator.reset()
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluation_step("val", batch)
 
     def on_validation_epoch_end(self) -> None:
@@ -181,7 +206,7 @@ class MultiTaskModule(L.LightningModule):
         if self.evaluator is not None:
             self.evaluator.reset()
 
-    def test_step(self, batch, batch_idx: int) -> None:
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluation_step("test", batch)
 
     def on_test_epoch_end(self) -> None:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from medmtl.callbacks import IterationTimer
 from medmtl.data.errors import DatasetError
 from medmtl.models.weights import WeightsNotFoundError
-from medmtl.module import MultiTaskModule
+from medmtl.module import MultiTaskModule, StrategyNotApplicable
 from medmtl.utils.csv_log import merge_after_resume, set_aside_before_resume
 from medmtl.utils.outputs import print_summary, write_metrics_json, write_predictions
 from medmtl.utils.run_identity import RunFolderConflict, check_reused_folder, config_digest, record_identity
@@ -26,7 +26,7 @@ from medmtl.utils.run_identity import RunFolderConflict, check_reused_folder, co
 log = logging.getLogger(__name__)
 
 #: Errors whose message is the whole story: printed as one sentence, no stack trace.
-USER_ERRORS = (DatasetError, WeightsNotFoundError, RunFolderConflict)
+USER_ERRORS = (DatasetError, WeightsNotFoundError, RunFolderConflict, StrategyNotApplicable)
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -143,6 +143,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "data": cfg.data._target_.rsplit(".", 1)[-1],
         "lr": cfg.optim.get("optimizer", {}).get("lr"),
         "task_metrics": getattr(module.evaluator, "TASK_METRICS", None),
+        "n_tasks": len(module.tasks),
         "best_checkpoint": best,
         "best_val_loss": float(selector.best_model_score)
         if selector is not None and selector.best_model_score is not None

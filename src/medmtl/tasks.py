@@ -19,7 +19,7 @@ from medmtl import losses
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Output kinds a model knows how to build a head for.
-KINDS = ("binary", "segmentation", "heatmap")
+KINDS = ("binary", "multiclass", "multilabel", "segmentation", "heatmap")
 
 
 @dataclass(frozen=True)
@@ -28,16 +28,20 @@ class Task:
 
     Attributes:
         name: key of the task's output in the model's output dict.
-        kind: ``binary`` (image-level logit), ``segmentation`` (one-channel pixel logits) or
-            ``heatmap`` (one-channel map regressed after a sigmoid).
+        kind: ``binary`` (image-level logit), ``multiclass`` (``num_outputs`` logits, softmax),
+            ``multilabel`` (``num_outputs`` independent logits), ``segmentation`` (one-channel
+            pixel logits) or ``heatmap`` (one-channel map regressed after a sigmoid).
         loss: per-sample loss ``(logits, target) -> (B,)``.
         target_key: key of the target in the batch (defaults to ``name``).
+        num_outputs: logits per sample of an image-level head (1 for ``binary``).
+        metadata: free-form facts about the task (e.g. its dataset, input size, 3D).
     """
 
     name: str
     kind: str
     loss: LossFn
     target_key: str = ""
+    num_outputs: int = 1
     metadata: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -56,15 +60,17 @@ class Task:
         return batch.get(f"present/{self.name}")
 
     def compute_loss(self, output: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
-        """Mean loss over the samples labelled for this task; None when there is none."""
-        per_sample = self.loss(output, batch[self.target_key])
-        mask = self.present(batch)
-        if mask is None:
-            return per_sample.mean()
-        mask = mask.to(device=per_sample.device, dtype=torch.bool)
-        if not bool(mask.any()):
+        """Mean loss over the samples labelled for this task; None when there is none (including
+        a batch without this task's target at all: another dataset's batch)."""
+        if self.target_key not in batch:
             return None
-        return per_sample[mask].mean()
+        mask = self.present(batch)
+        if mask is not None:
+            mask = mask.to(device=output.device, dtype=torch.bool)
+            if not bool(mask.any()):
+                return None
+        per_sample = self.loss(output, batch[self.target_key])
+        return per_sample.mean() if mask is None else per_sample[mask].mean()
 
 
 def refuge_tasks(focal_gamma: float = 2.0) -> list[Task]:

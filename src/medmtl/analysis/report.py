@@ -3,8 +3,8 @@
 A sweep folder holds one job folder per run (Hydra's multirun layout); each job has
 ``.hydra/overrides.yaml`` and, when it finished, ``metrics.json``. Several sweep folders can be
 reported together (e.g. seed 000 Table 2 and its Res34-UNet reference). Runs are grouped by method:
-the strategy, plus the model and the learning rate when the runs differ in them
-(``mtl_io (UNetVGG16, lr=0.001)``); they are paired across methods by fold (CV) or by seed. Each cell is mean +/- std over the runs; the best mean per column is bold; a method whose
+the strategy, plus the model, the number of tasks and the learning rate when the runs differ in
+them (``mtl_io (UNetVGG16, lr=0.001)``, ``ga (1 task)`` vs ``ga (12 tasks)``); they are paired across methods by fold (CV) or by seed. Each cell is mean +/- std over the runs; the best mean per column is bold; a method whose
 value the best is significantly better than (paired t-test) is marked * (p < 0.05) or ** (p < 0.01);
 Delta_MTL is computed against the ``baseline`` method (``stl``) over the task metrics.
 
@@ -62,12 +62,16 @@ def load_run(folder: Path) -> Run | None:
     fold = record.get("fold")
     pair_key = f"fold {fold}" if record.get("protocol", "cv") == "cv" and fold is not None else f"seed {record.get('seed')}"
     attributes = {"strategy": record.get("strategy"), "model": record.get("model"), "lr": record.get("lr"),
-                  "task_metrics": record.get("task_metrics")}
+                  "tasks": record.get("n_tasks"), "task_metrics": record.get("task_metrics")}
     return Run(folder, str(record.get("strategy")), pair_key, metrics, attributes)
 
 
 def _attribute_label(name: str, value) -> str:
-    return str(value) if name == "model" else f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+    if name == "model":
+        return str(value)
+    if name == "tasks":
+        return f"{value} task{'s' if value != 1 else ''}"
+    return f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
 
 
 def collect(sweeps: str | Path | Sequence[str | Path]) -> Collection:
@@ -78,7 +82,7 @@ def collect(sweeps: str | Path | Sequence[str | Path]) -> Collection:
         for folder in job_folders(Path(sweep)):
             run = load_run(folder)
             (runs.append(run) if run is not None else failed.append(folder))
-    varying = [name for name in ("model", "lr") if len({r.attributes.get(name) for r in runs}) > 1]
+    varying = [name for name in ("model", "tasks", "lr") if len({r.attributes.get(name) for r in runs}) > 1]
     for run in runs:
         if varying:
             labels = ", ".join(_attribute_label(n, run.attributes.get(n)) for n in varying)
@@ -114,6 +118,7 @@ class Table:
     delta: dict[str, float]
     delta_metrics: list[str]
     missing: dict[str, list[str]]
+    conflicts: list[tuple[str, str, str]] = field(default_factory=list)  # (method, metric, pair key)
 
 
 def build_table(collection: Collection, metrics: Sequence[str] | None = None, baseline: str = "stl") -> Table:
@@ -123,9 +128,16 @@ def build_table(collection: Collection, metrics: Sequence[str] | None = None, ba
     metrics = list(metrics) if metrics else [m for m in all_metrics if m not in RESOURCE_COLUMNS.values()]
     metrics += [m for m in RESOURCE_COLUMNS.values() if m in all_metrics and m not in metrics]
     values: dict[tuple[str, str], dict[str, float]] = {}
+    seen: dict[tuple[str, str, str], int] = {}
     for run in runs:
         for metric, value in run.metrics.items():
             values.setdefault((run.method, metric), {})[run.pair_key] = value
+            seen[(run.method, metric, run.pair_key)] = seen.get((run.method, metric, run.pair_key), 0) + 1
+    # two runs of one method and fold/seed reporting the same metric: neither value is kept
+    # (e.g. the mean over datasets of single-task runs, each on one dataset)
+    conflicts = sorted(key for key, count in seen.items() if count > 1)
+    for method, metric, pair_key in conflicts:
+        values[(method, metric)].pop(pair_key, None)
     keys = {r.pair_key for r in runs}
     missing = {m: sorted(keys - {r.pair_key for r in runs if r.method == m}) for m in methods}
     best, p_values = {}, {}
@@ -150,7 +162,7 @@ def build_table(collection: Collection, metrics: Sequence[str] | None = None, ba
         for method in methods:
             mine = {m: mean_std(list(values.get((method, m), {}).values()))[0] for m in task_metrics}
             delta[method] = delta_mtl(mine, base, task_metrics)
-    return Table(methods, metrics, values, best, p_values, delta, task_metrics, missing)
+    return Table(methods, metrics, values, best, p_values, delta, task_metrics, missing, conflicts)
 
 
 def _cell(table: Table, method: str, metric: str, bold: tuple[str, str]) -> str:
@@ -192,6 +204,8 @@ def problems(table: Table, collection: Collection) -> list[str]:
     for method, keys in table.missing.items():
         if keys:
             lines.append(f"- {method}: missing {', '.join(keys)}")
+    for method, metric, pair_key in table.conflicts:
+        lines.append(f"- {method}, {pair_key}: several runs report {metric}; left out rather than one picked")
     return (["", "Missing or failed runs:"] + lines) if lines else ["", "All runs present."]
 
 

@@ -73,6 +73,10 @@ class Strategy(nn.Module, abc.ABC):
     supports_fp16_scaler: bool = True
     #: False when the update does not come from ``.grad`` (MAO): gradient_clip_val is refused
     supports_gradient_clipping: bool = True
+    #: True when the strategy draws its own per-task batches (``ctx.task_batch``) and so trains task
+    #: sets whose tasks have different datasets and inputs (MedMNIST); the others need one batch
+    #: labelled for every task
+    uses_task_batches: bool = False
 
     def setup(self, task_names: list[str]) -> None:
         """Called once by the module with the task set, before optimizers exist: create per-task

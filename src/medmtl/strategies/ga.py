@@ -27,6 +27,8 @@ SAMPLERS = ("cyclic", "balanced")
 
 
 class GradientAccumulation(Strategy):
+    uses_task_batches = True
+
     def __init__(self, sampler: str = "cyclic", steps: int | None = None):
         super().__init__()
         if sampler not in SAMPLERS:

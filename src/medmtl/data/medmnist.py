@@ -1,0 +1,256 @@
+"""MedMNIST (v2/v3) as a multi-task problem: each dataset (``flag``) is one task (seed 004).
+
+Files: ``<root>/<flag>.npz`` (28 px) or ``<root>/<flag>_<size>.npz`` (64, 128, 224), with the
+official keys ``{train,val,test}_{images,labels}``; images uint8 (N, H, W) grey or (N, H, W, 3)
+colour, 3D volumes (N, D, H, W); labels uint8 (N, L). Nothing is downloaded: a missing file is
+named with the place to put it and the official address to get it from. The MD5 of each file is
+checked against the MedMNIST ``INFO`` metadata (a copy ships with the package) once per process.
+
+Tasks (:func:`medmnist_task`): ``binary-class`` -> one logit, BCE; ``multi-class`` -> C logits,
+cross-entropy; ``multi-label, binary-class`` (ChestMNIST) -> 14 logits, BCE per label;
+``ordinal-regression`` (RetinaMNIST) -> C logits, cross-entropy, scored as multi-class as MedMNIST
+v2 does (its ordinal structure is not used: a config could add an ordinal loss later).
+
+Samples are dicts ``{"image": (3, H, W) or (D, 3, H, W) float in [-1, 1], <flag>: label, "dataset":
+task index}``: grey images are repeated to three channels so that one encoder reads every dataset;
+a 3D volume (A, B, C) becomes its C slices through the last axis (seed 004), (C, 3, A, B). A batch holds one dataset only, so the other tasks' targets are absent and
+their losses are ``None`` (see :mod:`medmtl.tasks`). Training: every task has its own endless
+loader (``task_dataloader``), which gradient accumulation (``optim=ga``) draws from; strategies
+that need one forward pass over a batch labelled for every task do not apply and say so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from medmtl import losses
+from medmtl.data.errors import DatasetError
+from medmtl.data.sampling import EpochSeededSampler, SampleKey, split_key
+from medmtl.tasks import Task
+
+log = logging.getLogger(__name__)
+
+SIZES = (28, 64, 128, 224)
+SPLITS = ("train", "val", "test")
+#: seed 004's selection: the 18 datasets minus OrganA/C/S, RetinaMNIST, TissueMNIST, FractureMNIST3D
+SEED_004_FLAGS = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "breastmnist",
+                  "bloodmnist", "organmnist3d", "nodulemnist3d", "adrenalmnist3d", "vesselmnist3d",
+                  "synapsemnist3d")
+
+
+@lru_cache(maxsize=1)
+def medmnist_info() -> dict[str, dict]:
+    """The MedMNIST ``INFO`` metadata: task type, channels, labels, sizes, URLs and MD5 per flag."""
+    return json.loads((Path(__file__).with_name("medmnist_info.json")).read_text())["INFO"]
+
+
+def flag_info(flag: str) -> dict:
+    info = medmnist_info()
+    if flag not in info:
+        raise DatasetError(f"Unknown MedMNIST dataset {flag!r}; the flags are: {', '.join(info)}.")
+    return info[flag]
+
+
+def is_3d(flag: str) -> bool:
+    return flag.endswith("3d")
+
+
+def file_name(flag: str, size: int) -> str:
+    if size not in SIZES:
+        raise DatasetError(f"MedMNIST size must be one of {SIZES}, got {size}.")
+    return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
+
+
+def expected_md5(flag: str, size: int) -> str | None:
+    return flag_info(flag).get("MD5" if size == 28 else f"MD5_{size}")
+
+
+def locate(root: str | Path, flag: str, size: int) -> Path:
+    """The file of ``flag`` at ``size``, or a one-sentence error saying where to put which file."""
+    path = Path(root) / file_name(flag, size)
+    if not path.is_file():
+        url = flag_info(flag).get("url" if size == 28 else f"url_{size}", "the MedMNIST Zenodo record")
+        raise DatasetError(
+            f"MedMNIST file not found: {path}. Nothing is downloaded here; put {file_name(flag, size)} "
+            f"(from {url}) in {Path(root)}, or set data.root to the folder that holds it."
+        )
+    return path
+
+
+_VERIFIED: set[tuple[str, float, int]] = set()
+
+
+def verify_md5(path: Path, expected: str | None) -> None:
+    """Raise when the file's MD5 differs from the official one (checked once per file and process)."""
+    stat = path.stat()
+    key = (str(path), stat.st_mtime, stat.st_size)
+    if expected is None or key in _VERIFIED:
+        return
+    digest = hashlib.md5()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise DatasetError(
+            f"{path} is not the official MedMNIST file (MD5 {digest.hexdigest()}, expected {expected}); "
+            "download it again, or set data.verify_md5=false for a file you made yourself."
+        )
+    _VERIFIED.add(key)
+
+
+def medmnist_task(flag: str) -> Task:
+    """One task per dataset, its head and loss chosen by the dataset's task type."""
+    info = flag_info(flag)
+    kind_of = {"binary-class": "binary", "multi-class": "multiclass", "ordinal-regression": "multiclass",
+               "multi-label, binary-class": "multilabel"}
+    kind = kind_of[info["task"]]
+    n_labels = len(info["label"])
+    loss = {"binary": losses.binary_cross_entropy, "multiclass": losses.cross_entropy,
+            "multilabel": losses.multilabel_bce}[kind]
+    return Task(flag, kind, loss, num_outputs=1 if kind == "binary" else n_labels,
+                metadata={"task_type": info["task"], "is_3d": is_3d(flag), "n_channels": info["n_channels"]})
+
+
+def load_split(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as data:
+        missing = [k for k in (f"{split}_images", f"{split}_labels") if k not in data.files]
+        if missing:
+            raise DatasetError(f"{path} lacks {', '.join(missing)}: not a MedMNIST file.")
+        return data[f"{split}_images"], data[f"{split}_labels"]
+
+
+class MedMNISTDataset(Dataset):
+    """One split of one dataset; see the module docstring for the sample."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, task: Task, task_index: int):
+        if len(images) != len(labels):
+            raise DatasetError(f"{task.name}: {len(images)} images but {len(labels)} labels.")
+        self.images, self.labels, self.task, self.task_index = images, labels, task, task_index
+        self.volumetric = bool(task.metadata.get("is_3d"))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _image(self, index: int) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(self.images[index])).float().div_(127.5).sub_(1.0)
+        if self.volumetric:  # (A, B, C) -> (C, 3, A, B): slices through the last axis, each a grey image
+            return x.permute(2, 0, 1).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+        if x.dim() == 2:  # grey (H, W) -> (3, H, W)
+            return x.unsqueeze(0).expand(3, -1, -1).contiguous()
+        return x.permute(2, 0, 1).contiguous()  # colour (H, W, 3)
+
+    def _label(self, index: int) -> torch.Tensor:
+        label = torch.from_numpy(np.asarray(self.labels[index]).astype(np.int64))
+        if self.task.kind == "multilabel":
+            return label.float()
+        if self.task.kind == "binary":
+            return label.reshape(()).float()
+        return label.reshape(())
+
+    def __getitem__(self, key: SampleKey) -> dict[str, torch.Tensor]:
+        index, _ = split_key(key)
+        return {"image": self._image(index), self.task.name: self._label(index),
+                "dataset": torch.tensor(self.task_index)}
+
+
+class _Steps(Dataset):
+    """The epoch of a multi-dataset run: ``n`` optimisation steps, each drawing its own batches."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"step": torch.tensor(index)}
+
+
+class MedMNISTDataModule(L.LightningDataModule):
+    """Several MedMNIST datasets, one task each.
+
+    Args:
+        root: folder holding the ``.npz`` files.
+        flags: the datasets (tasks), e.g. ``[breastmnist, pneumoniamnist]``.
+        size: image side of the files to read (28, 64, 128 or 224).
+        batch_size: per task and step (seed 004: the same for every task).
+        steps_per_epoch: optimisation steps per epoch; default: the batches of the largest
+            training set (every dataset is seen at least once per epoch).
+        verify_md5: check each file against the official MD5.
+        max_samples: keep at most this many samples per split (quick runs); None keeps all.
+        seed: fixes each task's shuffling (per epoch, :class:`EpochSeededSampler`).
+    """
+
+    #: each task has its own dataset and input: one forward pass cannot serve every task
+    separate_task_inputs = True
+
+    def __init__(self, root: str, flags: Sequence[str], size: int = 28, batch_size: int = 64,
+                 eval_batch_size: int = 256, num_workers: int = 0, steps_per_epoch: int | None = None,
+                 verify_md5: bool = True, max_samples: int | None = None, seed: int = 0):
+        super().__init__()
+        if not flags:
+            raise DatasetError("MedMNIST needs at least one dataset in data.flags.")
+        self.root, self.flags, self.size = Path(root), list(flags), size
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.steps_per_epoch, self.verify, self.max_samples, self.seed = steps_per_epoch, verify_md5, max_samples, seed
+        self.tasks = [medmnist_task(flag) for flag in self.flags]
+        self.datasets: dict[str, dict[str, MedMNISTDataset]] = {}
+
+    def prepare_data(self) -> None:
+        for flag in self.flags:
+            path = locate(self.root, flag, self.size)
+            if self.verify:
+                verify_md5(path, expected_md5(flag, self.size))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        self.prepare_data()
+        for index, (flag, task) in enumerate(zip(self.flags, self.tasks)):
+            path = locate(self.root, flag, self.size)
+            self.datasets[flag] = {}
+            for split in SPLITS:
+                images, labels = load_split(path, split)
+                if self.max_samples is not None:
+                    images, labels = images[: self.max_samples], labels[: self.max_samples]
+                self.datasets[flag][split] = MedMNISTDataset(images, labels, task, index)
+        log.info("MedMNIST %s px: %s", self.size,
+                 {f: {s: len(d) for s, d in splits.items()} for f, splits in self.datasets.items()})
+
+    def task_dataloader(self, task: str) -> DataLoader:
+        """One shuffled pass over ``task``'s training set (GA restarts it when it ends)."""
+        dataset = self.datasets[task]["train"]
+        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+                          sampler=EpochSeededSampler(len(dataset), self.seed + self.flags.index(task)),
+                          drop_last=len(dataset) > self.batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        steps = self.steps_per_epoch or max(
+            math.ceil(len(d["train"]) / self.batch_size) for d in self.datasets.values())
+        return DataLoader(_Steps(steps), batch_size=1)
+
+    def _eval_loaders(self, split: str) -> list[DataLoader]:
+        return [DataLoader(self.datasets[flag][split], batch_size=self.eval_batch_size,
+                           num_workers=self.num_workers) for flag in self.flags]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")
+
+    def make_evaluator(self):
+        from medmtl.metrics.medmnist import MedMNISTEvaluator
+
+        return MedMNISTEvaluator(self.tasks)

@@ -1,0 +1,134 @@
+"""MedMNIST: files, MD5, the synthetic twin of every flag, samples, metrics, the UMedPT network."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from medmtl.data.errors import DatasetError
+from medmtl.data.medmnist import (MedMNISTDataModule, SEED_004_FLAGS, expected_md5, flag_info, locate,
+                                  medmnist_info, medmnist_task, verify_md5)
+from medmtl.data.medmnist_synthetic import SyntheticMedMNISTDataModule, write_synthetic_medmnist
+from medmtl.metrics.medmnist import auc_and_accuracy
+from medmtl.models.umedpt import UMedPT
+
+from conftest import PROJECT_ROOT
+
+REAL = PROJECT_ROOT.parent / "shared" / "data" / "medmnist"
+needs_real = pytest.mark.skipif(not (REAL / "breastmnist.npz").is_file(),
+                                reason=f"the official MedMNIST sample files are not at {REAL}")
+
+
+def test_a_missing_file_says_which_file_to_put_where(tmp_path):
+    with pytest.raises(DatasetError, match=r"breastmnist_64\.npz.*zenodo.*" + str(tmp_path)):
+        locate(tmp_path, "breastmnist", 64)
+    with pytest.raises(DatasetError, match="Unknown MedMNIST dataset"):
+        medmnist_task("cifar10")
+
+
+@needs_real
+def test_official_file_passes_its_md5_and_a_changed_copy_fails(tmp_path):
+    verify_md5(REAL / "breastmnist.npz", expected_md5("breastmnist", 28))
+    copy = tmp_path / "breastmnist.npz"
+    shutil.copy(REAL / "breastmnist.npz", copy)
+    with copy.open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(DatasetError, match="not the official MedMNIST file"):
+        verify_md5(copy, expected_md5("breastmnist", 28))
+
+
+def test_synthetic_twin_writes_the_official_keys_shapes_and_label_types_for_every_flag(tmp_path):
+    flags = list(medmnist_info())
+    write_synthetic_medmnist(tmp_path, flags, size=28, n=(4, 2, 2))
+    for flag in flags:
+        info = flag_info(flag)
+        with np.load(tmp_path / f"{flag}.npz") as data:
+            assert sorted(data.files) == sorted(f"{s}_{k}" for s in ("train", "val", "test") for k in ("images", "labels"))
+            images, labels = data["train_images"], data["train_labels"]
+        expected = (4, 28, 28, 28) if flag.endswith("3d") else (4, 28, 28, 3) if info["n_channels"] == 3 else (4, 28, 28)
+        assert images.shape == expected and images.dtype == np.uint8, flag
+        n_labels = len(info["label"])
+        assert labels.dtype == np.uint8 and labels.shape == ((4, n_labels) if flag == "chestmnist" else (4, 1)), flag
+        assert labels.max() < (2 if flag == "chestmnist" else n_labels)
+
+
+def test_samples_are_three_channel_images_or_stacks_of_slices(tmp_path):
+    flags = ["breastmnist", "bloodmnist", "chestmnist", "nodulemnist3d", "retinamnist"]
+    dm = SyntheticMedMNISTDataModule(str(tmp_path), flags, n_train=4, n_val=2, n_test=2, batch_size=2)
+    dm.setup()
+    shapes = {f: dm.datasets[f]["train"][0]["image"].shape for f in flags}
+    assert shapes["breastmnist"] == shapes["bloodmnist"] == (3, 28, 28)
+    assert shapes["nodulemnist3d"] == (28, 3, 28, 28)
+    kinds = {t.name: (t.kind, t.num_outputs) for t in dm.tasks}
+    assert kinds == {"breastmnist": ("binary", 1), "bloodmnist": ("multiclass", 8), "chestmnist": ("multilabel", 14),
+                     "nodulemnist3d": ("binary", 1), "retinamnist": ("multiclass", 5)}
+    sample = dm.datasets["chestmnist"]["train"][0]
+    assert sample["chestmnist"].shape == (14,) and sample["image"].min() >= -1 and sample["image"].max() <= 1
+
+
+def test_metrics_agree_with_scikit_learn():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 200)
+    scores = rng.dirichlet(np.ones(4), 200)
+    scores[np.arange(200), labels] += 0.3
+    scores /= scores.sum(1, keepdims=True)
+    auc, accuracy = auc_and_accuracy("multiclass", labels, scores)
+    assert auc == pytest.approx(roc_auc_score(labels, scores, multi_class="ovr", average="macro"))
+    assert accuracy == pytest.approx(np.mean(scores.argmax(1) == labels))
+    multi = rng.integers(0, 2, (200, 3))
+    multi_scores = np.clip(multi * 0.4 + rng.random((200, 3)) * 0.6, 0, 1)
+    auc, accuracy = auc_and_accuracy("multilabel", multi, multi_scores)
+    assert auc == pytest.approx(roc_auc_score(multi, multi_scores, average="macro"))
+    assert accuracy == pytest.approx(np.mean((multi_scores > 0.5) == multi))
+
+
+def _tasks(*flags):
+    return [medmnist_task(f) for f in flags]
+
+
+def test_umedpt_replaces_batch_norm_by_a_layer_norm_without_parameters():
+    model = UMedPT(_tasks("breastmnist", "bloodmnist"), encoder="test_resnet")
+    norms = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))]
+    assert norms and all(isinstance(m, torch.nn.GroupNorm) and m.num_groups == 1 and not m.affine for m in norms)
+    affine = UMedPT(_tasks("breastmnist"), encoder="test_resnet", norm="affine")
+    assert all(m.affine for m in affine.modules() if isinstance(m, torch.nn.GroupNorm))
+    kept = UMedPT(_tasks("breastmnist"), encoder="test_resnet", norm="batchnorm")
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in kept.modules())
+
+
+def test_umedpt_heads_2d_3d_and_parameter_groups():
+    model = UMedPT(_tasks("bloodmnist", "chestmnist", "nodulemnist3d"), encoder="test_resnet").eval()
+    out = model(torch.rand(2, 3, 28, 28), ["bloodmnist", "chestmnist"])
+    assert out["bloodmnist"].shape == (2, 8) and out["chestmnist"].shape == (2, 14)
+    volumes = torch.rand(2, 5, 3, 28, 28)
+    assert model(volumes, ["nodulemnist3d"])["nodulemnist3d"].shape == (2,)
+    with pytest.raises(ValueError, match="3D volumes"):
+        model(torch.rand(2, 3, 28, 28), ["nodulemnist3d"])
+    # a volume of identical slices: any weighted average of equal embeddings is that embedding
+    one = torch.rand(1, 1, 3, 28, 28)
+    head = model.classifiers["nodulemnist3d"]
+    slice_logit = head.linear(model._embed(one[:, 0]))
+    torch.testing.assert_close(model(one.expand(1, 6, 3, 28, 28), ["nodulemnist3d"])["nodulemnist3d"], slice_logit.squeeze(-1))
+    assert {id(p) for p in model.shared_parameters()} == {id(p) for p in model.encoder.parameters()}
+
+
+def test_umedpt_segmentation_task_uses_the_shared_decoder():
+    from medmtl import losses
+    from medmtl.tasks import Task
+
+    model = UMedPT([Task("lesion", "segmentation", losses.binary_cross_entropy), medmnist_task("breastmnist")],
+                   encoder="test_resnet")
+    assert model(torch.rand(2, 3, 32, 32), ["lesion"])["lesion"].shape == (2, 32, 32)
+    assert model.decoder is not None and model.path_modules("lesion")[1] is model.decoder
+
+
+def test_umedpt_reads_swin_features_channels_last():
+    """timm's Swin returns NHWC feature maps: the pooled embedding must still be over H and W."""
+    model = UMedPT(_tasks("bloodmnist"), encoder="swin_tiny_patch4_window7_224").eval()
+    with torch.no_grad():
+        embedding = model._embed(torch.rand(1, 3, 224, 224))
+    assert embedding.shape == (1, 768)
+    assert model(torch.rand(1, 3, 224, 224))["bloodmnist"].shape == (1, 8)
