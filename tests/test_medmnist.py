@@ -132,3 +132,29 @@ def test_umedpt_reads_swin_features_channels_last():
         embedding = model._embed(torch.rand(1, 3, 224, 224))
     assert embedding.shape == (1, 768)
     assert model(torch.rand(1, 3, 224, 224))["bloodmnist"].shape == (1, 8)
+
+
+def test_joint_batches_concatenate_one_batch_per_task_with_presence_masks(tmp_path):
+    dm = SyntheticMedMNISTDataModule(str(tmp_path), ["breastmnist", "bloodmnist", "chestmnist"], n_train=8,
+                                     n_val=2, n_test=2, batch_size=3, joint_batches=True, steps_per_epoch=2)
+    dm.setup()
+    assert not dm.separate_task_inputs
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 2
+    batch = batches[0]
+    assert batch["image"].shape == (9, 3, 28, 28)
+    assert batch["present/breastmnist"].tolist() == [True] * 3 + [False] * 6
+    assert batch["present/chestmnist"].tolist() == [False] * 6 + [True] * 3
+    assert batch["bloodmnist"].dtype == torch.int64 and batch["chestmnist"].shape == (9, 14)
+    assert (batch["dataset"] == torch.tensor([0] * 3 + [1] * 3 + [2] * 3)).all()
+    # each task's loss only sees its own rows: a huge error on another task's rows changes nothing
+    task = dm.tasks[1]
+    logits = torch.zeros(9, 8)
+    reference = task.compute_loss(logits, batch)
+    logits[:3] = 1e4
+    assert torch.equal(task.compute_loss(logits, batch), reference)
+
+
+def test_joint_batches_refuse_3d_tasks(tmp_path):
+    with pytest.raises(DatasetError, match="3D.*optim=ga"):
+        SyntheticMedMNISTDataModule(str(tmp_path), ["breastmnist", "nodulemnist3d"], joint_batches=True)

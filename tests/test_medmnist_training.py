@@ -39,3 +39,14 @@ def test_a_strategy_that_needs_one_batch_for_every_task_is_refused(tmp_path):
                               "trainer.max_epochs=1"], tmp_path)
     assert result.returncode == 2
     assert "use optim=ga" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("optim", ["vanilla", "pcgrad"])
+def test_with_joint_batches_every_strategy_applies(tmp_path, optim):
+    overrides = ["experiment=medmnist_quick", "data=medmnist_synthetic", "data.joint_batches=true",
+                 "data.flags=[breastmnist,bloodmnist]", f"optim={optim}", "trainer.max_epochs=1",
+                 "data.steps_per_epoch=3", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = run("train.py", overrides, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["iterations"] == 3 and {"breastmnist_auc", "bloodmnist_acc"} <= set(record["test"])

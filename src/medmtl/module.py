@@ -136,7 +136,8 @@ class MultiTaskModule(L.LightningModule):
             raise StrategyNotApplicable(
                 f"optim={type(self.strategy).__name__} needs one forward pass over a batch labelled for every "
                 "task, but this task set gives each task its own dataset and input; use optim=ga "
-                "(gradient accumulation over per-task batches)."
+                "(gradient accumulation over per-task batches), or data.joint_batches=true when every task is 2D "
+                "at one size."
             )
         if datamodule is not None and hasattr(datamodule, "make_evaluator") and stage in ("fit", "validate", "test"):
             self.evaluator = datamodule.make_evaluator()

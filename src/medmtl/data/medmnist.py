@@ -15,8 +15,11 @@ Samples are dicts ``{"image": (3, H, W) or (D, 3, H, W) float in [-1, 1], <flag>
 task index}``: grey images are repeated to three channels so that one encoder reads every dataset;
 a 3D volume (A, B, C) becomes its C slices through the last axis (seed 004), (C, 3, A, B). A batch holds one dataset only, so the other tasks' targets are absent and
 their losses are ``None`` (see :mod:`medmtl.tasks`). Training: every task has its own endless
-loader (``task_dataloader``), which gradient accumulation (``optim=ga``) draws from; strategies
-that need one forward pass over a batch labelled for every task do not apply and say so.
+loader (``task_dataloader``), which gradient accumulation (``optim=ga``) draws from. Strategies
+that need one forward pass over a batch labelled for every task apply with ``joint_batches``
+when every task is 2D at one size: each step then concatenates one batch of every task, the other
+tasks' labels zero-filled and masked out by ``present/<task>`` (joint training); otherwise they
+are refused in one sentence.
 """
 
 from __future__ import annotations
@@ -177,6 +180,45 @@ class _Steps(Dataset):
         return {"step": torch.tensor(index)}
 
 
+def _endless(factory):
+    while True:
+        yield from factory()
+
+
+def join_batches(batches: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One batch from per-task batches: images concatenated; each task's labels at its own rows,
+    zeros elsewhere, and ``present/<task>`` marking its rows."""
+    sizes = {task: len(batch["image"]) for task, batch in batches.items()}
+    total = sum(sizes.values())
+    joined = {"image": torch.cat([b["image"] for b in batches.values()]),
+              "dataset": torch.cat([b["dataset"] for b in batches.values()])}
+    start = 0
+    for task, batch in batches.items():
+        labels = batch[task]
+        full = torch.zeros((total, *labels.shape[1:]), dtype=labels.dtype)
+        full[start:start + sizes[task]] = labels
+        present = torch.zeros(total, dtype=torch.bool)
+        present[start:start + sizes[task]] = True
+        joined[task], joined[f"present/{task}"] = full, present
+        start += sizes[task]
+    return joined
+
+
+class JointBatchLoader:
+    """``steps`` joint batches per epoch, each made of one batch of every task (:func:`join_batches`)."""
+
+    def __init__(self, datamodule: "MedMNISTDataModule", steps: int):
+        self.datamodule, self.steps = datamodule, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        streams = {flag: _endless(lambda flag=flag: self.datamodule.task_dataloader(flag)) for flag in self.datamodule.flags}
+        for _ in range(self.steps):
+            yield join_batches({flag: next(stream) for flag, stream in streams.items()})
+
+
 class MedMNISTDataModule(L.LightningDataModule):
     """Several MedMNIST datasets, one task each.
 
@@ -190,14 +232,15 @@ class MedMNISTDataModule(L.LightningDataModule):
         verify_md5: check each file against the official MD5.
         max_samples: keep at most this many samples per split (quick runs); None keeps all.
         seed: fixes each task's shuffling (per epoch, :class:`EpochSeededSampler`).
+        joint_batches: train on joint batches (one batch of every task per step, concatenated),
+            so that every strategy applies; needs all tasks 2D at one size. Default: per-task
+            batches, drawn by the strategy (``optim=ga``).
     """
-
-    #: each task has its own dataset and input: one forward pass cannot serve every task
-    separate_task_inputs = True
 
     def __init__(self, root: str, flags: Sequence[str], size: int = 28, batch_size: int = 64,
                  eval_batch_size: int = 256, num_workers: int = 0, steps_per_epoch: int | None = None,
-                 verify_md5: bool = True, max_samples: int | None = None, seed: int = 0):
+                 verify_md5: bool = True, max_samples: int | None = None, seed: int = 0,
+                 joint_batches: bool = False):
         super().__init__()
         if not flags:
             raise DatasetError("MedMNIST needs at least one dataset in data.flags.")
@@ -206,6 +249,13 @@ class MedMNISTDataModule(L.LightningDataModule):
         self.steps_per_epoch, self.verify, self.max_samples, self.seed = steps_per_epoch, verify_md5, max_samples, seed
         self.tasks = [medmnist_task(flag) for flag in self.flags]
         self.datasets: dict[str, dict[str, MedMNISTDataset]] = {}
+        self.joint_batches = joint_batches
+        volumetric = [t.name for t in self.tasks if t.metadata["is_3d"]]
+        if joint_batches and volumetric:
+            raise DatasetError(f"data.joint_batches needs every task 2D at one size, but {', '.join(volumetric)} "
+                               "are 3D; train this task set with optim=ga (per-task batches) instead.")
+        #: True when each task has its own dataset and input (one forward pass cannot serve every task)
+        self.separate_task_inputs = not joint_batches
 
     def prepare_data(self) -> None:
         for flag in self.flags:
@@ -235,9 +285,11 @@ class MedMNISTDataModule(L.LightningDataModule):
                           sampler=EpochSeededSampler(len(dataset), self.seed + self.flags.index(task)),
                           drop_last=len(dataset) > self.batch_size)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | JointBatchLoader:
         steps = self.steps_per_epoch or max(
             math.ceil(len(d["train"]) / self.batch_size) for d in self.datasets.values())
+        if self.joint_batches:
+            return JointBatchLoader(self, steps)
         return DataLoader(_Steps(steps), batch_size=1)
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
