@@ -69,7 +69,7 @@ def test_table1_experiment_sweeps_five_methods_over_five_folds(tmp_path):
     cfg = compose_train(["experiment=refuge_table1", "preset=tiny", f"paths.log_dir={tmp_path}"])
     params = cfg.hydra.sweeper.params
     assert params.optim == "stl,vanilla,gradnorm,pcgrad,mtl_io" and params["data.fold"] == "range(0,5)"
-    assert cfg.model.width == 0.0625 and cfg.data.image_size == 64 and cfg.trainer.max_epochs == 30
+    assert cfg.model.width == 0.125 and cfg.data.image_size == 64 and cfg.trainer.max_epochs == 30
 
 
 @pytest.mark.parametrize("experiment", [o for o in options("experiment") if o.startswith("refuge_")])
