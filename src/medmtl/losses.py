@@ -51,3 +51,26 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def multilabel_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """BCE of L independent sigmoid outputs, averaged over the labels: (B, L) -> (B,)."""
     return _per_sample_mean(F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="none"))
+
+
+def softmax_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Multi-class focal loss -(1 - p_y)^gamma log p_y (Lin et al. 2017); gamma = 0 is the CE."""
+    log_p = F.log_softmax(logits, dim=1).gather(1, target.reshape(-1, 1).long()).squeeze(1)
+    return -((1.0 - log_p.exp()) ** gamma) * log_p
+
+
+def ce_plus_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Seed 001's grading loss: cross-entropy + focal loss."""
+    return cross_entropy(logits, target) + softmax_focal(logits, target, gamma)
+
+
+def soft_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - (2 sum p y + eps) / (sum p + sum y + eps) per sample, p = sigmoid(logits)."""
+    p = torch.sigmoid(logits).reshape(logits.shape[0], -1)
+    y = target.reshape(target.shape[0], -1).to(p.dtype)
+    return 1.0 - (2.0 * (p * y).sum(1) + eps) / (p.sum(1) + y.sum(1) + eps)
+
+
+def focal_plus_dice(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Seed 001's lesion loss: pixel focal loss + soft Dice loss."""
+    return binary_focal(logits, target, gamma) + soft_dice(logits, target)

@@ -1,0 +1,186 @@
+"""IDRiD as a partially labelled multi-task problem (seed 001): lesion segmentation on one image set,
+disease grading on another, one training set made of their union.
+
+Tasks: ``retinopathy`` (5 grades) and ``edema`` (3 risk levels), cross-entropy + focal loss;
+one segmentation task per lesion in ``lesions`` (``ma``, ``he``, ``ex``, ``se``, ``od``), focal +
+Dice loss. Every sample carries every target key (zeros where it has no label) and a
+``present/<task>`` flag: grading images have no masks, segmentation images no grades. A lesion
+mask missing for a segmentation image is either masked out of its loss (``missing_mask: mask``,
+the default) or an all-negative target (``missing_mask: negative``, what seed 001 did).
+
+Images (4288 x 2848) and masks (1-bit TIFF, read as ``> 0``) are resized once to ``resolution``
+(H, W; seed 001 used 712 x 1072) and cached under ``<root>/.medmtl_cache/idrid_<H>x<W>/``; the
+build time is logged and kept in ``cache_seconds``. IDRiD has no validation split: ``val_fraction``
+of each training image set is held out with ``split_seed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from functools import partial
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from medmtl import losses
+from medmtl.data.errors import DatasetError
+from medmtl.data.idrid_layout import LESIONS, IdridSample, scan_idrid
+from medmtl.data.images import read_rgb
+from medmtl.data.sampling import EpochSeededSampler, SampleKey, split_key
+from medmtl.tasks import Task
+
+log = logging.getLogger(__name__)
+
+MISSING_MASK = ("mask", "negative")
+GRADES = {"retinopathy": 5, "edema": 3}
+
+
+def idrid_tasks(lesions: Sequence[str] = tuple(LESIONS), focal_gamma: float = 2.0) -> list[Task]:
+    unknown = [lesion for lesion in lesions if lesion not in LESIONS]
+    if unknown:
+        raise DatasetError(f"Unknown IDRiD lesions {unknown}; they are {list(LESIONS)}.")
+    grading = [Task(name, "multiclass", partial(losses.ce_plus_focal, gamma=focal_gamma), num_outputs=n)
+               for name, n in GRADES.items()]
+    segmentation = [Task(lesion, "segmentation", partial(losses.focal_plus_dice, gamma=focal_gamma)) for lesion in lesions]
+    return grading + segmentation
+
+
+def cache_file(root: Path, sample: IdridSample, resolution: tuple[int, int]) -> Path:
+    return Path(root) / ".medmtl_cache" / f"idrid_{resolution[0]}x{resolution[1]}" / sample.split / f"{sample.name}.npz"
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    return (np.array(Image.open(path)) > 0).astype(np.uint8)
+
+
+def build_cache(root: Path, samples: Sequence[IdridSample], resolution: tuple[int, int]) -> float:
+    """Resize what is not cached yet; return the seconds it took (0 when all was there)."""
+    todo = [s for s in samples if not cache_file(root, s, resolution).is_file()]
+    if not todo:
+        return 0.0
+    start = time.perf_counter()
+    height, width = resolution
+    log.info("Resizing %d IDRiD images to %dx%d (once).", len(todo), height, width)
+    for sample in todo:
+        image = read_rgb(sample.image)
+        entry = {"image": cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA),
+                 "original_wh": np.array(image.shape[1::-1], dtype=np.int64)}
+        for lesion, path in sample.masks.items():
+            if path is not None:
+                mask = _read_mask(path)
+                if mask.shape != image.shape[:2]:
+                    raise DatasetError(f"{path} is {mask.shape[1]}x{mask.shape[0]}, its image {image.shape[1]}x{image.shape[0]}.")
+                entry[f"mask_{lesion}"] = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+        target = cache_file(root, sample, resolution)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, **entry)
+        os.replace(tmp, target)
+    seconds = time.perf_counter() - start
+    log.info("IDRiD cache built in %.1f s (%.2f s per image).", seconds, seconds / len(todo))
+    return seconds
+
+
+class IdridDataset(Dataset):
+    def __init__(self, root: Path, samples: Sequence[IdridSample], resolution: tuple[int, int],
+                 lesions: Sequence[str], missing_mask: str = "mask"):
+        if missing_mask not in MISSING_MASK:
+            raise ValueError(f"data.missing_mask must be one of {MISSING_MASK}, got {missing_mask!r}.")
+        self.root, self.samples, self.resolution = Path(root), list(samples), tuple(resolution)
+        self.lesions, self.missing_mask = list(lesions), missing_mask
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: SampleKey) -> dict[str, torch.Tensor]:
+        index, _ = split_key(key)
+        sample = self.samples[index]
+        with np.load(cache_file(self.root, sample, self.resolution)) as entry:
+            image = entry["image"]
+            masks = {lesion: entry[f"mask_{lesion}"] for lesion in self.lesions if f"mask_{lesion}" in entry.files}
+        item = {"image": torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0), "index": torch.tensor(index)}
+        for name in GRADES:
+            value = getattr(sample, name)
+            item[name] = torch.tensor(value if value is not None else 0)
+            item[f"present/{name}"] = torch.tensor(value is not None)
+        blank = np.zeros(self.resolution, dtype=np.uint8)
+        for lesion in self.lesions:
+            has_mask = lesion in masks
+            item[lesion] = torch.from_numpy(masks.get(lesion, blank)).float()
+            labelled = has_mask or (sample.is_segmentation and self.missing_mask == "negative")
+            item[f"present/{lesion}"] = torch.tensor(labelled)
+        return item
+
+
+def _hold_out(samples: list[IdridSample], fraction: float, seed: int) -> tuple[list[IdridSample], list[IdridSample]]:
+    """Split each image set (segmentation, grading) into train / validation with ``fraction`` held out."""
+    train, val = [], []
+    for group in ([s for s in samples if s.is_segmentation], [s for s in samples if not s.is_segmentation]):
+        order = np.random.default_rng(seed).permutation(len(group))
+        n_val = int(round(fraction * len(group)))
+        val += [group[i] for i in order[:n_val]]
+        train += [group[i] for i in order[n_val:]]
+    return train, val
+
+
+class IdridDataModule(L.LightningDataModule):
+    """Args: root; resolution (H, W); lesions (segmentation tasks); missing_mask (``mask`` |
+    ``negative``); val_fraction and split_seed (validation held out of the training sets);
+    batch sizes, workers; seed (training order)."""
+
+    def __init__(self, root: str, resolution: Sequence[int] = (712, 1072), lesions: Sequence[str] = tuple(LESIONS),
+                 missing_mask: str = "mask", val_fraction: float = 0.2, split_seed: int = 0, batch_size: int = 4,
+                 eval_batch_size: int = 4, num_workers: int = 0, seed: int = 0, focal_gamma: float = 2.0):
+        super().__init__()
+        if missing_mask not in MISSING_MASK:
+            raise ValueError(f"data.missing_mask must be one of {MISSING_MASK}, got {missing_mask!r}.")
+        self.root, self.resolution = Path(root), (int(resolution[0]), int(resolution[1]))
+        self.lesions, self.missing_mask = list(lesions), missing_mask
+        self.val_fraction, self.split_seed, self.seed = val_fraction, split_seed, seed
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.tasks = idrid_tasks(self.lesions, focal_gamma)
+        self.datasets: dict[str, IdridDataset] = {}
+        self.cache_seconds = 0.0
+
+    def _splits(self) -> dict[str, list[IdridSample]]:
+        pool = scan_idrid(self.root, "train")
+        if not pool:
+            raise DatasetError(f"No IDRiD training image under {self.root} (segmentation or grading).")
+        train, val = _hold_out(pool, self.val_fraction, self.split_seed)
+        return {"train": train, "val": val, "test": scan_idrid(self.root, "test")}
+
+    def prepare_data(self) -> None:
+        samples = [s for split in self._splits().values() for s in split]
+        self.cache_seconds = build_cache(self.root, samples, self.resolution)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        splits = self._splits()
+        self.cache_seconds += build_cache(self.root, [s for v in splits.values() for s in v], self.resolution)
+        self.datasets = {name: IdridDataset(self.root, samples, self.resolution, self.lesions, self.missing_mask)
+                         for name, samples in splits.items()}
+        log.info("IDRiD: %s", {k: len(v) for k, v in self.datasets.items()})
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        return DataLoader(dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                          sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else None,
+                          num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
