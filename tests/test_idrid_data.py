@@ -75,3 +75,25 @@ def test_a_mixed_batch_uses_only_the_labelled_samples_of_each_task():
     assert logits.grad[1].abs().sum() == 0 and logits.grad[0].abs().sum() > 0  # sample 1 has no grade
     # CE + focal at uniform logits: log 5 + (1 - 1/5)^2 log 5
     assert float(loss) == pytest.approx(torch.log(torch.tensor(5.0)).item() * (1 + 0.8**2))
+
+
+def test_synthetic_twin_has_the_official_layout_and_its_quirks(tmp_path):
+    from medmtl.data.idrid_layout import read_grading, scan_idrid
+    from medmtl.data.idrid_synthetic import SyntheticIdridDataModule
+
+    dm = SyntheticIdridDataModule(str(tmp_path / "idrid"), resolution=(32, 48))
+    dm.setup()
+    train = scan_idrid(tmp_path / "idrid", "train")
+    assert sum(s.is_segmentation for s in train) == 12 and sum(not s.is_segmentation for s in train) == 12
+    csv = next((tmp_path / "idrid").rglob("a. IDRiD_Disease Grading_Training Labels.csv"))
+    raw = csv.read_bytes()
+    assert b"\r\n" in raw and b"Risk of macular edema ,," in raw  # CRLF, stray space, empty columns
+    assert len(read_grading(csv)) == 12
+    mask = next((tmp_path / "idrid").rglob("*_OD.tif"))
+    from PIL import Image
+    import numpy as np
+
+    assert Image.open(mask).mode == "P" and set(np.unique(np.array(Image.open(mask)))) == {0, 1}
+    assert any(s.masks["se"] is None for s in train if s.is_segmentation)  # some masks absent, as in IDRiD
+    # val_fraction 0.2 of each image set: round(2.4) = 2 segmentation + 2 grading images
+    assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 20, "val": 4, "test": 12}
