@@ -30,6 +30,25 @@ from medmtl.utils.rng import collect_rng_states, restore_rng_states
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
+def with_backbone_lr(factory: Callable[..., torch.optim.Optimizer], model: MultiTaskNet, scale: float):
+    """An optimizer factory that puts the model's backbone parameters in a group at ``scale`` x the
+    learning rate (seed 001: backbone 3e-5, the rest 3e-4)."""
+    base_lr = getattr(factory, "keywords", {}).get("lr")
+    if base_lr is None:
+        raise ValueError("optim.backbone_lr_scale needs optim.optimizer.lr to be set.")
+    backbone = {id(p) for p in model.backbone_parameters()}
+    if not backbone:
+        raise ValueError(f"optim.backbone_lr_scale: {type(model).__name__} declares no backbone parameters.")
+
+    def build(params) -> torch.optim.Optimizer:
+        params = list(params)
+        groups = [{"params": [p for p in params if id(p) not in backbone]},
+                  {"params": [p for p in params if id(p) in backbone], "lr": base_lr * scale}]
+        return factory([g for g in groups if g["params"]])
+
+    return build
+
+
 class StrategyNotApplicable(ValueError):
     """The chosen strategy cannot train this task set (said in one sentence)."""
 
@@ -64,6 +83,7 @@ class MultiTaskModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: SchedulerFactory | None = None,
         gradient_clip_val: float | None = None,
+        backbone_lr_scale: float | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -72,7 +92,7 @@ class MultiTaskModule(L.LightningModule):
         self.strategy = strategy
         self.strategy.setup([t.name for t in self.tasks])
         self.model = build_model(model, self.tasks, strategy.separate_networks)
-        self.optimizer_factory = optimizer
+        self.optimizer_factory = with_backbone_lr(optimizer, self.model, backbone_lr_scale) if backbone_lr_scale else optimizer
         self.scheduler_factory = scheduler
         if gradient_clip_val and not strategy.supports_gradient_clipping:
             raise ValueError(f"{type(strategy).__name__} does not clip gradients: set optim.gradient_clip_val=null.")
@@ -88,8 +108,14 @@ class MultiTaskModule(L.LightningModule):
         return self.model(batch["image"], tasks=tasks)
 
     def losses(self, outputs, batch, tasks=None) -> dict[str, torch.Tensor]:
+        """Per-task losses; a network's auxiliary loss for a task (MoE gates) is added to it."""
         chosen = self.tasks if tasks is None else [t for t in self.tasks if t.name in tasks]
-        return compute_losses(chosen, outputs, batch)
+        losses = compute_losses(chosen, outputs, batch)
+        for name in losses:
+            auxiliary = self.model.auxiliary_loss(name)
+            if auxiliary is not None:
+                losses[name] = losses[name] + auxiliary
+        return losses
 
     def task_batch(self, task: str):
         """Next batch of ``task``'s own infinite training loader, on the module's device.
@@ -154,6 +180,10 @@ class MultiTaskModule(L.LightningModule):
             self.log("train/loss", logged["loss/total"], on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
         self.log("train/iteration", float(self.iterations), on_step=True, on_epoch=False, batch_size=batch_size)
 
+    def on_train_epoch_start(self) -> None:
+        max_epochs = self.trainer.max_epochs or 1
+        self.model.set_training_progress(self.current_epoch / max(1, max_epochs))
+
     def on_train_epoch_end(self) -> None:
         self.strategy.on_train_epoch_end(self.current_epoch)
         schedulers = self.lr_schedulers()
@@ -185,6 +215,9 @@ class MultiTaskModule(L.LightningModule):
             summed = sum(total / seen for total, seen in self._evaluation_losses.values() if seen)
             self.log(f"{stage}/loss", summed, prog_bar=stage == "val")
         self._evaluation_losses = {}
+        routing = self.model.routing_statistics()
+        if routing:
+            self.log_dict({f"{stage}/experts/{task}": value for task, value in routing.items()})
         if self.evaluator is None:
             return
         metrics = self.evaluator.compute()

@@ -43,6 +43,7 @@ def build_module(cfg: DictConfig, datamodule) -> MultiTaskModule:
         optimizer=instantiate(cfg.optim.optimizer),
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
         gradient_clip_val=cfg.optim.get("gradient_clip_val"),
+        backbone_lr_scale=cfg.optim.get("backbone_lr_scale"),
     )
 
 

@@ -184,3 +184,8 @@ class IdridDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+    def make_evaluator(self):
+        from medmtl.metrics.idrid import IdridEvaluator
+
+        return IdridEvaluator(self.tasks)

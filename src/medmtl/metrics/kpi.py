@@ -1,6 +1,6 @@
 """Key performance indicators in [0, 1] per task kind, for DTP (survey 3.1.4).
 
-- ``binary``: accuracy at threshold 0.5;
+- ``binary`` (and ``multilabel``, per label): accuracy at threshold 0.5; ``multiclass``: arg-max accuracy;
 - ``segmentation``: Dice of the thresholded map (1 when prediction and target are both empty);
 - ``heatmap``: soft Dice 2 sum(p y) / (sum p + sum y) of the sigmoid map against the target.
 
@@ -36,8 +36,10 @@ def task_kpi(task: Task, output: torch.Tensor, batch: Mapping[str, torch.Tensor]
     output, target = _labelled(task, output.float(), batch[task.target_key].float(), batch)
     if output.shape[0] == 0:
         return None
+    if task.kind == "multiclass":
+        return (output.argmax(dim=1).float() == target.reshape(-1)).float().mean()
     probability = torch.sigmoid(output)
-    if task.kind == "binary":
+    if task.kind in ("binary", "multilabel"):
         return ((probability > 0.5).float() == target).float().mean()
     if task.kind == "segmentation":
         return _dice((probability > 0.5).float(), target)

@@ -51,6 +51,21 @@ class MultiTaskNet(nn.Module, abc.ABC):
     def path_modules(self, task: str) -> list[nn.Module]:
         """Modules whose parameters task ``task``'s output depends on."""
 
+    def auxiliary_loss(self, task: str) -> torch.Tensor | None:
+        """Optional: a loss the network adds to ``task``'s loss for its last forward (MoE gates)."""
+        return None
+
+    def set_training_progress(self, fraction: float) -> None:
+        """Optional: told epoch / max_epochs at each training epoch start (MoE routing phases)."""
+
+    def routing_statistics(self) -> dict[str, float]:
+        """Optional: per-task diagnostics of the evaluation forwards since the last call."""
+        return {}
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Optional: parameters trained at ``optim.backbone_lr_scale`` x the learning rate."""
+        return []
+
     def _check_tasks(self, tasks: Sequence[str] | None) -> tuple[str, ...]:
         if tasks is None:
             return self.task_names
@@ -127,3 +142,16 @@ class SeparateNetworks(MultiTaskNet):
 
     def path_modules(self, task: str) -> list[nn.Module]:
         return [self.members[task]]
+
+    def auxiliary_loss(self, task: str) -> torch.Tensor | None:
+        return self.members[task].auxiliary_loss(task)
+
+    def set_training_progress(self, fraction: float) -> None:
+        for member in self.members.values():
+            member.set_training_progress(fraction)
+
+    def routing_statistics(self) -> dict[str, float]:
+        return {k: v for member in self.members.values() for k, v in member.routing_statistics().items()}
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return [p for member in self.members.values() for p in member.backbone_parameters()]

@@ -1,0 +1,210 @@
+"""Mixture-of-experts multi-task DeepLabV3+ (seed 001; METHODS.md section 2, ``moe_deeplabv3p``).
+
+- Shared backbone: a timm ResNet (ResNet-50 in the seed) with output stride 16; its stride-4
+  features feed the DeepLabV3+ decoders.
+- Shared ASPP for the segmentation tasks: 1x1 conv, three depthwise-separable 3x3 convs at rates
+  6/12/18, image pooling, projected to ``aspp_channels`` (256).
+- Per task, ``n_experts`` (3) experts and a gate. Classification expert: adaptive average pool of
+  the backbone's final map to 4x4, a depthwise-separable conv, global pool, linear. Segmentation
+  expert: a DeepLabV3+ decoder (low-level 1x1 to 48 channels, ASPP output up-sampled and
+  concatenated, two depthwise-separable 3x3 convs, a 1x1 to one logit, up-sampled to the input).
+  Gate: global average pool of the backbone's final map, linear, sigmoid: scores s_e in (0, 1).
+- Routing. Dense (the first ``dense_fraction`` of the epochs): y = sum_e s_e y_e / sum_e s_e.
+  Top-p (afterwards, also at inference): with q = s / sum s sorted in decreasing order, keep the
+  fewest experts whose q sum to at least ``top_p`` (0.8), renormalise the kept scores. The phase
+  is a buffer, so a checkpoint taken after the switch evaluates with top-p routing.
+- Auxiliary gate losses, added to their task's loss (``auxiliary_loss``), each with its weight:
+  L1 sparsity mean_e |s_e|; load balancing KL(u || uniform) with u the batch-mean of q; negative
+  entropy -H(q), averaged over samples (seed 001: "to discourage the model from selecting the
+  same expert all the time"). Choice: the entropy is that of each sample's routing (the batch
+  version would duplicate the load-balancing term up to a constant); ``entropy_of: batch`` gives
+  -H(u) instead.
+- ``routing_statistics()``: the mean number of experts kept per task since the last call (a
+  logged diagnostic; 3 in the dense phase).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medmtl.models.base import MultiTaskNet
+from medmtl.tasks import Task
+
+
+def separable(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
+    """Depthwise 3x3 (dilated) + pointwise 1x1, batch norm, ReLU."""
+    return nn.Sequential(nn.Conv2d(cin, cin, 3, padding=dilation, dilation=dilation, groups=cin, bias=False),
+                         nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def pointwise(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SeparableASPP(nn.Module):
+    def __init__(self, cin: int, cout: int, rates: Sequence[int] = (6, 12, 18)):
+        super().__init__()
+        self.branches = nn.ModuleList([pointwise(cin, cout)] + [separable(cin, cout, r) for r in rates])
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1, bias=False), nn.ReLU(inplace=True))
+        self.project = pointwise(cout * (len(rates) + 2), cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.interpolate(self.pool(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.project(torch.cat([b(x) for b in self.branches] + [pooled], dim=1))
+
+
+class SegmentationExpert(nn.Module):
+    """A DeepLabV3+ decoder with depthwise-separable convolutions."""
+
+    def __init__(self, aspp_channels: int, low_channels: int, width: int):
+        super().__init__()
+        self.reduce = pointwise(low_channels, 48)
+        self.fuse = nn.Sequential(separable(aspp_channels + 48, width), separable(width, width))
+        self.logit = nn.Conv2d(width, 1, 1)
+
+    def forward(self, aspp: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(aspp, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        return self.logit(self.fuse(torch.cat([up, self.reduce(low)], dim=1)))
+
+
+class ClassificationExpert(nn.Module):
+    def __init__(self, cin: int, width: int, outputs: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.AdaptiveAvgPool2d(4), separable(cin, width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.linear = nn.Linear(width, outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.body(x))
+
+
+def top_p_mask(scores: torch.Tensor, p: float) -> torch.Tensor:
+    """Per row, True for the fewest experts whose normalised scores (largest first) sum to >= p."""
+    q = scores / scores.sum(dim=1, keepdim=True)
+    sorted_q, order = q.sort(dim=1, descending=True)
+    before = sorted_q.cumsum(dim=1) - sorted_q  # mass of the experts ranked above
+    keep_sorted = before < p - 1e-12             # an expert is kept while the mass above it is < p
+    return torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
+
+
+class MoEDeepLabV3Plus(MultiTaskNet):
+    """Args (see the module docstring): tasks; backbone (timm ResNet name; ``resnet18`` for tests);
+    n_experts; top_p; dense_fraction; aspp_channels, decoder_channels, classifier_channels;
+    gate loss weights l1_weight, balance_weight, entropy_weight; entropy_of (``sample`` | ``batch``);
+    pretrained_file (a local backbone state dict; nothing is downloaded)."""
+
+    def __init__(self, tasks: Sequence[Task], backbone: str = "resnet50", n_experts: int = 3, top_p: float = 0.8,
+                 dense_fraction: float = 0.5, aspp_channels: int = 256, decoder_channels: int = 256,
+                 classifier_channels: int = 256, l1_weight: float = 0.01, balance_weight: float = 0.01,
+                 entropy_weight: float = 0.01, entropy_of: str = "sample", pretrained_file: str | None = None):
+        super().__init__()
+        import timm
+
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"model.top_p must be in (0, 1], got {top_p}.")
+        if entropy_of not in ("sample", "batch"):
+            raise ValueError(f"model.entropy_of must be sample or batch, got {entropy_of!r}.")
+        self.task_names = tuple(t.name for t in tasks)
+        self.n_experts, self.top_p, self.dense_fraction = n_experts, top_p, dense_fraction
+        self.weights = {"l1": l1_weight, "balance": balance_weight, "entropy": entropy_weight}
+        self.entropy_of = entropy_of
+        overlay = {"file": pretrained_file} if pretrained_file else None
+        self.backbone = timm.create_model(backbone, pretrained=bool(pretrained_file), features_only=True,
+                                          output_stride=16, out_indices=(1, 4), pretrained_cfg_overlay=overlay)
+        low_channels, high_channels = self.backbone.feature_info.channels()
+        dense = [t for t in tasks if t.is_dense]
+        self.aspp = SeparableASPP(high_channels, aspp_channels) if dense else None
+        self.experts = nn.ModuleDict()
+        for task in tasks:
+            if task.is_dense:
+                members = [SegmentationExpert(aspp_channels, low_channels, decoder_channels) for _ in range(n_experts)]
+            else:
+                members = [ClassificationExpert(high_channels, classifier_channels, task.num_outputs) for _ in range(n_experts)]
+            self.experts[task.name] = nn.ModuleList(members)
+        self.gates = nn.ModuleDict({t.name: nn.Linear(high_channels, n_experts) for t in tasks})
+        self.dense_tasks = {t.name for t in dense}
+        self.register_buffer("top_p_active", torch.tensor(False))
+        self._auxiliary: dict[str, torch.Tensor] = {}
+        self._kept: dict[str, list[float]] = {}
+
+    # ----- routing --------------------------------------------------------------------------
+    def set_training_progress(self, fraction: float) -> None:
+        """Called at each epoch start with epoch / max_epochs: top-p routing from dense_fraction on."""
+        self.top_p_active.fill_(bool(fraction >= self.dense_fraction))
+
+    def _route(self, name: str, scores: torch.Tensor) -> torch.Tensor:
+        """Mixing weights (B, E) summing to 1 per sample; records the auxiliary loss and usage."""
+        if bool(self.top_p_active):
+            kept = top_p_mask(scores.detach(), self.top_p).to(scores.dtype)
+        else:
+            kept = torch.ones_like(scores)
+        mixed = scores * kept
+        weights = mixed / mixed.sum(dim=1, keepdim=True)
+        q = scores / scores.sum(dim=1, keepdim=True)
+        usage = q.mean(dim=0)
+        log_e = math.log(self.n_experts)
+        balance = (usage * (usage.clamp_min(1e-12).log() + log_e)).sum()
+        if self.entropy_of == "sample":
+            entropy = -(q * q.clamp_min(1e-12).log()).sum(dim=1).mean()
+        else:
+            entropy = -(usage * usage.clamp_min(1e-12).log()).sum()
+        self._auxiliary[name] = (self.weights["l1"] * scores.abs().mean() + self.weights["balance"] * balance
+                                 - self.weights["entropy"] * entropy)
+        if not self.training:
+            self._kept.setdefault(name, []).append(float(kept.sum(dim=1).mean()))
+        return weights
+
+    def auxiliary_loss(self, task: str) -> torch.Tensor | None:
+        return self._auxiliary.get(task)
+
+    def routing_statistics(self) -> dict[str, float]:
+        """Mean number of experts kept per task over the evaluation forwards since the last call."""
+        stats = {name: sum(v) / len(v) for name, v in self._kept.items() if v}
+        self._kept = {}
+        return stats
+
+    # ----- forward --------------------------------------------------------------------------
+    def representation(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """The shared features the gates and experts read: the backbone's stride-4 and final maps
+        and, when a segmentation task is requested, the shared ASPP output ("-UB" strategies)."""
+        tasks = self._check_tasks(tasks)
+        low, high = self.backbone(image)
+        self._input_size = tuple(image.shape[-2:])  # the dense heads up-sample to it
+        shared = {"low": low, "high": high}
+        if any(t in self.dense_tasks for t in tasks):
+            shared["aspp"] = self.aspp(high)
+        return shared
+
+    def heads(self, shared: dict[str, torch.Tensor], tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        tasks = self._check_tasks(tasks)
+        pooled = shared["high"].mean(dim=(-2, -1))
+        size = self._input_size
+        outputs = {}
+        for name in tasks:
+            weights = self._route(name, torch.sigmoid(self.gates[name](pooled)))
+            if name in self.dense_tasks:
+                expert_outputs = torch.cat([e(shared["aspp"], shared["low"]) for e in self.experts[name]], dim=1)  # (B, E, h, w)
+                mixed = (weights[:, :, None, None] * expert_outputs).sum(dim=1, keepdim=True)
+                outputs[name] = F.interpolate(mixed, size=size, mode="bilinear", align_corners=False).squeeze(1)
+            else:
+                expert_outputs = torch.stack([e(shared["high"]) for e in self.experts[name]], dim=1)  # (B, E, C)
+                logits = (weights[:, :, None] * expert_outputs).sum(dim=1)
+                outputs[name] = logits.squeeze(-1) if logits.shape[-1] == 1 else logits
+        return outputs
+
+    def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        return self.heads(self.representation(image, tasks), tasks)
+
+    def path_modules(self, task: str) -> list[nn.Module]:
+        if task not in self.experts:
+            raise KeyError(f"MoEDeepLabV3Plus has no task {task!r}; it has {list(self.task_names)}.")
+        shared = [self.backbone] + ([self.aspp] if task in self.dense_tasks else [])
+        return shared + [self.experts[task], self.gates[task]]
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Seed 001 trains the backbone at a tenth of the learning rate (``optim`` parameter groups)."""
+        return list(self.backbone.parameters())

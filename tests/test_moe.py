@@ -1,0 +1,132 @@
+"""MoE DeepLabV3+ (seed 001): routing by hand, gate losses, the backbone learning rate, and training
+with every strategy on the synthetic IDRiD with partial labels."""
+
+from functools import partial
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from medmtl.data.idrid import idrid_tasks
+from medmtl.data.idrid_synthetic import SyntheticIdridDataModule
+from medmtl.models.moe_deeplabv3p import MoEDeepLabV3Plus, top_p_mask
+from medmtl.module import MultiTaskModule, with_backbone_lr
+
+from test_configs import compose_train, options
+
+TINY = dict(backbone="test_resnet", aspp_channels=8, decoder_channels=8, classifier_channels=8)
+
+
+def test_top_p_keeps_the_fewest_experts_reaching_p():
+    scores = torch.tensor([[0.9, 0.05, 0.05],   # q = .9 ... : the first alone reaches 0.8
+                           [0.4, 0.4, 0.2],     # q = .4 .4 .2: two experts (0.8)
+                           [0.3, 0.5, 0.2],     # q = .3 .5 .2: .5 then .3 -> 0.8 with two
+                           [0.34, 0.33, 0.33]]) # q = .34 .33 .33: .67 < .8 -> all three
+    assert top_p_mask(scores, 0.8).tolist() == [[True, False, False], [True, True, False],
+                                                [True, True, False], [True, True, True]]
+
+
+def _model(**options):
+    return MoEDeepLabV3Plus(idrid_tasks(["od", "he"]), **(TINY | options)).eval()
+
+
+def test_dense_routing_is_the_score_weighted_mean_then_top_p_after_the_switch():
+    model = _model()
+    image = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        low, high = model.backbone(image)
+        scores = torch.sigmoid(model.gates["retinopathy"](high.mean(dim=(-2, -1))))
+        experts = torch.stack([e(high) for e in model.experts["retinopathy"]], dim=1)
+        expected = (scores[:, :, None] * experts).sum(1) / scores.sum(1, keepdim=True)
+        torch.testing.assert_close(model(image, ["retinopathy"])["retinopathy"], expected)
+        assert model.routing_statistics() == {"retinopathy": 3.0}
+        model.set_training_progress(0.5)
+        kept = top_p_mask(scores, 0.8)
+        w = scores * kept
+        expected = (w[:, :, None] * experts).sum(1) / w.sum(1, keepdim=True)
+        torch.testing.assert_close(model(image, ["retinopathy"])["retinopathy"], expected)
+        assert model.routing_statistics()["retinopathy"] == pytest.approx(kept.sum(1).float().mean().item())
+    assert bool(model.state_dict()["top_p_active"]), "the routing phase must be saved with the weights"
+
+
+def test_gate_losses_are_finite_and_weighted():
+    image = torch.rand(2, 3, 64, 64)
+    quiet = _model(l1_weight=0.0, balance_weight=0.0, entropy_weight=0.0)
+    quiet(image)
+    assert float(quiet.auxiliary_loss("od")) == 0.0
+    model = _model()
+    out = model(image)
+    assert set(out) == {"retinopathy", "edema", "od", "he"} and out["od"].shape == (2, 64, 64)
+    assert all(torch.isfinite(model.auxiliary_loss(t)) for t in out)
+
+
+def test_backbone_learns_at_a_tenth_of_the_rate():
+    model = _model()
+    optimizer = with_backbone_lr(partial(torch.optim.AdamW, lr=3e-4), model, 0.1)(model.parameters())
+    rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert all(rates[id(p)] == pytest.approx(3e-5) for p in model.backbone.parameters())
+    assert all(rates[id(p)] == pytest.approx(3e-4) for p in model.gates.parameters())
+
+
+@pytest.fixture(scope="module")
+def idrid_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("idrid_synthetic") / "idrid"
+    SyntheticIdridDataModule(str(root), resolution=(32, 48)).prepare_data()
+    return root
+
+
+#: the default run trains these; CI's slow run trains every strategy
+REPRESENTATIVE = {"vanilla", "mtl_io", "ga", "pcgrad", "mgda_ub", "gradnorm", "stl"}
+
+
+@pytest.mark.parametrize("optim_name", [pytest.param(o, marks=[] if o in REPRESENTATIVE else [pytest.mark.slow])
+                                        for o in options("optim")])
+def test_every_strategy_trains_the_moe_with_partial_labels(optim_name, idrid_root, tmp_path):
+    cfg = compose_train([f"optim={optim_name}"])
+    dm = SyntheticIdridDataModule(str(idrid_root), resolution=(32, 48), batch_size=4, lesions=["od", "he", "se"])
+    if optim_name == "fixed":  # its weights name the dataset's tasks
+        cfg.optim.strategy.weights = {t.name: 1.0 for t in dm.tasks}
+    torch.manual_seed(0)
+    module = MultiTaskModule(model=partial(MoEDeepLabV3Plus, **TINY, dense_fraction=0.5),
+                             strategy=instantiate(cfg.optim.strategy), tasks=dm.tasks,
+                             optimizer=instantiate(cfg.optim.optimizer), backbone_lr_scale=0.1)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=2, limit_val_batches=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        default_root_dir=tmp_path, enable_checkpointing=False)
+    trainer.fit(module, datamodule=dm)
+    assert module.iterations == 4
+    assert all(torch.isfinite(p).all() for p in module.parameters()), "a NaN reached the weights"
+    assert bool(module.model.top_p_active) if not cfg.optim.strategy.get("_target_", "").endswith("SingleTask") else True
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_a_short_run_on_the_real_sample_segments_the_optic_disc(tmp_path):
+    """The 20 real IDRiD images (OD and HE masks): after a short run the held-out OD Dice is far
+    above the untrained network's."""
+    import shutil
+
+    from medmtl.data.idrid import IdridDataModule
+    from test_idrid_layout import REAL, needs_real  # noqa: F401
+
+    if not (REAL / "A. Segmentation").is_dir():
+        pytest.skip(f"the IDRiD sample is not at {REAL}")
+    root = tmp_path / "idrid"
+    shutil.copytree(REAL, root)
+
+    def od_dice(epochs):
+        torch.manual_seed(0)
+        dm = IdridDataModule(str(root), resolution=(64, 96), lesions=["od", "he"], batch_size=4, val_fraction=0.25)
+        cfg = compose_train(["optim=vanilla"])
+        module = MultiTaskModule(model=partial(MoEDeepLabV3Plus, **TINY), strategy=instantiate(cfg.optim.strategy),
+                                 tasks=dm.tasks, optimizer=partial(torch.optim.AdamW, lr=3e-3))
+        trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+                            enable_checkpointing=False)
+        if epochs:
+            trainer.fit(module, datamodule=dm)
+        return trainer.validate(module, datamodule=dm, verbose=False)[0]["val/od_dice"]
+
+    untrained, trained = od_dice(0), od_dice(40)
+    assert trained > 0.5 and trained > untrained + 0.3, (untrained, trained)
