@@ -35,6 +35,7 @@ from medmtl.data.errors import DatasetError
 from medmtl.data.idrid_layout import LESIONS, IdridSample, scan_idrid
 from medmtl.data.images import read_rgb
 from medmtl.data.sampling import EpochSeededSampler, SampleKey, split_key
+from medmtl.data.split_loaders import SplitLoaders
 from medmtl.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def _hold_out(samples: list[IdridSample], fraction: float, seed: int) -> tuple[l
     return train, val
 
 
-class IdridDataModule(L.LightningDataModule):
+class IdridDataModule(SplitLoaders, L.LightningDataModule):
     """Args: root; resolution (H, W); lesions (segmentation tasks); missing_mask (``mask`` |
     ``negative``); val_fraction and split_seed (validation held out of the training sets);
     batch sizes, workers; seed (training order)."""
@@ -176,14 +177,6 @@ class IdridDataModule(L.LightningDataModule):
                           sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else None,
                           num_workers=self.num_workers)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
     def make_evaluator(self):
         from medmtl.metrics.idrid import IdridEvaluator

@@ -28,6 +28,7 @@ from medmtl.data.images import decode_refuge_mask
 from medmtl.data.refuge_cache import ensure_cache, load_entry
 from medmtl.data.refuge_layout import RefugeSample, scan_refuge
 from medmtl.data.sampling import EpochSeededSampler, SampleKey, split_key
+from medmtl.data.split_loaders import SplitLoaders
 from medmtl.metrics.refuge import RefugeEvaluator
 from medmtl.postprocess import vertical_cup_to_disc_ratio
 from medmtl.tasks import Task, refuge_tasks
@@ -116,7 +117,7 @@ class RefugeDataset(Dataset):
         return np.array([s.label for s in self.samples], dtype=np.int64)
 
 
-class RefugeDataModule(L.LightningDataModule):
+class RefugeDataModule(SplitLoaders, L.LightningDataModule):
     """REFUGE in its official layout; see the module docstring.
 
     Args:
@@ -202,11 +203,3 @@ class RefugeDataModule(L.LightningDataModule):
             drop_last=split == "train" and len(self.datasets[split]) > self.batch_size,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
