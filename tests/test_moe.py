@@ -85,8 +85,6 @@ REPRESENTATIVE = {"vanilla", "mtl_io", "ga", "pcgrad", "mgda_ub", "gradnorm", "s
 def test_every_strategy_trains_the_moe_with_partial_labels(optim_name, idrid_root, tmp_path):
     cfg = compose_train([f"optim={optim_name}"])
     dm = SyntheticIdridDataModule(str(idrid_root), resolution=(32, 48), batch_size=4, lesions=["od", "he", "se"])
-    if optim_name == "fixed":  # its weights name the dataset's tasks
-        cfg.optim.strategy.weights = {t.name: 1.0 for t in dm.tasks}
     torch.manual_seed(0)
     module = MultiTaskModule(model=partial(MoEDeepLabV3Plus, **TINY, dense_fraction=0.5),
                              strategy=instantiate(cfg.optim.strategy), tasks=dm.tasks,

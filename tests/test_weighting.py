@@ -69,7 +69,16 @@ def test_fixed_weights_formula_and_validation():
     strategy.setup(["a", "b"])
     assert strategy.weighted_total({"a": torch.tensor(2.0), "b": torch.tensor(1.0)}).item() == pytest.approx(4.0)
     with pytest.raises(ValueError, match="missing \\['c'\\]"):
-        FixedWeights({"a": 1.0, "b": 1.0}).setup(["a", "b", "c"])
+        FixedWeights({"a": 1.0, "b": 1.0}, default_weight=None).setup(["a", "b", "c"])
+    with pytest.raises(ValueError, match="names \\['typo'\\]"):
+        FixedWeights({"typo": 2.0}).setup(["a", "b"])
+
+
+def test_fixed_weights_default_applies_to_unnamed_tasks():
+    strategy = FixedWeights({"b": 3.0}, default_weight=0.5)
+    strategy.setup(["a", "b", "c"])
+    losses = {"a": torch.tensor(2.0), "b": torch.tensor(1.0), "c": torch.tensor(4.0)}
+    assert strategy.weighted_total(losses).item() == pytest.approx(0.5 * 2 + 3 * 1 + 0.5 * 4)
 
 
 def test_absent_task_contributes_nothing_to_the_sum():

@@ -185,10 +185,9 @@ def _log_examples_to_wandb(loggers: list[Any], predictions: dict) -> None:
     examples = {k.removeprefix("example_"): v for k, v in predictions.items() if k.startswith("example_")}
     if not wandb_loggers or not examples:
         return
-    from medmtl.analysis.overlays import example_panels
+    from medmtl.analysis.overlays import panels_with_captions
 
-    panels = example_panels(examples)
-    captions = [f"test image {int(i)}, label {int(y)}" for i, y in zip(examples["index"], examples["label"])]
+    panels, captions = panels_with_captions(examples)
     for logger in wandb_loggers:
         logger.log_image(key="test/examples", images=panels, caption=captions)
 

@@ -270,7 +270,10 @@ def write_report(sweeps: str | Path | Sequence[str | Path], output: str | Path |
 
 
 def _default_overlay_methods(table: Table, baseline: str) -> list[str]:
-    """The best method by AUC and the baseline (seed 000 Fig. 4: MTL-IO and STL)."""
+    """The best method by AUC and the baseline (seed 000 Fig. 4: MTL-IO and STL); without an AUC
+    column (IDRiD: seed 001's table compares three networks) the first four methods."""
+    if "auc" not in table.best:
+        return table.methods[:4]
     chosen = [m for m in (table.best.get("auc"), resolve_baseline(table.methods, baseline)) if m is not None]
     chosen = list(dict.fromkeys(chosen))
     return chosen if len(chosen) == 2 else table.methods[:2]

@@ -1,9 +1,11 @@
 """IDRiD as a partially labelled multi-task problem (seed 001): lesion segmentation on one image set,
 disease grading on another, one training set made of their union.
 
-Tasks: ``retinopathy`` (5 grades) and ``edema`` (3 risk levels), cross-entropy + focal loss;
-one segmentation task per lesion in ``lesions`` (``ma``, ``he``, ``ex``, ``se``, ``od``), focal +
-Dice loss. Every sample carries every target key (zeros where it has no label) and a
+Tasks: the grades in ``grades`` (``retinopathy``, 5 grades; ``edema``, 3 risk levels),
+cross-entropy + focal loss; one segmentation task per lesion in ``lesions`` (``ma``, ``he``,
+``ex``, ``se``, ``od``), focal + Dice loss. Seed 001's single-task baselines take one family:
+``grades=[]`` (the segmenter) or ``lesions=[]`` (the classifier); an image set with no chosen
+task is then left out of every split. Every sample carries every target key (zeros where it has no label) and a
 ``present/<task>`` flag: grading images have no masks, segmentation images no grades. A lesion
 mask missing for a segmentation image is either masked out of its loss (``missing_mask: mask``,
 the default) or an all-negative target (``missing_mask: negative``, what seed 001 did).
@@ -12,6 +14,11 @@ Images (4288 x 2848) and masks (1-bit TIFF, read as ``> 0``) are resized once to
 (H, W; seed 001 used 712 x 1072) and cached under ``<root>/.medmtl_cache/idrid_<H>x<W>/``; the
 build time is logged and kept in ``cache_seconds``. IDRiD has no validation split: ``val_fraction``
 of each training image set is held out with ``split_seed``.
+
+Training augmentation (``augment``; seed 001 lists horizontal flip, rotation, rescale, translation,
+contrast and blur): the spatial transforms move the image and its masks together. The draws come
+from the per-sample seeds of :class:`~medmtl.data.sampling.EpochSeededSampler`, so a resumed run
+replays them.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import Sequence
 
+import albumentations as A
 import cv2
 import lightning as L
 import numpy as np
@@ -44,12 +52,15 @@ MISSING_MASK = ("mask", "negative")
 GRADES = {"retinopathy": 5, "edema": 3}
 
 
-def idrid_tasks(lesions: Sequence[str] = tuple(LESIONS), focal_gamma: float = 2.0) -> list[Task]:
-    unknown = [lesion for lesion in lesions if lesion not in LESIONS]
+def idrid_tasks(lesions: Sequence[str] = tuple(LESIONS), focal_gamma: float = 2.0,
+                grades: Sequence[str] = tuple(GRADES)) -> list[Task]:
+    unknown = [lesion for lesion in lesions if lesion not in LESIONS] + [g for g in grades if g not in GRADES]
     if unknown:
-        raise DatasetError(f"Unknown IDRiD lesions {unknown}; they are {list(LESIONS)}.")
-    grading = [Task(name, "multiclass", partial(losses.ce_plus_focal, gamma=focal_gamma), num_outputs=n)
-               for name, n in GRADES.items()]
+        raise DatasetError(f"Unknown IDRiD tasks {unknown}; the lesions are {list(LESIONS)}, the grades {list(GRADES)}.")
+    if not lesions and not grades:
+        raise DatasetError("data.lesions and data.grades are both empty: IDRiD needs at least one task.")
+    grading = [Task(name, "multiclass", partial(losses.ce_plus_focal, gamma=focal_gamma), num_outputs=GRADES[name])
+               for name in grades]
     segmentation = [Task(lesion, "segmentation", partial(losses.focal_plus_dice, gamma=focal_gamma)) for lesion in lesions]
     return grading + segmentation
 
@@ -90,32 +101,53 @@ def build_cache(root: Path, samples: Sequence[IdridSample], resolution: tuple[in
     return seconds
 
 
+def training_augmentation(seed: int) -> A.Compose:
+    """Seed 001's list; the magnitudes are ours (the seed gives none)."""
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-15, 15), p=0.7),
+            A.RandomBrightnessContrast(brightness_limit=0.0, contrast_limit=0.2, p=0.5),
+            A.GaussianBlur(blur_limit=(3, 5), p=0.2),
+        ],
+        seed=seed,
+    )
+
+
 class IdridDataset(Dataset):
     def __init__(self, root: Path, samples: Sequence[IdridSample], resolution: tuple[int, int],
-                 lesions: Sequence[str], missing_mask: str = "mask"):
+                 lesions: Sequence[str], missing_mask: str = "mask", grades: Sequence[str] = tuple(GRADES),
+                 transform: A.Compose | None = None):
         if missing_mask not in MISSING_MASK:
             raise ValueError(f"data.missing_mask must be one of {MISSING_MASK}, got {missing_mask!r}.")
         self.root, self.samples, self.resolution = Path(root), list(samples), tuple(resolution)
-        self.lesions, self.missing_mask = list(lesions), missing_mask
+        self.lesions, self.grades, self.missing_mask = list(lesions), list(grades), missing_mask
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, key: SampleKey) -> dict[str, torch.Tensor]:
-        index, _ = split_key(key)
+        index, augmentation_seed = split_key(key)
         sample = self.samples[index]
         with np.load(cache_file(self.root, sample, self.resolution)) as entry:
             image = entry["image"]
             masks = {lesion: entry[f"mask_{lesion}"] for lesion in self.lesions if f"mask_{lesion}" in entry.files}
-        item = {"image": torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0), "index": torch.tensor(index)}
-        for name in GRADES:
+        if self.transform is not None:
+            if augmentation_seed is not None:
+                self.transform.set_random_seed(augmentation_seed)
+            out = self.transform(image=image, masks=list(masks.values()))
+            image, masks = out["image"], dict(zip(masks, out["masks"]))
+        item = {"image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0),
+                "index": torch.tensor(sample.position if sample.position >= 0 else index)}
+        for name in self.grades:
             value = getattr(sample, name)
             item[name] = torch.tensor(value if value is not None else 0)
             item[f"present/{name}"] = torch.tensor(value is not None)
         blank = np.zeros(self.resolution, dtype=np.uint8)
         for lesion in self.lesions:
             has_mask = lesion in masks
-            item[lesion] = torch.from_numpy(masks.get(lesion, blank)).float()
+            item[lesion] = torch.from_numpy(np.ascontiguousarray(masks.get(lesion, blank))).float()
             labelled = has_mask or (sample.is_segmentation and self.missing_mask == "negative")
             item[f"present/{lesion}"] = torch.tensor(labelled)
         return item
@@ -133,30 +165,37 @@ def _hold_out(samples: list[IdridSample], fraction: float, seed: int) -> tuple[l
 
 
 class IdridDataModule(SplitLoaders, L.LightningDataModule):
-    """Args: root; resolution (H, W); lesions (segmentation tasks); missing_mask (``mask`` |
-    ``negative``); val_fraction and split_seed (validation held out of the training sets);
-    batch sizes, workers; seed (training order)."""
+    """Args: root; resolution (H, W); lesions (segmentation tasks); grades (grading tasks);
+    missing_mask (``mask`` | ``negative``); val_fraction and split_seed (validation held out of
+    the training sets); batch sizes, workers; seed (training order and augmentation draws);
+    augment (training augmentation)."""
 
     def __init__(self, root: str, resolution: Sequence[int] = (712, 1072), lesions: Sequence[str] = tuple(LESIONS),
                  missing_mask: str = "mask", val_fraction: float = 0.2, split_seed: int = 0, batch_size: int = 4,
-                 eval_batch_size: int = 4, num_workers: int = 0, seed: int = 0, focal_gamma: float = 2.0):
+                 eval_batch_size: int = 4, num_workers: int = 0, seed: int = 0, focal_gamma: float = 2.0,
+                 grades: Sequence[str] = tuple(GRADES), augment: bool = True):
         super().__init__()
         if missing_mask not in MISSING_MASK:
             raise ValueError(f"data.missing_mask must be one of {MISSING_MASK}, got {missing_mask!r}.")
         self.root, self.resolution = Path(root), (int(resolution[0]), int(resolution[1]))
-        self.lesions, self.missing_mask = list(lesions), missing_mask
+        self.lesions, self.grades, self.missing_mask = list(lesions), list(grades), missing_mask
+        self.augment = augment
         self.val_fraction, self.split_seed, self.seed = val_fraction, split_seed, seed
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.tasks = idrid_tasks(self.lesions, focal_gamma)
+        self.tasks = idrid_tasks(self.lesions, focal_gamma, self.grades)
         self.datasets: dict[str, IdridDataset] = {}
         self.cache_seconds = 0.0
 
+    def _wanted(self, samples: list[IdridSample]) -> list[IdridSample]:
+        """The image sets that carry a chosen task (segmentation images: a lesion; grading: a grade)."""
+        return [s for s in samples if (self.lesions if s.is_segmentation else self.grades)]
+
     def _splits(self) -> dict[str, list[IdridSample]]:
-        pool = scan_idrid(self.root, "train")
+        pool = self._wanted(scan_idrid(self.root, "train"))
         if not pool:
-            raise DatasetError(f"No IDRiD training image under {self.root} (segmentation or grading).")
+            raise DatasetError(f"No IDRiD training image for the tasks {[t.name for t in self.tasks]} under {self.root}.")
         train, val = _hold_out(pool, self.val_fraction, self.split_seed)
-        return {"train": train, "val": val, "test": scan_idrid(self.root, "test")}
+        return {"train": train, "val": val, "test": self._wanted(scan_idrid(self.root, "test"))}
 
     def prepare_data(self) -> None:
         samples = [s for split in self._splits().values() for s in split]
@@ -167,8 +206,10 @@ class IdridDataModule(SplitLoaders, L.LightningDataModule):
             return
         splits = self._splits()
         self.cache_seconds += build_cache(self.root, [s for v in splits.values() for s in v], self.resolution)
-        self.datasets = {name: IdridDataset(self.root, samples, self.resolution, self.lesions, self.missing_mask)
-                         for name, samples in splits.items()}
+        self.datasets = {
+            name: IdridDataset(self.root, samples, self.resolution, self.lesions, self.missing_mask, self.grades,
+                               transform=training_augmentation(self.seed) if name == "train" and self.augment else None)
+            for name, samples in splits.items()}
         log.info("IDRiD: %s", {k: len(v) for k, v in self.datasets.items()})
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

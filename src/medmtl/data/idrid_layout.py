@@ -46,6 +46,7 @@ class IdridSample:
     edema: int | None = None        # 0-2
     od_xy: tuple[float, float] | None = None
     fovea_xy: tuple[float, float] | None = None
+    position: int = -1             # place in scan_idrid(root, split): one id per image whatever the tasks
 
     @property
     def is_segmentation(self) -> bool:
@@ -155,4 +156,6 @@ def scan_idrid(root: str | Path, split: str) -> list[IdridSample]:
                            f"'{SEGMENTATION}' and '{GRADING}'.")
     samples = _segmentation_samples(root, split) + _grading_samples(root, split)
     _attach_points(root, split, samples)
+    for position, sample in enumerate(samples):
+        sample.position = position
     return samples

@@ -1,7 +1,11 @@
 """Shared encoder + shared decoder + one head per task: the shape of seed 000's networks.
 
-Binary tasks read the deepest encoder feature: global max pool -> dropout -> linear(C, 1).
-Dense tasks read the decoder output: a 1x1 conv each. The decoder is only built, and only run,
+Image-level tasks (binary, multiclass, multilabel) read the deepest encoder feature: global pool
+(max in seed 000, ``classifier_pool = "avg"`` for a plain ResNet classifier) -> dropout ->
+linear(C, outputs). Dense tasks read the decoder output: a 1x1 conv each, then up-sampled by
+``dense_upsample`` when the decoder stops short of the input resolution (DeepLabV3+ decodes at
+stride 4; a 1x1 conv and bilinear up-sampling commute, so this equals up-sampling the features;
+corners aligned, as smp's segmentation head does). The decoder is only built, and only run,
 when the model has a dense task: a classification-only model (the STL classifier) is encoder +
 classifier, and ``forward(x, tasks=["glaucoma"])`` never touches the decoder, so that MTL-IO's
 classification step leaves it without gradient.
@@ -16,6 +20,7 @@ import math
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medmtl.models.base import MultiTaskNet
@@ -25,6 +30,10 @@ from medmtl.tasks import Task
 class EncoderDecoderNet(MultiTaskNet):
     #: input sides must be multiples of this (the encoder's total down-sampling)
     input_multiple: int = 1
+    #: global pooling of the deepest feature for the image-level heads: "max" | "avg"
+    classifier_pool: str = "max"
+    #: the decoder's output stride (dense logits are up-sampled by it)
+    dense_upsample: int = 1
     encoder: nn.Module
     decoder: nn.Module | None
 
@@ -33,7 +42,8 @@ class EncoderDecoderNet(MultiTaskNet):
         dense = [t for t in tasks if t.is_dense]
         self.dense_heads = nn.ModuleDict({t.name: nn.Conv2d(decoded_channels, 1, 1) for t in dense})
         self.classifiers = nn.ModuleDict(
-            {t.name: nn.Sequential(nn.Dropout(dropout), nn.Linear(bottleneck_channels, 1)) for t in tasks if t.kind == "binary"}
+            {t.name: nn.Sequential(nn.Dropout(dropout), nn.Linear(bottleneck_channels, t.num_outputs))
+             for t in tasks if not t.is_dense}
         )
 
     def _apply_head_prior(self, head_prior: float | None) -> None:
@@ -64,15 +74,24 @@ class EncoderDecoderNet(MultiTaskNet):
         tasks = self._check_tasks(tasks)
         wanted_classifiers = [t for t in tasks if t in self.classifiers]
         if wanted_classifiers:
-            pooled = torch.amax(shared["bottleneck"], dim=(-2, -1))
+            pool = torch.amax if self.classifier_pool == "max" else torch.mean
+            pooled = pool(shared["bottleneck"], dim=(-2, -1))
             for name in wanted_classifiers:
-                outputs[name] = self.classifiers[name](pooled).squeeze(-1)
+                logits = self.classifiers[name](pooled)
+                outputs[name] = logits.squeeze(-1) if logits.shape[-1] == 1 else logits
         for name in (t for t in tasks if t in self.dense_heads):
-            outputs[name] = self.dense_heads[name](shared["decoded"]).squeeze(1)
+            logits = self.dense_heads[name](shared["decoded"])
+            if self.dense_upsample != 1:
+                logits = F.interpolate(logits, scale_factor=self.dense_upsample, mode="bilinear", align_corners=True)
+            outputs[name] = logits.squeeze(1)
         return outputs
 
     def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         return self.heads(self.representation(image, tasks), tasks)
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """The encoder (``optim.backbone_lr_scale`` trains it at a fraction of the learning rate)."""
+        return list(self.encoder.parameters())
 
     def path_modules(self, task: str) -> list[nn.Module]:
         if task in self.classifiers:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from medmtl.models.encoder_decoder import EncoderDecoderNet
-from medmtl.models.weights import load_state_dict, resolve_weights_file
+from medmtl.models.weights import load_torchvision_resnet
 from medmtl.tasks import Task
 
 
@@ -56,10 +56,4 @@ class Res34UNet(EncoderDecoderNet):
         if pretrained:
             if not weights_path:
                 raise ValueError("pretrained=true needs model.weights_path (a torchvision ResNet state dict file).")
-            self.load_encoder_weights(weights_path)
-
-    def load_encoder_weights(self, weights_path: str) -> None:
-        """A torchvision ResNet state dict (its ``fc`` layer ignored) into the encoder, strictly."""
-        path = resolve_weights_file(weights_path, option="model.pretrained")
-        state = {k: v for k, v in load_state_dict(path).items() if not k.startswith("fc.")}
-        self.encoder.load_state_dict(state)
+            load_torchvision_resnet(self.encoder, weights_path, option="model.pretrained")

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import torch
+from torch import nn
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -46,3 +47,11 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     return state
+
+
+def load_torchvision_resnet(encoder: nn.Module, weights_path: str | os.PathLike, option: str) -> None:
+    """A torchvision ResNet state dict (its ``fc`` layer ignored) into an smp ResNet encoder, strictly
+    (smp's ResNet encoders keep torchvision's parameter names)."""
+    path = resolve_weights_file(weights_path, option=option)
+    state = {k: v for k, v in load_state_dict(path).items() if not k.startswith("fc.")}
+    encoder.load_state_dict(state)

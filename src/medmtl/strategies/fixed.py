@@ -10,17 +10,28 @@ from medmtl.strategies.weighted_sum import WeightedSum
 
 
 class FixedWeights(WeightedSum):
-    """Every task of the task set needs a weight: a missing one is an error, never a silent 1."""
+    """Args:
+        weights: task -> c_k. A name that is not a task of the data is an error (a typo would
+            otherwise leave the intended task at the default).
+        default_weight: c_k of the tasks ``weights`` does not name; ``None`` makes a missing task
+            an error instead (every weight written out).
+    """
 
-    def __init__(self, weights: Mapping[str, float]):
+    def __init__(self, weights: Mapping[str, float] | None = None, default_weight: float | None = 1.0):
         super().__init__()
-        self.weights = {k: float(v) for k, v in weights.items()}
+        self.configured = {k: float(v) for k, v in (weights or {}).items()}
+        self.default_weight = default_weight
+        self.weights = dict(self.configured)
 
     def setup(self, task_names: list[str]) -> None:
-        missing = [k for k in task_names if k not in self.weights]
-        unknown = [k for k in self.weights if k not in task_names]
-        if missing or unknown:
-            raise ValueError(f"optim.strategy.weights must name exactly the tasks {task_names}: missing {missing}, unknown {unknown}.")
+        unknown = [k for k in self.configured if k not in task_names]
+        missing = [k for k in task_names if k not in self.configured]
+        if unknown:
+            raise ValueError(f"optim.strategy.weights names {unknown}, which are not tasks of this data: {task_names}.")
+        if missing and self.default_weight is None:
+            raise ValueError(f"optim.strategy.weights must name every task of {task_names} "
+                             f"(default_weight is null): missing {missing}.")
+        self.weights = {k: self.configured.get(k, self.default_weight) for k in task_names}
 
     def weighted_total(self, losses):
         return torch.stack([self.weights[k] * v for k, v in losses.items()]).sum()

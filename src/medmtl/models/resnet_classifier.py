@@ -1,0 +1,45 @@
+"""A ResNet image classifier: seed 001's single-task grading baseline ("ResNet-50").
+
+A torchvision-layout ResNet (segmentation-models-pytorch's encoder, output stride 32), global
+average pooling, dropout and one linear layer per image-level task (seed 001 graded retinopathy
+and macular-edema risk with one such network; ``optim=stl`` gives one network per grade). Dense
+tasks are refused: this network has no decoder.
+
+Nothing is downloaded: ``weights_path`` is a local torchvision ResNet state dict.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from medmtl.models.encoder_decoder import EncoderDecoderNet
+from medmtl.models.weights import load_torchvision_resnet
+from medmtl.tasks import Task
+
+
+class ResNetClassifier(EncoderDecoderNet):
+    """Args:
+        tasks: image-level tasks (binary, multiclass, multilabel).
+        encoder_name: an smp ResNet encoder (``resnet50`` in seed 001; ``resnet18`` for tests).
+        dropout: before each classifier.
+        weights_path: a torchvision ResNet state dict file loaded into the encoder, or null.
+    """
+
+    classifier_pool = "avg"  # global pooling takes any input size
+
+    def __init__(self, tasks: Sequence[Task], encoder_name: str = "resnet50", dropout: float = 0.0,
+                 weights_path: str | None = None, in_channels: int = 3):
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        dense = [t.name for t in tasks if t.is_dense]
+        if dense:
+            raise ValueError(f"ResNetClassifier has no decoder for the pixel-level tasks {dense}; "
+                             f"keep the image-level tasks only (e.g. data.tasks) or use model=deeplabv3p.")
+        if not encoder_name.startswith("resnet"):
+            raise ValueError(f"ResNetClassifier takes an smp ResNet encoder (resnet18/34/50...), got {encoder_name!r}.")
+        self.encoder = smp.encoders.get_encoder(encoder_name, in_channels=in_channels, depth=5, weights=None)
+        self.decoder = None
+        self._build_heads(tasks, bottleneck_channels=self.encoder.out_channels[-1], decoded_channels=0, dropout=dropout)
+        if weights_path:
+            load_torchvision_resnet(self.encoder, weights_path, option="model.weights_path=null")
