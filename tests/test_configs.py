@@ -98,3 +98,19 @@ def test_paper_tables_are_what_seed_000_reports(tmp_path):
         assert cfg.data.protocol == "official" and cfg.hydra.sweeper.params.seed == "0,1,2"
     lr = sweep("refuge_lr_sensitivity").hydra.sweeper.params
     assert lr.optim == "stl,mtl_io" and len(lr["optim.optimizer.lr"].split(",")) >= 3
+
+@pytest.mark.parametrize("arm", ["resnet50", "deeplabv3p", "moe"])
+def test_idrid_table1_arms_are_seed_001s_networks_and_shrink_in_the_tiny_preset(arm, tmp_path):
+    from medmtl.data.idrid import idrid_tasks
+    from medmtl.models import build_model, count_parameters
+
+    full = compose_train(["experiment=idrid_table1", f"idrid_arm={arm}", f"paths.log_dir={tmp_path}"])
+    tiny = compose_train(["experiment=idrid_table1", f"idrid_arm={arm}", "preset=tiny", f"paths.log_dir={tmp_path}"])
+    seed_resolution = {"resnet50": [178, 268], "deeplabv3p": [1424, 2144], "moe": [712, 1072]}[arm]
+    assert list(full.data.resolution) == seed_resolution and list(tiny.data.resolution) == [64, 96]
+    assert full.optim.optimizer.lr == 3e-4 and full.optim.backbone_lr_scale == 0.1
+    assert full.optim.optimizer.weight_decay == 1e-4
+    assert full.hydra.sweeper.params.idrid_arm == "resnet50,deeplabv3p,moe"
+    tasks = idrid_tasks(full.data.lesions, grades=full.data.grades)
+    size = {name: count_parameters(build_model(instantiate(cfg.model), tasks)) for name, cfg in (("full", full), ("tiny", tiny))}
+    assert size["tiny"] < size["full"] / 2

@@ -127,3 +127,13 @@ def test_each_table1_arm_trains_on_its_tasks(arm, idrid_root, tmp_path):
     examples = module.test_predictions
     assert list(examples["example_lesion_names"]) == [n for n in LESIONS if n in expected]
     assert list(examples["example_grade_names"]) == [n for n in ("retinopathy", "edema") if n in expected]
+
+
+def test_no_validation_set_trains_on_every_training_image(idrid_root):
+    """Seed 001's protocol (data.val_fraction=0): nothing held out."""
+    held_out = SyntheticIdridDataModule(str(idrid_root), resolution=(32, 48))
+    everything = SyntheticIdridDataModule(str(idrid_root), resolution=(32, 48), val_fraction=0.0)
+    held_out.setup()
+    everything.setup()
+    assert len(everything.datasets["val"]) == 0
+    assert len(everything.datasets["train"]) == len(held_out.datasets["train"]) + len(held_out.datasets["val"])

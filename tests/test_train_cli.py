@@ -198,3 +198,21 @@ def test_wandb_offline_run_is_grouped_and_holds_the_test_examples(tmp_path):
     # group model-strategy-data and job type fold<k>, as written into the run's record file
     record = next(runs[0].glob("run-*.wandb")).read_bytes()
     assert b"unet_vgg16-mtl_io-refuge_synthetic" in record and b"fold0" in record
+
+
+def test_idrid_table1_sweep_and_its_report_as_a_user_runs_them(tmp_path):
+    """Seed 001 Table 1 on the synthetic twin (one seed, two epochs): three networks, one table
+    with their columns, and the Figs. 4-5 overlay; the classifier arm has no lesion column."""
+    sweep = tmp_path / "sweep"
+    trained = run("train.py", ["-m", "experiment=idrid_table1", "preset=tiny", "seed=0", "trainer.max_epochs=2",
+                               "data.resolution=[32,48]", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    report = run("report.py", [str(sweep), "--metrics", "retinopathy_acc", "od_dice"], tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in (sweep / "report" / "results.md").read_text().splitlines()
+            if line.startswith("| vanilla")}
+    assert set(rows) == {"vanilla (ResNetClassifier, 2 tasks)", "vanilla (DeepLabV3Plus, 5 tasks)",
+                         "vanilla (MoEDeepLabV3Plus, 7 tasks)"}
+    assert rows["vanilla (ResNetClassifier, 2 tasks)"].split("|")[3].strip() == "-"  # no od_dice
+    assert rows["vanilla (DeepLabV3Plus, 5 tasks)"].split("|")[2].strip() == "-"    # no retinopathy_acc
+    assert (sweep / "report" / "overlay.png").is_file()
