@@ -35,3 +35,12 @@ def test_without_set_epoch_it_follows_the_global_rng_like_random_sampler():
 
 def test_split_key_accepts_plain_indices():
     assert split_key(4) == (4, None) and split_key((4, 9)) == (4, 9)
+
+
+def test_skip_resumes_a_pass_where_it_stopped_once():
+    sampler = EpochSeededSampler(10, seed=3)
+    sampler.set_epoch(2)
+    whole = list(sampler)
+    sampler.skip(4)
+    assert list(sampler) == whole[4:]
+    assert list(sampler) == whole, "skip applies to the next pass only"

@@ -117,12 +117,14 @@ def test_a_reused_run_folder_resumes_from_its_last_checkpoint(tmp_path):
     assert record["iterations"] == 2 * one_epoch and record["epochs"] == 2
 
 
-@pytest.mark.parametrize("optim", ["mtl_io", "pcgrad", "dwa"])
+@pytest.mark.parametrize("optim", ["mtl_io", "pcgrad", "dwa", "ga optim.strategy.sampler=balanced"])
 def test_a_run_killed_mid_epoch_resumes_to_the_same_final_metrics(tmp_path, optim):
     """kill -9 in the middle of epoch 2, rerun the same command in the same folder: the final test
     metrics equal those of an uninterrupted run (CPU, fixed seed). Dropout, augmentation, shuffling,
-    PCGrad's random order and DWA's epoch-level weights all have to be restored for this to hold."""
-    common = TINY + [f"optim={optim}", "trainer.max_epochs=4", "data.augment=true"]
+    PCGrad's random order, DWA's epoch-level weights and GA's per-task loader positions (the
+    balanced sampler leaves each task part-way through its loader at an epoch's end) all have to be
+    restored for this to hold."""
+    common = TINY + [f"optim={optim.split()[0]}", *optim.split()[1:], "trainer.max_epochs=4", "data.augment=true"]
     straight = run("train.py", common + [f"hydra.run.dir={tmp_path / 'straight'}"], tmp_path)
     assert straight.returncode == 0, straight.stderr[-3000:]
 

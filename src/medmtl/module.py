@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from lightning.fabric.utilities import move_data_to_device
 
+from medmtl.data.sampling import EpochSeededSampler
 from medmtl.models import build_model, count_parameters
 from medmtl.models.base import MultiTaskNet
 from medmtl.strategies.base import Strategy
@@ -101,6 +102,7 @@ class MultiTaskModule(L.LightningModule):
         self.evaluator = None
         self.test_predictions: dict | None = None
         self._task_iterators: dict = {}
+        self._task_positions: dict[str, list[int]] = {}  # GA's per-task loaders, see task_batch
         self._evaluation_losses: dict[str, tuple[float, float]] = {}  # task -> (sum of losses x samples, samples)
 
     # ----- the StepContext offered to strategies -------------------------------------------
@@ -121,8 +123,12 @@ class MultiTaskModule(L.LightningModule):
         """Next batch of ``task``'s own infinite training loader, on the module's device.
 
         The datamodule's ``task_dataloader(task)`` when it has one (datasets per task), otherwise a
-        separate ``train_dataloader()`` per task (own shuffling). Iterator positions are not
-        checkpointed: a resumed run restarts the task loaders.
+        separate ``train_dataloader()`` per task. Each pass over a loader is one "epoch" of its
+        :class:`~medmtl.data.sampling.EpochSeededSampler`: pass p of task k uses epoch p (its own
+        loader) or p * T + k (every task reading the training loader, so that their orders
+        differ). The position (pass, batches used) is checkpointed; a resumed run replays the
+        pass and skips what was used, so GA resumes exactly. A loader with another sampler
+        restarts its pass after a resume.
         """
         if task not in self._task_iterators:
             self._task_iterators[task] = self._endless(task)
@@ -131,8 +137,22 @@ class MultiTaskModule(L.LightningModule):
     def _endless(self, task: str):
         datamodule = self.trainer.datamodule
         factory = getattr(datamodule, "task_dataloader", None)
+        position = self._task_positions.setdefault(task, [0, 0])  # [pass, batches used in it]
+        task_index = [t.name for t in self.tasks].index(task)
         while True:
-            yield from (factory(task) if factory is not None else datamodule.train_dataloader())
+            loader = factory(task) if factory is not None else datamodule.train_dataloader()
+            sampler = getattr(loader, "sampler", None)
+            if isinstance(sampler, EpochSeededSampler):
+                epoch = position[0] if factory is not None else position[0] * len(self.tasks) + task_index
+                sampler.set_epoch(epoch)
+                sampler.skip(position[1] * loader.batch_size)
+                # the iterator draws its workers' base seed from this, not from the global RNG
+                # (a resumed run creates one more iterator than the uninterrupted one)
+                loader.generator = torch.Generator().manual_seed(sampler.seed * 1_000_003 + epoch)
+            for batch in loader:
+                position[1] += 1
+                yield batch
+            position[0], position[1] = position[0] + 1, 0
 
     def optimizer_list(self) -> list:
         """``self.optimizers()`` normalised to a list (Lightning returns a bare object for one)."""
@@ -249,12 +269,16 @@ class MultiTaskModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["medmtl_iterations"] = self.iterations
         checkpoint["medmtl_rng_states"] = collect_rng_states()
+        checkpoint["medmtl_task_positions"] = {task: list(p) for task, p in self._task_positions.items()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Iteration counter and global random states (exact resume; see :mod:`medmtl.utils.rng`)."""
+        """Iteration counter, global random states (exact resume; see :mod:`medmtl.utils.rng`) and
+        the per-task loader positions of GA."""
         self.iterations = int(checkpoint.get("medmtl_iterations", 0))
         if "medmtl_rng_states" in checkpoint:
             restore_rng_states(checkpoint["medmtl_rng_states"])
+        self._task_positions = {task: list(p) for task, p in checkpoint.get("medmtl_task_positions", {}).items()}
+        self._task_iterators = {}
 
     def num_parameters(self) -> int:
         return count_parameters(self.model)

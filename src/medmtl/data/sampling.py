@@ -10,8 +10,9 @@ accepts such keys (:func:`split_key`) reseeds its transform before augmenting th
 result does not depend on the number of DataLoader workers either.
 
 Lightning calls ``set_epoch`` before every training epoch (also on the first epoch after a
-resume). A sampler whose epoch was never set (e.g. the endless per-task loaders of gradient
-accumulation) draws its generator seed from the global torch RNG, like ``RandomSampler``.
+resume). The endless per-task loaders of gradient accumulation set it to their pass number and,
+after a resume, ``skip`` the keys the checkpointed pass had already used. A sampler whose epoch
+was never set draws its generator seed from the global torch RNG, like ``RandomSampler``.
 """
 
 from __future__ import annotations
@@ -42,9 +43,14 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
             raise ValueError(f"EpochSeededSampler needs at least one sample, got n={n}.")
         self.n, self.seed, self.shuffle = n, int(seed), shuffle
         self.epoch: int | None = None
+        self.start = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def skip(self, count: int) -> None:
+        """Start the next pass after its first ``count`` keys (a pass resumed part-way)."""
+        self.start = int(count)
 
     def _generator(self) -> torch.Generator:
         if self.epoch is None:
@@ -57,7 +63,8 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
         generator = self._generator()
         order = torch.randperm(self.n, generator=generator) if self.shuffle else torch.arange(self.n)
         seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=generator)
-        yield from zip(order.tolist(), seeds[order].tolist())
+        start, self.start = self.start, 0
+        yield from zip(order[start:].tolist(), seeds[order][start:].tolist())
 
     def __len__(self) -> int:
         return self.n
