@@ -19,7 +19,7 @@ import numpy as np
 from medmtl.analysis.figures import plt, save_figure
 
 #: Tint of each lesion (microaneurysms, haemorrhages, hard and soft exudates, optic disc).
-LESION_COLOURS = {"ma": (1.0, 0.1, 0.1), "he": (0.6, 0.0, 0.6), "ex": (1.0, 0.9, 0.0),
+LESION_COLOURS = {"ma": (0.1, 0.3, 1.0), "he": (0.6, 0.0, 0.6), "ex": (1.0, 0.9, 0.0),
                   "se": (0.1, 0.9, 0.9), "od": (0.1, 0.8, 0.2)}
 FALLBACK_COLOUR = (1.0, 1.0, 1.0)
 
