@@ -137,3 +137,24 @@ def test_no_validation_set_trains_on_every_training_image(idrid_root):
     everything.setup()
     assert len(everything.datasets["val"]) == 0
     assert len(everything.datasets["train"]) == len(held_out.datasets["train"]) + len(held_out.datasets["val"])
+
+
+@pytest.mark.parametrize("optim_name", ["mtl_io", "pcgrad", "mgda_ub", "gradnorm", "ga", "stl"])
+def test_deeplabv3p_on_every_idrid_task_trains_with_other_strategies(optim_name, idrid_root, tmp_path):
+    """With the grades added, DeepLabV3+ is a hard-sharing multi-task network (the MoE model
+    without experts): the strategies that need a shared representation, per-task paths or task
+    batches all train it with partial labels."""
+    cfg = compose_train([f"optim={optim_name}", f"paths.log_dir={tmp_path}"])
+    dm = SyntheticIdridDataModule(str(idrid_root), resolution=(32, 48), batch_size=4, lesions=["od", "he"])
+    torch.manual_seed(0)
+    module = MultiTaskModule(model=lambda tasks: DeepLabV3Plus(tasks, encoder_name="resnet18", decoder_channels=16),
+                             strategy=instantiate(cfg.optim.strategy), tasks=dm.tasks,
+                             optimizer=instantiate(cfg.optim.optimizer), backbone_lr_scale=0.1)
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        default_root_dir=tmp_path, enable_checkpointing=False)
+    trainer.fit(module, datamodule=dm)
+    assert module.iterations == 2
+    assert all(torch.isfinite(p).all() for p in module.parameters()), "a NaN reached the weights"
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters())), "nothing was trained"
