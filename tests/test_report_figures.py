@@ -146,3 +146,25 @@ def test_runs_of_one_method_and_fold_never_overwrite_each_other(tmp_path):
     assert table.values[("ga", "breastmnist_auc")] == {"fold 0": 0.8}
     assert table.values[("ga", "pneumoniamnist_auc")] == {"fold 0": 0.9}
     assert table.values[("ga", "auc_mean")] == {} and table.conflicts == [("ga", "auc_mean", "fold 0")]
+
+
+def test_delta_mtl_against_baselines_that_share_the_tasks_out(tmp_path):
+    """Seed 001: a grading classifier and a lesion segmenter are together the single-task
+    baseline of the multi-task network; each task's baseline value comes from the one reporting it."""
+    def job(name, model, test, task_metrics):
+        folder = tmp_path / name
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text("- optim=vanilla\n")
+        record = {"test": test, "strategy": "vanilla", "model": model, "seed": 0, "lr": 3e-4, "task_metrics": task_metrics}
+        (folder / "metrics.json").write_text(json.dumps(record))
+
+    job("0", "ResNetClassifier", {"retinopathy_acc": 0.50}, {"retinopathy": "retinopathy_acc"})
+    job("1", "DeepLabV3Plus", {"od_dice": 0.80}, {"od": "od_dice"})
+    job("2", "MoEDeepLabV3Plus", {"retinopathy_acc": 0.55, "od_dice": 0.76},
+        {"retinopathy": "retinopathy_acc", "od": "od_dice"})
+    table = build_table(collect(tmp_path), baseline=["vanilla (ResNetClassifier)", "vanilla (DeepLabV3Plus)"])
+    assert table.delta_metrics == ["retinopathy_acc", "od_dice"]
+    assert table.delta["vanilla (MoEDeepLabV3Plus)"] == pytest.approx(100 * ((0.55 - 0.5) / 0.5 + (0.76 - 0.8) / 0.8) / 2)
+    assert np.isnan(table.delta["vanilla (ResNetClassifier)"])  # it has no od_dice
+    # two baselines reporting one metric: no Delta_MTL rather than a guess
+    assert build_table(collect(tmp_path), baseline=["vanilla (MoEDeepLabV3Plus)", "vanilla (DeepLabV3Plus)"]).delta == {}

@@ -6,7 +6,9 @@ reported together (e.g. seed 000 Table 2 and its Res34-UNet reference). Runs are
 the strategy, plus the model, the number of tasks and the learning rate when the runs differ in
 them (``mtl_io (UNetVGG16, lr=0.001)``, ``ga (1 task)`` vs ``ga (12 tasks)``); they are paired across methods by fold (CV) or by seed. Each cell is mean +/- std over the runs; the best mean per column is bold; a method whose
 value the best is significantly better than (paired t-test) is marked * (p < 0.05) or ** (p < 0.01);
-Delta_MTL is computed against the ``baseline`` method (``stl``) over the task metrics.
+Delta_MTL is computed against the ``baseline`` method (``stl``) over the task metrics; several
+baseline methods may share the tasks out (seed 001: a grading classifier and a lesion segmenter),
+each task's baseline value then comes from the one that reports it.
 
 Nothing is averaged silently: jobs without ``metrics.json`` (failed or unfinished) and folds or
 seeds that a method lacks compared with the others are listed in the report.
@@ -19,7 +21,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from medmtl.analysis.figures import plot_curves, plot_roc
 from medmtl.analysis.lr_sensitivity import plot_lr_sensitivity
@@ -91,13 +93,33 @@ def collect(sweeps: str | Path | Sequence[str | Path]) -> Collection:
 
 
 def delta_metrics(runs: Sequence[Run], shown: Sequence[str]) -> list[str]:
-    """The T terms of Delta_MTL: one metric per task, as the runs' evaluator declared them
-    (``task_metrics`` in metrics.json: REFUGE's auc, dice_od, dice_oc, fovea_error_px); every shown
-    task metric when the runs declare none."""
-    declared = {tuple(r.attributes["task_metrics"].items()) for r in runs if r.attributes.get("task_metrics")}
-    if len(declared) == 1:
-        return [metric for _, metric in next(iter(declared))]
-    return list(shown)
+    """The T terms of Delta_MTL: one metric per task, as the runs' evaluators declared them
+    (``task_metrics`` in metrics.json: REFUGE's auc, dice_od, dice_oc, fovea_error_px), merged over
+    runs that cover different tasks (IDRiD's classifier, segmenter and multi-task network); every
+    shown task metric when the runs declare none or declare two metrics for one task."""
+    merged: dict[str, str] = {}
+    for run in runs:
+        for task, metric in (run.attributes.get("task_metrics") or {}).items():
+            if merged.setdefault(task, metric) != metric:
+                return list(shown)
+    return list(merged.values()) if merged else list(shown)
+
+
+def baseline_values(values: Mapping[tuple[str, str], Mapping[str, float]], methods: Sequence[str],
+                    baselines: Sequence[str], task_metrics: Sequence[str]) -> dict[str, float] | None:
+    """Each task metric's mean over the runs of the baseline method that reports it; None when a
+    baseline is absent or ambiguous, or when two baselines report the same metric."""
+    resolved = [resolve_baseline(methods, b) for b in baselines]
+    if not resolved or None in resolved:
+        return None
+    base: dict[str, float] = {}
+    for metric in task_metrics:
+        reporting = [b for b in resolved if values.get((b, metric))]
+        if len(reporting) > 1:
+            return None
+        if reporting:
+            base[metric] = mean_std(list(values[(reporting[0], metric)].values()))[0]
+    return base
 
 
 def resolve_baseline(methods: Sequence[str], baseline: str) -> str | None:
@@ -121,7 +143,8 @@ class Table:
     conflicts: list[tuple[str, str, str]] = field(default_factory=list)  # (method, metric, pair key)
 
 
-def build_table(collection: Collection, metrics: Sequence[str] | None = None, baseline: str = "stl") -> Table:
+def build_table(collection: Collection, metrics: Sequence[str] | None = None,
+                baseline: str | Sequence[str] = "stl") -> Table:
     runs = collection.runs
     methods = sorted({r.method for r in runs})
     all_metrics = sorted({m for r in runs for m in r.metrics})
@@ -156,9 +179,8 @@ def build_table(collection: Collection, metrics: Sequence[str] | None = None, ba
                                                            values.get((method, metric), {}))
     task_metrics = delta_metrics(runs, [m for m in metrics if m not in RESOURCE_COLUMNS.values()])
     delta = {}
-    baseline = resolve_baseline(methods, baseline)
-    if baseline is not None:
-        base = {m: mean_std(list(values.get((baseline, m), {}).values()))[0] for m in task_metrics}
+    base = baseline_values(values, methods, [baseline] if isinstance(baseline, str) else list(baseline), task_metrics)
+    if base is not None:
         for method in methods:
             mine = {m: mean_std(list(values.get((method, m), {}).values()))[0] for m in task_metrics}
             delta[method] = delta_mtl(mine, base, task_metrics)
@@ -238,7 +260,7 @@ def write_csv(table: Table, path: Path) -> None:
 
 
 def write_report(sweeps: str | Path | Sequence[str | Path], output: str | Path | None = None,
-                 metrics: Sequence[str] | None = None, baseline: str = "stl",
+                 metrics: Sequence[str] | None = None, baseline: str | Sequence[str] = "stl",
                  overlay_methods: Sequence[str] | None = None) -> Path:
     """Tables and figures of one or several sweep folders, into ``output`` (default
     ``<first sweep>/report``). ``overlay_methods``: the methods of the overlay figure (default:
@@ -269,11 +291,12 @@ def write_report(sweeps: str | Path | Sequence[str | Path], output: str | Path |
     return output
 
 
-def _default_overlay_methods(table: Table, baseline: str) -> list[str]:
+def _default_overlay_methods(table: Table, baseline: str | Sequence[str]) -> list[str]:
     """The best method by AUC and the baseline (seed 000 Fig. 4: MTL-IO and STL); without an AUC
     column (IDRiD: seed 001's table compares three networks) the first four methods."""
     if "auc" not in table.best:
         return table.methods[:4]
-    chosen = [m for m in (table.best.get("auc"), resolve_baseline(table.methods, baseline)) if m is not None]
+    first = baseline if isinstance(baseline, str) else baseline[0]
+    chosen = [m for m in (table.best.get("auc"), resolve_baseline(table.methods, first)) if m is not None]
     chosen = list(dict.fromkeys(chosen))
     return chosen if len(chosen) == 2 else table.methods[:2]
