@@ -26,3 +26,12 @@ SMALL_SPEC = SyntheticRefugeSpec(
 def refuge_root(tmp_path_factory) -> Path:
     """A read-only synthetic REFUGE in the official layout (tests that modify it copy it first)."""
     return generate_synthetic_refuge(tmp_path_factory.mktemp("refuge") / "REFUGE", SMALL_SPEC)
+
+
+def quiet_trainer(tmp_path: Path, **options):
+    """A CPU Lightning trainer without logger, progress bar, summary, sanity check or checkpoints;
+    ``options`` (max_epochs, limit_*_batches, ...) are passed on."""
+    import lightning as L
+
+    return L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                     num_sanity_val_steps=0, default_root_dir=tmp_path, enable_checkpointing=False, **options)

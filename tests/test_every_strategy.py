@@ -3,7 +3,6 @@ whole state (model, optimizers, strategy) survives a checkpoint round trip."""
 
 from functools import partial
 
-import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -12,6 +11,7 @@ from medmtl.data.refuge import RefugeDataModule
 from medmtl.models.unet_vgg16 import UNetVGG16
 from medmtl.module import MultiTaskModule
 
+from conftest import quiet_trainer
 from test_configs import compose_train, options
 
 
@@ -30,9 +30,7 @@ def build(root, optim_name):
 def fit(root, optim_name, tmp_path, epochs, ckpt_path=None):
     torch.manual_seed(0)
     dm, module = build(root, optim_name)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, limit_train_batches=2, limit_val_batches=1,
-                        logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, default_root_dir=tmp_path, enable_checkpointing=False)
+    trainer = quiet_trainer(tmp_path, max_epochs=epochs, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     return module, trainer
 

@@ -2,7 +2,6 @@
 (checked against segmentation-models-pytorch's own network), one task family per run, the
 training augmentation, and the three arms of the experiment training on the synthetic twin."""
 
-import lightning as L
 import numpy as np
 import pytest
 import segmentation_models_pytorch as smp
@@ -15,6 +14,7 @@ from medmtl.models.deeplabv3p import DeepLabV3Plus
 from medmtl.models.resnet_classifier import ResNetClassifier
 from medmtl.module import MultiTaskModule
 
+from conftest import quiet_trainer
 from test_configs import compose_train
 
 LESIONS = ["ma", "he", "ex", "se", "od"]
@@ -116,9 +116,7 @@ def test_each_table1_arm_trains_on_its_tasks(arm, idrid_root, tmp_path):
     torch.manual_seed(0)
     module = MultiTaskModule(model=instantiate(cfg.model), strategy=instantiate(cfg.optim.strategy), tasks=dm.tasks,
                              optimizer=instantiate(cfg.optim.optimizer), backbone_lr_scale=cfg.optim.backbone_lr_scale)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, logger=False, deterministic=True,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        default_root_dir=tmp_path, enable_checkpointing=False)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2, deterministic=True)
     trainer.fit(module, datamodule=dm)
     (tested,) = trainer.test(module, datamodule=dm, verbose=False)
     metric = {"resnet50": "test/edema_acc", "deeplabv3p": "test/od_dice", "moe": "test/od_dice"}[arm]
@@ -151,9 +149,7 @@ def test_deeplabv3p_on_every_idrid_task_trains_with_other_strategies(optim_name,
                              strategy=instantiate(cfg.optim.strategy), tasks=dm.tasks,
                              optimizer=instantiate(cfg.optim.optimizer), backbone_lr_scale=0.1)
     before = [p.detach().clone() for p in module.parameters()]
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        default_root_dir=tmp_path, enable_checkpointing=False)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(module, datamodule=dm)
     assert module.iterations == 2
     assert all(torch.isfinite(p).all() for p in module.parameters()), "a NaN reached the weights"

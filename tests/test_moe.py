@@ -3,7 +3,6 @@ with every strategy on the synthetic IDRiD with partial labels."""
 
 from functools import partial
 
-import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -13,6 +12,7 @@ from medmtl.data.idrid_synthetic import SyntheticIdridDataModule
 from medmtl.models.moe_deeplabv3p import MoEDeepLabV3Plus, top_p_mask
 from medmtl.module import MultiTaskModule, with_backbone_lr
 
+from conftest import quiet_trainer
 from test_configs import compose_train, options
 
 TINY = dict(backbone="test_resnet", aspp_channels=8, decoder_channels=8, classifier_channels=8)
@@ -89,9 +89,7 @@ def test_every_strategy_trains_the_moe_with_partial_labels(optim_name, idrid_roo
     module = MultiTaskModule(model=partial(MoEDeepLabV3Plus, **TINY, dense_fraction=0.5),
                              strategy=instantiate(cfg.optim.strategy), tasks=dm.tasks,
                              optimizer=instantiate(cfg.optim.optimizer), backbone_lr_scale=0.1)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=2, limit_val_batches=1, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        default_root_dir=tmp_path, enable_checkpointing=False)
+    trainer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(module, datamodule=dm)
     assert module.iterations == 4
     assert all(torch.isfinite(p).all() for p in module.parameters()), "a NaN reached the weights"
@@ -128,9 +126,7 @@ def test_a_short_run_on_the_real_sample_segments_the_optic_disc(tmp_path, networ
                  else partial(DeepLabV3Plus, encoder_name="resnet18", decoder_channels=16))
         module = MultiTaskModule(model=model, strategy=instantiate(cfg.optim.strategy),
                                  tasks=dm.tasks, optimizer=partial(torch.optim.AdamW, lr=3e-3))
-        trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_progress_bar=False,
-                            enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
-                            enable_checkpointing=False)
+        trainer = quiet_trainer(tmp_path, max_epochs=epochs)
         if epochs:
             trainer.fit(module, datamodule=dm)
         return trainer.validate(module, datamodule=dm, verbose=False)[0]["val/od_dice"]

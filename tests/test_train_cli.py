@@ -26,12 +26,12 @@ TINY = [
 ]
 
 
-def run(script: str, overrides: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+def run(script: str, overrides: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "MEDMTL_LOG_DIR": str(tmp_path / "logs"), "MEDMTL_DATA_DIR": str(tmp_path / "data"),
            "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run(
         [sys.executable, str(PROJECT_ROOT / "src" / script), *overrides],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout,
     )
 
 
