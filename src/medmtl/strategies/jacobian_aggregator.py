@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from medmtl.strategies.gradient_combination import GradientCombination
 
 #: name -> (torchjd weighting class name, needs the Jacobian itself)
@@ -54,6 +56,32 @@ class JacobianAggregator(GradientCombination):
                 options["n_tasks"] = n_tasks
             self._weightings[n_tasks] = getattr(aggregation, self.class_name)(**options)
         return self._weightings[n_tasks]
+
+    def get_extra_state(self) -> dict[int, dict[str, Any]]:
+        """Nash-MTL's solver state per task count -- step counter, previous weights alpha and the
+        Gramian normaliser -- in the module's state dict, so that a resumed run computes the same
+        weights as an uninterrupted one. Plain lists: checkpoints stay loadable with
+        ``weights_only=True``. Empty for the stateless aggregators."""
+        state = {}
+        for n_tasks, aggregator in self._weightings.items():
+            solver = getattr(aggregator, "weighting", None)
+            if solver is not None and hasattr(solver, "prvs_alpha"):
+                state[n_tasks] = {"step": float(solver.step),
+                                  "alpha": np.asarray(solver.prvs_alpha).tolist(),
+                                  "alpha_dtype": str(np.asarray(solver.prvs_alpha).dtype),
+                                  "normalization_factor": np.asarray(solver.normalization_factor).tolist()}
+        return state
+
+    def set_extra_state(self, state: dict[int, dict[str, Any]]) -> None:
+        for n_tasks, saved in (state or {}).items():
+            solver = self.weighting(int(n_tasks)).weighting
+            solver.prvs_alpha = np.asarray(saved["alpha"], dtype=saved["alpha_dtype"])
+            solver.normalization_factor = np.asarray(saved["normalization_factor"])
+            solver.step = saved["step"]
+            if solver.step > 0:
+                # torchjd builds its convex problem on the first step only (step == 0); a restored
+                # solver is past it. Private torchjd method: exercised by tests/test_gradient_combination.py
+                solver._init_optim_problem()
 
     def setup(self, task_names: list[str]) -> None:
         self.weighting(len(task_names))  # fail at start-up on a missing solver or a bad option
