@@ -88,19 +88,26 @@ def test_missing_dataset_is_one_sentence_not_a_stack_trace(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_inspection_notebook_runs_on_a_run_folder(trained):
+def inspect_run(folder: Path) -> dict:
+    """Execute notebooks/inspect_run.ipynb on ``folder``; its namespace."""
     import matplotlib
 
     matplotlib.use("Agg")
-    _, runs = trained
     notebook = json.loads((PROJECT_ROOT / "notebooks" / "inspect_run.ipynb").read_text())
     code = ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
     namespace: dict = {}
     exec(code[0], namespace)  # imports (its run lookup finds nothing here: logs live in tmp)
-    namespace["run"] = runs[0]
+    namespace["run"] = folder
     for cell in code[1:]:
         exec(cell, namespace)
+    return namespace
+
+
+def test_inspection_notebook_runs_on_a_run_folder(trained):
+    _, runs = trained
+    namespace = inspect_run(runs[0])
     assert "auc" in namespace["record"]["test"]
+    assert len(namespace["panels"]) == len(namespace["predictions"]["example_index"])
 
 
 def test_a_reused_run_folder_resumes_from_its_last_checkpoint(tmp_path):
@@ -218,3 +225,7 @@ def test_idrid_table1_sweep_and_its_report_as_a_user_runs_them(tmp_path):
     assert rows["vanilla (ResNetClassifier, 2 tasks)"].split("|")[3].strip() == "-"  # no od_dice
     assert rows["vanilla (DeepLabV3Plus, 5 tasks)"].split("|")[2].strip() == "-"    # no retinopathy_acc
     assert (sweep / "report" / "overlay.png").is_file()
+    moe = next(f for f in sweep.iterdir() if (f / "metrics.json").is_file()
+               and json.loads((f / "metrics.json").read_text())["model"] == "MoEDeepLabV3Plus")
+    namespace = inspect_run(moe)  # the notebook reads an IDRiD run too: curves, lesions and grades
+    assert "val/od_dice" in namespace["metrics"] and len(namespace["panels"]) == 4
