@@ -5,8 +5,9 @@ Tasks: the grades in ``grades`` (``retinopathy``, 5 grades; ``edema``, 3 risk le
 cross-entropy + focal loss; one segmentation task per lesion in ``lesions`` (``ma``, ``he``,
 ``ex``, ``se``, ``od``), focal + Dice loss. Seed 001's single-task baselines take one family:
 ``grades=[]`` (the segmenter) or ``lesions=[]`` (the classifier); an image set with no chosen
-task is then left out of every split. Every sample carries every target key (zeros where it has no label) and a
-``present/<task>`` flag: grading images have no masks, segmentation images no grades. A lesion
+task is then left out of every split. Every sample carries every target key (zeros where it has
+no label) and a ``present/<task>`` flag: grading images have no masks, segmentation images no
+grades; its ``index`` is the image's place in the split's scan, the same whatever the tasks. A lesion
 mask missing for a segmentation image is either masked out of its loss (``missing_mask: mask``,
 the default) or an all-negative target (``missing_mask: negative``, what seed 001 did).
 

@@ -20,7 +20,7 @@ from medmtl.tasks import Task
 
 class Res34UNet(EncoderDecoderNet):
     """Args:
-        tasks: the task set (binary tasks: classifier on the deepest encoder feature; dense: 1x1 conv).
+        tasks: the task set (image-level tasks: classifier on the deepest encoder feature; dense: 1x1 conv).
         encoder_name: an smp ResNet encoder (``resnet34``; ``resnet18`` for quick tests).
         decoder_channels: widths of the five decoder blocks (smp's default 256, 128, 64, 32, 16).
         dropout: before each classifier.

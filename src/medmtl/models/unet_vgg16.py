@@ -98,7 +98,7 @@ class UNetVGG16(EncoderDecoderNet):
     """U-Net VGG multi-task network; see the module docstring.
 
     Args:
-        tasks: the tasks to build heads for (binary tasks get a classifier on the bottleneck,
+        tasks: the tasks to build heads for (image-level tasks get a classifier on the bottleneck,
             dense tasks a 1x1 conv on the decoder).
         width: channel multiplier (1.0 = the paper; small values for tests and CPU runs).
         encoder_layout: ``vgg13`` (reproduces the published parameter counts) or ``vgg16``.
