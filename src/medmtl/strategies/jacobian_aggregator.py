@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 from medmtl.strategies.gradient_combination import GradientCombination
 
@@ -57,27 +58,31 @@ class JacobianAggregator(GradientCombination):
             self._weightings[n_tasks] = getattr(aggregation, self.class_name)(**options)
         return self._weightings[n_tasks]
 
-    def get_extra_state(self) -> dict[int, dict[str, Any]]:
-        """Nash-MTL's solver state per task count -- step counter, previous weights alpha and the
-        Gramian normaliser -- in the module's state dict, so that a resumed run computes the same
-        weights as an uninterrupted one. Plain lists: checkpoints stay loadable with
-        ``weights_only=True``. Empty for the stateless aggregators."""
-        state = {}
-        for n_tasks, aggregator in self._weightings.items():
+    def get_extra_state(self) -> torch.Tensor:
+        """Nash-MTL's solver state per task count -- step counter, Gramian normaliser and previous
+        weights alpha -- in the module's state dict, so that a resumed run computes the same
+        weights as an uninterrupted one. One float64 tensor, a row per task count
+        ``[n, step, normaliser, alpha_1..alpha_n, NaN padding]``, so that the state dict holds
+        tensors only; no rows for the stateless aggregators."""
+        rows = []
+        for n_tasks, aggregator in sorted(self._weightings.items()):
             solver = getattr(aggregator, "weighting", None)
             if solver is not None and hasattr(solver, "prvs_alpha"):
-                state[n_tasks] = {"step": float(solver.step),
-                                  "alpha": np.asarray(solver.prvs_alpha).tolist(),
-                                  "alpha_dtype": str(np.asarray(solver.prvs_alpha).dtype),
-                                  "normalization_factor": np.asarray(solver.normalization_factor).tolist()}
+                normaliser = float(np.asarray(solver.normalization_factor).reshape(-1)[0])
+                rows.append([n_tasks, float(solver.step), normaliser, *np.asarray(solver.prvs_alpha, dtype=np.float64)])
+        width = 3 + max((len(r) - 3 for r in rows), default=0)
+        state = torch.full((len(rows), width), float("nan"), dtype=torch.float64)
+        for i, row in enumerate(rows):
+            state[i, :len(row)] = torch.tensor(row, dtype=torch.float64)
         return state
 
-    def set_extra_state(self, state: dict[int, dict[str, Any]]) -> None:
-        for n_tasks, saved in (state or {}).items():
-            solver = self.weighting(int(n_tasks)).weighting
-            solver.prvs_alpha = np.asarray(saved["alpha"], dtype=saved["alpha_dtype"])
-            solver.normalization_factor = np.asarray(saved["normalization_factor"])
-            solver.step = saved["step"]
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        for row in state.tolist():
+            n_tasks = int(row[0])
+            solver = self.weighting(n_tasks).weighting
+            solver.step = row[1]
+            solver.normalization_factor = np.array([row[2]])
+            solver.prvs_alpha = np.array(row[3:3 + n_tasks], dtype=np.float64)
             if solver.step > 0:
                 # torchjd builds its convex problem on the first step only (step == 0); a restored
                 # solver is past it. Private torchjd method: exercised by tests/test_gradient_combination.py
