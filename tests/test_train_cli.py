@@ -229,3 +229,16 @@ def test_idrid_table1_sweep_and_its_report_as_a_user_runs_them(tmp_path):
                and json.loads((f / "metrics.json").read_text())["model"] == "MoEDeepLabV3Plus")
     namespace = inspect_run(moe)  # the notebook reads an IDRiD run too: curves, lesions and grades
     assert "val/od_dice" in namespace["metrics"] and len(namespace["panels"]) == 4
+
+
+def test_without_validation_data_the_last_weights_are_tested(tmp_path):
+    """Seed 001's protocol (data.val_fraction=0): no model selection, no warning about a missing
+    val/loss, test metrics of the final weights."""
+    folder = tmp_path / "run"
+    result = run("train.py", ["experiment=idrid_table1", "preset=tiny", "idrid_arm=resnet50", "trainer.max_epochs=2",
+                              "data.val_fraction=0", "data.resolution=[32,48]", f"hydra.run.dir={folder}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "could not find the monitored key" not in result.stdout + result.stderr
+    record = json.loads((folder / "metrics.json").read_text())
+    assert record["best_checkpoint"] == "" and record["epochs"] == 2
+    assert "retinopathy_acc" in record["test"]

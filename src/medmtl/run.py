@@ -111,7 +111,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg, datamodule)
     timer = IterationTimer()
     loggers = _instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=_instantiate_group(cfg.get("callbacks")) + [timer], logger=loggers or False)
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    if not getattr(datamodule, "has_validation", True):
+        # nothing to select on (IDRiD with val_fraction=0, seed 001's protocol): the last weights are tested
+        callbacks = [c for c in callbacks if not (isinstance(c, ModelCheckpoint) and c.monitor is not None)]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks + [timer], logger=loggers or False)
 
     started = time.perf_counter()
     resume = None

@@ -187,6 +187,12 @@ class IdridDataModule(SplitLoaders, L.LightningDataModule):
         self.datasets: dict[str, IdridDataset] = {}
         self.cache_seconds = 0.0
 
+    @property
+    def has_validation(self) -> bool:
+        """False with ``val_fraction=0`` (seed 001 trained on every training image): the run then
+        tests its last weights instead of selecting them on a validation loss."""
+        return self.val_fraction > 0
+
     def _wanted(self, samples: list[IdridSample]) -> list[IdridSample]:
         """The image sets that carry a chosen task (segmentation images: a lesion; grading: a grade)."""
         return [s for s in samples if (self.lesions if s.is_segmentation else self.grades)]
