@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from torch.utils.data import DataLoader
 
 
 class SplitLoaders:
-    """Mixin: training shuffled, validation and test in order, all from ``self._loader``."""
+    """Mixin: training shuffled, validation and test in order, all from ``self._loader``, which the
+    datamodule defines: ``_loader(split, shuffle) -> DataLoader``."""
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        raise NotImplementedError
+    _loader: Callable[[str, bool], DataLoader]
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
