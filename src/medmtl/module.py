@@ -148,7 +148,7 @@ class MultiTaskModule(L.LightningModule):
                 sampler.skip(position[1] * loader.batch_size)
                 # the iterator draws its workers' base seed from this, not from the global RNG
                 # (a resumed run creates one more iterator than the uninterrupted one)
-                loader.generator = torch.Generator().manual_seed(sampler.seed * 1_000_003 + epoch)
+                loader.generator = sampler.generator()
             for batch in loader:
                 position[1] += 1
                 yield batch

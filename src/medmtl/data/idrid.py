@@ -186,6 +186,7 @@ class IdridDataModule(SplitLoaders, L.LightningDataModule):
         self.tasks = idrid_tasks(self.lesions, focal_gamma, self.grades)
         self.datasets: dict[str, IdridDataset] = {}
         self.cache_seconds = 0.0
+        self._scanned: dict[str, list[IdridSample]] | None = None
 
     @property
     def has_validation(self) -> bool:
@@ -198,6 +199,12 @@ class IdridDataModule(SplitLoaders, L.LightningDataModule):
         return [s for s in samples if (self.lesions if s.is_segmentation else self.grades)]
 
     def _splits(self) -> dict[str, list[IdridSample]]:
+        """The scanned splits, once per instance (``prepare_data`` and ``setup`` both need them)."""
+        if self._scanned is None:
+            self._scanned = self._scan_splits()
+        return self._scanned
+
+    def _scan_splits(self) -> dict[str, list[IdridSample]]:
         pool = self._wanted(scan_idrid(self.root, "train"))
         if not pool:
             raise DatasetError(f"No IDRiD training image for the tasks {[t.name for t in self.tasks]} under {self.root}.")
@@ -224,7 +231,6 @@ class IdridDataModule(SplitLoaders, L.LightningDataModule):
         return DataLoader(dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size,
                           sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else None,
                           num_workers=self.num_workers)
-
 
     def make_evaluator(self):
         from medmtl.metrics.idrid import IdridEvaluator

@@ -119,7 +119,7 @@ class SyntheticIdridDataModule(IdridDataModule):
         super().__init__(root, **kwargs)
         self.synthetic = dict(synthetic or {})
 
-    def _splits(self):
+    def _scan_splits(self):
         options = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in self.synthetic.items()}
         write_synthetic_idrid(self.root, **options)
-        return super()._splits()
+        return super()._scan_splits()

@@ -52,7 +52,10 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
         """Start the next pass after its first ``count`` keys (a pass resumed part-way)."""
         self.start = int(count)
 
-    def _generator(self) -> torch.Generator:
+    def generator(self) -> torch.Generator:
+        """A fresh generator seeded by (seed, epoch): the pass's permutation and augmentation seeds
+        come from one; a DataLoader given one as ``generator`` draws its workers' base seed from it
+        rather than from the global RNG."""
         if self.epoch is None:
             base = int(torch.empty((), dtype=torch.int64).random_().item())
         else:
@@ -60,7 +63,7 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
         return torch.Generator().manual_seed(base % 2**63)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        generator = self._generator()
+        generator = self.generator()
         order = torch.randperm(self.n, generator=generator) if self.shuffle else torch.arange(self.n)
         seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=generator)
         start, self.start = self.start, 0
