@@ -8,6 +8,7 @@ import segmentation_models_pytorch as smp
 import torch
 from hydra.utils import instantiate
 
+from medmtl.data.errors import DatasetError
 from medmtl.data.idrid import idrid_tasks
 from medmtl.data.idrid_synthetic import SyntheticIdridDataModule
 from medmtl.models.deeplabv3p import DeepLabV3Plus
@@ -154,3 +155,28 @@ def test_deeplabv3p_on_every_idrid_task_trains_with_other_strategies(optim_name,
     assert module.iterations == 2
     assert all(torch.isfinite(p).all() for p in module.parameters()), "a NaN reached the weights"
     assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters())), "nothing was trained"
+
+
+@pytest.mark.parametrize("options,error,message", [
+    ({"lesions": ["od", "cotton"]}, DatasetError, "Unknown IDRiD tasks \\['cotton'\\]"),
+    ({"grades": ["dme"]}, DatasetError, "Unknown IDRiD tasks \\['dme'\\]"),
+    ({"lesions": [], "grades": []}, DatasetError, "both empty"),
+    ({"missing_mask": "zero"}, ValueError, "data.missing_mask must be one of"),
+])
+def test_bad_idrid_options_are_one_sentence_at_construction(idrid_root, options, error, message):
+    with pytest.raises(error, match=message):
+        SyntheticIdridDataModule(str(idrid_root), resolution=(32, 48), **options)
+
+
+def test_deeplabv3p_names_the_input_multiple_it_needs():
+    model = DeepLabV3Plus(idrid_tasks(["od"], grades=[]), encoder_name="resnet18", decoder_channels=16)
+    with pytest.raises(ValueError, match="needs image sides divisible by 16, got \\(40, 48\\)"):
+        model(torch.rand(1, 3, 40, 48))
+
+
+def test_missing_idrid_folder_is_one_sentence_from_the_cli(tmp_path):
+    from test_train_cli import run
+
+    result = run("train.py", ["experiment=idrid_table1", "data=idrid", f"data.root={tmp_path / 'absent'}"], tmp_path)
+    assert result.returncode != 0
+    assert "IDRiD root folder not found" in result.stderr and "Traceback" not in result.stderr
