@@ -1,7 +1,9 @@
 """Train one model with one strategy on one dataset: ``python src/train.py model=... optim=... data=...``.
 
 Hydra composes ``conf/train.yaml``; ``-m`` runs sweeps. Each run writes its resolved config, a CSV
-log, checkpoints, ``metrics.json`` and ``predictions.npz`` into its own folder under ``logs/``.
+log, checkpoints, ``metrics.json`` and ``predictions.npz`` into its own folder under ``logs/``; a
+run stopped by a configuration or data error (exit code 2) or by non-finite values (exit code 3)
+writes ``failure.json`` with the sentence it printed.
 """
 
 import sys
@@ -9,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the package, also without `pip install -e`
 
-from medmtl.entry import prepare_environment  # noqa: E402
+from medmtl.entry import exit_code_of_hydra_errors, prepare_environment  # noqa: E402
 
 prepare_environment()
 
@@ -19,14 +21,15 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from medmtl.entry import run_reporting_user_errors
-    from medmtl.run import save_config, train
+    from medmtl.entry import run_job
+    from medmtl.run import in_sweep, save_config, train
 
     save_config(cfg)
-    record = run_reporting_user_errors(train, cfg)
+    record = run_job(train, cfg, in_sweep=in_sweep())
     metric = cfg.get("optimized_metric")
-    return record["test"].get(metric) if metric else None
+    return record["test"].get(metric) if metric and record else None
 
 
 if __name__ == "__main__":
-    main()
+    with exit_code_of_hydra_errors():
+        main()

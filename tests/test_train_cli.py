@@ -110,17 +110,28 @@ def test_inspection_notebook_runs_on_a_run_folder(trained):
     assert len(namespace["panels"]) == len(namespace["predictions"]["example_index"])
 
 
-def test_a_reused_run_folder_resumes_from_its_last_checkpoint(tmp_path):
+def test_a_reused_run_folder_with_another_config_is_refused_and_left_as_it_was(tmp_path):
+    """One folder, one configuration: the second command (more epochs) is refused before Hydra
+    writes anything there; continuing the run is a new run started from its checkpoint."""
     folder = tmp_path / "run"
     first = run("train.py", TINY + [f"hydra.run.dir={folder}"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    one_epoch = json.loads((folder / "metrics.json").read_text())["iterations"]
+    before = {name: (folder / name).read_bytes() for name in ("metrics.json", ".hydra/overrides.yaml", ".hydra/config.yaml")}
+    one_epoch = json.loads(before["metrics.json"])["iterations"]
+
     second = run("train.py", TINY + [f"hydra.run.dir={folder}", "trainer.max_epochs=2"], tmp_path)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "Resuming from" in second.stdout + second.stderr
-    record = json.loads((folder / "metrics.json").read_text())
-    assert record["resumed_from"] == str(folder / "checkpoints" / "last.ckpt")
-    # the second run trained only the missing epoch: its iteration counter continues from the first
+    assert second.returncode == 2
+    assert "holds a run of another configuration" in second.stderr and "Traceback" not in second.stderr
+    for name, content in before.items():
+        assert (folder / name).read_bytes() == content, f"{name} of the earlier run was changed"
+    assert not (folder / "failure.json").exists(), "the refusal wrote into the other run's folder"
+
+    continued = tmp_path / "continued"
+    third = run("train.py", TINY + [f"hydra.run.dir={continued}", "trainer.max_epochs=2",
+                                    f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"], tmp_path)
+    assert third.returncode == 0, third.stderr[-3000:]
+    record = json.loads((continued / "metrics.json").read_text())
+    # the new run trained only the missing epoch: its iteration counter continues from the first
     assert record["iterations"] == 2 * one_epoch and record["epochs"] == 2
 
 
@@ -187,8 +198,9 @@ def test_rerunning_an_interrupted_sweep_trains_only_the_missing_jobs(tmp_path):
 
     # another job list in the same folder: job 0 would now be another config, which is refused
     changed = run("train.py", ["-m", *TINY, "optim=pcgrad", f"hydra.sweep.dir={sweep}"], tmp_path)
-    assert changed.returncode != 0
-    assert "holds a run of another configuration" in changed.stderr and "Traceback" not in changed.stderr
+    assert changed.returncode == 2
+    assert "was made by another sweep" in changed.stderr and "Traceback" not in changed.stderr
+    assert (finished / "metrics.json").read_text() == kept
 
 
 def test_wandb_offline_run_is_grouped_and_holds_the_test_examples(tmp_path):

@@ -11,10 +11,16 @@ are stepped once per epoch by the module, never per optimizer step.
 Evaluation: validation and test run every task's forward, log the per-task losses and their sum
 (``val/loss``, the model-selection criterion of seed 000), and feed the datamodule's evaluator
 (``datamodule.make_evaluator()``) for the dataset's metrics.
+
+Non-finite values (:mod:`medmtl.nonfinite`): the context's optimizers and losses go through a
+:class:`~medmtl.nonfinite.NonFiniteGuard` (``optim.nonfinite``); an evaluation output, a validation
+loss or a weight about to be checkpointed that is NaN or infinite stops the run in one sentence,
+so that the evaluators, model selection and the checkpoints never see one.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
@@ -22,8 +28,10 @@ import torch
 from lightning.fabric.utilities import move_data_to_device
 
 from medmtl.data.sampling import EpochSeededSampler
+from medmtl.errors import ConfigError, NonFiniteError
 from medmtl.models import build_model, count_parameters
 from medmtl.models.base import MultiTaskNet
+from medmtl.nonfinite import GuardedOptimizer, NonFiniteGuard, first_nonfinite, learning_rates
 from medmtl.strategies.base import Strategy
 from medmtl.tasks import Task, compute_losses
 from medmtl.utils.rng import collect_rng_states, restore_rng_states
@@ -36,10 +44,10 @@ def with_backbone_lr(factory: Callable[..., torch.optim.Optimizer], model: Multi
     learning rate (seed 001: backbone 3e-5, the rest 3e-4)."""
     base_lr = getattr(factory, "keywords", {}).get("lr")
     if base_lr is None:
-        raise ValueError("optim.backbone_lr_scale needs optim.optimizer.lr to be set.")
+        raise ConfigError("optim.backbone_lr_scale needs optim.optimizer.lr to be set.")
     backbone = {id(p) for p in model.backbone_parameters()}
     if not backbone:
-        raise ValueError(f"optim.backbone_lr_scale: {type(model).__name__} declares no backbone parameters.")
+        raise ConfigError(f"optim.backbone_lr_scale: {type(model).__name__} declares no backbone parameters.")
 
     def build(params) -> torch.optim.Optimizer:
         params = list(params)
@@ -50,14 +58,14 @@ def with_backbone_lr(factory: Callable[..., torch.optim.Optimizer], model: Multi
     return build
 
 
-class StrategyNotApplicable(ValueError):
+class StrategyNotApplicable(ConfigError):
     """The chosen strategy cannot train this task set (said in one sentence)."""
 
 
 def check_precision(precision: str, strategy: Strategy) -> None:
     """Refuse ``16-mixed`` for strategies the fp16 gradient scaler cannot serve (PITFALLS.md)."""
     if precision.startswith("16") and not strategy.supports_fp16_scaler:
-        raise ValueError(
+        raise ConfigError(
             f"precision={precision} uses a gradient scaler that needs one optimizer step per iteration on gradients "
             f"from manual_backward; {type(strategy).__name__} does not work that way. "
             "Use trainer.precision=bf16-mixed or 32-true."
@@ -74,6 +82,10 @@ class MultiTaskModule(L.LightningModule):
         optimizer: optimizer constructor (``_partial_``), called with a parameter list.
         scheduler: optional scheduler constructor, called with each optimizer; stepped per epoch.
         gradient_clip_val: max global gradient norm per optimizer step (None = no clipping).
+        backbone_lr_scale: the backbone's learning rate as a fraction of the others' (None: the same).
+        nonfinite: ``stop`` | ``skip`` | ``off`` (:mod:`medmtl.nonfinite`).
+        max_consecutive_skips: with ``skip``, the run stops after this many iterations in a row
+            that dropped an update.
     """
 
     def __init__(
@@ -85,6 +97,8 @@ class MultiTaskModule(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         gradient_clip_val: float | None = None,
         backbone_lr_scale: float | None = None,
+        nonfinite: str = "stop",
+        max_consecutive_skips: int = 10,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -96,8 +110,9 @@ class MultiTaskModule(L.LightningModule):
         self.optimizer_factory = with_backbone_lr(optimizer, self.model, backbone_lr_scale) if backbone_lr_scale else optimizer
         self.scheduler_factory = scheduler
         if gradient_clip_val and not strategy.supports_gradient_clipping:
-            raise ValueError(f"{type(strategy).__name__} does not clip gradients: set optim.gradient_clip_val=null.")
+            raise ConfigError(f"{type(strategy).__name__} does not clip gradients: set optim.gradient_clip_val=null.")
         self.gradient_clip_val = gradient_clip_val
+        self.nonfinite = NonFiniteGuard(nonfinite, max_consecutive_skips)
         self.iterations = 0
         self.evaluator = None
         self.test_predictions: dict | None = None
@@ -161,7 +176,11 @@ class MultiTaskModule(L.LightningModule):
 
     def clip_gradients_of(self, optimizer) -> None:
         if self.gradient_clip_val:
+            optimizer = getattr(optimizer, "unwrapped", optimizer)
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+
+    def _learning_rates(self) -> list[float]:
+        return sorted({lr for optimizer in self.optimizer_list() for lr in learning_rates(optimizer)})
 
     @property
     def context(self) -> "_Context":
@@ -169,10 +188,16 @@ class MultiTaskModule(L.LightningModule):
 
     # ----- Lightning hooks -----------------------------------------------------------------
     def configure_optimizers(self):
-        optimizers = self.strategy.configure_optimizers(self.model, self.optimizer_factory)
-        if self.scheduler_factory is None:
-            return optimizers
-        return optimizers, [self.scheduler_factory(opt) for opt in optimizers]
+        """The strategy's optimizers; torch's own checks of their settings (a negative learning rate,
+        betas outside [0, 1)) become configuration errors naming the option group."""
+        try:
+            optimizers = self.strategy.configure_optimizers(self.model, self.optimizer_factory)
+            schedulers = [self.scheduler_factory(opt) for opt in optimizers] if self.scheduler_factory else None
+        except ValueError as error:
+            if isinstance(error, ConfigError):
+                raise
+            raise ConfigError(f"optim.optimizer / optim.scheduler: {error}.") from error
+        return optimizers if schedulers is None else (optimizers, schedulers)
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self._trainer is not None:
@@ -189,7 +214,9 @@ class MultiTaskModule(L.LightningModule):
             self.evaluator = datamodule.make_evaluator()
 
     def training_step(self, batch, batch_idx: int) -> None:
+        self.nonfinite.begin_iteration(self.iterations, self.current_epoch, self.model)
         logged = self.strategy.training_step(self.context, batch)
+        self.nonfinite.end_iteration(self._learning_rates())
         self.iterations += 1
         batch_size = batch["image"].shape[0] if "image" in batch else 1  # per-task batches: drawn by the strategy
         if logged:
@@ -199,6 +226,9 @@ class MultiTaskModule(L.LightningModule):
                           batch_size=batch_size, prog_bar=False)
             self.log("train/loss", logged["loss/total"], on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
         self.log("train/iteration", float(self.iterations), on_step=True, on_epoch=False, batch_size=batch_size)
+        if self.nonfinite.mode == "skip":
+            self.log("train/skipped_updates", float(self.nonfinite.skipped_updates), on_step=True, on_epoch=False,
+                     batch_size=batch_size)
 
     def on_train_epoch_start(self) -> None:
         max_epochs = self.trainer.max_epochs or 1
@@ -216,6 +246,12 @@ class MultiTaskModule(L.LightningModule):
         dataset of a multi-dataset task set); per-task losses, the evaluator's update."""
         labelled = [t.name for t in self.tasks if t.target_key in batch]
         outputs = self.forward(batch, labelled)
+        bad = first_nonfinite(outputs)
+        if bad is not None:
+            raise NonFiniteError(
+                f"The network's {stage} output for task {bad!r} is NaN or infinite (epoch {self.current_epoch}): the "
+                "weights have diverged; lower optim.optimizer.lr or clip gradients (optim.gradient_clip_val)."
+            )
         losses = self.losses(outputs, batch, labelled)
         batch_size = batch["image"].shape[0]
         self.log_dict({f"{stage}/loss/{k}": v for k, v in losses.items()}, on_epoch=True, batch_size=batch_size,
@@ -232,8 +268,12 @@ class MultiTaskModule(L.LightningModule):
         """``<stage>/loss`` = sum over tasks of each task's mean loss over its labelled samples
         (model selection monitors ``val/loss``, as seed 000: the summed validation loss)."""
         if self._evaluation_losses:
-            summed = sum(total / seen for total, seen in self._evaluation_losses.values() if seen)
-            self.log(f"{stage}/loss", summed, prog_bar=stage == "val")
+            means = {task: total / seen for task, (total, seen) in self._evaluation_losses.items() if seen}
+            bad = [task for task, value in means.items() if not math.isfinite(value)]
+            if bad:
+                raise NonFiniteError(f"The {stage} loss of task {bad[0]!r} is NaN or infinite (epoch {self.current_epoch}) "
+                                     "although its outputs are finite: check that task's targets.")
+            self.log(f"{stage}/loss", sum(means.values()), prog_bar=stage == "val")
         self._evaluation_losses = {}
         routing = self.model.routing_statistics()
         if routing:
@@ -267,6 +307,13 @@ class MultiTaskModule(L.LightningModule):
         self._evaluation_epoch_end("test")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the network and the strategy's learnable weights; strategy buffers use NaN for "not yet seen"
+        weights = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        weights |= {f"strategy.{k}": v for k, v in self.strategy.named_parameters()}
+        bad = first_nonfinite(weights)
+        if bad is not None:
+            raise NonFiniteError(f"Not writing a checkpoint at epoch {self.current_epoch}: weight {bad!r} is NaN or "
+                                 "infinite; the weights have diverged (lower optim.optimizer.lr).")
         checkpoint["medmtl_iterations"] = self.iterations
         checkpoint["medmtl_rng_states"] = collect_rng_states()
         checkpoint["medmtl_task_positions"] = {task: list(p) for task, p in self._task_positions.items()}
@@ -296,13 +343,15 @@ class _Context:
         return self._module.forward(batch, tasks)
 
     def losses(self, outputs, batch, tasks=None):
-        return self._module.losses(outputs, batch, tasks)
+        losses = self._module.losses(outputs, batch, tasks)
+        self._module.nonfinite.record_losses(losses)
+        return losses
 
     def backward(self, loss, **kwargs):
         self._module.manual_backward(loss, **kwargs)
 
     def optimizers(self):
-        return self._module.optimizer_list()
+        return [GuardedOptimizer(optimizer, self._module.nonfinite) for optimizer in self._module.optimizer_list()]
 
     def task_batch(self, task):
         return self._module.task_batch(task)

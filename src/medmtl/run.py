@@ -16,17 +16,15 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from medmtl.callbacks import IterationTimer
-from medmtl.data.errors import DatasetError
-from medmtl.models.weights import WeightsNotFoundError
-from medmtl.module import MultiTaskModule, StrategyNotApplicable
+from medmtl.checkpoints import AtomicCheckpointIO, check_fits
+from medmtl.errors import ConfigError
+from medmtl.module import MultiTaskModule
+from medmtl.utils import folder_lock
 from medmtl.utils.csv_log import merge_after_resume, set_aside_before_resume
-from medmtl.utils.outputs import print_summary, write_metrics_json, write_predictions
-from medmtl.utils.run_identity import RunFolderConflict, check_reused_folder, config_digest, record_identity
+from medmtl.utils.outputs import atomic_write_text, print_summary, write_metrics_json, write_predictions
+from medmtl.utils.run_identity import NOT_IDENTITY, check_reused_folder, config_digest, record_identity
 
 log = logging.getLogger(__name__)
-
-#: Errors whose message is the whole story: printed as one sentence, no stack trace.
-USER_ERRORS = (DatasetError, WeightsNotFoundError, RunFolderConflict, StrategyNotApplicable)
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -44,10 +42,17 @@ def build_module(cfg: DictConfig, datamodule) -> MultiTaskModule:
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
         gradient_clip_val=cfg.optim.get("gradient_clip_val"),
         backbone_lr_scale=cfg.optim.get("backbone_lr_scale"),
+        nonfinite=cfg.optim.get("nonfinite", "stop"),
+        max_consecutive_skips=cfg.optim.get("max_consecutive_skips", 10),
     )
 
 
-def _in_sweep() -> bool:
+def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> L.Trainer:
+    """The configured Trainer, writing checkpoints atomically (:class:`AtomicCheckpointIO`)."""
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+
+
+def in_sweep() -> bool:
     if not HydraConfig.initialized():
         return False
     from hydra.types import RunMode
@@ -85,7 +90,9 @@ def _model_selection_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
 
 def _test(trainer: L.Trainer, module: MultiTaskModule, datamodule, ckpt_path: str | None, output_dir: Path) -> dict[str, float]:
     """Test ``ckpt_path`` (the module's current weights when None); write ``predictions.npz``."""
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    if ckpt_path:
+        check_fits(ckpt_path, module.state_dict())
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if module.test_predictions is not None:
         write_predictions(output_dir / "predictions.npz", module.test_predictions)
         _log_examples_to_wandb(trainer.loggers, module.test_predictions)
@@ -96,11 +103,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test with the best checkpoint, write ``metrics.json``; return the metrics record.
 
     With ``skip_finished`` (default) a folder that already holds this config's ``metrics.json``
-    is not trained again: its record is returned (completing an interrupted sweep).
+    is not trained again: its record is returned (completing an interrupted sweep). A folder that
+    holds another configuration's run, or that another process is writing, is refused.
     """
     output_dir = Path(cfg.paths.output_dir)
+    folder_lock.acquire(output_dir, "run folder")
     digest = config_digest(cfg)
-    finished = check_reused_folder(output_dir, digest, in_sweep=_in_sweep())
+    finished = check_reused_folder(output_dir, digest)
     if finished is not None and cfg.get("skip_finished", True):
         log.info("Skipping %s: it holds a finished run of this config (skip_finished=false to rerun).", output_dir)
         print(f"skipped (finished before): {output_dir}")
@@ -115,16 +124,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if not getattr(datamodule, "has_validation", True):
         # nothing to select on (IDRiD with val_fraction=0, seed 001's protocol): the last weights are tested
         callbacks = [c for c in callbacks if not (isinstance(c, ModelCheckpoint) and c.monitor is not None)]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks + [timer], logger=loggers or False)
+    trainer = build_trainer(cfg, callbacks + [timer], loggers)
 
     started = time.perf_counter()
     resume = None
     csv_dir = _csv_log_dir(loggers)
     if cfg.get("train", True):
         resume = _resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, cfg.get("auto_resume", True))
-        if resume and csv_dir is not None:
-            set_aside_before_resume(csv_dir)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        if resume:
+            check_fits(resume, module.state_dict())
+            if csv_dir is not None:
+                set_aside_before_resume(csv_dir)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     iterations = module.iterations  # before testing loads the best checkpoint (and its counter)
     test_metrics: dict[str, float] = {}
     selector = _model_selection_callback(trainer)
@@ -169,18 +180,91 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Test a checkpoint (``ckpt_path``) on the configured data; write ``metrics.json``."""
+    """Test a checkpoint (``ckpt_path``); write ``metrics.json``.
+
+    The model, the tasks and the data come from the run that wrote the checkpoint
+    (:func:`configuration_of_run`), changed only where the command line says so."""
     if not cfg.get("ckpt_path"):
-        raise ValueError("eval needs ckpt_path=/path/to/checkpoint.ckpt.")
+        raise ConfigError("eval needs ckpt_path=/path/to/checkpoint.ckpt.")
     output_dir = Path(cfg.paths.output_dir)
+    cfg = configuration_of_run(cfg)
+    save_config(cfg)
     datamodule = instantiate(cfg.data)
     module = build_module(cfg, datamodule)
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=_instantiate_group(cfg.get("logger")) or False)
+    trainer = build_trainer(cfg, [], _instantiate_group(cfg.get("logger")))
     metrics = _test(trainer, module, datamodule, cfg.ckpt_path, output_dir)
-    record = {"test": metrics, "checkpoint": cfg.ckpt_path, "overrides": _overrides(), "num_parameters": module.num_parameters()}
+    record = {"test": metrics, "checkpoint": str(cfg.ckpt_path), "overrides": _overrides(),
+              "num_parameters": module.num_parameters(), "model": cfg.model._target_.rsplit(".", 1)[-1],
+              "data": cfg.data._target_.rsplit(".", 1)[-1], "strategy": cfg.optim.get("name"),
+              "seed": cfg.get("seed"), "fold": cfg.data.get("fold"),
+              "task_metrics": getattr(module.evaluator, "TASK_METRICS", None)}
     write_metrics_json(output_dir / "metrics.json", record)
     print_summary(f"eval {cfg.ckpt_path}", {f"test/{k}": v for k, v in metrics.items()})
+    _finish_wandb(trainer.loggers)
     return record
+
+
+#: what an evaluation takes from its own command line rather than from the run it evaluates
+EVALUATION_KEYS = tuple(NOT_IDENTITY) + ("trainer", "task_name", "train", "test")
+
+
+def run_folder_of(ckpt_path: str | Path) -> Path:
+    """``<run>/checkpoints/<name>.ckpt`` -> ``<run>``."""
+    ckpt_path = Path(ckpt_path).expanduser().resolve()
+    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+
+
+def override_key(override: str) -> str:
+    """The config key an override sets: ``data.root=/x`` -> ``data.root``, ``+a=1`` -> ``a``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def run_overrides_of(ckpt_path: str | Path) -> list[str]:
+    """The command-line overrides of the run that wrote ``ckpt_path`` (``.hydra/overrides.yaml``)."""
+    path = run_folder_of(ckpt_path) / ".hydra" / "overrides.yaml"
+    return [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
+
+
+def configuration_of_run(cfg: DictConfig) -> DictConfig:
+    """The evaluated run's saved ``config_resolved.yaml``, with every key the evaluation's command
+    line set (``data.root=...``, ``data=refuge``, ``trainer=gpu``) and the evaluation's own
+    settings (:data:`EVALUATION_KEYS`) taken from ``cfg``. A checkpoint outside a run folder is
+    evaluated with ``cfg`` as composed (``model=...`` and ``data=...`` must then be given)."""
+    saved_path = run_folder_of(cfg.ckpt_path) / "config_resolved.yaml"
+    if not saved_path.is_file():
+        log.warning("No run configuration next to %s (looked for %s): the model and data come from the command line.",
+                    cfg.ckpt_path, saved_path)
+        return cfg
+    saved = OmegaConf.load(saved_path)
+    run_overrides = run_overrides_of(cfg.ckpt_path)
+    chosen = [override_key(o) for o in _overrides()
+              if o not in run_overrides and not o.startswith(("ckpt_path=", "hydra."))]
+    merged = OmegaConf.create({k: v for k, v in OmegaConf.to_container(saved).items() if k not in EVALUATION_KEYS})
+    for key in EVALUATION_KEYS:
+        if key in cfg:
+            merged[key] = OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+    for key in chosen:
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+        OmegaConf.update(merged, key, value, merge=False, force_add=True)
+    log.info("Evaluating with the configuration of %s%s.", saved_path.parent,
+             f", changed by {', '.join(chosen)}" if chosen else "")
+    return merged
+
+
+def evaluation_arguments(arguments: list[str]) -> list[str]:
+    """``src/eval.py``'s command line with the evaluated run's overrides in front, so that Hydra
+    composes the run's model, data and experiment (an IDRiD run's ``data.lesions=[od]`` is then a
+    valid override); a run override whose key the command line sets, or whose group it switches,
+    is left out."""
+    ckpt = next((a.split("=", 1)[1] for a in arguments if a.startswith("ckpt_path=")), None)
+    if not ckpt:
+        return arguments
+    given = {override_key(a) for a in arguments if not a.startswith("-")}
+    kept = [o for o in run_overrides_of(ckpt)
+            if override_key(o) not in given and not any(override_key(o).startswith(g + ".") for g in given)]
+    return kept + arguments
 
 
 def _log_examples_to_wandb(loggers: list[Any], predictions: dict) -> None:
@@ -206,6 +290,4 @@ def _finish_wandb(loggers: list[Any]) -> None:
 
 def save_config(cfg: DictConfig) -> None:
     """The resolved config next to Hydra's own ``.hydra/config.yaml`` (which keeps interpolations)."""
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(Path(cfg.paths.output_dir) / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))

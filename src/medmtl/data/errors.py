@@ -1,5 +1,5 @@
-"""One exception type for every dataset problem, with a message a user can act on."""
+"""Dataset errors: :class:`medmtl.errors.DatasetError`, re-exported where the data modules look for it."""
 
+from medmtl.errors import DatasetError
 
-class DatasetError(RuntimeError):
-    """A dataset is missing, incomplete or malformed; the message names the file and what was expected."""
+__all__ = ["DatasetError"]

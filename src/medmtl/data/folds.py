@@ -12,13 +12,14 @@ from typing import Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
+from medmtl.errors import ConfigError
 from medmtl.data.errors import DatasetError
 
 
 def stratified_fold(labels: Sequence[int], n_folds: int, fold: int, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, validation) of fold ``fold`` of ``n_folds``."""
     if not 0 <= fold < n_folds:
-        raise ValueError(f"data.fold must be in [0, {n_folds - 1}], got {fold}.")
+        raise ConfigError(f"data.fold must be in [0, {n_folds - 1}], got {fold}.")
     labels = np.asarray(labels)
     smallest = np.bincount(labels).min() if labels.size else 0
     if smallest < n_folds:

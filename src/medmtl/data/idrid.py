@@ -39,6 +39,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from medmtl.errors import ConfigError
 from medmtl import losses
 from medmtl.data.errors import DatasetError
 from medmtl.data.idrid_layout import LESIONS, IdridSample, scan_idrid
@@ -120,7 +121,7 @@ class IdridDataset(Dataset):
                  lesions: Sequence[str], missing_mask: str = "mask", grades: Sequence[str] = tuple(GRADES),
                  transform: A.Compose | None = None):
         if missing_mask not in MISSING_MASK:
-            raise ValueError(f"data.missing_mask must be one of {MISSING_MASK}, got {missing_mask!r}.")
+            raise ConfigError(f"data.missing_mask must be one of {MISSING_MASK}, got {missing_mask!r}.")
         self.root, self.samples, self.resolution = Path(root), list(samples), tuple(resolution)
         self.lesions, self.grades, self.missing_mask = list(lesions), list(grades), missing_mask
         self.transform = transform
@@ -177,7 +178,7 @@ class IdridDataModule(SplitLoaders, L.LightningDataModule):
                  grades: Sequence[str] = tuple(GRADES), augment: bool = True):
         super().__init__()
         if missing_mask not in MISSING_MASK:
-            raise ValueError(f"data.missing_mask must be one of {MISSING_MASK}, got {missing_mask!r}.")
+            raise ConfigError(f"data.missing_mask must be one of {MISSING_MASK}, got {missing_mask!r}.")
         self.root, self.resolution = Path(root), (int(resolution[0]), int(resolution[1]))
         self.lesions, self.grades, self.missing_mask = list(lesions), list(grades), missing_mask
         self.augment = augment

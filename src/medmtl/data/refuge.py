@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from medmtl.errors import ConfigError
 from medmtl.data.folds import stratified_fold
 from medmtl.data.heatmap import gaussian_heatmap, scaled_variance
 from medmtl.data.images import decode_refuge_mask
@@ -150,7 +151,7 @@ class RefugeDataModule(SplitLoaders, L.LightningDataModule):
     ):
         super().__init__()
         if protocol not in PROTOCOLS:
-            raise ValueError(f"data.protocol must be one of {PROTOCOLS}, got {protocol!r}.")
+            raise ConfigError(f"data.protocol must be one of {PROTOCOLS}, got {protocol!r}.")
         self.root = Path(root).expanduser()
         self.protocol = protocol
         self.fold, self.n_folds, self.split_seed = fold, n_folds, split_seed

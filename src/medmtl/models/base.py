@@ -18,6 +18,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from medmtl.errors import ConfigError
+
 
 def _unique(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
     seen: set[int] = set()
@@ -112,7 +114,7 @@ class MultiTaskNet(nn.Module, abc.ABC):
             common = ids if common is None else common & ids
         candidates = [p for p in self.parameters() if id(p) in (common or set()) and p.dim() >= 2]
         if not candidates:
-            raise ValueError(f"{type(self).__name__} has no layer shared by all of its tasks {list(self.task_names)}.")
+            raise ConfigError(f"{type(self).__name__} has no layer shared by all of its tasks {list(self.task_names)}.")
         return candidates[-1]
 
     def head_parameters(self, task: str) -> list[nn.Parameter]:

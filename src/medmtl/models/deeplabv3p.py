@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from medmtl.errors import ConfigError
 from medmtl.models.encoder_decoder import EncoderDecoderNet
 from medmtl.models.weights import load_torchvision_resnet
 from medmtl.tasks import Task
@@ -45,7 +46,7 @@ class DeepLabV3Plus(EncoderDecoderNet):
         import segmentation_models_pytorch as smp
 
         if not encoder_name.startswith("resnet"):
-            raise ValueError(f"DeepLabV3Plus takes an smp ResNet encoder (resnet18/34/50...), got {encoder_name!r}.")
+            raise ConfigError(f"DeepLabV3Plus takes an smp ResNet encoder (resnet18/34/50...), got {encoder_name!r}.")
         network = smp.DeepLabV3Plus(encoder_name, encoder_weights=None, encoder_output_stride=16,
                                     decoder_channels=decoder_channels, decoder_atrous_rates=tuple(atrous_rates),
                                     in_channels=in_channels, classes=1)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medmtl.errors import ConfigError
 from medmtl.models.base import MultiTaskNet
 from medmtl.tasks import Task
 
@@ -52,7 +53,7 @@ class EncoderDecoderNet(MultiTaskNet):
         if head_prior is None:
             return
         if not 0.0 < head_prior < 1.0:
-            raise ValueError(f"head_prior must be in (0, 1), got {head_prior}.")
+            raise ConfigError(f"head_prior must be in (0, 1), got {head_prior}.")
         for head in self.dense_heads.values():
             nn.init.constant_(head.bias, math.log(head_prior / (1.0 - head_prior)))
 
@@ -62,7 +63,7 @@ class EncoderDecoderNet(MultiTaskNet):
         tasks = self._check_tasks(tasks)
         m = self.input_multiple
         if image.shape[-1] % m or image.shape[-2] % m:
-            raise ValueError(f"{type(self).__name__} needs image sides divisible by {m}, got {tuple(image.shape[-2:])}.")
+            raise ConfigError(f"{type(self).__name__} needs image sides divisible by {m}, got {tuple(image.shape[-2:])}.")
         features = self.encoder(image)
         shared = {"bottleneck": features[-1]}
         if any(t in self.dense_heads for t in tasks):

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medmtl.errors import ConfigError
 from medmtl.models.base import MultiTaskNet
 from medmtl.tasks import Task
 
@@ -105,9 +106,9 @@ class MoEDeepLabV3Plus(MultiTaskNet):
         import timm
 
         if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"model.top_p must be in (0, 1], got {top_p}.")
+            raise ConfigError(f"model.top_p must be in (0, 1], got {top_p}.")
         if entropy_of not in ("sample", "batch"):
-            raise ValueError(f"model.entropy_of must be sample or batch, got {entropy_of!r}.")
+            raise ConfigError(f"model.entropy_of must be sample or batch, got {entropy_of!r}.")
         self.task_names = tuple(t.name for t in tasks)
         self.n_experts, self.top_p, self.dense_fraction = n_experts, top_p, dense_fraction
         self.weights = {"l1": l1_weight, "balance": balance_weight, "entropy": entropy_weight}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from medmtl.errors import ConfigError
 from medmtl.models.encoder_decoder import EncoderDecoderNet
 from medmtl.models.weights import load_torchvision_resnet
 from medmtl.tasks import Task
@@ -45,7 +46,7 @@ class Res34UNet(EncoderDecoderNet):
         import segmentation_models_pytorch as smp
 
         if not encoder_name.startswith("resnet"):
-            raise ValueError(f"Res34UNet takes an smp ResNet encoder (resnet18/34/50...), got {encoder_name!r}.")
+            raise ConfigError(f"Res34UNet takes an smp ResNet encoder (resnet18/34/50...), got {encoder_name!r}.")
         unet = smp.Unet(encoder_name, encoder_weights=None, in_channels=in_channels, classes=1,
                         decoder_channels=tuple(decoder_channels))
         self.encoder = unet.encoder
@@ -55,5 +56,5 @@ class Res34UNet(EncoderDecoderNet):
         self._apply_head_prior(head_prior)
         if pretrained:
             if not weights_path:
-                raise ValueError("pretrained=true needs model.weights_path (a torchvision ResNet state dict file).")
+                raise ConfigError("pretrained=true needs model.weights_path (a torchvision ResNet state dict file).")
             load_torchvision_resnet(self.encoder, weights_path, option="model.pretrained")

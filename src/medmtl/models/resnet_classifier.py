@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from medmtl.errors import ConfigError
 from medmtl.models.encoder_decoder import EncoderDecoderNet
 from medmtl.models.weights import load_torchvision_resnet
 from medmtl.tasks import Task
@@ -34,10 +35,10 @@ class ResNetClassifier(EncoderDecoderNet):
 
         dense = [t.name for t in tasks if t.is_dense]
         if dense:
-            raise ValueError(f"ResNetClassifier has no decoder for the pixel-level tasks {dense}; "
+            raise ConfigError(f"ResNetClassifier has no decoder for the pixel-level tasks {dense}; "
                              f"keep the image-level tasks only (e.g. data.tasks) or use model=deeplabv3p.")
         if not encoder_name.startswith("resnet"):
-            raise ValueError(f"ResNetClassifier takes an smp ResNet encoder (resnet18/34/50...), got {encoder_name!r}.")
+            raise ConfigError(f"ResNetClassifier takes an smp ResNet encoder (resnet18/34/50...), got {encoder_name!r}.")
         self.encoder = smp.encoders.get_encoder(encoder_name, in_channels=in_channels, depth=5, weights=None)
         self.decoder = None
         self._build_heads(tasks, bottleneck_channels=self.encoder.out_channels[-1], decoded_channels=0, dropout=dropout)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medmtl.errors import ConfigError
 from medmtl.models.base import MultiTaskNet
 from medmtl.tasks import Task
 
@@ -47,7 +48,7 @@ def replace_batch_norms(module: nn.Module, norm: str) -> int:
             setattr(module, name, make_norm(child.num_features, norm))
             replaced += 1
         elif isinstance(child, nn.modules.batchnorm._BatchNorm):
-            raise ValueError(f"norm={norm!r} cannot replace {type(child).__name__} (batch norm fused with "
+            raise ConfigError(f"norm={norm!r} cannot replace {type(child).__name__} (batch norm fused with "
                              "its activation); choose an encoder with plain BatchNorm2d, or norm=batchnorm.")
         else:
             replaced += replace_batch_norms(child, norm)
@@ -115,7 +116,7 @@ class UMedPT(MultiTaskNet):
         import timm
 
         if norm not in NORMS:
-            raise ValueError(f"model.norm must be one of {NORMS}, got {norm!r}.")
+            raise ConfigError(f"model.norm must be one of {NORMS}, got {norm!r}.")
         self.task_names = tuple(t.name for t in tasks)
         overlay = {"file": pretrained_file} if pretrained_file else None
         self.encoder = timm.create_model(encoder, pretrained=bool(pretrained_file), features_only=True,
@@ -131,7 +132,7 @@ class UMedPT(MultiTaskNet):
             for t in tasks if not t.is_dense})
         self.volumetric = {t.name for t in tasks if t.metadata.get("is_3d")}
         if self.volumetric & {t.name for t in dense}:
-            raise ValueError("3D segmentation tasks are not supported (3D volumes are embedded slice by slice).")
+            raise ConfigError("3D segmentation tasks are not supported (3D volumes are embedded slice by slice).")
 
     def _features(self, image: torch.Tensor) -> list[torch.Tensor]:
         """The encoder's feature maps as (B, C, H, W) (timm's Swin gives them channels-last)."""
@@ -151,7 +152,7 @@ class UMedPT(MultiTaskNet):
             slices = self._embed(image.flatten(0, 1)).unflatten(0, (b, d))
             for name in tasks:
                 if name not in self.volumetric:
-                    raise ValueError(f"Task {name!r} takes 2D images; this batch holds 3D volumes.")
+                    raise ConfigError(f"Task {name!r} takes 2D images; this batch holds 3D volumes.")
                 outputs[name] = self.classifiers[name](slices)
             return outputs
         features = self._features(image)
@@ -159,7 +160,7 @@ class UMedPT(MultiTaskNet):
         decoded = self.decoder(features) if any(t in self.dense_heads for t in tasks) else None
         for name in tasks:
             if name in self.volumetric:
-                raise ValueError(f"Task {name!r} takes 3D volumes (B, D, 3, H, W); this batch holds 2D images.")
+                raise ConfigError(f"Task {name!r} takes 3D volumes (B, D, 3, H, W); this batch holds 2D images.")
             if name in self.dense_heads:
                 logits = self.dense_heads[name](decoded)
                 outputs[name] = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medmtl.errors import ConfigError
 from medmtl.models.encoder_decoder import EncoderDecoderNet
 from medmtl.models.weights import load_state_dict, resolve_weights_file
 from medmtl.tasks import Task
@@ -128,9 +129,9 @@ class UNetVGG16(EncoderDecoderNet):
     ):
         super().__init__()
         if encoder_layout not in CONVS_PER_LEVEL:
-            raise ValueError(f"encoder_layout must be one of {list(CONVS_PER_LEVEL)}, got {encoder_layout!r}.")
+            raise ConfigError(f"encoder_layout must be one of {list(CONVS_PER_LEVEL)}, got {encoder_layout!r}.")
         if width <= 0:
-            raise ValueError(f"width must be positive, got {width}.")
+            raise ConfigError(f"width must be positive, got {width}.")
         self.encoder_layout = encoder_layout
         channels = [max(1, round(c * width)) for c in ENCODER_CHANNELS]
         self.encoder = VGGEncoder(channels, CONVS_PER_LEVEL[encoder_layout], in_channels)
@@ -140,9 +141,9 @@ class UNetVGG16(EncoderDecoderNet):
         self._apply_head_prior(head_prior)
         if pretrained:
             if width != 1.0 or in_channels != 3:
-                raise ValueError("pretrained=true needs width=1.0 and in_channels=3 (the ImageNet VGG shapes).")
+                raise ConfigError("pretrained=true needs width=1.0 and in_channels=3 (the ImageNet VGG shapes).")
             if not weights_path:
-                raise ValueError("pretrained=true needs model.weights_path (a torchvision VGG-BN state dict file).")
+                raise ConfigError("pretrained=true needs model.weights_path (a torchvision VGG-BN state dict file).")
             self.load_encoder_weights(weights_path)
 
     def _init_weights(self) -> None:
@@ -162,6 +163,6 @@ class UNetVGG16(EncoderDecoderNet):
         source = [m for m in reference.features if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
         target = [m for m in self.encoder.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
         if len(source) != len(target):
-            raise ValueError(f"{path} has {len(source)} conv/BN layers, the encoder {len(target)}.")
+            raise ConfigError(f"{path} has {len(source)} conv/BN layers, the encoder {len(target)}.")
         for src, dst in zip(source, target):
             dst.load_state_dict(src.state_dict())

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medmtl.errors import WeightsNotFoundError
 
-class WeightsNotFoundError(FileNotFoundError):
-    """Raised with a message that says which file, where it was looked for, and how to skip it."""
+__all__ = ["WeightsNotFoundError", "load_state_dict", "resolve_weights_file", "load_torchvision_resnet"]
 
 
 def torch_hub_checkpoints() -> Path:

@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Mapping, Protocol, Sequence
 import torch
 from torch import nn
 
+from medmtl.errors import ConfigError
 from medmtl.models.base import MultiTaskNet
 from medmtl.tasks import Task
 
@@ -115,5 +116,5 @@ def task_order(tasks: Sequence[Task], order: Sequence[str] | None) -> list[str]:
     if order is None:
         return names
     if sorted(order) != sorted(names):
-        raise ValueError(f"optim.strategy.order must be a permutation of {names}, got {list(order)}.")
+        raise ConfigError(f"optim.strategy.order must be a permutation of {names}, got {list(order)}.")
     return list(order)

@@ -15,6 +15,7 @@ from typing import Mapping
 
 import torch
 
+from medmtl.errors import ConfigError
 from medmtl.metrics.kpi import task_kpi
 from medmtl.strategies.base import Batch, StepContext
 from medmtl.strategies.weighted_sum import WeightedSum
@@ -30,7 +31,7 @@ class DynamicTaskPrioritization(WeightedSum):
         if isinstance(self.gamma, Mapping):
             missing = [t for t in task_names if t not in self.gamma]
             if missing:
-                raise ValueError(f"optim.strategy.gamma has no value for the tasks {missing}.")
+                raise ConfigError(f"optim.strategy.gamma has no value for the tasks {missing}.")
             gammas = [float(self.gamma[t]) for t in task_names]
         else:
             gammas = [float(self.gamma)] * len(task_names)

@@ -6,6 +6,7 @@ from typing import Mapping
 
 import torch
 
+from medmtl.errors import ConfigError
 from medmtl.strategies.weighted_sum import WeightedSum
 
 
@@ -27,9 +28,9 @@ class FixedWeights(WeightedSum):
         unknown = [k for k in self.configured if k not in task_names]
         missing = [k for k in task_names if k not in self.configured]
         if unknown:
-            raise ValueError(f"optim.strategy.weights names {unknown}, which are not tasks of this data: {task_names}.")
+            raise ConfigError(f"optim.strategy.weights names {unknown}, which are not tasks of this data: {task_names}.")
         if missing and self.default_weight is None:
-            raise ValueError(f"optim.strategy.weights must name every task of {task_names} "
+            raise ConfigError(f"optim.strategy.weights must name every task of {task_names} "
                              f"(default_weight is null): missing {missing}.")
         self.weights = {k: self.configured.get(k, self.default_weight) for k in task_names}
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from medmtl.errors import ConfigError
 from medmtl.strategies.base import Batch, StepContext, Strategy
 
 SAMPLERS = ("cyclic", "balanced")
@@ -32,7 +33,7 @@ class GradientAccumulation(Strategy):
     def __init__(self, sampler: str = "cyclic", steps: int | None = None):
         super().__init__()
         if sampler not in SAMPLERS:
-            raise ValueError(f"optim.strategy.sampler must be one of {SAMPLERS}, got {sampler!r}.")
+            raise ConfigError(f"optim.strategy.sampler must be one of {SAMPLERS}, got {sampler!r}.")
         self.sampler, self.steps = sampler, steps
 
     def setup(self, task_names: list[str]) -> None:

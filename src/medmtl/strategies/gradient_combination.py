@@ -37,6 +37,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from medmtl.errors import ConfigError
 from medmtl.strategies.base import Batch, StepContext, Strategy
 
 MODES = ("jacobian", "gramian", "representation")
@@ -67,7 +68,7 @@ def task_jacobian(losses: torch.Tensor, params: Sequence[nn.Parameter], method: 
             per_param.append(None if all(g is None for g in column) else torch.stack(
                 [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g in column]))
     else:
-        raise ValueError(f"jacobian method must be one of {JACOBIAN_METHODS}, got {method!r}.")
+        raise ConfigError(f"jacobian method must be one of {JACOBIAN_METHODS}, got {method!r}.")
     return torch.cat([g if g is not None else losses.new_zeros(t, p.numel()) for g, p in zip(per_param, params)], dim=1)
 
 
@@ -98,12 +99,12 @@ class GradientCombination(Strategy):
     def __init__(self, mode: str = "jacobian", jacobian_method: str = "loop"):
         super().__init__()
         if jacobian_method not in JACOBIAN_METHODS:
-            raise ValueError(f"optim.strategy.jacobian_method must be one of {JACOBIAN_METHODS}, got {jacobian_method!r}.")
+            raise ConfigError(f"optim.strategy.jacobian_method must be one of {JACOBIAN_METHODS}, got {jacobian_method!r}.")
         self.jacobian_method = jacobian_method
         if mode not in MODES:
-            raise ValueError(f"optim.strategy.mode must be one of {MODES}, got {mode!r}.")
+            raise ConfigError(f"optim.strategy.mode must be one of {MODES}, got {mode!r}.")
         if mode == "gramian" and self.needs_jacobian:
-            raise ValueError(f"{type(self).__name__} needs the Jacobian itself: use mode=jacobian.")
+            raise ConfigError(f"{type(self).__name__} needs the Jacobian itself: use mode=jacobian.")
         self.mode = mode
         self._engine = None
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medmtl.errors import ConfigError
 from medmtl.strategies.gradient_combination import GradientCombination
 
 #: name -> (torchjd weighting class name, needs the Jacobian itself)
@@ -36,7 +37,7 @@ class JacobianAggregator(GradientCombination):
     def __init__(self, aggregator: str, mode: str = "jacobian", options: dict[str, Any] | None = None,
                  jacobian_method: str = "loop"):
         if aggregator not in WEIGHTINGS:
-            raise ValueError(f"optim.strategy.aggregator must be one of {sorted(WEIGHTINGS)}, got {aggregator!r}.")
+            raise ConfigError(f"optim.strategy.aggregator must be one of {sorted(WEIGHTINGS)}, got {aggregator!r}.")
         self.class_name, self.needs_jacobian = WEIGHTINGS[aggregator]
         super().__init__(mode, jacobian_method)
         self.aggregator_name = aggregator

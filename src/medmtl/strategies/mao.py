@@ -25,6 +25,7 @@ from typing import Iterable
 
 import torch
 
+from medmtl.errors import ConfigError
 from medmtl.models.base import MultiTaskNet
 from medmtl.strategies.base import Batch, OptimizerFactory, StepContext, Strategy
 from medmtl.strategies.gradient_combination import task_jacobian
@@ -40,13 +41,17 @@ class MultiAdaptive(torch.optim.Optimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, bias_correction: str = "standard",
                  eps_placement: str = "inside"):
         if bias_correction not in ("standard", "printed"):
-            raise ValueError(f"bias_correction must be standard or printed, got {bias_correction!r}.")
+            raise ConfigError(f"bias_correction must be standard or printed, got {bias_correction!r}.")
         if eps_placement not in ("inside", "adam"):
-            raise ValueError(f"eps_placement must be inside or adam, got {eps_placement!r}.")
+            raise ConfigError(f"eps_placement must be inside or adam, got {eps_placement!r}.")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         bias_correction=bias_correction, eps_placement=eps_placement)
         super().__init__(params, defaults)
         self.task_gradients: dict[str, dict[torch.nn.Parameter, torch.Tensor]] = {}
+
+    def pending_gradients(self) -> list[torch.Tensor]:
+        """The per-task gradients the next ``step`` applies (checked by :mod:`medmtl.nonfinite`)."""
+        return [g for grads in self.task_gradients.values() for g in grads.values()]
 
     @staticmethod
     def correction(step: int, b1: float, b2: float, kind: str) -> float:
@@ -95,7 +100,7 @@ class MultiAdaptiveOptimization(Strategy):
     def configure_optimizers(self, model: MultiTaskNet, optimizer_factory: OptimizerFactory):
         optimizer = optimizer_factory(list(model.parameters()))
         if not isinstance(optimizer, MultiAdaptive):
-            raise TypeError(f"optim=mao needs optim.optimizer to be MultiAdaptive, got {type(optimizer).__name__}.")
+            raise ConfigError(f"optim=mao needs optim.optimizer to be MultiAdaptive, got {type(optimizer).__name__}.")
         return [optimizer]
 
     def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:

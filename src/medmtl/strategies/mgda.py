@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from medmtl.errors import ConfigError
 from medmtl.strategies.gradient_combination import GradientCombination
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
@@ -60,7 +61,7 @@ class MGDA(GradientCombination):
                  max_iterations: int = 250, tolerance: float = 1e-6, jacobian_method: str = "loop"):
         super().__init__(mode, jacobian_method)
         if normalization not in NORMALIZATIONS:
-            raise ValueError(f"optim.strategy.normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
+            raise ConfigError(f"optim.strategy.normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
         self.normalization, self.rescale = normalization, rescale
         self.max_iterations, self.tolerance = max_iterations, tolerance
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from medmtl.errors import ConfigError
 from medmtl.strategies.gradient_combination import GradientCombination
 
 
@@ -38,7 +39,7 @@ class PCGrad(GradientCombination):
     def __init__(self, mode: str = "jacobian", reduction: str = "sum", jacobian_method: str = "loop"):
         super().__init__(mode, jacobian_method)
         if reduction not in ("sum", "mean"):
-            raise ValueError(f"optim.strategy.reduction must be sum or mean, got {reduction!r}.")
+            raise ConfigError(f"optim.strategy.reduction must be sum or mean, got {reduction!r}.")
         self.reduction = reduction
 
     def combination_weights(self, gramian, losses, jacobian=None):

@@ -1,15 +1,21 @@
-"""Recognising what a reused run folder holds, so that a rerun sweep trains only what is missing.
+"""Recognising what a reused run folder holds: one folder, one configuration.
 
 A run's identity is a digest of its resolved config without the keys that say where things go or
-how they are logged (``paths``, ``logger``, ``callbacks``) or how a run starts (``ckpt_path``,
-``auto_resume``, ``skip_finished``). ``identity.json`` records it when training starts and
-``metrics.json`` when it ends. On reuse of a folder:
+how they are logged (``paths``, ``logger``, ``callbacks``, ``hydra``) or how a run starts
+(``ckpt_path``, ``auto_resume``, ``skip_finished``). ``identity.json`` records it when training
+starts and ``metrics.json`` when it ends. On reuse of a folder:
 
-- ``metrics.json`` with the same digest: the run is finished and is not trained again;
-- a sweep job whose folder holds another config's run (the sweep's job list changed) is refused:
-  resuming from that checkpoint would mix two experiments;
-- otherwise training starts, resuming from ``last.ckpt`` when there is one (a single run reused
-  with, say, more epochs continues where it stopped).
+- ``metrics.json`` with the same digest: the run is finished and is not trained again (a rerun
+  sweep trains only what is missing);
+- the same digest without ``metrics.json``: the run was interrupted and resumes from ``last.ckpt``;
+- another digest: refused, in a single run as in a sweep. Resuming would mix two experiments and
+  the new record would claim a configuration the weights were not trained with. To continue a
+  finished run with more epochs, start a new run from its checkpoint
+  (``ckpt_path=<run>/checkpoints/last.ckpt trainer.max_epochs=...``).
+
+Single runs are checked before Hydra writes anything into the folder
+(:mod:`medmtl.utils.hydra_callbacks`); sweep jobs are checked again when they start, against
+configuration files edited between two invocations of the same sweep command.
 """
 
 from __future__ import annotations
@@ -21,21 +27,21 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from medmtl.errors import RunFolderConflict
 from medmtl.utils.outputs import atomic_write_text
 
 #: Top-level keys that do not change what a run computes.
-NOT_IDENTITY = ("paths", "logger", "callbacks", "ckpt_path", "auto_resume", "skip_finished")
+NOT_IDENTITY = ("paths", "logger", "callbacks", "hydra", "ckpt_path", "auto_resume", "skip_finished")
 IDENTITY_FILE = "identity.json"
 
 
-class RunFolderConflict(RuntimeError):
-    """A sweep job's folder holds a run of another configuration."""
-
-
 def config_digest(cfg: DictConfig) -> str:
-    """SHA-256 (first 16 hex digits) of the resolved config minus :data:`NOT_IDENTITY`."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    identity = {k: v for k, v in container.items() if k not in NOT_IDENTITY}
+    """SHA-256 (first 16 hex digits) of the resolved config minus :data:`NOT_IDENTITY`.
+
+    The keys are dropped before resolving, so that the digest can be taken before Hydra has set
+    up its run-time values (``${hydra:runtime.output_dir}`` lives in ``paths``)."""
+    identity = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+                for key in cfg if key not in NOT_IDENTITY}
     text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -48,22 +54,23 @@ def _recorded_digest(output_dir: Path) -> str | None:
     return None
 
 
-def check_reused_folder(output_dir: Path, digest: str, in_sweep: bool) -> dict[str, Any] | None:
+def check_reused_folder(output_dir: Path, digest: str) -> dict[str, Any] | None:
     """The finished record when ``output_dir`` holds this config's ``metrics.json``, else None.
 
-    Raises :class:`RunFolderConflict` for a sweep job whose folder holds another config's run.
+    Raises :class:`RunFolderConflict` when the folder holds another configuration's run.
     """
     output_dir = Path(output_dir)
     recorded = _recorded_digest(output_dir)
     if recorded is None:
         return None
-    if recorded == digest and (output_dir / "metrics.json").is_file():
-        return json.loads((output_dir / "metrics.json").read_text())
-    if recorded != digest and in_sweep:
+    if recorded != digest:
         raise RunFolderConflict(
-            f"The sweep folder {output_dir} holds a run of another configuration (the sweep's job list "
-            "changed since it ran); rerun the same sweep command, or choose a new hydra.sweep.dir."
+            f"The folder {output_dir} holds a run of another configuration (digest {recorded}, this one {digest}); "
+            "choose a new folder, or rerun the exact command that made it. To continue that run with other "
+            "settings, start a new run with ckpt_path=<its checkpoints/last.ckpt>."
         )
+    if (output_dir / "metrics.json").is_file():
+        return json.loads((output_dir / "metrics.json").read_text())
     return None
 
 

@@ -13,6 +13,8 @@ import logging
 import os
 from pathlib import Path
 
+from medmtl.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "online", "offline", "disabled")
@@ -27,7 +29,7 @@ def has_api_key() -> bool:
 
 def resolve_mode(mode: str) -> str:
     if mode not in MODES:
-        raise ValueError(f"logger.wandb.mode must be one of {MODES}, got {mode!r}.")
+        raise ConfigError(f"logger.wandb.mode must be one of {MODES}, got {mode!r}.")
     if mode == "auto":
         return "online" if has_api_key() else "offline"
     if mode == "online" and not has_api_key():

@@ -1,0 +1,92 @@
+"""Hydra callbacks that guard run and sweep folders before Hydra writes into them.
+
+Hydra writes ``.hydra/config.yaml`` and ``overrides.yaml`` into a run folder before the job
+starts; a check inside the job would come after another configuration's record was overwritten.
+So the checks run in Hydra's ``on_run_start`` / ``on_multirun_start``:
+
+- a single run's folder: refused when it holds a run of another configuration
+  (:mod:`medmtl.utils.run_identity`) or when another process holds its lock
+  (:mod:`medmtl.utils.folder_lock`); the lock is then held until the process ends;
+- a sweep folder: refused when an earlier sweep with other command-line overrides made it (the
+  same command completes an interrupted sweep) or when another process holds its lock.
+
+A refusal prints one sentence and exits with code 2, writing nothing into the folder. At the end
+of a sweep, :meth:`FolderGuard.on_multirun_end` lists the jobs that failed (their ``failure.json``)
+and exits with the lowest of their exit codes (1 = a crash, 2 = a user error, 3 = non-finite
+values), so that a script running the sweep sees that it is incomplete.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from medmtl.errors import RunFolderConflict, UserError
+from medmtl.utils import folder_lock
+from medmtl.utils.run_identity import check_reused_folder, config_digest
+
+
+def _refuse(error: UserError) -> None:
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(error.exit_code)
+
+
+def _task_overrides(multirun_yaml: Path) -> list[str] | None:
+    saved = OmegaConf.load(multirun_yaml)
+    overrides = OmegaConf.select(saved, "hydra.overrides.task")
+    return None if overrides is None else [str(o) for o in overrides]
+
+
+class FolderGuard(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        run_dir = Path(str(config.hydra.run.dir))
+        with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):  # what Hydra sets next; the digest resolves paths from it
+            config.hydra.runtime.output_dir = str(run_dir.absolute())
+        HydraConfig.instance().set_config(config)
+        try:
+            if run_dir.is_dir():
+                check_reused_folder(run_dir, config_digest(config))
+            folder_lock.acquire(run_dir, "run folder")
+        except UserError as error:
+            _refuse(error)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        folder_lock.release(Path(str(config.hydra.run.dir)))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            saved = sweep_dir / "multirun.yaml"
+            current = [str(o) for o in config.hydra.overrides.task]
+            if saved.is_file():
+                earlier = _task_overrides(saved)
+                if earlier is not None and sorted(earlier) != sorted(current):
+                    raise RunFolderConflict(
+                        f"The sweep folder {sweep_dir} was made by another sweep ({' '.join(earlier)}); rerun that "
+                        "command to complete it, or choose a new hydra.sweep.dir."
+                    )
+            folder_lock.acquire(sweep_dir, "sweep folder")
+        except UserError as error:
+            _refuse(error)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        folder_lock.release(sweep_dir)
+        jobs = sorted(p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml"))
+        failures = []
+        for job in jobs:
+            path = job / "failure.json"
+            if path.is_file():
+                failures.append((job, json.loads(path.read_text())))
+        if not failures:
+            return
+        print(f"error: {len(failures)} of {len(jobs)} jobs of {sweep_dir} failed:", file=sys.stderr)
+        for job, record in failures:
+            print(f"  {job.relative_to(sweep_dir)}: {record.get('kind')}: {record.get('message')}", file=sys.stderr)
+        raise SystemExit(min(int(record.get("exit_code", 1)) for _, record in failures))
