@@ -165,7 +165,7 @@ def measure(args) -> dict:
 
         # GA draws one batch per task: the same batch here, so that every strategy sees equal work
         ctx = PlainContext(model, tasks, optimizers, task_batches={t.name: itertools.repeat(batch) for t in tasks})
-        step = lambda b: strategy.training_step(ctx, b)  # noqa: E731
+        step = lambda b: strategy.training_step(ctx, b)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -239,7 +239,7 @@ def main() -> None:
         return
 
     t = 4
-    chosen = lambda s: not args.only or s in args.only  # noqa: E731
+    chosen = lambda s: not args.only or s in args.only
     runs = [(s, None, None) for s in (args.only or STRATEGIES)]
     runs += [(s, None, "batched") for s in ("pcgrad", "jd_upgrad", "mgda_ub") if chosen(s)]
     runs += [(s, "gramian", None) for s in GRAMIAN_VARIANTS if chosen(s)]
@@ -256,7 +256,7 @@ def main() -> None:
         print(f"{label:28s} {results[label]['seconds']:.4f} s  {results[label]['peak_mb']:.0f} MB", flush=True)
     base = results["vanilla"]
     lines = [
-        f"# Strategies: seconds per training iteration relative to vanilla",
+        "# Strategies: seconds per training iteration relative to vanilla",
         "",
         f"U-Net VGG (width {args.width}), {args.size}x{args.size} images, batch {args.batch}, T = {t} tasks, "
         f"device {args.device}, {args.threads} threads, median of {args.repeats} after {args.warmup} warm-up "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from medmtl.analysis.report import write_report  # noqa: E402
+from medmtl.analysis.report import write_report
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the package, also without `pip install -e`
 
-from medmtl.entry import exit_code_of_hydra_errors, prepare_environment  # noqa: E402
+from medmtl.entry import exit_code_of_hydra_errors, prepare_environment
 
 prepare_environment()
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# preprocessed samples of the tests' datasets go to a folder of this test session, not ~/.cache
+os.environ.setdefault("MEDMTL_CACHE_DIR", tempfile.mkdtemp(prefix="medmtl-cache-"))
 
-from medmtl.data.refuge_synthetic import SyntheticRefugeSpec, generate_synthetic_refuge  # noqa: E402
+from medmtl.data.refuge_synthetic import SyntheticRefugeSpec, generate_synthetic_refuge
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"

@@ -7,13 +7,12 @@ import lightning as L
 import pytest
 import torch
 
+from helpers import PlainContext, random_batch, tiny_unet
 from medmtl.data.refuge import RefugeDataModule
 from medmtl.diagnostics import TaskBalanceDiagnostics, effective_lr, layers_of
 from medmtl.models.unet_vgg16 import UNetVGG16
 from medmtl.module import MultiTaskModule
 from medmtl.strategies import EqualWeights, MultiAdaptive, MultiAdaptiveOptimization
-
-from helpers import PlainContext, random_batch, tiny_unet
 from medmtl.tasks import refuge_tasks
 
 

@@ -7,11 +7,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from conftest import quiet_trainer
 from medmtl.data.refuge import RefugeDataModule
 from medmtl.models.unet_vgg16 import UNetVGG16
 from medmtl.module import MultiTaskModule
-
-from conftest import quiet_trainer
 from test_configs import compose_train, options
 
 
@@ -63,7 +62,7 @@ def test_strategy_trains_and_resumes_its_state(optim_name, refuge_root, tmp_path
 def test_absent_tasks_contribute_nothing_and_break_nothing(optim_name):
     import itertools
 
-    from helpers import PlainContext, random_batch, tiny_unet
+    from helpers import PlainContext, random_batch
     from medmtl.models import build_model
     from medmtl.tasks import refuge_tasks
 

@@ -6,10 +6,9 @@ import itertools
 
 import torch
 
+from helpers import PlainContext, random_batch, tiny_unet
 from medmtl.strategies import GradientAccumulation
 from medmtl.tasks import refuge_tasks
-
-from helpers import PlainContext, random_batch, tiny_unet
 
 TASKS = ["glaucoma", "od", "oc", "fovea"]
 

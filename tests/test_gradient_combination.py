@@ -7,13 +7,12 @@ import pytest
 import torch
 import torchjd.aggregation as jd
 
+from helpers import PlainContext, random_batch, tiny_unet
 from medmtl.strategies import MGDA, JacobianAggregator, PCGrad
 from medmtl.strategies.gradient_combination import task_jacobian
 from medmtl.strategies.mgda import min_norm_weights
 from medmtl.strategies.pcgrad import pcgrad_weights
 from medmtl.tasks import refuge_tasks
-
-from helpers import PlainContext, random_batch, tiny_unet
 
 TASKS = ["glaucoma", "od", "oc", "fovea"]
 

@@ -4,10 +4,9 @@ import copy
 
 import torch
 
+from helpers import PlainContext, random_batch, tiny_unet
 from medmtl.strategies import GradNorm
 from medmtl.tasks import refuge_tasks
-
-from helpers import PlainContext, random_batch, tiny_unet
 
 TASKS = ["glaucoma", "od", "oc", "fovea"]
 

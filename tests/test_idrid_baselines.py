@@ -8,14 +8,13 @@ import segmentation_models_pytorch as smp
 import torch
 from hydra.utils import instantiate
 
+from conftest import quiet_trainer
 from medmtl.data.errors import DatasetError
 from medmtl.data.idrid import idrid_tasks
 from medmtl.data.idrid_synthetic import SyntheticIdridDataModule
 from medmtl.models.deeplabv3p import DeepLabV3Plus
 from medmtl.models.resnet_classifier import ResNetClassifier
 from medmtl.module import MultiTaskModule
-
-from conftest import quiet_trainer
 from test_configs import compose_train
 
 LESIONS = ["ma", "he", "ex", "se", "od"]

@@ -8,7 +8,6 @@ import torch
 
 from medmtl.data.idrid import IdridDataModule, idrid_tasks
 from medmtl.tasks import compute_losses
-
 from test_idrid_layout import REAL, needs_real
 
 RESOLUTION = (32, 48)
@@ -24,10 +23,10 @@ def sample_root(tmp_path_factory):
 
 @needs_real
 def test_cache_is_built_once_and_timed(sample_root):
-    dm = IdridDataModule(str(sample_root), resolution=RESOLUTION)
+    dm = IdridDataModule(str(sample_root), grades=[], resolution=RESOLUTION)
     dm.setup()
     assert dm.cache_seconds > 0
-    again = IdridDataModule(str(sample_root), resolution=RESOLUTION)
+    again = IdridDataModule(str(sample_root), grades=[], resolution=RESOLUTION)
     again.setup()
     assert again.cache_seconds == 0.0
     assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 16, "val": 4, "test": 0}
@@ -36,7 +35,7 @@ def test_cache_is_built_once_and_timed(sample_root):
 @needs_real
 @pytest.mark.parametrize("policy,ma_present", [("mask", False), ("negative", True)])
 def test_missing_lesion_masks_are_masked_out_or_negative(sample_root, policy, ma_present):
-    dm = IdridDataModule(str(sample_root), resolution=RESOLUTION, missing_mask=policy)
+    dm = IdridDataModule(str(sample_root), skip_bad_samples=True, resolution=RESOLUTION, missing_mask=policy)
     dm.setup()
     item = dm.datasets["train"][0]
     assert item["image"].shape == (3, *RESOLUTION)
@@ -49,7 +48,7 @@ def test_missing_lesion_masks_are_masked_out_or_negative(sample_root, policy, ma
 
 @needs_real
 def test_partial_labels_give_no_nan_and_no_gradient_to_an_absent_task(sample_root):
-    dm = IdridDataModule(str(sample_root), resolution=RESOLUTION, missing_mask="mask")
+    dm = IdridDataModule(str(sample_root), skip_bad_samples=True, resolution=RESOLUTION, missing_mask="mask")
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     tasks = idrid_tasks()
@@ -90,8 +89,8 @@ def test_synthetic_twin_has_the_official_layout_and_its_quirks(tmp_path):
     assert b"\r\n" in raw and b"Risk of macular edema ,," in raw  # CRLF, stray space, empty columns
     assert len(read_grading(csv)) == 12
     mask = next((tmp_path / "idrid").rglob("*_OD.tif"))
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     assert Image.open(mask).mode == "P" and set(np.unique(np.array(Image.open(mask)))) == {0, 1}
     assert any(s.masks["se"] is None for s in train if s.is_segmentation)  # some masks absent, as in IDRiD

@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import PROJECT_ROOT
 from medmtl.data.errors import DatasetError
 from medmtl.data.idrid_layout import read_grading, read_points, read_table, scan_idrid
-
-from conftest import PROJECT_ROOT
 
 REAL = PROJECT_ROOT.parent / "shared" / "data" / "idrid"
 needs_real = pytest.mark.skipif(not (REAL / "A. Segmentation").is_dir(), reason=f"the IDRiD sample is not at {REAL}")
@@ -42,8 +41,8 @@ def test_missing_root_is_one_sentence(tmp_path):
 
 @needs_real
 def test_the_shared_sample_as_it_is():
-    samples = scan_idrid(REAL, "train")
-    assert len(samples) == 20 and all(s.is_segmentation for s in samples)  # grading images are absent
+    samples = scan_idrid(REAL, "train", grades=False)
+    assert len(samples) == 20 and all(s.is_segmentation for s in samples)
     first = samples[0]
     assert first.name == "IDRiD_01" and first.masks["od"] is not None and first.masks["he"] is not None
     assert first.masks["ma"] is None and first.masks["se"] is None
@@ -51,3 +50,17 @@ def test_the_shared_sample_as_it_is():
     assert mask.shape == (2848, 4288) and 0.005 < mask.mean() < 0.05  # the disc: a few percent of the image
     assert len(read_grading(REAL / "B. Disease Grading" / "2. Groundtruths" /
                             "a. IDRiD_Disease Grading_Training Labels.csv")) == 413
+
+
+@needs_real
+def test_grading_rows_without_their_images_stop_the_run_unless_skipping_is_asked(caplog):
+    """The sample ships the grading CSVs without the grading images: with the grading tasks on,
+    that is one sentence naming the CSV and the ways out; skip_bad_samples logs each row left out."""
+    with pytest.raises(DatasetError, match=r"grades 413 images that are not in .*data.grades=\[\].*skip_bad_samples"):
+        scan_idrid(REAL, "train")
+    with caplog.at_level("WARNING"):
+        samples = scan_idrid(REAL, "train", skip_bad_samples=True)
+    assert len(samples) == 20
+    skipped = [r for r in caplog.records if "is absent; its row is left out" in r.getMessage()]
+    assert len(skipped) == 413 and "IDRiD_001.jpg" in skipped[0].getMessage()
+    assert any("413 of 413 labelled images left out" in r.getMessage() for r in caplog.records)

@@ -6,10 +6,9 @@ import math
 import pytest
 import torch
 
+from helpers import PlainContext, random_batch, tiny_unet
 from medmtl.strategies import MultiAdaptive, MultiAdaptiveOptimization
 from medmtl.tasks import refuge_tasks
-
-from helpers import PlainContext, random_batch, tiny_unet
 
 LR, B1, B2, EPS, WD = 1e-2, 0.9, 0.999, 1e-8, 0.1
 

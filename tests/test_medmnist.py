@@ -1,21 +1,25 @@
 """MedMNIST: files, MD5, the synthetic twin of every flag, samples, metrics, the UMedPT network."""
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from conftest import PROJECT_ROOT
 from medmtl.data.errors import DatasetError
-from medmtl.data.medmnist import (MedMNISTDataModule, SEED_004_FLAGS, expected_md5, flag_info, locate,
-                                  medmnist_info, medmnist_task, verify_md5)
+from medmtl.data.medmnist import (
+    expected_md5,
+    flag_info,
+    locate,
+    medmnist_info,
+    medmnist_task,
+    verify_md5,
+)
 from medmtl.data.medmnist_synthetic import SyntheticMedMNISTDataModule, write_synthetic_medmnist
 from medmtl.metrics.medmnist import auc_and_accuracy
 from medmtl.models.umedpt import UMedPT
-
-from conftest import PROJECT_ROOT
 
 REAL = PROJECT_ROOT.parent / "shared" / "data" / "medmnist"
 needs_real = pytest.mark.skipif(not (REAL / "breastmnist.npz").is_file(),

@@ -97,9 +97,8 @@ def test_gradient_clipping_is_refused_where_the_update_ignores_grad():
 
 
 def test_gradient_clipping_bounds_the_update_norm():
-    from medmtl.tasks import refuge_tasks
-
     from helpers import PlainContext, random_batch, tiny_unet
+    from medmtl.tasks import refuge_tasks
 
     model = tiny_unet()
     strategy = EqualWeights()

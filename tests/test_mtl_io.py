@@ -5,10 +5,9 @@ import copy
 import pytest
 import torch
 
+from helpers import PlainContext, random_batch, tiny_unet
 from medmtl.strategies import IndependentOptimizers, SharedOptimizerAlternating
 from medmtl.tasks import refuge_tasks
-
-from helpers import PlainContext, random_batch, tiny_unet
 
 LR, BETAS, EPS = 1e-3, (0.9, 0.999), 1e-8
 ORDER = ["glaucoma", "od", "oc", "fovea"]

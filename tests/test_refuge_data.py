@@ -5,13 +5,13 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import SMALL_SPEC
 from medmtl.data import refuge_layout as layout
 from medmtl.data.heatmap import centre_of_mass
 from medmtl.data.images import decode_refuge_mask, read_refuge_mask
 from medmtl.data.refuge import RefugeDataModule
+from medmtl.data.refuge_cache import ensure_cache
 from medmtl.data.refuge_synthetic import generate_synthetic_refuge
-
-from conftest import SMALL_SPEC
 
 
 def test_generation_is_idempotent_and_refuses_other_parameters(refuge_root):
@@ -116,10 +116,9 @@ def test_augmentation_moves_masks_and_fovea_with_the_image(refuge_root):
 
     samples = layout.scan_refuge(refuge_root, ["test"])[:1]
     flip = A.Compose([A.HorizontalFlip(p=1.0)], keypoint_params=A.KeypointParams(format="xy", remove_invisible=False))
-    plain = RefugeDataset(refuge_root, samples, 64, 50.0)
-    dm = RefugeDataModule(str(refuge_root), image_size=64)
-    dm.prepare_data()
-    flipped = RefugeDataset(refuge_root, samples, 64, 50.0, transform=flip)
+    files = ensure_cache(RefugeDataModule(str(refuge_root)).cache, samples, 64)
+    plain = RefugeDataset(samples, files, 64, 50.0)
+    flipped = RefugeDataset(samples, files, 64, 50.0, transform=flip)
     a, b = plain[0], flipped[0]
     assert torch.equal(b["od"], a["od"].flip(-1)) and torch.equal(b["image"], a["image"].flip(-1))
     assert b["fovea_xy"][0].item() == pytest.approx(63 - a["fovea_xy"][0].item(), abs=1.0)
@@ -138,9 +137,9 @@ def test_augmentation_depends_on_seed_and_epoch_only_not_on_workers(refuge_root)
     from medmtl.data.refuge import RefugeDataset, training_augmentation
     from medmtl.data.sampling import EpochSeededSampler
 
-    RefugeDataModule(str(refuge_root), image_size=32).prepare_data()
     sample = layout.scan_refuge(refuge_root, ["train"])[0]
-    twice = RefugeDataset(refuge_root, [sample, sample], 32, 50.0, transform=training_augmentation(seed=0))
+    files = ensure_cache(RefugeDataModule(str(refuge_root)).cache, [sample, sample], 32)
+    twice = RefugeDataset([sample, sample], files, 32, 50.0, transform=training_augmentation(seed=0))
 
     def load(epoch, workers):
         sampler = EpochSeededSampler(len(twice), seed=7)

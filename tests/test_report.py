@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from conftest import PROJECT_ROOT
 from medmtl.analysis.report import build_table, collect, write_report
 from medmtl.analysis.stats import delta_mtl
-
-from conftest import PROJECT_ROOT
 
 RESULTS = {  # method -> fold -> (auc, dice_od, fovea_error_px)
     "stl": {0: (0.80, 0.90, 20.0), 1: (0.82, 0.91, 22.0), 2: (0.78, 0.89, 18.0)},

@@ -5,10 +5,9 @@ import math
 import pytest
 import torch
 
+from helpers import PlainContext, random_batch, tiny_unet
 from medmtl.strategies import DynamicWeightAverage, EqualWeights, FixedWeights, UncertaintyWeighting
 from medmtl.tasks import refuge_tasks
-
-from helpers import PlainContext, random_batch, tiny_unet
 
 TASKS = ["glaucoma", "od", "oc", "fovea"]
 

@@ -19,8 +19,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 FAILURE_FILE = "failure.json"

@@ -21,7 +21,8 @@ so that the evaluators, model selection and the checkpoints never see one.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -151,7 +152,7 @@ class MultiTaskModule(L.LightningModule):
 
     def _endless(self, task: str):
         datamodule = self.trainer.datamodule
-        factory = getattr(datamodule, "task_dataloader", None)
+        factory = datamodule.task_dataloader if datamodule.separate_task_inputs else None
         position = self._task_positions.setdefault(task, [0, 0])  # [pass, batches used in it]
         task_index = [t.name for t in self.tasks].index(task)
         while True:
@@ -183,7 +184,7 @@ class MultiTaskModule(L.LightningModule):
         return sorted({lr for optimizer in self.optimizer_list() for lr in learning_rates(optimizer)})
 
     @property
-    def context(self) -> "_Context":
+    def context(self) -> _Context:
         return _Context(self)
 
     # ----- Lightning hooks -----------------------------------------------------------------
@@ -203,14 +204,17 @@ class MultiTaskModule(L.LightningModule):
         if stage == "fit" and self._trainer is not None:
             check_precision(str(self.trainer.precision), self.strategy)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if stage == "fit" and getattr(datamodule, "separate_task_inputs", False) and not self.strategy.uses_task_batches:
+        if datamodule is None:
+            return
+        datamodule.check_splits(stage)
+        if stage == "fit" and datamodule.separate_task_inputs and not self.strategy.uses_task_batches:
             raise StrategyNotApplicable(
                 f"optim={type(self.strategy).__name__} needs one forward pass over a batch labelled for every "
                 "task, but this task set gives each task its own dataset and input; use optim=ga "
                 "(gradient accumulation over per-task batches), or data.joint_batches=true when every task is 2D "
                 "at one size."
             )
-        if datamodule is not None and hasattr(datamodule, "make_evaluator") and stage in ("fit", "validate", "test"):
+        if stage in ("fit", "validate", "test"):
             self.evaluator = datamodule.make_evaluator()
 
     def training_step(self, batch, batch_idx: int) -> None:

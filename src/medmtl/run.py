@@ -99,6 +99,16 @@ def _test(trainer: L.Trainer, module: MultiTaskModule, datamodule, ckpt_path: st
     return {k.removeprefix("test/"): float(v) for k, v in (results[0] if results else {}).items()}
 
 
+def check_data_before_training(datamodule, test: bool) -> None:
+    """Read the dataset and check every split the run will need now, not after hours of training
+    (an empty test split would otherwise end the run with empty test metrics)."""
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    datamodule.check_splits("fit")
+    if test:
+        datamodule.check_splits("test")
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test with the best checkpoint, write ``metrics.json``; return the metrics record.
 
@@ -117,11 +127,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     record_identity(output_dir, digest)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
+    check_data_before_training(datamodule, test=cfg.get("test", True))
     module = build_module(cfg, datamodule)
     timer = IterationTimer()
     loggers = _instantiate_group(cfg.get("logger"))
     callbacks = _instantiate_group(cfg.get("callbacks"))
-    if not getattr(datamodule, "has_validation", True):
+    if not datamodule.has_validation:
         # nothing to select on (IDRiD with val_fraction=0, seed 001's protocol): the last weights are tested
         callbacks = [c for c in callbacks if not (isinstance(c, ModelCheckpoint) and c.monitor is not None)]
     trainer = build_trainer(cfg, callbacks + [timer], loggers)

@@ -8,9 +8,9 @@ yields ``None`` for that task's loss (the strategies skip it).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Mapping
 
 import torch
 

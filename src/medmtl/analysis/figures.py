@@ -14,9 +14,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
 
 
 def save_figure(fig, output: str | Path, dpi: int = 150) -> Path:
@@ -58,7 +58,7 @@ def plot_roc(runs, output: str | Path, score: str = "p_combined") -> Path | None
     return save_figure(fig, output)
 
 
-def epoch_curves(runs, column: str = "val/loss") -> dict[str, "np.ndarray"]:
+def epoch_curves(runs, column: str = "val/loss") -> dict[str, np.ndarray]:
     """method -> (runs x epochs) array of ``column`` (runs cut to the shortest)."""
     import pandas as pd
 

@@ -10,10 +10,9 @@ the runs of one method and learning rate (``lr`` in ``metrics.json``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
 from medmtl.analysis.figures import plt, save_figure

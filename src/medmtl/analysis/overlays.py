@@ -10,8 +10,8 @@ differ most (the paper shows such a challenging case).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

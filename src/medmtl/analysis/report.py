@@ -19,15 +19,15 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from medmtl.analysis.figures import plot_curves, plot_roc
 from medmtl.analysis.lr_sensitivity import plot_lr_sensitivity
 from medmtl.analysis.overlays import overlay_from_runs
-from medmtl.analysis.task_balance import plot_per_layer, plot_per_step, read_diagnostics
 from medmtl.analysis.stats import delta_mtl, lower_is_better, mean_std, paired_t_test, significance_mark
+from medmtl.analysis.task_balance import plot_per_layer, plot_per_step, read_diagnostics
 
 RESOURCE_COLUMNS = {"num_parameters": "parameters", "seconds_per_iteration": "seconds/iteration"}
 

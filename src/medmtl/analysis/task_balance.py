@@ -13,10 +13,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from medmtl.analysis.figures import save_figure  # noqa: E402
+from medmtl.analysis.figures import save_figure
 
 QUANTITIES = (("grad", "mean |gradient|"), ("contribution", "mean update contribution"))
 

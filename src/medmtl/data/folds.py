@@ -7,13 +7,13 @@ labels, ``n_folds`` and ``split_seed``: changing the training seed never changes
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from medmtl.errors import ConfigError
 from medmtl.data.errors import DatasetError
+from medmtl.errors import ConfigError
 
 
 def stratified_fold(labels: Sequence[int], n_folds: int, fold: int, split_seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,8 +12,9 @@ mask missing for a segmentation image is either masked out of its loss (``missin
 the default) or an all-negative target (``missing_mask: negative``, what seed 001 did).
 
 Images (4288 x 2848) and masks (1-bit TIFF, read as ``> 0``) are resized once to ``resolution``
-(H, W; seed 001 used 712 x 1072) and cached under ``<root>/.medmtl_cache/idrid_<H>x<W>/``; the
-build time is logged and kept in ``cache_seconds``. IDRiD has no validation split: ``val_fraction``
+(H, W; seed 001 used 712 x 1072) into the content-keyed cache under ``cache_dir``
+(:mod:`medmtl.data.cache`; rebuilt when an image or mask changes); the build time is logged and
+kept in ``cache_seconds``. IDRiD has no validation split: ``val_fraction``
 of each training image set is held out with ``split_seed``.
 
 Training augmentation (``augment``; seed 001 lists horizontal flip, rotation, rescale, translation,
@@ -25,27 +26,24 @@ replays them.
 from __future__ import annotations
 
 import logging
-import os
-import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Sequence
 
 import albumentations as A
 import cv2
-import lightning as L
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from medmtl.errors import ConfigError
 from medmtl import losses
+from medmtl.data.cache import SampleCache, source_key
+from medmtl.data.contract import MultiTaskDataModule, SplitLoaders
 from medmtl.data.errors import DatasetError
 from medmtl.data.idrid_layout import LESIONS, IdridSample, scan_idrid
-from medmtl.data.images import read_rgb
+from medmtl.data.images import check_point_inside, read_binary_mask, read_rgb
 from medmtl.data.sampling import EpochSeededSampler, SampleKey, split_key
-from medmtl.data.split_loaders import SplitLoaders
+from medmtl.errors import ConfigError
 from medmtl.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -67,40 +65,34 @@ def idrid_tasks(lesions: Sequence[str] = tuple(LESIONS), focal_gamma: float = 2.
     return grading + segmentation
 
 
-def cache_file(root: Path, sample: IdridSample, resolution: tuple[int, int]) -> Path:
-    return Path(root) / ".medmtl_cache" / f"idrid_{resolution[0]}x{resolution[1]}" / sample.split / f"{sample.name}.npz"
+def cache_name(sample: IdridSample, resolution: tuple[int, int]) -> str:
+    return f"{resolution[0]}x{resolution[1]}/{sample.split}/{sample.name}"
 
 
-def _read_mask(path: Path) -> np.ndarray:
-    return (np.array(Image.open(path)) > 0).astype(np.uint8)
-
-
-def build_cache(root: Path, samples: Sequence[IdridSample], resolution: tuple[int, int]) -> float:
-    """Resize what is not cached yet; return the seconds it took (0 when all was there)."""
-    todo = [s for s in samples if not cache_file(root, s, resolution).is_file()]
-    if not todo:
-        return 0.0
-    start = time.perf_counter()
+def build_entry(sample: IdridSample, resolution: tuple[int, int]) -> dict[str, np.ndarray]:
+    """The resized image and masks; the image and every mask decoded completely and checked."""
     height, width = resolution
-    log.info("Resizing %d IDRiD images to %dx%d (once).", len(todo), height, width)
-    for sample in todo:
-        image = read_rgb(sample.image)
-        entry = {"image": cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA),
-                 "original_wh": np.array(image.shape[1::-1], dtype=np.int64)}
-        for lesion, path in sample.masks.items():
-            if path is not None:
-                mask = _read_mask(path)
-                if mask.shape != image.shape[:2]:
-                    raise DatasetError(f"{path} is {mask.shape[1]}x{mask.shape[0]}, its image {image.shape[1]}x{image.shape[0]}.")
-                entry[f"mask_{lesion}"] = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
-        target = cache_file(root, sample, resolution)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, **entry)
-        os.replace(tmp, target)
-    seconds = time.perf_counter() - start
-    log.info("IDRiD cache built in %.1f s (%.2f s per image).", seconds, seconds / len(todo))
-    return seconds
+    image = read_rgb(sample.image)
+    entry = {"image": cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA),
+             "original_wh": np.array(image.shape[1::-1], dtype=np.int64)}
+    for lesion, path in sample.masks.items():
+        if path is not None:
+            mask = read_binary_mask(path)
+            if mask.shape != image.shape[:2]:
+                raise DatasetError(f"{path} is {mask.shape[1]}x{mask.shape[0]}, its image {image.shape[1]}x{image.shape[0]}.")
+            entry[f"mask_{lesion}"] = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+    for name in ("od_xy", "fovea_xy"):
+        check_point_inside(getattr(sample, name), image.shape[1], image.shape[0], f"IDRiD localisation {name} of {sample.name}")
+    return entry
+
+
+def build_cache(cache: SampleCache, samples: Sequence[IdridSample], resolution: tuple[int, int]) -> tuple[list[Path], float]:
+    """The cache file of every sample (built where missing or out of date) and the seconds it took."""
+    entries = [(cache_name(s, resolution), source_key([s.image, *s.masks.values()], resolution=list(resolution),
+                                                       masks=sorted(k for k, v in s.masks.items() if v)),
+                lambda s=s: build_entry(s, resolution)) for s in samples]
+    seconds = cache.ensure(entries, "IDRiD images")
+    return [cache.path(name, key) for name, key, _ in entries], seconds
 
 
 def training_augmentation(seed: int) -> A.Compose:
@@ -117,12 +109,12 @@ def training_augmentation(seed: int) -> A.Compose:
 
 
 class IdridDataset(Dataset):
-    def __init__(self, root: Path, samples: Sequence[IdridSample], resolution: tuple[int, int],
+    def __init__(self, samples: Sequence[IdridSample], cache_files: Sequence[Path], resolution: tuple[int, int],
                  lesions: Sequence[str], missing_mask: str = "mask", grades: Sequence[str] = tuple(GRADES),
                  transform: A.Compose | None = None):
         if missing_mask not in MISSING_MASK:
             raise ConfigError(f"data.missing_mask must be one of {MISSING_MASK}, got {missing_mask!r}.")
-        self.root, self.samples, self.resolution = Path(root), list(samples), tuple(resolution)
+        self.samples, self.cache_files, self.resolution = list(samples), list(cache_files), tuple(resolution)
         self.lesions, self.grades, self.missing_mask = list(lesions), list(grades), missing_mask
         self.transform = transform
 
@@ -132,7 +124,7 @@ class IdridDataset(Dataset):
     def __getitem__(self, key: SampleKey) -> dict[str, torch.Tensor]:
         index, augmentation_seed = split_key(key)
         sample = self.samples[index]
-        with np.load(cache_file(self.root, sample, self.resolution)) as entry:
+        with np.load(self.cache_files[index]) as entry:
             image = entry["image"]
             masks = {lesion: entry[f"mask_{lesion}"] for lesion in self.lesions if f"mask_{lesion}" in entry.files}
         if self.transform is not None:
@@ -166,22 +158,25 @@ def _hold_out(samples: list[IdridSample], fraction: float, seed: int) -> tuple[l
     return train, val
 
 
-class IdridDataModule(SplitLoaders, L.LightningDataModule):
+class IdridDataModule(SplitLoaders, MultiTaskDataModule):
     """Args: root; resolution (H, W); lesions (segmentation tasks); grades (grading tasks);
     missing_mask (``mask`` | ``negative``); val_fraction and split_seed (validation held out of
     the training sets); batch sizes, workers; seed (training order and augmentation draws);
-    augment (training augmentation)."""
+    augment (training augmentation); cache_dir (``paths.cache_dir``); skip_bad_samples (leave out,
+    and log, grading rows whose image is absent instead of stopping)."""
 
     def __init__(self, root: str, resolution: Sequence[int] = (712, 1072), lesions: Sequence[str] = tuple(LESIONS),
                  missing_mask: str = "mask", val_fraction: float = 0.2, split_seed: int = 0, batch_size: int = 4,
                  eval_batch_size: int = 4, num_workers: int = 0, seed: int = 0, focal_gamma: float = 2.0,
-                 grades: Sequence[str] = tuple(GRADES), augment: bool = True):
+                 grades: Sequence[str] = tuple(GRADES), augment: bool = True, cache_dir: str | None = None,
+                 skip_bad_samples: bool = False):
         super().__init__()
         if missing_mask not in MISSING_MASK:
             raise ConfigError(f"data.missing_mask must be one of {MISSING_MASK}, got {missing_mask!r}.")
         self.root, self.resolution = Path(root), (int(resolution[0]), int(resolution[1]))
         self.lesions, self.grades, self.missing_mask = list(lesions), list(grades), missing_mask
-        self.augment = augment
+        self.augment, self.skip_bad_samples = augment, skip_bad_samples
+        self.cache = SampleCache(cache_dir, "idrid", self.root)
         self.val_fraction, self.split_seed, self.seed = val_fraction, split_seed, seed
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.tasks = idrid_tasks(self.lesions, focal_gamma, self.grades)
@@ -206,25 +201,30 @@ class IdridDataModule(SplitLoaders, L.LightningDataModule):
         return self._scanned
 
     def _scan_splits(self) -> dict[str, list[IdridSample]]:
-        pool = self._wanted(scan_idrid(self.root, "train"))
+        def scan(split: str) -> list[IdridSample]:
+            found = scan_idrid(self.root, split, lesions=bool(self.lesions), grades=bool(self.grades),
+                               skip_bad_samples=self.skip_bad_samples)
+            return self._wanted(found)
+
+        pool = scan("train")
         if not pool:
             raise DatasetError(f"No IDRiD training image for the tasks {[t.name for t in self.tasks]} under {self.root}.")
         train, val = _hold_out(pool, self.val_fraction, self.split_seed)
-        return {"train": train, "val": val, "test": self._wanted(scan_idrid(self.root, "test"))}
+        return {"train": train, "val": val, "test": scan("test")}
 
     def prepare_data(self) -> None:
         samples = [s for split in self._splits().values() for s in split]
-        self.cache_seconds = build_cache(self.root, samples, self.resolution)
+        self.cache_seconds = build_cache(self.cache, samples, self.resolution)[1]
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        splits = self._splits()
-        self.cache_seconds += build_cache(self.root, [s for v in splits.values() for s in v], self.resolution)
-        self.datasets = {
-            name: IdridDataset(self.root, samples, self.resolution, self.lesions, self.missing_mask, self.grades,
-                               transform=training_augmentation(self.seed) if name == "train" and self.augment else None)
-            for name, samples in splits.items()}
+        for name, samples in self._splits().items():
+            files, seconds = build_cache(self.cache, samples, self.resolution)
+            self.cache_seconds += seconds
+            transform = training_augmentation(self.seed) if name == "train" and self.augment else None
+            self.datasets[name] = IdridDataset(samples, files, self.resolution, self.lesions, self.missing_mask,
+                                               self.grades, transform=transform)
         log.info("IDRiD: %s", {k: len(v) for k, v in self.datasets.items()})
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

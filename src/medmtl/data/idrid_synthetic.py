@@ -10,7 +10,6 @@ mark-up CSV. Sizes are small by default (a few hundred pixels) so that tests sta
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -19,7 +18,17 @@ import numpy as np
 from PIL import Image
 
 from medmtl.data.idrid import IdridDataModule
-from medmtl.data.idrid_layout import GRADING, GRADING_CSV, LESION_SUFFIX, LESIONS, LOCALISATION, LOCALISATION_CSV, SEGMENTATION, SPLIT_FOLDERS
+from medmtl.data.idrid_layout import (
+    GRADING,
+    GRADING_CSV,
+    LESION_SUFFIX,
+    LESIONS,
+    LOCALISATION,
+    LOCALISATION_CSV,
+    SEGMENTATION,
+    SPLIT_FOLDERS,
+)
+from medmtl.data.synthetic import write_once
 
 log = logging.getLogger(__name__)
 MARKER = ".synthetic_idrid.json"
@@ -71,45 +80,44 @@ def _write_csv(path: Path, header: list[str], rows: list[list[object]], trailing
 
 def write_synthetic_idrid(root: str | Path, n_segmentation: tuple[int, int] = (12, 6), n_grading: tuple[int, int] = (12, 6),
                           size: tuple[int, int] = (192, 288), seed: int = 0) -> Path:
-    """Write the layout under ``root`` (once: a marker file records it)."""
-    root = Path(root)
-    if (root / MARKER).is_file():
-        return root
-    rng = np.random.default_rng(seed)
-    seg_number, grade_number = 1, 1
-    for split, n_seg, n_grade in zip(SPLIT_FOLDERS, n_segmentation, n_grading):
-        folder = SPLIT_FOLDERS[split]
-        od_rows = []
-        for _ in range(n_seg):
-            name = f"IDRiD_{seg_number:02d}"
-            seg_number += 1
-            image, masks = _fundus(rng, size, grade=int(rng.integers(1, 5)))
-            path = root / SEGMENTATION / "1. Original Images" / folder / f"{name}.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(path, quality=92)
-            for lesion, mask in masks.items():
-                if rng.random() >= MASK_SKIP_PROBABILITY[lesion] and (lesion == "od" or mask.any()):
-                    _save_mask(mask, root / SEGMENTATION / "2. All Segmentation Groundtruths" / folder / LESIONS[lesion]
-                               / f"{name}_{LESION_SUFFIX[lesion]}.tif")
-            ys, xs = np.nonzero(masks["od"])
-            od_rows.append([name, f"{xs.mean():.0f}", f"{ys.mean():.0f}"])
-        grade_rows = []
-        for _ in range(n_grade):
-            name = f"IDRiD_{grade_number:03d}"
-            grade_number += 1
-            grade = int(rng.integers(0, 5))
-            edema = int(min(2, max(0, grade - 2 + rng.integers(-1, 2))))
-            image, _ = _fundus(rng, size, grade)
-            path = root / GRADING / "1. Original Images" / folder / f"{name}.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(path, quality=92)
-            grade_rows.append([name, grade, edema])
-        _write_csv(root / GRADING / "2. Groundtruths" / GRADING_CSV[split],
-                   ["Image name", "Retinopathy grade", "Risk of macular edema "], grade_rows)
-        _write_csv(root / LOCALISATION / LOCALISATION_CSV["od_xy"][split], ["Image No", "X- Coordinate", "Y - Coordinate"], od_rows)
-    (root / MARKER).write_text(json.dumps({"generator": "medmtl.data.idrid_synthetic", "seed": seed}) + "\n")
-    log.info("Synthetic IDRiD written to %s", root)
-    return root
+    """Write the layout under ``root`` (once, atomically: :func:`medmtl.data.synthetic.write_once`)."""
+    spec = {"n_segmentation": list(n_segmentation), "n_grading": list(n_grading), "size": list(size), "seed": seed}
+
+    def write(target: Path) -> None:
+        rng = np.random.default_rng(seed)
+        seg_number, grade_number = 1, 1
+        for split, n_seg, n_grade in zip(SPLIT_FOLDERS, n_segmentation, n_grading):
+            folder = SPLIT_FOLDERS[split]
+            od_rows = []
+            for _ in range(n_seg):
+                name = f"IDRiD_{seg_number:02d}"
+                seg_number += 1
+                image, masks = _fundus(rng, size, grade=int(rng.integers(1, 5)))
+                path = target / SEGMENTATION / "1. Original Images" / folder / f"{name}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image).save(path, quality=92)
+                for lesion, mask in masks.items():
+                    if rng.random() >= MASK_SKIP_PROBABILITY[lesion] and (lesion == "od" or mask.any()):
+                        _save_mask(mask, target / SEGMENTATION / "2. All Segmentation Groundtruths" / folder / LESIONS[lesion]
+                                   / f"{name}_{LESION_SUFFIX[lesion]}.tif")
+                ys, xs = np.nonzero(masks["od"])
+                od_rows.append([name, f"{xs.mean():.0f}", f"{ys.mean():.0f}"])
+            grade_rows = []
+            for _ in range(n_grade):
+                name = f"IDRiD_{grade_number:03d}"
+                grade_number += 1
+                grade = int(rng.integers(0, 5))
+                edema = int(min(2, max(0, grade - 2 + rng.integers(-1, 2))))
+                image, _ = _fundus(rng, size, grade)
+                path = target / GRADING / "1. Original Images" / folder / f"{name}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image).save(path, quality=92)
+                grade_rows.append([name, grade, edema])
+            _write_csv(target / GRADING / "2. Groundtruths" / GRADING_CSV[split],
+                       ["Image name", "Retinopathy grade", "Risk of macular edema "], grade_rows)
+            _write_csv(target / LOCALISATION / LOCALISATION_CSV["od_xy"][split], ["Image No", "X- Coordinate", "Y - Coordinate"], od_rows)
+
+    return write_once(root, MARKER, "medmtl.data.idrid_synthetic", spec, write)
 
 
 class SyntheticIdridDataModule(IdridDataModule):

@@ -1,42 +1,57 @@
-"""Reading images and masks from disk, with one clear error per bad file.
+"""Reading images and masks from disk, completely or not at all, with one clear error per bad file.
 
-Images are decoded with OpenCV (RGB, uint8). REFUGE masks are 8-bit images with
-0 = optic cup, 128 = disc rim, 255 = background (DATASETS.md); decoding turns them into two
-binary maps, OD = value < 255 (cup included) and OC = value == 0.
+Files are decoded with Pillow, which refuses a truncated JPEG, PNG or TIFF ("image file is
+truncated") where OpenCV fills the missing part with grey and only prints a warning without the
+file's name. Decoding is complete (``Image.load``) before anything is returned.
+
+REFUGE masks are 8-bit images with 0 = optic cup, 128 = disc rim, 255 = background (the
+distributor's encoding); decoding turns them into two binary maps, OD = value < 255 (cup included)
+and OC = value == 0. IDRiD masks are 1-bit palette TIFFs whose palette indices are {0, 1}.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
+from PIL import Image
 
 from medmtl.data.errors import DatasetError
-
-cv2.setNumThreads(0)
 
 REFUGE_MASK_VALUES = (0, 128, 255)
 
 
-def _decode(path: Path, flag: int, what: str, expected: str) -> np.ndarray:
-    """cv2.imread with one DatasetError for a missing file and one for an undecodable one."""
-    if not Path(path).is_file():
+def _decode(path: Path, what: str, expected: str, mode: str | None) -> np.ndarray:
+    """The pixels of ``path`` (converted to ``mode`` unless None), or one DatasetError."""
+    path = Path(path)
+    if not path.is_file():
         raise DatasetError(f"{what.capitalize()} file missing: {path}.")
-    array = cv2.imread(str(path), flag)
-    if array is None:
-        raise DatasetError(f"Cannot decode {what} {path}: expected {expected}.")
-    return array
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's warnings (EXIF) name no file; errors below do
+            with Image.open(path) as image:
+                image.load()
+                if mode is not None and image.mode != mode:
+                    image = image.convert(mode)
+                return np.array(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise DatasetError(f"Cannot decode {what} {path}: the file is truncated, corrupt or not {expected} ({error}).") from None
 
 
 def read_rgb(path: Path) -> np.ndarray:
     """Decode an image file into an (H, W, 3) uint8 RGB array."""
-    return cv2.cvtColor(_decode(path, cv2.IMREAD_COLOR, "image", "a JPEG/PNG/BMP image file"), cv2.COLOR_BGR2RGB)
+    return _decode(path, "image", "a JPEG/PNG/BMP/TIFF image", "RGB")
+
+
+def read_binary_mask(path: Path) -> np.ndarray:
+    """A mask whose non-zero pixels are the foreground (IDRiD's 1-bit TIFFs) as (H, W) uint8 {0, 1}."""
+    return (_decode(path, "mask", "a TIFF/PNG mask", None) > 0).astype(np.uint8)
 
 
 def read_refuge_mask(path: Path) -> np.ndarray:
     """Read a REFUGE disc/cup mask as (H, W) uint8 and check its values are within {0, 128, 255}."""
-    mask = _decode(path, cv2.IMREAD_GRAYSCALE, "mask", "an 8-bit BMP/PNG image")
+    mask = _decode(path, "mask", "an 8-bit BMP/PNG image", "L")
     unexpected = np.setdiff1d(np.unique(mask), REFUGE_MASK_VALUES)
     if unexpected.size:
         raise DatasetError(
@@ -57,3 +72,12 @@ def encode_refuge_mask(od: np.ndarray, oc: np.ndarray) -> np.ndarray:
     mask[od.astype(bool)] = 128
     mask[oc.astype(bool)] = 0
     return mask
+
+
+def check_point_inside(point: tuple[float, float] | None, width: int, height: int, where: str) -> None:
+    """A point (x, y) annotated on an image of ``width`` x ``height`` pixels lies on the image."""
+    if point is None:
+        return
+    x, y = point
+    if not (0 <= x < width and 0 <= y < height):
+        raise DatasetError(f"{where}: the point ({x:g}, {y:g}) lies outside the {width}x{height} image.")

@@ -28,16 +28,16 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medmtl import losses
+from medmtl.data.contract import MultiTaskDataModule
 from medmtl.data.errors import DatasetError
 from medmtl.data.sampling import EpochSeededSampler, SampleKey, split_key
 from medmtl.tasks import Task
@@ -207,7 +207,7 @@ def join_batches(batches: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch
 class JointBatchLoader:
     """``steps`` joint batches per epoch, each made of one batch of every task (:func:`join_batches`)."""
 
-    def __init__(self, datamodule: "MedMNISTDataModule", steps: int):
+    def __init__(self, datamodule: MedMNISTDataModule, steps: int):
         self.datamodule, self.steps = datamodule, steps
 
     def __len__(self) -> int:
@@ -219,7 +219,7 @@ class JointBatchLoader:
             yield join_batches({flag: next(stream) for flag, stream in streams.items()})
 
 
-class MedMNISTDataModule(L.LightningDataModule):
+class MedMNISTDataModule(MultiTaskDataModule):
     """Several MedMNIST datasets, one task each.
 
     Args:
@@ -277,6 +277,10 @@ class MedMNISTDataModule(L.LightningDataModule):
                 self.datasets[flag][split] = MedMNISTDataset(images, labels, task, index)
         log.info("MedMNIST %s px: %s", self.size,
                  {f: {s: len(d) for s, d in splits.items()} for f, splits in self.datasets.items()})
+
+    def split_sizes(self) -> dict[str, int]:
+        """Samples per split, summed over the datasets."""
+        return {split: sum(len(d[split]) for d in self.datasets.values()) for split in SPLITS}
 
     def task_dataloader(self, task: str) -> DataLoader:
         """One shuffled pass over ``task``'s training set (GA restarts it when it ends)."""

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from medmtl.data.medmnist import MedMNISTDataModule, SPLITS, file_name, flag_info, is_3d
+from medmtl.data.medmnist import SPLITS, MedMNISTDataModule, file_name, flag_info, is_3d
+from medmtl.utils.folder_lock import exclusive
 
 log = logging.getLogger(__name__)
 MARKER = ".synthetic_medmnist.json"
@@ -67,25 +69,28 @@ def synthetic_images(flag: str, labels: np.ndarray, size: int, rng: np.random.Ge
 
 def write_synthetic_medmnist(root: str | Path, flags: Sequence[str], size: int = 28,
                              n: Sequence[int] = (64, 32, 32), seed: int = 0) -> list[Path]:
-    """Write ``<flag>[_<size>].npz`` for every flag (skipping files already there)."""
+    """Write ``<flag>[_<size>].npz`` for every flag whose file is not there yet. One file per
+    dataset, so a folder gathers the flags of several runs; each file is written whole (renamed
+    into place) by one process at a time (a second one waits, then finds it)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     written = []
-    for k, flag in enumerate(flags):
-        path = root / file_name(flag, size)
-        if path.is_file():
-            continue
-        rng = np.random.default_rng([seed, k, size])
-        arrays = {}
-        for split, count in zip(SPLITS, n):
-            labels = synthetic_labels(flag, count, rng)
-            arrays[f"{split}_images"] = synthetic_images(flag, labels, size, rng)
-            arrays[f"{split}_labels"] = labels
-        tmp = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez_compressed(tmp, **arrays)
-        tmp.replace(path)
-        written.append(path)
-    (root / MARKER).write_text(json.dumps({"generator": "medmtl.data.medmnist_synthetic", "seed": seed}) + "\n")
+    with exclusive(root / ".synthetic_medmnist.lock"):
+        for k, flag in enumerate(flags):
+            path = root / file_name(flag, size)
+            if path.is_file():
+                continue
+            rng = np.random.default_rng([seed, k, size])
+            arrays = {}
+            for split, count in zip(SPLITS, n):
+                labels = synthetic_labels(flag, count, rng)
+                arrays[f"{split}_images"] = synthetic_images(flag, labels, size, rng)
+                arrays[f"{split}_labels"] = labels
+            partial = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+            np.savez_compressed(partial, **arrays)
+            os.replace(partial, path)
+            written.append(path)
+        (root / MARKER).write_text(json.dumps({"generator": "medmtl.data.medmnist_synthetic", "seed": seed}) + "\n")
     if written:
         log.info("Synthetic MedMNIST written: %s", ", ".join(p.name for p in written))
     return written
@@ -98,8 +103,8 @@ class SyntheticMedMNISTDataModule(MedMNISTDataModule):
                  n_test: int = 32, synthetic_seed: int = 0, **kwargs):
         kwargs["verify_md5"] = False
         super().__init__(root, flags, size, **kwargs)
-        self.split_sizes, self.synthetic_seed = (n_train, n_val, n_test), synthetic_seed
+        self.synthetic_sizes, self.synthetic_seed = (n_train, n_val, n_test), synthetic_seed
 
     def prepare_data(self) -> None:
-        write_synthetic_medmnist(self.root, self.flags, self.size, self.split_sizes, self.synthetic_seed)
+        write_synthetic_medmnist(self.root, self.flags, self.size, self.synthetic_sizes, self.synthetic_seed)
         super().prepare_data()

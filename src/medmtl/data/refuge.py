@@ -13,23 +13,23 @@ Each sample is a dict: ``image`` (3, S, S) float in [0, 1]; ``od``, ``oc`` (S, S
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import albumentations as A
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from medmtl.errors import ConfigError
+from medmtl.data.cache import SampleCache
+from medmtl.data.contract import MultiTaskDataModule, SplitLoaders
 from medmtl.data.folds import stratified_fold
 from medmtl.data.heatmap import gaussian_heatmap, scaled_variance
 from medmtl.data.images import decode_refuge_mask
-from medmtl.data.refuge_cache import ensure_cache, load_entry
+from medmtl.data.refuge_cache import ensure_cache
 from medmtl.data.refuge_layout import RefugeSample, scan_refuge
 from medmtl.data.sampling import EpochSeededSampler, SampleKey, split_key
-from medmtl.data.split_loaders import SplitLoaders
+from medmtl.errors import ConfigError
 from medmtl.metrics.refuge import RefugeEvaluator
 from medmtl.postprocess import vertical_cup_to_disc_ratio
 from medmtl.tasks import Task, refuge_tasks
@@ -58,14 +58,14 @@ class RefugeDataset(Dataset):
 
     def __init__(
         self,
-        root: Path,
         samples: Sequence[RefugeSample],
+        cache_files: Sequence[Path],
         image_size: int,
         heatmap_variance: float,
         transform: A.Compose | None = None,
     ):
-        self.root = Path(root)
         self.samples = list(samples)
+        self.cache_files = list(cache_files)
         self.image_size = image_size
         self.variance = scaled_variance(image_size, heatmap_variance)
         self.transform = transform
@@ -84,7 +84,7 @@ class RefugeDataset(Dataset):
         """``key``: an index, or ``(index, augmentation seed)`` from :class:`EpochSeededSampler`."""
         index, augmentation_seed = split_key(key)
         sample = self.samples[index]
-        entry = load_entry(self.root, sample, self.image_size)
+        entry = SampleCache.load(self.cache_files[index])
         image = entry["image"]
         od, oc = decode_refuge_mask(entry["mask"])
         fovea = self.fovea_on_grid(index, entry["original_wh"])
@@ -109,8 +109,8 @@ class RefugeDataset(Dataset):
     def ground_truth_vcdr(self) -> np.ndarray:
         """vCDR of every sample's ground-truth masks on the S grid (features of the logistic regression)."""
         values = []
-        for sample in self.samples:
-            od, oc = decode_refuge_mask(load_entry(self.root, sample, self.image_size)["mask"])
+        for path in self.cache_files:
+            od, oc = decode_refuge_mask(SampleCache.load(path)["mask"])
             values.append(vertical_cup_to_disc_ratio(od, oc))
         return np.asarray(values, dtype=np.float64)
 
@@ -118,11 +118,13 @@ class RefugeDataset(Dataset):
         return np.array([s.label for s in self.samples], dtype=np.int64)
 
 
-class RefugeDataModule(SplitLoaders, L.LightningDataModule):
+class RefugeDataModule(SplitLoaders, MultiTaskDataModule):
     """REFUGE in its official layout; see the module docstring.
 
     Args:
-        root: folder holding ``Training400/``, ``REFUGE-Validation400/``, ``Test400/`` and the GT folders.
+        root: folder holding ``Training400/``, ``REFUGE-Validation400/``, ``Test400/`` and the GT folders
+            (only read).
+        cache_dir: where the resized images are cached (``paths.cache_dir``; :mod:`medmtl.data.cache`).
         protocol: ``cv`` or ``official``.
         fold, n_folds, split_seed: the CV fold; the split depends on ``split_seed`` only.
         image_size: side of the square network input (256 in seed 000); images are cached at it.
@@ -148,11 +150,13 @@ class RefugeDataModule(SplitLoaders, L.LightningDataModule):
         heatmap_variance: float = 50.0,
         focal_gamma: float = 2.0,
         pin_memory: bool = False,
+        cache_dir: str | None = None,
     ):
         super().__init__()
         if protocol not in PROTOCOLS:
             raise ConfigError(f"data.protocol must be one of {PROTOCOLS}, got {protocol!r}.")
         self.root = Path(root).expanduser()
+        self.cache = SampleCache(cache_dir, "refuge", self.root)
         self.protocol = protocol
         self.fold, self.n_folds, self.split_seed = fold, n_folds, split_seed
         self.image_size = image_size
@@ -166,7 +170,7 @@ class RefugeDataModule(SplitLoaders, L.LightningDataModule):
         self.datasets: dict[str, RefugeDataset] = {}
 
     def prepare_data(self) -> None:
-        ensure_cache(self.root, scan_refuge(self.root), self.image_size)
+        ensure_cache(self.cache, scan_refuge(self.root), self.image_size)
 
     def split_samples(self, samples: list[RefugeSample]) -> dict[str, list[RefugeSample]]:
         by_split = {s: [x for x in samples if x.split == s] for s in ("train", "val", "test")}
@@ -180,10 +184,10 @@ class RefugeDataModule(SplitLoaders, L.LightningDataModule):
         if self.datasets:
             return
         samples = scan_refuge(self.root)
-        ensure_cache(self.root, samples, self.image_size)
         for split, chosen in self.split_samples(samples).items():
+            files = ensure_cache(self.cache, chosen, self.image_size)
             transform = training_augmentation(self.augment_seed) if split == "train" and self.augment else None
-            self.datasets[split] = RefugeDataset(self.root, chosen, self.image_size, self.heatmap_variance, transform)
+            self.datasets[split] = RefugeDataset(chosen, files, self.image_size, self.heatmap_variance, transform)
         counts = {k: len(v) for k, v in self.datasets.items()}
         log.info("REFUGE %s protocol (fold %s): %s samples.", self.protocol, self.fold, counts)
 

@@ -1,34 +1,24 @@
-"""Resize REFUGE images and masks once and cache them under the data folder.
+"""Resize REFUGE images and masks once, into the content-keyed cache (:mod:`medmtl.data.cache`).
 
-Originals are 1634-2124 px; training reads ``<root>/.medmtl_cache/<size>px/<split>/<id>.npz`` with
-the resized image (INTER_AREA), the resized mask (nearest neighbour, values stay 0/128/255) and the
-original (width, height), needed to report the fovea error in original pixels. Each file is
-written atomically, so an interrupted build leaves no half-written entry; a rebuild only does the
-missing ones.
+Originals are 1634-2124 px. An entry holds the resized image (INTER_AREA), the resized mask
+(nearest neighbour, values stay 0/128/255) and the original (width, height), needed to report the
+fovea error in original pixels. Its key covers the image and mask files and the size. Building an
+entry is where the image and its mask are first decoded, so that is where they are checked: both
+decoded completely, the mask in the REFUGE encoding and of the image's size, the fovea on the image.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
 
+from medmtl.data.cache import SampleCache, source_key
 from medmtl.data.errors import DatasetError
-from medmtl.data.images import read_refuge_mask, read_rgb
+from medmtl.data.images import check_point_inside, read_refuge_mask, read_rgb
 from medmtl.data.refuge_layout import RefugeSample
-
-log = logging.getLogger(__name__)
-
-CACHE_DIR = ".medmtl_cache"
-
-
-def cache_path(root: Path, sample: RefugeSample, size: int) -> Path:
-    return Path(root) / CACHE_DIR / f"{size}px" / sample.split / f"{sample.id}.npz"
 
 
 def build_entry(sample: RefugeSample, size: int) -> dict[str, np.ndarray]:
@@ -37,6 +27,7 @@ def build_entry(sample: RefugeSample, size: int) -> dict[str, np.ndarray]:
     if image.shape[:2] != mask.shape[:2]:
         raise DatasetError(f"{sample.mask} is {mask.shape[1]}x{mask.shape[0]}, its image {image.shape[1]}x{image.shape[0]}.")
     height, width = mask.shape
+    check_point_inside(sample.fovea_xy, width, height, f"{sample.annotation or 'the spreadsheet'}, image {sample.id}, fovea")
     return {
         "image": cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA),
         "mask": cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST),
@@ -44,22 +35,9 @@ def build_entry(sample: RefugeSample, size: int) -> dict[str, np.ndarray]:
     }
 
 
-def ensure_cache(root: Path, samples: Sequence[RefugeSample], size: int) -> None:
-    """Write the cache entries that do not exist yet, and log how long it took."""
-    todo = [s for s in samples if not cache_path(root, s, size).is_file()]
-    if not todo:
-        return
-    start = time.perf_counter()
-    log.info("Resizing %d REFUGE images to %dpx into %s (once).", len(todo), size, Path(root) / CACHE_DIR)
-    for sample in todo:
-        target = cache_path(root, sample, size)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, **build_entry(sample, size))
-        os.replace(tmp, target)
-    log.info("Cache built in %.1f s.", time.perf_counter() - start)
-
-
-def load_entry(root: Path, sample: RefugeSample, size: int) -> dict[str, np.ndarray]:
-    with np.load(cache_path(root, sample, size)) as data:
-        return {k: data[k] for k in data.files}
+def ensure_cache(cache: SampleCache, samples: Sequence[RefugeSample], size: int) -> list[Path]:
+    """The cache file of every sample, built where missing or out of date."""
+    entries = [(f"{size}px/{s.split}/{s.id}", source_key([s.image, s.mask], size=size),
+                lambda s=s: build_entry(s, size)) for s in samples]
+    cache.ensure(entries, "REFUGE images")
+    return [cache.path(name, key) for name, key, _ in entries]

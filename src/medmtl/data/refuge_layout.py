@@ -5,15 +5,20 @@ checks the layout first: a missing folder, image, mask or spreadsheet column is 
 :class:`DatasetError` naming the file and what was expected.
 
 Labels come from the class folders (training images, test masks) or from the spreadsheets
-(validation); where both exist they must agree.
+(validation); where both exist they must agree. Spreadsheet values are checked where they are
+read: a duplicate image name, an empty or non-numeric fovea coordinate or a label outside {0, 1}
+is one error naming the file, the spreadsheet row and the column (a NaN would otherwise reach the
+loss and make every validation loss NaN). That the fovea lies on its image is checked when the
+image is first decoded (:mod:`medmtl.data.refuge_cache`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
+import numpy as np
 import pandas as pd
 
 from medmtl.data.errors import DatasetError
@@ -45,6 +50,7 @@ class RefugeSample:
     mask: Path
     label: int
     fovea_xy: tuple[float, float]
+    annotation: Path | None = None  # the spreadsheet that gives the fovea
 
 
 def read_spreadsheet(path: Path, required: Iterable[str], need_label: bool = False) -> pd.DataFrame:
@@ -64,8 +70,32 @@ def read_spreadsheet(path: Path, required: Iterable[str], need_label: bool = Fal
         raise DatasetError(
             f"Spreadsheet {path} lacks the columns {missing}; expected {expected}, found {list(frame.columns)}."
         )
-    frame = frame.dropna(subset=["ImgName"])
+    frame.index = [f"row {i + 2}" for i in range(len(frame))]  # spreadsheet rows: the header is row 1
+    frame = frame.dropna(how="all")
+    unnamed = frame.index[frame["ImgName"].isna()].tolist()
+    if unnamed:
+        raise DatasetError(f"Spreadsheet {path}, {unnamed[0]}: the ImgName cell is empty.")
+    rows = frame.index.tolist()
     frame.index = [Path(str(name).strip()).stem for name in frame["ImgName"]]
+    duplicated = frame.index[frame.index.duplicated()].unique().tolist()
+    if duplicated:
+        raise DatasetError(f"Spreadsheet {path} lists the images {duplicated[:5]} more than once.")
+    for column in [c for c in required if c != "ImgName"]:
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        bad = [(row, value) for row, value, number in zip(rows, frame[column], numbers) if not np.isfinite(number)]
+        if bad:
+            row, value = bad[0]
+            shown = "empty" if pd.isna(value) else f"{value!r}, not a number"
+            raise DatasetError(f"Spreadsheet {path}, {row}, column {column}: the value is {shown}.")
+        frame[column] = numbers.astype(float)
+    label = _label_column(frame)
+    if label is not None:
+        labels = pd.to_numeric(frame[label], errors="coerce")
+        bad = [(row, value) for row, value, number in zip(rows, frame[label], labels) if number not in (0, 1)]
+        if bad:
+            row, value = bad[0]
+            raise DatasetError(f"Spreadsheet {path}, {row}, column {label}: the label is {value!r}; expected 0 or 1.")
+        frame[label] = labels.astype(int)
     return frame
 
 
@@ -112,7 +142,7 @@ def scan_train(root: Path) -> list[RefugeSample]:
     for class_dir, label in TRAIN_CLASS_DIRS.items():
         for image in _images_in(root / TRAIN_IMAGES / class_dir):
             mask = _require_file(root / TRAIN_MASKS / class_dir / f"{image.stem}.bmp", "Mask")
-            samples.append(RefugeSample(image.stem, "train", image, mask, label, _fovea(frame, image.stem, xlsx)))
+            samples.append(RefugeSample(image.stem, "train", image, mask, label, _fovea(frame, image.stem, xlsx), xlsx))
     _check_rows_have_images(frame, samples, xlsx, root / TRAIN_IMAGES)
     return samples
 
@@ -125,7 +155,7 @@ def scan_val(root: Path) -> list[RefugeSample]:
     for image in _images_in(root / VAL_IMAGES):
         mask = _require_file(root / VAL_MASKS / f"{image.stem}.bmp", "Mask")
         fovea = _fovea(frame, image.stem, xlsx)
-        samples.append(RefugeSample(image.stem, "val", image, mask, int(frame.loc[image.stem, column]), fovea))
+        samples.append(RefugeSample(image.stem, "val", image, mask, int(frame.loc[image.stem, column]), fovea, xlsx))
     _check_rows_have_images(frame, samples, xlsx, root / VAL_IMAGES)
     return samples
 
@@ -146,7 +176,7 @@ def scan_test(root: Path) -> list[RefugeSample]:
             raise DatasetError(f"Mask missing: expected {root / TEST_MASKS}/{{G,N}}/{image.stem}.bmp.")
         mask, label = mask_label[image.stem]
         _check_label(frame, image.stem, label, xlsx)
-        samples.append(RefugeSample(image.stem, "test", image, mask, label, _fovea(frame, image.stem, xlsx)))
+        samples.append(RefugeSample(image.stem, "test", image, mask, label, _fovea(frame, image.stem, xlsx), xlsx))
     _check_rows_have_images(frame, samples, xlsx, root / TEST_IMAGES)
     return samples
 

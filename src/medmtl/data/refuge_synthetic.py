@@ -10,12 +10,12 @@ P(glaucoma | vCDR) = sigmoid((vCDR - threshold) / noise), so the segmentation ta
 information about the classification task (as in the real data, where vCDR is a clinical marker).
 
 Generation is seeded and idempotent: ``<root>/.synthetic_refuge.json`` records the parameters;
-a second call with the same parameters does nothing, with different ones it refuses.
+a second call with the same parameters does nothing, with different ones it refuses
+(:mod:`medmtl.data.synthetic`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -26,14 +26,13 @@ import numpy as np
 import pandas as pd
 
 from medmtl.data import refuge_layout as layout
-from medmtl.data.errors import DatasetError
 from medmtl.data.images import encode_refuge_mask
 from medmtl.data.refuge import RefugeDataModule
+from medmtl.data.synthetic import write_once
 
 log = logging.getLogger(__name__)
 
 MARKER = ".synthetic_refuge.json"
-PARTIAL_MARKER = ".synthetic_refuge.partial"
 
 
 @dataclass(frozen=True)
@@ -185,30 +184,17 @@ def _write_evaluation_split(root: Path, rng: np.random.Generator, spec: Syntheti
 
 
 def generate_synthetic_refuge(root: str | Path, spec: SyntheticRefugeSpec = SyntheticRefugeSpec()) -> Path:
-    """Write the synthetic set under ``root`` unless it is there already with the same parameters."""
-    root = Path(root).expanduser()
-    wanted = json.loads(json.dumps(asdict(spec)))
-    marker = root / MARKER
-    if marker.is_file():
-        found = json.loads(marker.read_text())
-        if found != wanted:
-            raise DatasetError(
-                f"{root} holds a synthetic REFUGE generated with other parameters ({marker}); "
-                "delete the folder or point data.root elsewhere."
-            )
-        return root
-    if root.is_dir() and any(root.iterdir()) and not (root / PARTIAL_MARKER).exists():
-        raise DatasetError(f"{root} is not empty and holds no synthetic REFUGE marker; refusing to write into it.")
-    log.info("Writing a synthetic REFUGE (%d/%d/%d images) to %s.", spec.n_train, spec.n_val, spec.n_test, root)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / PARTIAL_MARKER).touch()
-    rng = np.random.default_rng(spec.seed)
-    _write_train(root, rng, spec)
-    _write_evaluation_split(root, rng, spec, "val")
-    _write_evaluation_split(root, rng, spec, "test")
-    marker.write_text(json.dumps(wanted, indent=2))
-    (root / PARTIAL_MARKER).unlink()
-    return root
+    """Write the synthetic set under ``root`` unless it is there already with the same parameters
+    (once, atomically, one writer at a time: :func:`medmtl.data.synthetic.write_once`)."""
+
+    def write(folder: Path) -> None:
+        log.info("Writing a synthetic REFUGE (%d/%d/%d images) for %s.", spec.n_train, spec.n_val, spec.n_test, root)
+        rng = np.random.default_rng(spec.seed)
+        _write_train(folder, rng, spec)
+        _write_evaluation_split(folder, rng, spec, "val")
+        _write_evaluation_split(folder, rng, spec, "test")
+
+    return write_once(root, MARKER, "medmtl.data.refuge_synthetic", asdict(spec), write)
 
 
 class SyntheticRefugeDataModule(RefugeDataModule):

@@ -17,7 +17,7 @@ was never set draws its generator seed from the global torch RNG, like ``RandomS
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Sampler

@@ -16,8 +16,7 @@ images where they share tasks.
 
 from __future__ import annotations
 
-import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch

@@ -9,7 +9,7 @@ Computed on the samples labelled for the task, without gradient.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

@@ -13,7 +13,7 @@ the 3D ones (seed 004 compares the 3D tasks' mean accuracy with MedMNIST's 3D CN
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch

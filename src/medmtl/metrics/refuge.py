@@ -15,7 +15,7 @@ are NaN (and said so in the log).
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch

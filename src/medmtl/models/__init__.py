@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from medmtl.models.base import MultiTaskNet, SeparateNetworks
 from medmtl.tasks import Task

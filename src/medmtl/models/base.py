@@ -13,7 +13,7 @@ the task's path; from these the parameter groups that strategies need are derive
 from __future__ import annotations
 
 import abc
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn

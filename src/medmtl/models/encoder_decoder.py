@@ -17,7 +17,7 @@ Subclasses build ``self.encoder`` (image -> list of features, deepest last) and 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -11,7 +11,7 @@ nothing is downloaded (smp's ``encoder_weights`` stays ``None``).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from medmtl.errors import ConfigError
 from medmtl.models.encoder_decoder import EncoderDecoderNet

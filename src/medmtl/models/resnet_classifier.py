@@ -10,7 +10,7 @@ Nothing is downloaded: ``weights_path`` is a local torchvision ResNet state dict
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from medmtl.errors import ConfigError
 from medmtl.models.encoder_decoder import EncoderDecoderNet

@@ -16,7 +16,7 @@ Heads and the task paths: :class:`~medmtl.models.encoder_decoder.EncoderDecoderN
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

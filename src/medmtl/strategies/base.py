@@ -16,7 +16,8 @@ than one optimizer or optimizes its own parameters, ``configure_optimizers``), a
 from __future__ import annotations
 
 import abc
-from typing import Callable, Iterable, Mapping, Protocol, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
 
 import torch
 from torch import nn

@@ -7,7 +7,7 @@ global-norm gradient clipping when ``clip_norm`` is set.
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 

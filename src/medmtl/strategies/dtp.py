@@ -11,7 +11,7 @@ The smoothed KPIs are buffers (checkpointed).
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

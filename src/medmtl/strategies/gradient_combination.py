@@ -32,7 +32,7 @@ single-device for now (see PITFALLS.md).
 from __future__ import annotations
 
 import abc
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

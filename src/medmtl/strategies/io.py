@@ -20,7 +20,7 @@ Cost: T forwards and T backwards per mini-batch; one iteration is still one mini
 from __future__ import annotations
 
 import abc
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -21,7 +21,7 @@ step to every parameter some task reached.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

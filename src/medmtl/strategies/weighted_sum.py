@@ -13,7 +13,7 @@ task's weight never depends on whether the other tasks are present.
 from __future__ import annotations
 
 import abc
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

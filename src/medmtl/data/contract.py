@@ -1,0 +1,90 @@
+"""The datamodule contract: everything the training module and the run need from a dataset.
+
+A dataset of this project is a :class:`MultiTaskDataModule` (a LightningDataModule). Besides
+Lightning's ``prepare_data`` / ``setup`` / ``*_dataloader`` hooks it declares:
+
+- ``tasks``: the task set (:class:`~medmtl.tasks.Task`), in the order strategies visit them;
+- ``input_keys``: the batch keys the network reads (``("image",)``; several inputs, such as a
+  whole image and a person crop, are several keys). Nothing else in a batch is an input;
+- ``make_evaluator()``: the dataset's metrics (:class:`~medmtl.metrics.contract.Evaluator`);
+- ``split_sizes()``: samples per split after ``setup``; :meth:`check_splits` turns an empty split
+  that a stage needs into one sentence instead of a run that ends with empty metrics;
+- ``has_validation``: False when the protocol keeps no validation split (the last weights are
+  then tested, nothing is selected on a validation loss);
+- ``separate_task_inputs``: True when each task has its own dataset and input (MedMNIST), so
+  that one forward cannot serve every task; ``task_dataloader(task)`` then gives each task's own
+  training loader (gradient accumulation draws from it).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from medmtl.data.errors import DatasetError
+from medmtl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from medmtl.metrics.contract import Evaluator
+    from medmtl.tasks import Task
+
+#: the splits each Lightning stage reads
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+
+
+class MultiTaskDataModule(L.LightningDataModule, abc.ABC):
+    tasks: list[Task]
+    input_keys: tuple[str, ...] = ("image",)
+    separate_task_inputs: bool = False
+
+    @property
+    def has_validation(self) -> bool:
+        return True
+
+    @abc.abstractmethod
+    def make_evaluator(self) -> Evaluator:
+        """A fresh evaluator for this task set (one per stage)."""
+
+    @abc.abstractmethod
+    def split_sizes(self) -> dict[str, int]:
+        """Samples per split (``train``, ``val``, ``test``) once ``setup`` has run."""
+
+    def task_dataloader(self, task: str) -> DataLoader:
+        """One pass over ``task``'s own training data (datasets whose tasks have separate inputs)."""
+        raise ConfigError(f"{type(self).__name__} has one training loader for all tasks, none per task.")
+
+    def check_splits(self, stage: str) -> None:
+        """Raise one sentence when a split that ``stage`` reads is empty."""
+        sizes = self.split_sizes()
+        for split in STAGE_SPLITS.get(stage, ()):
+            if split == "val" and not self.has_validation:
+                continue
+            if sizes.get(split, 0) == 0:
+                way_out = " (or set test=false to train without testing)" if split == "test" else ""
+                raise DatasetError(f"The {split} split of {type(self).__name__} is empty (split sizes: {sizes}): check "
+                                   f"data.root and the options that choose the splits{way_out}.")
+
+
+class SplitLoaders:
+    """Mixin: training shuffled, validation and test in order, all from ``self._loader``, which the
+    datamodule defines: ``_loader(split, shuffle) -> DataLoader``; ``split_sizes`` from
+    ``self.datasets``."""
+
+    datasets: dict
+    _loader: Callable[[str, bool], DataLoader]
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def split_sizes(self) -> dict[str, int]:
+        return {name: len(dataset) for name, dataset in self.datasets.items()}
