@@ -39,3 +39,4 @@ report: install ## tables from a sweep: make report DIR=logs/train/multiruns/<da
 bench: install ## benchmarks: strategies' time and memory relative to vanilla -> benchmarks/results/
 	$(PYTHON) benchmarks/bench_strategies.py
 	$(PYTHON) benchmarks/bench_ga_memory.py
+	$(PYTHON) benchmarks/bench_nonfinite.py

@@ -15,3 +15,18 @@ class KillDuringTraining(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class PoisonWeights(L.Callback):
+    """Sets one weight of the network to NaN at the start of epoch ``epoch`` (a divergence that
+    happens after some checkpoints were written)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            import torch
+
+            with torch.no_grad():
+                next(pl_module.model.parameters()).view(-1)[0] = float("nan")

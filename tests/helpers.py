@@ -1,6 +1,12 @@
-"""Test helpers: a StepContext without Lightning, tiny models and batches."""
+"""Test helpers: a StepContext without Lightning, tiny models and batches, the entry points run as a user
+runs them."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -24,3 +30,33 @@ def random_batch(seed: int = 0, size: int = 32, n: int = 2, dtype=torch.float64)
         "fovea_heatmap": torch.rand(n, size, size, generator=g, dtype=dtype),
         "glaucoma": torch.tensor([1.0, 0.0][:n] + [0.0] * max(0, n - 2), dtype=dtype),
     }
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+#: the quickstart shrunk to seconds: a tiny U-Net, 32 px, a 38-image synthetic REFUGE, one epoch
+TINY = [
+    "experiment=quickstart",
+    "model.width=0.0625",
+    "data.image_size=32",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "data.synthetic.n_train=20",
+    "data.synthetic.n_val=10",
+    "data.synthetic.n_test=8",
+    "data.synthetic.train_size=[96,96]",
+    "data.synthetic.eval_size=[96,96]",
+    "data.synthetic.glaucoma_threshold=0.55",
+    "trainer.max_epochs=1",
+]
+
+
+def run(script: str, overrides: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MEDMTL_LOG_DIR": str(tmp_path / "logs"), "MEDMTL_DATA_DIR": str(tmp_path / "data"),
+           "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "src" / script), *overrides],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+

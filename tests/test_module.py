@@ -76,13 +76,24 @@ def test_vanilla_trains_with_bf16(refuge_root):
     assert all(torch.isfinite(p).all() for p in module.parameters())
 
 
-def test_wandb_mode_never_prompts(monkeypatch, tmp_path):
+def test_wandb_mode_never_prompts_and_never_waits_on_an_unreachable_server(monkeypatch, tmp_path):
+    """Only loopback addresses: a listening socket stands for a reachable server, a closed port for
+    an unreachable one (no traffic leaves the machine)."""
+    import socket
+
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert wandb_logger.resolve_mode("auto") == "offline"
     assert wandb_logger.resolve_mode("online") == "offline"
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    assert wandb_logger.resolve_mode("auto") == "online"
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert wandb_logger.resolve_mode("auto") == "online"
+        closed = socket.create_server(("127.0.0.1", 0))
+        closed_port = closed.getsockname()[1]
+        closed.close()
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port}")
+    assert wandb_logger.resolve_mode("auto", tmp_path, connect_timeout=1) == "offline"
     assert wandb_logger.resolve_mode("disabled") == "disabled"
     with pytest.raises(ValueError, match="mode"):
         wandb_logger.resolve_mode("sometimes")

@@ -12,6 +12,7 @@ from scipy import stats
 from conftest import PROJECT_ROOT
 from medmtl.analysis.report import build_table, collect, write_report
 from medmtl.analysis.stats import delta_mtl
+from medmtl.entry import write_failure
 
 RESULTS = {  # method -> fold -> (auc, dice_od, fovea_error_px)
     "stl": {0: (0.80, 0.90, 20.0), 1: (0.82, 0.91, 22.0), 2: (0.78, 0.89, 18.0)},
@@ -36,6 +37,10 @@ def sweep(tmp_path):
     crashed = tmp_path / str(job)
     (crashed / ".hydra").mkdir(parents=True)
     (crashed / ".hydra" / "overrides.yaml").write_text("- optim=vanilla\n- data.fold=2\n")
+    diverged = tmp_path / str(job + 1)
+    (diverged / ".hydra").mkdir(parents=True)
+    (diverged / ".hydra" / "overrides.yaml").write_text("- optim=vanilla\n- data.fold=2\n- optim.optimizer.lr=1\n")
+    write_failure(diverged, "non-finite values", "Training stopped at iteration 3 (epoch 0): the loss of task 'od' is NaN.", 3)
     return tmp_path
 
 
@@ -54,7 +59,7 @@ def test_table_statistics(sweep):
     assert math.isnan(table.p_values[("vanilla", "fovea_error_px")])
     assert ("stl", "parameters") not in table.p_values, "no significance test on resources"
     assert table.missing == {"mtl_io": [], "stl": [], "vanilla": ["fold 2"]}
-    assert len(collection.failed) == 1
+    assert len(collection.failed) == 2
     # Delta_MTL by hand: mean of +dAUC/AUC, +dDice/Dice, -dError/Error (in percent)
     stl = [np.mean([v[i] for v in RESULTS["stl"].values()]) for i in range(3)]
     io = [np.mean([v[i] for v in RESULTS["mtl_io"].values()]) for i in range(3)]
@@ -72,7 +77,8 @@ def test_report_files_name_missing_and_failed_runs(sweep):
     markdown = (output / "results.md").read_text()
     assert "**90.00 ± 1.00**" in markdown  # mtl_io AUC in percent, bold as the best
     assert "vanilla: missing fold 2" in markdown
-    assert "failed or unfinished (no metrics.json)" in markdown
+    assert "unfinished (no metrics.json, no failure record)" in markdown
+    assert "failed (non-finite values): " in markdown and "the loss of task 'od' is NaN" in markdown
     assert r"\textbf{90.00 $\pm$ 1.00}" in (output / "results.tex").read_text()
     assert "p_value_vs_best" in (output / "results.csv").read_text().splitlines()[0]
 

@@ -1,38 +1,12 @@
 """The entry points as a user runs them: one epoch on a tiny synthetic REFUGE, then eval."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import PROJECT_ROOT
-
-TINY = [
-    "experiment=quickstart",
-    "model.width=0.0625",
-    "data.image_size=32",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "data.synthetic.n_train=20",
-    "data.synthetic.n_val=10",
-    "data.synthetic.n_test=8",
-    "data.synthetic.train_size=[96,96]",
-    "data.synthetic.eval_size=[96,96]",
-    "data.synthetic.glaucoma_threshold=0.55",
-    "trainer.max_epochs=1",
-]
-
-
-def run(script: str, overrides: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MEDMTL_LOG_DIR": str(tmp_path / "logs"), "MEDMTL_DATA_DIR": str(tmp_path / "data"),
-           "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "src" / script), *overrides],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout,
-    )
+from helpers import TINY, run
 
 
 @pytest.fixture(scope="module")

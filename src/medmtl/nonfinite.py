@@ -152,13 +152,17 @@ class GuardedOptimizer:
     def __init__(self, optimizer: Any, guard: NonFiniteGuard):
         self.unwrapped, self._guard = optimizer, guard
 
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The torch optimizer inside (under Lightning's wrapper, when there is one)."""
+        return getattr(self.unwrapped, "optimizer", self.unwrapped)
+
     def step(self, *args, **kwargs):
         if self._guard.allow_step(self.unwrapped):
             return self.unwrapped.step(*args, **kwargs)
         self.unwrapped.zero_grad(set_to_none=True)
-        inner = getattr(self.unwrapped, "optimizer", self.unwrapped)
-        if hasattr(inner, "task_gradients"):
-            inner.task_gradients = {}
+        if hasattr(self.optimizer, "task_gradients"):
+            self.optimizer.task_gradients = {}
         return None
 
     def __getattr__(self, name: str):

@@ -10,8 +10,9 @@ Delta_MTL is computed against the ``baseline`` method (``stl``) over the task me
 baseline methods may share the tasks out (seed 001: a grading classifier and a lesion segmenter),
 each task's baseline value then comes from the one that reports it.
 
-Nothing is averaged silently: jobs without ``metrics.json`` (failed or unfinished) and folds or
-seeds that a method lacks compared with the others are listed in the report.
+Nothing is averaged silently: jobs without ``metrics.json`` and folds or seeds that a method lacks
+compared with the others are listed in the report; a job that failed is named with the sentence
+its ``failure.json`` recorded (a configuration or data error, non-finite values, a crash).
 """
 
 from __future__ import annotations
@@ -222,7 +223,12 @@ def to_markdown(table: Table, collection: Collection) -> str:
 def problems(table: Table, collection: Collection) -> list[str]:
     lines = []
     for folder in collection.failed:
-        lines.append(f"- failed or unfinished (no metrics.json): {folder}")
+        failure = folder / "failure.json"
+        if failure.is_file():
+            record = json.loads(failure.read_text())
+            lines.append(f"- failed ({record.get('kind')}): {folder}: {record.get('message')}")
+        else:
+            lines.append(f"- unfinished (no metrics.json, no failure record): {folder}")
     for method, keys in table.missing.items():
         if keys:
             lines.append(f"- {method}: missing {', '.join(keys)}")

@@ -121,6 +121,8 @@ def _names(table: list[tuple[int, dict[str, str]]], path: Path, column: str) -> 
 def read_grading(path: Path) -> dict[str, tuple[int, int]]:
     """``{image name: (retinopathy grade 0-4, macular edema risk 0-2)}``, every value checked."""
     table = read_numbered_table(path)
+    if not table:
+        return {}
     name = _column(table, path, "Image name")
     grade = _column(table, path, "Retinopathy grade")
     edema = _column(table, path, "Risk of macular edema")
@@ -133,6 +135,8 @@ def read_grading(path: Path) -> dict[str, tuple[int, int]]:
 def read_points(path: Path) -> dict[str, tuple[float, float]]:
     """``{image name: (x, y)}`` from a localisation mark-up CSV."""
     table = read_numbered_table(path)
+    if not table:
+        return {}
     name = _column(table, path, "Image No")
     x = _column(table, path, "X- Coordinate", "X-Coordinate")
     y = _column(table, path, "Y - Coordinate", "Y-Coordinate")
