@@ -188,3 +188,21 @@ def test_a_missing_grading_csv_is_an_error_only_while_grading_is_on(tmp_path):
     with pytest.raises(DatasetError, match=r"IDRiD grading labels missing: expected .*Training Labels.csv; set data.grades=\[\]"):
         scan_idrid(root, "train")
     assert len(scan_idrid(root, "train", grades=False)) == 2
+
+
+def test_medmnist_labels_outside_the_classes_and_truncated_files_are_named(tmp_path):
+    from medmtl.data.medmnist import load_split
+    from medmtl.data.medmnist_synthetic import write_synthetic_medmnist
+
+    (path,) = write_synthetic_medmnist(tmp_path, ["breastmnist"], n=(8, 4, 4))
+    images, labels = load_split(path, "train", "breastmnist")
+    assert len(images) == len(labels) == 8
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["val_labels"][2] = 5
+    np.savez(path, **arrays)
+    with pytest.raises(DatasetError, match=r"breastmnist.npz: val label of sample 2 is \[5\], outside 0-1"):
+        load_split(path, "val", "breastmnist")
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(DatasetError, match=r"Cannot read .*breastmnist.npz: it is truncated"):
+        load_split(path, "train", "breastmnist")

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import math
+import zipfile
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -125,12 +126,27 @@ def medmnist_task(flag: str) -> Task:
                 metadata={"task_type": info["task"], "is_3d": is_3d(flag), "n_channels": info["n_channels"]})
 
 
-def load_split(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as data:
-        missing = [k for k in (f"{split}_images", f"{split}_labels") if k not in data.files]
-        if missing:
-            raise DatasetError(f"{path} lacks {', '.join(missing)}: not a MedMNIST file.")
-        return data[f"{split}_images"], data[f"{split}_labels"]
+def load_split(path: Path, split: str, flag: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One split's images and labels, checked: a readable npz with the official keys, one label
+    row per image, and (given ``flag``) labels within the dataset's classes."""
+    try:
+        with np.load(path) as data:
+            missing = [k for k in (f"{split}_images", f"{split}_labels") if k not in data.files]
+            if missing:
+                raise DatasetError(f"{path} lacks {', '.join(missing)}: not a MedMNIST file.")
+            images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise DatasetError(f"Cannot read {path}: it is truncated or not a MedMNIST .npz file ({error}).") from None
+    if len(images) != len(labels):
+        raise DatasetError(f"{path}: {len(images)} {split} images but {len(labels)} labels.")
+    if flag is not None and labels.size:
+        info = flag_info(flag)
+        n_classes = 2 if info["task"].startswith("multi-label") else len(info["label"])
+        if labels.min() < 0 or labels.max() >= n_classes:
+            row = int(np.argwhere((labels < 0) | (labels >= n_classes))[0][0])
+            raise DatasetError(f"{path}: {split} label of sample {row} is {labels[row].tolist()}, outside 0-{n_classes - 1} "
+                               f"({flag} has {len(info['label'])} labels).")
+    return images, labels
 
 
 class MedMNISTDataset(Dataset):
@@ -271,7 +287,7 @@ class MedMNISTDataModule(MultiTaskDataModule):
             path = locate(self.root, flag, self.size)
             self.datasets[flag] = {}
             for split in SPLITS:
-                images, labels = load_split(path, split)
+                images, labels = load_split(path, split, flag)
                 if self.max_samples is not None:
                     images, labels = images[: self.max_samples], labels[: self.max_samples]
                 self.datasets[flag][split] = MedMNISTDataset(images, labels, task, index)

@@ -43,7 +43,10 @@ def resolve_weights_file(path: str | os.PathLike, option: str) -> Path:
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """A weights file read as data only (:func:`medmtl.checkpoints.read_checkpoint`)."""
+    from medmtl.checkpoints import read_checkpoint
+
+    state = read_checkpoint(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     return state
