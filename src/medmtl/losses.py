@@ -74,3 +74,56 @@ def soft_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
 def focal_plus_dice(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
     """Seed 001's lesion loss: pixel focal loss + soft Dice loss."""
     return binary_focal(logits, target, gamma) + soft_dice(logits, target)
+
+
+# ----- scene tasks (NYUDv2): losses over the valid pixels of each sample ------------------------------
+def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per sample: the mean of ``values`` over its ``valid`` pixels; 0 for a sample without any."""
+    values, valid = values.reshape(values.shape[0], -1), valid.reshape(valid.shape[0], -1).to(values.dtype)
+    return (values * valid).sum(1) / valid.sum(1).clamp_min(1.0)
+
+
+def semantic_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
+    """Softmax cross-entropy per pixel over C classes, averaged over each sample's labelled pixels:
+    ``logits`` (B, C, H, W), ``target`` (B, H, W) class indices, ``ignore_index`` unlabelled."""
+    target = target.long()
+    per_pixel = F.cross_entropy(logits, target.clamp_min(0) if ignore_index < 0 else target, reduction="none",
+                                ignore_index=-100 if ignore_index < 0 else ignore_index)
+    return _masked_mean(per_pixel, target != ignore_index)
+
+
+def depth_l1(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """|d_pred - d| averaged over each sample's valid pixels (target depth > 0; NYUDv2 marks
+    missing Kinect depth with 0), as in Liu et al. 2019 and Hervella et al. 2024."""
+    target = target.to(prediction.dtype)
+    return _masked_mean((prediction - target).abs(), target > 0)
+
+
+def _valid_normals(target: torch.Tensor) -> torch.Tensor:
+    return target.abs().sum(dim=1) > 0  # (B, H, W): a zero target vector is an invalid pixel
+
+
+def normals_cosine(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - cos(n_pred, n) averaged over valid pixels, with n_pred the prediction normalised to unit
+    length: the cosine-similarity objective of Liu et al. 2019 and Hervella et al. 2024
+    ((B, 3, H, W) both)."""
+    target = target.to(prediction.dtype)
+    cosine = (F.normalize(prediction, dim=1) * target).sum(dim=1)
+    return _masked_mean(1.0 - cosine, _valid_normals(target))
+
+
+def normals_l1(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over the three components of |n_pred - n| (n_pred normalised), averaged over valid pixels
+    (the normals loss of Vandenhende et al. 2022's code)."""
+    target = target.to(prediction.dtype)
+    return _masked_mean((F.normalize(prediction, dim=1) - target).abs().sum(dim=1), _valid_normals(target))
+
+
+def balanced_bce(logits: torch.Tensor, target: torch.Tensor, positive_weight: float = 0.95) -> torch.Tensor:
+    """Class-balanced binary cross-entropy of edge maps (Vandenhende et al. 2022, after Xie & Tu's
+    HED): -w y log p - (1 - w)(1 - y) log(1 - p) averaged over pixels, w = ``positive_weight``
+    (edges are a few percent of the pixels)."""
+    target = target.to(logits.dtype)
+    log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
+    per_pixel = -(positive_weight * target * log_p + (1.0 - positive_weight) * (1.0 - target) * log_not_p)
+    return _per_sample_mean(per_pixel)

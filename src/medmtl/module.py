@@ -34,7 +34,8 @@ from medmtl.models import build_model, count_parameters
 from medmtl.models.base import MultiTaskNet
 from medmtl.nonfinite import GuardedOptimizer, NonFiniteGuard, first_nonfinite, learning_rates
 from medmtl.strategies.base import Strategy
-from medmtl.tasks import Task, compute_losses
+from medmtl.strategies.context import network_losses
+from medmtl.tasks import Task
 from medmtl.utils.rng import collect_rng_states, restore_rng_states
 
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -85,6 +86,7 @@ class MultiTaskModule(L.LightningModule):
         gradient_clip_val: max global gradient norm per optimizer step (None = no clipping).
         backbone_lr_scale: the backbone's learning rate as a fraction of the others' (None: the same).
         nonfinite: ``stop`` | ``skip`` | ``off`` (:mod:`medmtl.nonfinite`).
+        input_keys: the batch entries the network reads, in order (the datamodule's ``input_keys``).
         max_consecutive_skips: with ``skip``, the run stops after this many iterations in a row
             that dropped an update.
     """
@@ -100,10 +102,12 @@ class MultiTaskModule(L.LightningModule):
         backbone_lr_scale: float | None = None,
         nonfinite: str = "stop",
         max_consecutive_skips: int = 10,
+        input_keys: Sequence[str] = ("image",),
     ):
         super().__init__()
         self.automatic_optimization = False
         self.tasks = list(tasks)
+        self.input_keys = tuple(input_keys)
         self.task_by_name = {t.name: t for t in self.tasks}
         self.strategy = strategy
         self.strategy.setup([t.name for t in self.tasks])
@@ -122,18 +126,21 @@ class MultiTaskModule(L.LightningModule):
         self._evaluation_losses: dict[str, tuple[float, float]] = {}  # task -> (sum of losses x samples, samples)
 
     # ----- the StepContext offered to strategies -------------------------------------------
-    def forward(self, batch: Mapping[str, torch.Tensor], tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        return self.model(batch["image"], tasks=tasks)
+    def inputs(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The network's inputs: the batch entries named by the datamodule's ``input_keys``."""
+        return tuple(batch[key] for key in self.input_keys)
 
-    def losses(self, outputs, batch, tasks=None) -> dict[str, torch.Tensor]:
-        """Per-task losses; a network's auxiliary loss for a task (MoE gates) is added to it."""
-        chosen = self.tasks if tasks is None else [t for t in self.tasks if t.name in tasks]
-        losses = compute_losses(chosen, outputs, batch)
-        for name in losses:
-            auxiliary = self.model.auxiliary_loss(name)
-            if auxiliary is not None:
-                losses[name] = losses[name] + auxiliary
-        return losses
+    def forward(self, batch: Mapping[str, torch.Tensor], tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        return self.model(*self.inputs(batch), tasks=tasks)
+
+    def _batch_size(self, batch: Mapping[str, torch.Tensor]) -> int:
+        """Samples in ``batch`` (1 for the step marker of strategies that draw their own per-task batches)."""
+        first = batch.get(self.input_keys[0])
+        return int(first.shape[0]) if first is not None else 1
+
+    def losses(self, outputs, batch, tasks=None, deep_supervision: bool = True) -> dict[str, torch.Tensor]:
+        """Per-task losses with the network's own terms (:func:`~medmtl.strategies.context.network_losses`)."""
+        return network_losses(self.model, self.tasks, outputs, batch, tasks, deep_supervision)
 
     def task_batch(self, task: str):
         """Next batch of ``task``'s own infinite training loader, on the module's device.
@@ -222,7 +229,7 @@ class MultiTaskModule(L.LightningModule):
         logged = self.strategy.training_step(self.context, batch)
         self.nonfinite.end_iteration(self._learning_rates())
         self.iterations += 1
-        batch_size = batch["image"].shape[0] if "image" in batch else 1  # per-task batches: drawn by the strategy
+        batch_size = self._batch_size(batch)
         if logged:
             task_losses = [v for k, v in logged.items() if k.startswith("loss/") and k != "loss/total"]
             logged.setdefault("loss/total", torch.stack(task_losses).sum() if task_losses else torch.tensor(0.0))
@@ -256,8 +263,8 @@ class MultiTaskModule(L.LightningModule):
                 f"The network's {stage} output for task {bad!r} is NaN or infinite (epoch {self.current_epoch}): the "
                 "weights have diverged; lower optim.optimizer.lr or clip gradients (optim.gradient_clip_val)."
             )
-        losses = self.losses(outputs, batch, labelled)
-        batch_size = batch["image"].shape[0]
+        losses = self.losses(outputs, batch, labelled, deep_supervision=False)
+        batch_size = self._batch_size(batch)
         self.log_dict({f"{stage}/loss/{k}": v for k, v in losses.items()}, on_epoch=True, batch_size=batch_size,
                       add_dataloader_idx=False)
         for task, loss in losses.items():
@@ -342,6 +349,9 @@ class _Context:
         self._module = module
         self.model = module.model
         self.tasks = module.tasks
+
+    def inputs(self, batch):
+        return self._module.inputs(batch)
 
     def forward(self, batch, tasks=None):
         return self._module.forward(batch, tasks)

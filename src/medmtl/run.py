@@ -44,6 +44,7 @@ def build_module(cfg: DictConfig, datamodule) -> MultiTaskModule:
         backbone_lr_scale=cfg.optim.get("backbone_lr_scale"),
         nonfinite=cfg.optim.get("nonfinite", "stop"),
         max_consecutive_skips=cfg.optim.get("max_consecutive_skips", 10),
+        input_keys=datamodule.input_keys,
     )
 
 

@@ -19,7 +19,9 @@ from medmtl import losses
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Output kinds a model knows how to build a head for.
-KINDS = ("binary", "multiclass", "multilabel", "segmentation", "heatmap")
+KINDS = ("binary", "multiclass", "multilabel", "segmentation", "heatmap", "semantic", "depth", "normals", "edge")
+#: kinds predicted per pixel (a decoder or a dense head serves them)
+DENSE_KINDS = ("segmentation", "heatmap", "semantic", "depth", "normals", "edge")
 
 
 @dataclass(frozen=True)
@@ -28,12 +30,18 @@ class Task:
 
     Attributes:
         name: key of the task's output in the model's output dict.
-        kind: ``binary`` (image-level logit), ``multiclass`` (``num_outputs`` logits, softmax),
-            ``multilabel`` (``num_outputs`` independent logits), ``segmentation`` (one-channel
-            pixel logits) or ``heatmap`` (one-channel map regressed after a sigmoid).
-        loss: per-sample loss ``(logits, target) -> (B,)``.
+        kind: image-level ``binary`` (one logit), ``multiclass`` (``num_outputs`` logits, softmax)
+            or ``multilabel`` (``num_outputs`` independent logits); per pixel ``segmentation``
+            (one-channel binary logits), ``heatmap`` (one-channel map regressed after a sigmoid),
+            ``semantic`` (``num_outputs`` class logits; target pixels equal to ``ignore_index`` are
+            unlabelled), ``depth`` (one channel regressed; target 0 = invalid pixel), ``normals``
+            (three channels, normalised to a unit vector; a zero target vector = invalid pixel) or
+            ``edge`` (one-channel boundary logits).
+        loss: per-sample loss ``(output, target) -> (B,)``.
         target_key: key of the target in the batch (defaults to ``name``).
-        num_outputs: logits per sample of an image-level head (1 for ``binary``).
+        num_outputs: logits per sample of an image-level head (1 for ``binary``), classes of a
+            ``semantic`` task.
+        ignore_index: the target value of unlabelled pixels of a ``semantic`` task.
         metadata: free-form facts about the task (e.g. its dataset, input size, 3D).
     """
 
@@ -43,6 +51,7 @@ class Task:
     target_key: str = ""
     num_outputs: int = 1
     metadata: Mapping[str, object] = field(default_factory=dict)
+    ignore_index: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -53,7 +62,14 @@ class Task:
     @property
     def is_dense(self) -> bool:
         """True for pixel-level outputs (they need a decoder)."""
-        return self.kind in ("segmentation", "heatmap")
+        return self.kind in DENSE_KINDS
+
+    @property
+    def channels(self) -> int:
+        """Output channels of the task's head (what every architecture's head builder reads)."""
+        if self.kind in ("multiclass", "multilabel", "semantic"):
+            return self.num_outputs
+        return 3 if self.kind == "normals" else 1
 
     def present(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """Mask of samples labelled for this task, or None when every sample is."""

@@ -57,6 +57,11 @@ class MultiTaskNet(nn.Module, abc.ABC):
         """Optional: a loss the network adds to ``task``'s loss for its last forward (MoE gates)."""
         return None
 
+    def deep_supervision(self, task: str) -> list[torch.Tensor]:
+        """Optional: ``task``'s intermediate predictions of the last forward, shaped like its final
+        output; each gets the task's loss during training (PAD-Net, MTI-Net)."""
+        return []
+
     def set_training_progress(self, fraction: float) -> None:
         """Optional: told epoch / max_epochs at each training epoch start (MoE routing phases)."""
 
@@ -147,6 +152,9 @@ class SeparateNetworks(MultiTaskNet):
 
     def auxiliary_loss(self, task: str) -> torch.Tensor | None:
         return self.members[task].auxiliary_loss(task)
+
+    def deep_supervision(self, task: str) -> list[torch.Tensor]:
+        return self.members[task].deep_supervision(task)
 
     def set_training_progress(self, fraction: float) -> None:
         for member in self.members.values():

@@ -25,6 +25,7 @@ from torch import nn
 
 from medmtl.errors import ConfigError
 from medmtl.models.base import MultiTaskNet
+from medmtl.models.heads import conv_head, linear_head, shape_output
 from medmtl.tasks import Task
 
 
@@ -41,11 +42,10 @@ class EncoderDecoderNet(MultiTaskNet):
     def _build_heads(self, tasks: Sequence[Task], bottleneck_channels: int, decoded_channels: int, dropout: float) -> None:
         self.task_names = tuple(t.name for t in tasks)
         dense = [t for t in tasks if t.is_dense]
-        self.dense_heads = nn.ModuleDict({t.name: nn.Conv2d(decoded_channels, 1, 1) for t in dense})
+        self.task_by_name = {t.name: t for t in tasks}
+        self.dense_heads = nn.ModuleDict({t.name: conv_head(decoded_channels, t) for t in dense})
         self.classifiers = nn.ModuleDict(
-            {t.name: nn.Sequential(nn.Dropout(dropout), nn.Linear(bottleneck_channels, t.num_outputs))
-             for t in tasks if not t.is_dense}
-        )
+            {t.name: linear_head(bottleneck_channels, t, dropout) for t in tasks if not t.is_dense})
 
     def _apply_head_prior(self, head_prior: float | None) -> None:
         """Dense heads start at foreground probability ``head_prior``: bias = log(p / (1 - p))
@@ -78,13 +78,12 @@ class EncoderDecoderNet(MultiTaskNet):
             pool = torch.amax if self.classifier_pool == "max" else torch.mean
             pooled = pool(shared["bottleneck"], dim=(-2, -1))
             for name in wanted_classifiers:
-                logits = self.classifiers[name](pooled)
-                outputs[name] = logits.squeeze(-1) if logits.shape[-1] == 1 else logits
+                outputs[name] = shape_output(self.classifiers[name](pooled), self.task_by_name[name])
         for name in (t for t in tasks if t in self.dense_heads):
             logits = self.dense_heads[name](shared["decoded"])
             if self.dense_upsample != 1:
                 logits = F.interpolate(logits, scale_factor=self.dense_upsample, mode="bilinear", align_corners=True)
-            outputs[name] = logits.squeeze(1)
+            outputs[name] = shape_output(logits, self.task_by_name[name])
         return outputs
 
     def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:

@@ -34,6 +34,7 @@ from torch import nn
 
 from medmtl.errors import ConfigError
 from medmtl.models.base import MultiTaskNet
+from medmtl.models.heads import conv_head, shape_output, upsample_to
 from medmtl.tasks import Task
 
 
@@ -62,11 +63,11 @@ class SeparableASPP(nn.Module):
 class SegmentationExpert(nn.Module):
     """A DeepLabV3+ decoder with depthwise-separable convolutions."""
 
-    def __init__(self, aspp_channels: int, low_channels: int, width: int):
+    def __init__(self, aspp_channels: int, low_channels: int, width: int, task: Task):
         super().__init__()
         self.reduce = pointwise(low_channels, 48)
         self.fuse = nn.Sequential(separable(aspp_channels + 48, width), separable(width, width))
-        self.logit = nn.Conv2d(width, 1, 1)
+        self.logit = conv_head(width, task)
 
     def forward(self, aspp: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         up = F.interpolate(aspp, size=low.shape[-2:], mode="bilinear", align_corners=False)
@@ -74,10 +75,10 @@ class SegmentationExpert(nn.Module):
 
 
 class ClassificationExpert(nn.Module):
-    def __init__(self, cin: int, width: int, outputs: int):
+    def __init__(self, cin: int, width: int, task: Task):
         super().__init__()
         self.body = nn.Sequential(nn.AdaptiveAvgPool2d(4), separable(cin, width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.linear = nn.Linear(width, outputs)
+        self.linear = nn.Linear(width, task.channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(self.body(x))
@@ -110,6 +111,7 @@ class MoEDeepLabV3Plus(MultiTaskNet):
         if entropy_of not in ("sample", "batch"):
             raise ConfigError(f"model.entropy_of must be sample or batch, got {entropy_of!r}.")
         self.task_names = tuple(t.name for t in tasks)
+        self.task_by_name = {t.name: t for t in tasks}
         self.n_experts, self.top_p, self.dense_fraction = n_experts, top_p, dense_fraction
         self.weights = {"l1": l1_weight, "balance": balance_weight, "entropy": entropy_weight}
         self.entropy_of = entropy_of
@@ -122,9 +124,9 @@ class MoEDeepLabV3Plus(MultiTaskNet):
         self.experts = nn.ModuleDict()
         for task in tasks:
             if task.is_dense:
-                members = [SegmentationExpert(aspp_channels, low_channels, decoder_channels) for _ in range(n_experts)]
+                members = [SegmentationExpert(aspp_channels, low_channels, decoder_channels, task) for _ in range(n_experts)]
             else:
-                members = [ClassificationExpert(high_channels, classifier_channels, task.num_outputs) for _ in range(n_experts)]
+                members = [ClassificationExpert(high_channels, classifier_channels, task) for _ in range(n_experts)]
             self.experts[task.name] = nn.ModuleList(members)
         self.gates = nn.ModuleDict({t.name: nn.Linear(high_channels, n_experts) for t in tasks})
         self.dense_tasks = {t.name for t in dense}
@@ -188,13 +190,12 @@ class MoEDeepLabV3Plus(MultiTaskNet):
         for name in tasks:
             weights = self._route(name, torch.sigmoid(self.gates[name](pooled)))
             if name in self.dense_tasks:
-                expert_outputs = torch.cat([e(shared["aspp"], shared["low"]) for e in self.experts[name]], dim=1)  # (B, E, h, w)
-                mixed = (weights[:, :, None, None] * expert_outputs).sum(dim=1, keepdim=True)
-                outputs[name] = F.interpolate(mixed, size=size, mode="bilinear", align_corners=False).squeeze(1)
+                expert_outputs = torch.stack([e(shared["aspp"], shared["low"]) for e in self.experts[name]], dim=1)  # (B, E, C, h, w)
+                mixed = (weights[:, :, None, None, None] * expert_outputs).sum(dim=1)
+                outputs[name] = shape_output(upsample_to(mixed, size), self.task_by_name[name])
             else:
                 expert_outputs = torch.stack([e(shared["high"]) for e in self.experts[name]], dim=1)  # (B, E, C)
-                logits = (weights[:, :, None] * expert_outputs).sum(dim=1)
-                outputs[name] = logits.squeeze(-1) if logits.shape[-1] == 1 else logits
+                outputs[name] = shape_output((weights[:, :, None] * expert_outputs).sum(dim=1), self.task_by_name[name])
         return outputs
 
     def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:

@@ -29,6 +29,7 @@ from torch import nn
 
 from medmtl.errors import ConfigError
 from medmtl.models.base import MultiTaskNet
+from medmtl.models.heads import conv_head, shape_output, upsample_to
 from medmtl.tasks import Task
 
 NORMS = ("layernorm_noaffine", "affine", "batchnorm")
@@ -89,16 +90,16 @@ class SliceAttentionPool(nn.Module):
 
 
 class ClassificationHead(nn.Module):
-    def __init__(self, dim: int, outputs: int, volumetric: bool):
+    def __init__(self, dim: int, task: Task, volumetric: bool):
         super().__init__()
+        self.task = task
         self.pool = SliceAttentionPool(dim) if volumetric else None
-        self.linear = nn.Linear(dim, outputs)
+        self.linear = nn.Linear(dim, task.channels)
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         if self.pool is not None:
             embedding = self.pool(embedding)
-        logits = self.linear(embedding)
-        return logits.squeeze(-1) if self.linear.out_features == 1 else logits
+        return shape_output(self.linear(embedding), self.task)
 
 
 class UMedPT(MultiTaskNet):
@@ -126,9 +127,10 @@ class UMedPT(MultiTaskNet):
         channels = self.encoder.feature_info.channels()
         dense = [t for t in tasks if t.is_dense]
         self.decoder = PixelDecoder(channels, decoder_width, norm) if dense else None
-        self.dense_heads = nn.ModuleDict({t.name: nn.Conv2d(self.decoder.out_channels, 1, 1) for t in dense})
+        self.task_by_name = {t.name: t for t in tasks}
+        self.dense_heads = nn.ModuleDict({t.name: conv_head(self.decoder.out_channels, t) for t in dense})
         self.classifiers = nn.ModuleDict({
-            t.name: ClassificationHead(channels[-1], t.num_outputs, bool(t.metadata.get("is_3d")))
+            t.name: ClassificationHead(channels[-1], t, bool(t.metadata.get("is_3d")))
             for t in tasks if not t.is_dense})
         self.volumetric = {t.name for t in tasks if t.metadata.get("is_3d")}
         if self.volumetric & {t.name for t in dense}:
@@ -163,7 +165,7 @@ class UMedPT(MultiTaskNet):
                 raise ConfigError(f"Task {name!r} takes 3D volumes (B, D, 3, H, W); this batch holds 2D images.")
             if name in self.dense_heads:
                 logits = self.dense_heads[name](decoded)
-                outputs[name] = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
+                outputs[name] = shape_output(upsample_to(logits, image.shape[-2:]), self.task_by_name[name])
             else:
                 outputs[name] = self.classifiers[name](embedding)
         return outputs

@@ -36,6 +36,9 @@ class StepContext(Protocol):
     model: MultiTaskNet
     tasks: Sequence[Task]
 
+    def inputs(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        """The network's inputs in ``batch`` (``model(*inputs)``, ``model.representation(*inputs)``)."""
+
     def forward(self, batch: Batch, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Outputs of the given tasks (all by default) at the current weights."""
 

@@ -143,7 +143,7 @@ class GradientCombination(Strategy):
 
     def _representation_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
         model = ctx.model
-        shared = model.representation(batch["image"])
+        shared = model.representation(*ctx.inputs(batch))
         detached = {k: v.detach().requires_grad_() for k, v in shared.items()}
         losses = ctx.losses(model.heads(detached), batch)
         if not losses:

@@ -1,0 +1,74 @@
+"""The head builder every architecture uses: the right number of output channels per task kind.
+
+A task's head ends in ``task.channels`` outputs (:attr:`medmtl.tasks.Task.channels`): one for
+binary, segmentation, heatmap, depth and edge tasks, three for surface normals, ``num_outputs``
+for multi-class, multi-label and semantic tasks. :func:`shape_output` gives every model the same
+output shapes: ``(B,)`` or ``(B, C)`` for image-level tasks, ``(B, H, W)`` for one-channel dense
+tasks and ``(B, C, H, W)`` otherwise.
+
+- :func:`linear_head`: dropout and a linear layer on a pooled feature (image-level tasks);
+- :func:`conv_head`: a 1x1 convolution on a decoded feature map (dense tasks);
+- :class:`ASPPHead`: DeepLabV3's atrous spatial pyramid pooling (Chen et al. 2017) then a 3x3
+  convolution and the 1x1 output convolution: the task-specific heads of the survey's
+  encoder-focused networks on a dilated ResNet (Vandenhende et al. 2022, section 4.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medmtl.tasks import Task
+
+
+def linear_head(in_features: int, task: Task, dropout: float = 0.0) -> nn.Module:
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, task.channels))
+
+
+def conv_head(in_channels: int, task: Task) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, task.channels, 1)
+
+
+def shape_output(output: torch.Tensor, task: Task) -> torch.Tensor:
+    """Drop the channel dimension of one-channel outputs: (B, 1) -> (B,), (B, 1, H, W) -> (B, H, W)."""
+    if task.channels == 1:
+        return output.squeeze(1)
+    return output
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 3, dilation: int = 1) -> nn.Sequential:
+    padding = dilation * (kernel // 2)
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, padding=padding, dilation=dilation, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+class ASPP(nn.Module):
+    """1x1 conv, three 3x3 convs dilated at ``rates``, image pooling; concatenated and projected."""
+
+    def __init__(self, in_channels: int, width: int = 256, rates: Sequence[int] = (6, 12, 18)):
+        super().__init__()
+        self.branches = nn.ModuleList([conv_bn_relu(in_channels, width, 1)]
+                                      + [conv_bn_relu(in_channels, width, 3, r) for r in rates])
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, width, 1, bias=False), nn.ReLU(inplace=True))
+        self.project = conv_bn_relu(width * (len(rates) + 2), width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.interpolate(self.pool(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.project(torch.cat([branch(x) for branch in self.branches] + [pooled], dim=1))
+
+
+class ASPPHead(nn.Sequential):
+    """ASPP -> 3x3 conv-BN-ReLU -> 1x1 conv to ``task.channels`` (DeepLabV3's head)."""
+
+    def __init__(self, in_channels: int, task: Task, width: int = 256, rates: Sequence[int] = (6, 12, 18)):
+        super().__init__(ASPP(in_channels, width, rates), conv_bn_relu(width, width), conv_head(width, task))
+
+
+def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resizing of dense logits to the input resolution (no-op when already there)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
