@@ -100,6 +100,25 @@ def _test(trainer: L.Trainer, module: MultiTaskModule, datamodule, ckpt_path: st
     return {k.removeprefix("test/"): float(v) for k, v in (results[0] if results else {}).items()}
 
 
+def _flops(module: MultiTaskModule, datamodule) -> int:
+    """FLOPs of one sample through every task (:func:`medmtl.models.flops_per_sample`), from the
+    first batch of each evaluation loader: one loader serves every task, or (datasets whose tasks
+    have separate inputs) each loader its own tasks, whose FLOPs add up."""
+    from medmtl.models import flops_per_sample
+
+    loaders = datamodule.test_dataloader() if datamodule.split_sizes().get("test") else datamodule.val_dataloader()
+    counted: set[str] = set()
+    total = 0
+    for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+        batch = next(iter(loader))
+        tasks = [t.name for t in module.tasks if t.target_key in batch and t.name not in counted]
+        if tasks:
+            inputs = [batch[key].to(module.device) for key in datamodule.input_keys]
+            total += flops_per_sample(module.model, inputs, tasks)
+            counted.update(tasks)
+    return total
+
+
 def check_data_before_training(datamodule, test: bool) -> None:
     """Read the dataset and check every split the run will need now, not after hours of training
     (an empty test split would otherwise end the run with empty test metrics)."""
@@ -160,6 +179,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     record = {
         "test": test_metrics,
         "num_parameters": module.num_parameters(),
+        "flops_per_sample": _flops(module, datamodule),
         "seconds_per_iteration": timer.mean_seconds,
         "iterations": iterations,
         "epochs": trainer.current_epoch,
@@ -170,7 +190,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "strategy": cfg.optim.get("name", cfg.optim.strategy._target_.rsplit(".", 1)[-1]),
         "data": cfg.data._target_.rsplit(".", 1)[-1],
         "lr": cfg.optim.get("optimizer", {}).get("lr"),
-        "task_metrics": getattr(module.evaluator, "TASK_METRICS", None),
+        "task_metrics": module.evaluator.TASK_METRICS if module.evaluator is not None else None,
+        "lower_is_better": sorted(module.evaluator.LOWER_IS_BETTER) if module.evaluator is not None else [],
         "n_tasks": len(module.tasks),
         "best_checkpoint": best,
         "best_val_loss": float(selector.best_model_score)
@@ -202,6 +223,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     cfg = configuration_of_run(cfg)
     save_config(cfg)
     datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    datamodule.check_splits("test")
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg, [], _instantiate_group(cfg.get("logger")))
     metrics = _test(trainer, module, datamodule, cfg.ckpt_path, output_dir)
@@ -209,7 +233,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
               "num_parameters": module.num_parameters(), "model": cfg.model._target_.rsplit(".", 1)[-1],
               "data": cfg.data._target_.rsplit(".", 1)[-1], "strategy": cfg.optim.get("name"),
               "seed": cfg.get("seed"), "fold": cfg.data.get("fold"),
-              "task_metrics": getattr(module.evaluator, "TASK_METRICS", None)}
+              "task_metrics": module.evaluator.TASK_METRICS if module.evaluator is not None else None,
+              "lower_is_better": sorted(module.evaluator.LOWER_IS_BETTER) if module.evaluator is not None else []}
     write_metrics_json(output_dir / "metrics.json", record)
     print_summary(f"eval {cfg.ckpt_path}", {f"test/{k}": v for k, v in metrics.items()})
     _finish_wandb(trainer.loggers)

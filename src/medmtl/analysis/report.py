@@ -30,7 +30,7 @@ from medmtl.analysis.overlays import overlay_from_runs
 from medmtl.analysis.stats import delta_mtl, lower_is_better, mean_std, paired_t_test, significance_mark
 from medmtl.analysis.task_balance import plot_per_layer, plot_per_step, read_diagnostics
 
-RESOURCE_COLUMNS = {"num_parameters": "parameters", "seconds_per_iteration": "seconds/iteration"}
+RESOURCE_COLUMNS = {"num_parameters": "parameters", "flops_per_sample": "FLOPs", "seconds_per_iteration": "seconds/iteration"}
 
 
 @dataclass
@@ -65,7 +65,8 @@ def load_run(folder: Path) -> Run | None:
     fold = record.get("fold")
     pair_key = f"fold {fold}" if record.get("protocol", "cv") == "cv" and fold is not None else f"seed {record.get('seed')}"
     attributes = {"strategy": record.get("strategy"), "model": record.get("model"), "lr": record.get("lr"),
-                  "tasks": record.get("n_tasks"), "task_metrics": record.get("task_metrics")}
+                  "tasks": record.get("n_tasks"), "task_metrics": record.get("task_metrics"),
+                  "lower_is_better": record.get("lower_is_better")}
     return Run(folder, str(record.get("strategy")), pair_key, metrics, attributes)
 
 
@@ -165,12 +166,13 @@ def build_table(collection: Collection, metrics: Sequence[str] | None = None,
     keys = {r.pair_key for r in runs}
     missing = {m: sorted(keys - {r.pair_key for r in runs if r.method == m}) for m in methods}
     best, p_values = {}, {}
+    declared_lower = {m for r in runs for m in (r.attributes.get("lower_is_better") or ())}
     for metric in metrics:
         means = {m: mean_std(list(values.get((m, metric), {}).values()))[0] for m in methods}
         finite = {m: v for m, v in means.items() if not math.isnan(v)}
         if not finite:
             continue
-        chooser = min if lower_is_better(metric) else max
+        chooser = min if lower_is_better(metric, declared_lower) else max
         best[metric] = chooser(finite, key=finite.get)
         if metric in RESOURCE_COLUMNS.values():
             continue  # parameters and timings: no significance test
@@ -184,7 +186,7 @@ def build_table(collection: Collection, metrics: Sequence[str] | None = None,
     if base is not None:
         for method in methods:
             mine = {m: mean_std(list(values.get((method, m), {}).values()))[0] for m in task_metrics}
-            delta[method] = delta_mtl(mine, base, task_metrics)
+            delta[method] = delta_mtl(mine, base, task_metrics, declared_lower)
     return Table(methods, metrics, values, best, p_values, delta, task_metrics, missing, conflicts)
 
 

@@ -10,17 +10,23 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
 
 #: metrics where lower is better (every other metric: higher is better)
-LOWER_IS_BETTER = ("loss", "error", "mae", "mse", "rmse", "seconds", "parameters")
+LOWER_IS_BETTER = ("loss", "error", "mae", "mse", "rmse", "seconds", "parameters", "FLOPs")
 
 
-def lower_is_better(metric: str) -> bool:
-    return any(word in metric for word in LOWER_IS_BETTER)
+def lower_is_better(metric: str, declared: Collection[str] = ()) -> bool:
+    """Whether a decrease of ``metric`` is an improvement: declared by the run's evaluator
+    (``lower_is_better`` in metrics.json, e.g. a normals angle) or named so: one of the words of
+    the name (split at ``_``, ``/``, ``-`` and spaces) is an error, a loss, ... Whole words only:
+    ``semseg_miou`` holds the letters "mse" and is still higher-is-better."""
+    words = set(re.split(r"[_/\s-]+", metric))
+    return metric in declared or any(word in words for word in LOWER_IS_BETTER)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -49,13 +55,14 @@ def significance_mark(p_value: float) -> str:
     return "**" if p_value < 0.01 else "*" if p_value < 0.05 else ""
 
 
-def delta_mtl(method: Mapping[str, float], baseline: Mapping[str, float], metrics: Sequence[str]) -> float:
+def delta_mtl(method: Mapping[str, float], baseline: Mapping[str, float], metrics: Sequence[str],
+              declared_lower: Collection[str] = ()) -> float:
     """Mean relative improvement over the baseline, in percent, sign-corrected per metric."""
     terms = []
     for metric in metrics:
         m, b = method.get(metric), baseline.get(metric)
         if m is None or b is None or b == 0 or math.isnan(m) or math.isnan(b):
             return math.nan
-        sign = -1.0 if lower_is_better(metric) else 1.0
+        sign = -1.0 if lower_is_better(metric, declared_lower) else 1.0
         terms.append(sign * (m - b) / b)
     return 100.0 * float(np.mean(terms)) if terms else math.nan

@@ -49,6 +49,14 @@ def read_binary_mask(path: Path) -> np.ndarray:
     return (_decode(path, "mask", "a TIFF/PNG mask", None) > 0).astype(np.uint8)
 
 
+def read_index_image(path: Path) -> np.ndarray:
+    """A one-channel 8-bit image (grey or palette) as its stored values (H, W): label maps."""
+    values = _decode(path, "label image", "a one-channel 8-bit PNG", None)
+    if values.ndim != 2:
+        raise DatasetError(f"Label image {path} has {values.shape[2]} channels; expected one (grey or palette).")
+    return values
+
+
 def read_refuge_mask(path: Path) -> np.ndarray:
     """Read a REFUGE disc/cup mask as (H, W) uint8 and check its values are within {0, 128, 255}."""
     mask = _decode(path, "mask", "an 8-bit BMP/PNG image", "L")

@@ -29,6 +29,8 @@ EXAMPLE_KEYS = ("index", "image", "lesion_pred", "lesion_true", "lesion_present"
 
 
 class IdridEvaluator:
+    LOWER_IS_BETTER: frozenset[str] = frozenset()  # accuracies, Dice, IoU, AUPR
+
     def __init__(self, tasks: Sequence[Task], aupr_thresholds: int = 200, examples_per_set: int = 2):
         self.tasks = {t.name: t for t in tasks}
         self.grading = [t.name for t in tasks if t.kind == "multiclass"]

@@ -49,6 +49,8 @@ class MedMNISTEvaluator:
     """Collects the scores of each dataset's batches; :meth:`compute` gives ``<flag>_auc``,
     ``<flag>_acc`` and their means over the datasets."""
 
+    LOWER_IS_BETTER: frozenset[str] = frozenset()  # AUC and accuracy
+
     def __init__(self, tasks: Sequence[Task]):
         self.tasks = {t.name: t for t in tasks}
         self.TASK_METRICS = {name: f"{name}_auc" for name in self.tasks}  # Delta_MTL: one per task

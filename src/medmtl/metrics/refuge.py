@@ -64,6 +64,7 @@ class RefugeEvaluator:
 
     #: one metric per task: the T terms of Delta_MTL (METHODS.md section 4)
     TASK_METRICS = {"glaucoma": "auc", "od": "dice_od", "oc": "dice_oc", "fovea": "fovea_error_px"}
+    LOWER_IS_BETTER = frozenset({"fovea_error_grid", "fovea_error_px", "vcdr_mae"})
 
     def __init__(self, train_vcdr: np.ndarray, train_labels: np.ndarray, examples_per_class: int = 4):
         self.vcdr_classifier = fit_vcdr_classifier(train_vcdr, train_labels)
