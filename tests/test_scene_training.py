@@ -1,0 +1,59 @@
+"""The scene half trains through Lightning on the synthetic NYUDv2: every strategy on MTAN, and every
+scene architecture with the strategy families (loss weighting, Jacobian, representation, per-task
+optimizers, single-task); the test stage reports the dataset-level scene metrics."""
+
+from functools import partial
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import quiet_trainer
+from medmtl.data.nyudv2_synthetic import SyntheticNYUDv2DataModule
+from medmtl.module import MultiTaskModule
+from test_configs import compose_train, options
+
+SCENE_MODELS = ["mtl_baseline", "cross_stitch", "nddr_cnn", "mtan", "segnet_mtan", "padnet", "mtinet"]
+FAMILIES = ["vanilla", "pcgrad", "mgda_ub", "mtl_io", "stl"]
+
+
+@pytest.fixture(scope="module")
+def nyud_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("nyud") / "twin"
+
+
+def fit(root, model_name: str, optim_name: str, tmp_path, test: bool = False):
+    cfg = compose_train([f"model={model_name}", "preset=tiny", f"optim={optim_name}"])
+    dm = SyntheticNYUDv2DataModule(str(root), layout="nyud_mt", synthetic={"n_train": 4, "n_val": 2, "size": [32, 64]},
+                                   tasks=["semseg", "depth", "normals", "edge"], batch_size=2, eval_batch_size=2,
+                                   augment="survey")
+    torch.manual_seed(0)
+    module = MultiTaskModule(model=instantiate(cfg.model), strategy=instantiate(cfg.optim.strategy), tasks=dm.tasks,
+                             optimizer=instantiate(cfg.optim.optimizer), input_keys=dm.input_keys)
+    before = [p.detach().clone() for p in module.model.parameters()]
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2)
+    trainer.fit(module, datamodule=dm)
+    assert module.iterations == 2
+    assert all(torch.isfinite(p).all() for p in module.model.parameters())
+    moved = sum(not torch.equal(a, b) for a, b in zip(before, module.model.parameters()))
+    assert moved > len(before) // 2, f"only {moved} of {len(before)} parameters moved"
+    return trainer.test(module, datamodule=dm, verbose=False)[0] if test else None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optim_name", options("optim"))
+def test_every_strategy_trains_mtan_on_four_scene_tasks(optim_name, nyud_root, tmp_path):
+    fit(nyud_root, "mtan", optim_name, tmp_path)
+
+
+@pytest.mark.parametrize("model_name,optim_name", [(m, o) for m in SCENE_MODELS for o in FAMILIES])
+def test_every_scene_architecture_trains_with_each_strategy_family(model_name, optim_name, nyud_root, tmp_path):
+    fit(nyud_root, model_name, optim_name, tmp_path)
+
+
+def test_the_test_stage_reports_dataset_level_scene_metrics(nyud_root, tmp_path):
+    metrics = fit(nyud_root, "padnet", "vanilla", tmp_path, test=True)
+    expected = {"semseg_miou", "semseg_pixel_acc", "depth_abs_err", "depth_rel_err", "depth_rmse", "normals_angle_mean",
+                "normals_angle_median", "normals_within_11_25", "normals_within_22_5", "normals_within_30", "edge_odsf"}
+    assert {f"test/{m}" for m in expected} <= set(metrics)
+    assert 0 <= metrics["test/semseg_miou"] <= 1 and 0 <= metrics["test/normals_angle_mean"] <= 180
