@@ -29,3 +29,21 @@ def test_quickstart_learns_well_beyond_an_untrained_network(tmp_path):
     assert after["dice_od"] > 0.8 and after["dice_od"] > before["dice_od"] + 0.5
     assert after["dice_oc"] > 0.5
     assert after["fovea_error_grid"] < before["fovea_error_grid"]
+
+
+@pytest.mark.slow
+def test_the_tiny_nyudv2_experiment_learns_every_scene_task(tmp_path):
+    """Hervella et al. 2024's Table 5 arm (MTAN, equal weights) with preset=tiny on the synthetic
+    NYUDv2 (a minute on 2 cores): each task ends well beyond the same network untrained."""
+    common = ["experiment=nyudv2_mao_table5", "preset=tiny", "mao_method=equal_weights"]
+    results = {}
+    for name, extra in (("untrained", ["train=false"]), ("trained", [])):
+        done = run("train.py", [*common, *extra, f"task_name={name}"], tmp_path, timeout=1800)
+        assert done.returncode == 0, done.stderr[-3000:]
+        (metrics,) = (tmp_path / "logs" / name / "runs").glob("*/metrics.json")
+        results[name] = json.loads(metrics.read_text())["test"]
+    untrained, trained = results["untrained"], results["trained"]
+    assert trained["semseg_pixel_acc"] > untrained["semseg_pixel_acc"] + 0.2
+    assert trained["semseg_miou"] > untrained["semseg_miou"] + 0.05
+    assert trained["normals_angle_mean"] < untrained["normals_angle_mean"] - 20
+    assert trained["depth_abs_err"] < untrained["depth_abs_err"] - 0.3

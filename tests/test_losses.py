@@ -47,3 +47,51 @@ def test_task_loss_ignores_unlabelled_samples_and_returns_none_without_labels():
     assert task.compute_loss(out, batch).item() == pytest.approx(math.log(2))
     batch["present/g"] = torch.tensor([False, False])
     assert task.compute_loss(out, batch) is None
+
+
+# ----- scene losses: each over the valid pixels of each sample, against hand computations -----------
+def test_semantic_cross_entropy_leaves_unlabelled_pixels_out_per_sample():
+    from medmtl.losses import semantic_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(2, 5, 4, 4, generator=g), torch.randint(0, 5, (2, 4, 4), generator=g)
+    target[0, :2] = -1  # half of sample 0 unlabelled
+    target[1] = -1
+    target[1, 0, 0] = 3  # sample 1: one labelled pixel
+    loss = semantic_cross_entropy(logits, target)
+    labelled = target[0] >= 0
+    expected0 = torch.nn.functional.cross_entropy(logits[0].permute(1, 2, 0)[labelled], target[0][labelled])
+    expected1 = -torch.log_softmax(logits[1, :, 0, 0], dim=0)[3]
+    torch.testing.assert_close(loss, torch.stack([expected0, expected1]))
+
+
+def test_depth_l1_counts_valid_pixels_only_and_sends_no_gradient_to_invalid_ones():
+    from medmtl.losses import depth_l1
+
+    target = torch.tensor([[[2.0, 0.0], [4.0, 1.0]]])  # one invalid pixel
+    prediction = torch.tensor([[[2.5, 9.0], [3.0, 1.0]]], requires_grad=True)
+    loss = depth_l1(prediction, target)
+    torch.testing.assert_close(loss, torch.tensor([(0.5 + 1.0 + 0.0) / 3]))
+    loss.sum().backward()
+    assert prediction.grad[0, 0, 1] == 0
+
+
+def test_normals_losses_by_hand():
+    from medmtl.losses import normals_cosine, normals_l1
+
+    truth = torch.zeros(1, 3, 1, 2)
+    truth[0, 2, 0, 0] = -1.0  # pixel 0 faces the camera; pixel 1 invalid (zero vector)
+    prediction = torch.zeros(1, 3, 1, 2)
+    prediction[0, :, 0, 0] = torch.tensor([0.0, 3**0.5 / 2, -0.5]) * 4.0  # 60 degrees away, length 4
+    prediction[0, :, 0, 1] = torch.tensor([1.0, 0.0, 0.0])
+    torch.testing.assert_close(normals_cosine(prediction, truth), torch.tensor([0.5]))  # 1 - cos 60
+    torch.testing.assert_close(normals_l1(prediction, truth), torch.tensor([3**0.5 / 2 + 0.5]))
+
+
+def test_balanced_bce_by_hand():
+    from medmtl.losses import balanced_bce
+
+    logits, target = torch.tensor([[[0.0, 2.0]]]), torch.tensor([[[1.0, 0.0]]])
+    w = 0.9
+    expected = (-w * math.log(0.5) - (1 - w) * math.log(1 - 1 / (1 + math.exp(-2.0)))) / 2
+    torch.testing.assert_close(balanced_bce(logits, target, positive_weight=w), torch.tensor([expected]))

@@ -135,3 +135,22 @@ def test_single_task_variant_builds_and_shares_nothing(name):
     with torch.no_grad():
         outputs = model(image(1))
     assert {k: v.shape for k, v in outputs.items()} == {t.name: expected_shape(t, 1) for t in tasks}
+
+
+def test_scene_backbones_load_local_weights_or_say_in_one_sentence_that_they_are_missing(tmp_path):
+    import timm
+
+    from medmtl.errors import WeightsNotFoundError
+    from medmtl.models.mtl_baseline import MTLBaseline
+
+    torch.manual_seed(3)
+    source = timm.create_model("test_resnet", num_classes=7)  # a classifier's state dict: its head is dropped
+    path = tmp_path / "test_resnet.pth"
+    torch.save(source.state_dict(), path)
+    model = MTLBaseline(SCENE(), backbone="test_resnet", aspp_width=8, pretrained_file=str(path))
+    stem_conv, layer4 = model.backbone[0][0][0], model.backbone[3]
+    for key, value in source.conv1.state_dict().items():
+        assert torch.equal(stem_conv.state_dict()[key], value), key
+    assert torch.equal(layer4[-1].conv2.weight, source.layer4[-1].conv2.weight)
+    with pytest.raises(WeightsNotFoundError, match="not_here.pth.*pretrained_file=null"):
+        MTLBaseline(SCENE(), backbone="test_resnet", aspp_width=8, pretrained_file=str(tmp_path / "not_here.pth"))

@@ -142,3 +142,31 @@ def test_report_draws_task_balance_plots_for_runs_with_diagnostics(sweep):
     output = write_report(sweep)
     name = f"{run.method}_{run.pair_key}".replace(" ", "")
     assert (output / f"balance_layers_{name}.png").is_file() and (output / f"balance_steps_{name}.png").is_file()
+
+
+def test_scene_report_ranks_declared_lower_is_better_metrics_and_draws_the_scene_figure(tmp_path):
+    """Two methods on scene tasks: the mean angle is better when lower (declared by the evaluator,
+    not named so), mIoU when higher; Delta_MTL by hand; the overlay shows the scene examples."""
+    rows = {"stl": {0: (0.40, 20.0), 1: (0.42, 21.0)}, "vanilla": {0: (0.44, 22.0), 1: (0.46, 23.1)}}
+    rng = np.random.default_rng(0)
+    for job, (method, seeds) in enumerate((m, s) for m, s in rows.items()):
+        for seed, (miou, angle) in seeds.items():
+            folder = tmp_path / f"{job}_{seed}"
+            (folder / ".hydra").mkdir(parents=True)
+            (folder / ".hydra" / "overrides.yaml").write_text(f"- optim={method}\n- seed={seed}\n")
+            record = {"test": {"semseg_miou": miou, "normals_angle_mean": angle}, "strategy": method, "model": "MTAN",
+                      "seed": seed, "protocol": "official", "task_metrics": {"semseg": "semseg_miou", "normals": "normals_angle_mean"},
+                      "lower_is_better": ["normals_angle_mean"], "num_parameters": 10, "flops_per_sample": 2.5e9}
+            (folder / "metrics.json").write_text(json.dumps(record))
+            normals = rng.normal(size=(1, 3, 8, 8)).astype(np.float32)
+            np.savez(folder / "predictions.npz", example_image=rng.integers(0, 255, (1, 8, 8, 3), dtype=np.uint8),
+                     example_index=np.array([0]), example_semseg_pred=rng.integers(0, 13, (1, 8, 8)),
+                     example_semseg_true=rng.integers(-1, 13, (1, 8, 8)), example_normals_pred=normals,
+                     example_normals_true=normals / np.linalg.norm(normals, axis=1, keepdims=True))
+    table = build_table(collect(tmp_path))
+    assert table.best["semseg_miou"] == "vanilla" and table.best["normals_angle_mean"] == "stl"
+    expected = 100 * ((0.45 - 0.41) / 0.41 - (22.55 - 20.5) / 20.5) / 2
+    assert table.delta["vanilla"] == pytest.approx(expected)
+    output = write_report([tmp_path])
+    assert (output / "overlay.png").is_file()
+    assert "2.50 ± 0.00" in (output / "results.md").read_text()  # GFLOPs

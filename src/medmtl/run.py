@@ -48,9 +48,11 @@ def build_module(cfg: DictConfig, datamodule) -> MultiTaskModule:
     )
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> L.Trainer:
-    """The configured Trainer, writing checkpoints atomically (:class:`AtomicCheckpointIO`)."""
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any], validate: bool = True) -> L.Trainer:
+    """The configured Trainer, writing checkpoints atomically (:class:`AtomicCheckpointIO`);
+    without a validation split (``validate=False``) the validation loop is switched off."""
+    no_validation = {} if validate else {"limit_val_batches": 0, "num_sanity_val_steps": 0}
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()], **no_validation)
 
 
 def in_sweep() -> bool:
@@ -155,7 +157,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if not datamodule.has_validation:
         # nothing to select on (IDRiD with val_fraction=0, seed 001's protocol): the last weights are tested
         callbacks = [c for c in callbacks if not (isinstance(c, ModelCheckpoint) and c.monitor is not None)]
-    trainer = build_trainer(cfg, callbacks + [timer], loggers)
+    trainer = build_trainer(cfg, callbacks + [timer], loggers, validate=datamodule.has_validation)
 
     started = time.perf_counter()
     resume = None

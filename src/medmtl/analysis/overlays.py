@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medmtl.analysis import idrid_overlays
+from medmtl.analysis import idrid_overlays, scene_overlays
 from medmtl.analysis.figures import plt, save_figure
 from medmtl.metrics.refuge import dice
 
@@ -105,16 +105,19 @@ def plot_overlay(examples: dict[str, dict[str, np.ndarray]], output: str | Path,
 
 
 def panels_with_captions(examples: dict[str, np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
-    """Ground truth | prediction images of one run's examples, REFUGE or IDRiD, with captions."""
+    """Ground truth | prediction images of one run's examples, REFUGE, IDRiD or scenes, with captions."""
     if idrid_overlays.is_idrid_examples(examples):
         return idrid_overlays.example_panels(examples), idrid_overlays.example_captions(examples)
+    if scene_overlays.is_scene_examples(examples):
+        return scene_overlays.example_panels(examples), scene_overlays.example_captions(examples)
     captions = [f"test image {int(i)}, label {int(y)}" for i, y in zip(examples["index"], examples["label"])]
     return example_panels(examples), captions
 
 
 def overlay_from_runs(runs, methods: Sequence[str], output: str | Path) -> Path | None:
     """The overlay of ``methods`` on the first pair key (fold or seed) that all of them ran
-    (IDRiD examples: seed 001's figures, :mod:`medmtl.analysis.idrid_overlays`)."""
+    (IDRiD examples: seed 001's figures, :mod:`medmtl.analysis.idrid_overlays`; scene examples:
+    :mod:`medmtl.analysis.scene_overlays`)."""
     by_key: dict[str, dict[str, Path]] = {}
     for run in runs:
         by_key.setdefault(run.pair_key, {})[run.method] = run.folder
@@ -124,5 +127,7 @@ def overlay_from_runs(runs, methods: Sequence[str], output: str | Path) -> Path 
             if all(e is not None for e in examples.values()):
                 if all(idrid_overlays.is_idrid_examples(e) for e in examples.values()):
                     return idrid_overlays.plot_idrid_overlay(examples, output)
+                if all(scene_overlays.is_scene_examples(e) for e in examples.values()):
+                    return scene_overlays.plot_scene_overlay(examples, output)
                 return plot_overlay(examples, output)
     return None

@@ -30,7 +30,7 @@ from medmtl.analysis.overlays import overlay_from_runs
 from medmtl.analysis.stats import delta_mtl, lower_is_better, mean_std, paired_t_test, significance_mark
 from medmtl.analysis.task_balance import plot_per_layer, plot_per_step, read_diagnostics
 
-RESOURCE_COLUMNS = {"num_parameters": "parameters", "flops_per_sample": "FLOPs", "seconds_per_iteration": "seconds/iteration"}
+RESOURCE_COLUMNS = {"num_parameters": "parameters", "flops_per_sample": "GFLOPs", "seconds_per_iteration": "seconds/iteration"}
 
 
 @dataclass
@@ -195,8 +195,8 @@ def _cell(table: Table, method: str, metric: str, bold: tuple[str, str]) -> str:
     if not samples:
         return "-"
     mean, std = mean_std(samples)
-    scale = 100.0 if any(w in metric for w in ("auc", "dice", "acc", "iou")) else 1.0
-    digits = 0 if metric == "parameters" else 2 if scale == 100.0 else 4
+    scale = 100.0 if any(w in metric for w in ("auc", "dice", "acc", "iou")) else 1e-9 if metric == "GFLOPs" else 1.0
+    digits = 0 if metric == "parameters" else 2 if scale != 1.0 else 4
     text = f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
     best = table.best.get(metric)
     best_mean = mean_std(list(table.values.get((best, metric), {}).values()))[0] if best else math.nan

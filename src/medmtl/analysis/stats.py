@@ -17,7 +17,7 @@ import numpy as np
 from scipy import stats
 
 #: metrics where lower is better (every other metric: higher is better)
-LOWER_IS_BETTER = ("loss", "error", "mae", "mse", "rmse", "seconds", "parameters", "FLOPs")
+LOWER_IS_BETTER = ("loss", "error", "mae", "mse", "rmse", "seconds", "parameters", "GFLOPs")
 
 
 def lower_is_better(metric: str, declared: Collection[str] = ()) -> bool:
