@@ -170,3 +170,39 @@ def test_scene_report_ranks_declared_lower_is_better_metrics_and_draws_the_scene
     output = write_report([tmp_path])
     assert (output / "overlay.png").is_file()
     assert "2.50 ± 0.00" in (output / "results.md").read_text()  # GFLOPs
+
+
+def test_validation_metric_curves_average_each_methods_runs_per_epoch(tmp_path):
+    """Hervella et al. 2024's Fig. 6 from the CSV logs: mean over a method's runs per epoch."""
+    import pandas as pd
+
+    from medmtl.analysis.figures import epoch_curves, plot_metric_curves
+    from medmtl.analysis.report import Run
+
+    runs = []
+    for seed, values in enumerate(([0.1, 0.2, 0.3], [0.3, 0.4, 0.5])):
+        folder = tmp_path / f"run{seed}"
+        (folder / "csv").mkdir(parents=True)
+        rows = [{"epoch": e, "step": e, "val/semseg_miou": v} for e, v in enumerate(values)]
+        rows += [{"epoch": e, "step": e, "train/loss": 1.0} for e in range(3)]  # rows without the column
+        pd.DataFrame(rows).to_csv(folder / "csv" / "metrics.csv", index=False)
+        runs.append(Run(folder, "mao", f"seed {seed}", {}, {}))
+    curves = epoch_curves(runs, "val/semseg_miou")
+    np.testing.assert_allclose(curves["mao"].mean(axis=0), [0.2, 0.3, 0.4])
+    assert plot_metric_curves(runs, tmp_path / "curves.png", ["semseg_miou", "depth_rmse"]).is_file()
+    assert plot_metric_curves(runs, tmp_path / "none.png", ["depth_rmse"]) is None
+
+
+def test_arms_label_runs_only_where_strategy_and_model_would_merge_them(tmp_path):
+    jobs = [("stl", "MTLBaseline", {"nyud_arm": "stl_resnet50"}), ("stl", "MTLBaseline", {"nyud_arm": "stl_hrnet18"}),
+            ("vanilla", "MTAN", {"nyud_arm": "mtan"}), ("vanilla", "MTINet", {"nyud_arm": "mtinet"})]
+    for job, (strategy, model, arms) in enumerate(jobs):
+        folder = tmp_path / str(job)
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
+        record = {"test": {"semseg_miou": 0.1 * (job + 1)}, "strategy": strategy, "model": model, "seed": 0,
+                  "protocol": "official", "arms": arms}
+        (folder / "metrics.json").write_text(json.dumps(record))
+    methods = sorted({run.method for run in collect(tmp_path).runs})
+    assert methods == ["stl (MTLBaseline, nyud_arm=stl_hrnet18)", "stl (MTLBaseline, nyud_arm=stl_resnet50)",
+                       "vanilla (MTAN, nyud_arm=mtan)", "vanilla (MTINet, nyud_arm=mtinet)"]

@@ -2,7 +2,6 @@
 scene architecture with the strategy families (loss weighting, Jacobian, representation, per-task
 optimizers, single-task); the test stage reports the dataset-level scene metrics."""
 
-from functools import partial
 
 import pytest
 import torch

@@ -69,6 +69,20 @@ def _overrides() -> list[str]:
     return []
 
 
+#: config groups every run chooses from; the others (an experiment's arms, e.g. nyud_arm) label runs
+STANDARD_GROUPS = ("data", "model", "optim", "trainer", "logger", "callbacks", "paths", "experiment", "preset",
+                   "preset_model", "preset_data")
+
+
+def _arm_choices() -> dict[str, str]:
+    """The experiment-specific group choices of this run (``idrid_arm=moe``, ``nyud_arm=padnet``):
+    the report tells runs apart by them when model, strategy and learning rate do not."""
+    if not HydraConfig.initialized():
+        return {}
+    return {group: str(choice) for group, choice in HydraConfig.get().runtime.choices.items()
+            if choice is not None and group not in STANDARD_GROUPS and not group.startswith("hydra")}
+
+
 def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, auto_resume: bool = True) -> str | None:
     """``last`` means this run folder's ``checkpoints/last.ckpt`` (when it exists). With
     ``auto_resume`` and no ``ckpt_path``, a run folder that already holds ``last.ckpt`` (the same
@@ -202,6 +216,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "wall_seconds": time.perf_counter() - started,
         "resumed_from": resume,
         "overrides": _overrides(),
+        "arms": _arm_choices(),
         "config_digest": digest,
         "device": str(module.device),
         "torch": torch.__version__,

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -93,4 +94,26 @@ def plot_curves(runs, output: str | Path, column: str = "val/loss") -> Path | No
     ax.set_xlabel("epoch")
     ax.set_ylabel(column)
     ax.legend(fontsize="small")
+    return save_figure(fig, output)
+
+
+def plot_metric_curves(runs, output: str | Path, metrics: Sequence[str]) -> Path | None:
+    """One panel per metric: its validation value after every epoch (``val/<metric>`` in the CSV
+    log), mean +/- std over each method's runs (Hervella et al. 2024, Fig. 6). Only runs that
+    validated (a validation split) have these curves."""
+    panels = {metric: epoch_curves(runs, f"val/{metric}") for metric in metrics}
+    panels = {metric: curves for metric, curves in panels.items() if curves}
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (metric, curves) in zip(axes[0], panels.items()):
+        for method, values in sorted(curves.items()):
+            epochs = np.arange(values.shape[1])
+            mean, std = values.mean(axis=0), values.std(axis=0)
+            ax.plot(epochs, mean, label=f"{method} (n={values.shape[0]})")
+            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric, fontsize="small")
+    axes[0, 0].legend(fontsize="x-small")
+    fig.tight_layout()
     return save_figure(fig, output)

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medmtl.analysis.figures import plot_curves, plot_roc
+from medmtl.analysis.figures import plot_curves, plot_metric_curves, plot_roc
 from medmtl.analysis.lr_sensitivity import plot_lr_sensitivity
 from medmtl.analysis.overlays import overlay_from_runs
 from medmtl.analysis.stats import delta_mtl, lower_is_better, mean_std, paired_t_test, significance_mark
@@ -66,7 +66,7 @@ def load_run(folder: Path) -> Run | None:
     pair_key = f"fold {fold}" if record.get("protocol", "cv") == "cv" and fold is not None else f"seed {record.get('seed')}"
     attributes = {"strategy": record.get("strategy"), "model": record.get("model"), "lr": record.get("lr"),
                   "tasks": record.get("n_tasks"), "task_metrics": record.get("task_metrics"),
-                  "lower_is_better": record.get("lower_is_better")}
+                  "lower_is_better": record.get("lower_is_better"), "arms": record.get("arms") or {}}
     return Run(folder, str(record.get("strategy")), pair_key, metrics, attributes)
 
 
@@ -87,11 +87,28 @@ def collect(sweeps: str | Path | Sequence[str | Path]) -> Collection:
             run = load_run(folder)
             (runs.append(run) if run is not None else failed.append(folder))
     varying = [name for name in ("model", "tasks", "lr") if len({r.attributes.get(name) for r in runs}) > 1]
+    arms = _arms_that_separate(runs, ("model", "tasks", "lr"))
     for run in runs:
-        if varying:
-            labels = ", ".join(_attribute_label(n, run.attributes.get(n)) for n in varying)
-            run.method = f"{run.method} ({labels})"
+        labels = [_attribute_label(n, run.attributes.get(n)) for n in varying]
+        labels += [f"{group}={run.attributes['arms'].get(group)}" for group in arms]
+        if labels:
+            run.method = f"{run.method} ({', '.join(labels)})"
     return Collection(runs, failed)
+
+
+def _arms_that_separate(runs: Sequence[Run], attributes: Sequence[str]) -> list[str]:
+    """Experiment arm groups (``nyud_arm``) whose choice differs between runs that strategy, model,
+    task count and learning rate would otherwise merge (two MTL baselines on different backbones)."""
+    groups = sorted({g for r in runs for g in r.attributes.get("arms", {})})
+    separating = []
+    for group in groups:
+        seen: dict[tuple, set] = {}
+        for run in runs:
+            key = (run.method, *(run.attributes.get(a) for a in attributes))
+            seen.setdefault(key, set()).add(run.attributes.get("arms", {}).get(group))
+        if any(len(choices) > 1 for choices in seen.values()):
+            separating.append(group)
+    return separating
 
 
 def delta_metrics(runs: Sequence[Run], shown: Sequence[str]) -> list[str]:
@@ -285,6 +302,7 @@ def write_report(sweeps: str | Path | Sequence[str | Path], output: str | Path |
     write_csv(table, output / "results.csv")
     plot_roc(collection.runs, output / "roc.png")
     plot_curves(collection.runs, output / "val_loss.png")
+    plot_metric_curves(collection.runs, output / "val_metrics.png", table.delta_metrics)
     plot_lr_sensitivity(collection.runs, output)
     chosen = list(overlay_methods) if overlay_methods else _default_overlay_methods(table, baseline)
     if chosen:
