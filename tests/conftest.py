@@ -38,3 +38,14 @@ def quiet_trainer(tmp_path: Path, **options):
 
     return L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                      num_sanity_val_steps=0, default_root_dir=tmp_path, enable_checkpointing=False, **options)
+
+
+@pytest.fixture(autouse=True)
+def _restore_deterministic_mode():
+    """A Trainer(deterministic=True) switches torch's deterministic algorithms on for the whole
+    process; put the setting back so that no test depends on which tests ran before it."""
+    import torch
+
+    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)

@@ -154,3 +154,21 @@ def test_scene_backbones_load_local_weights_or_say_in_one_sentence_that_they_are
     assert torch.equal(layer4[-1].conv2.weight, source.layer4[-1].conv2.weight)
     with pytest.raises(WeightsNotFoundError, match="not_here.pth.*pretrained_file=null"):
         MTLBaseline(SCENE(), backbone="test_resnet", aspp_width=8, pretrained_file=str(tmp_path / "not_here.pth"))
+
+
+def test_segnet_unpooling_equals_pytorchs_and_runs_in_deterministic_mode():
+    import torch.nn.functional as F
+
+    from medmtl.models.segnet_mtan import max_unpool2x2
+
+    x = torch.randn(2, 3, 8, 12, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    pooled, indices = F.max_pool2d(x, 2, stride=2, return_indices=True)
+    reference = F.max_unpool2d(pooled, indices, 2, stride=2, output_size=(8, 12))
+    torch.testing.assert_close(max_unpool2x2(pooled, indices, (8, 12)), reference)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        max_unpool2x2(pooled, indices, (8, 12)).sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert x.grad is not None and torch.equal(x.grad != 0, reference != 0)

@@ -36,6 +36,17 @@ CHANNELS = (64, 128, 256, 512, 512)
 CONVS = (2, 2, 3, 3, 3)
 
 
+def max_unpool2x2(x: torch.Tensor, indices: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """SegNet's unpooling of a 2x2, stride-2 max pooling: each value goes back to the position its
+    window's maximum came from, zeros elsewhere. Equal to ``F.max_unpool2d(x, indices, 2, 2)``,
+    written as a nearest up-sampling times a mask so that it also runs where PyTorch's kernel is
+    refused (``torch.use_deterministic_algorithms(True)``, e.g. ``trainer.deterministic=true``)."""
+    height, width = int(size[0]), int(size[1])
+    positions = torch.arange(height * width, device=x.device).view(1, 1, height, width)
+    spread = F.interpolate(indices.float(), size=(height, width), mode="nearest").long()
+    return F.interpolate(x, size=(height, width), mode="nearest") * (spread == positions).to(x.dtype)
+
+
 def conv3(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
@@ -88,7 +99,7 @@ class SegNetMTAN(DenseSceneNet):
             x, index = F.max_pool2d(level, 2, stride=2, return_indices=True)
             indices.append(index)
         for i in reversed(range(5)):
-            unpooled = F.max_unpool2d(x, indices[i], 2, stride=2, output_size=shared[f"e{i}"].shape[-2:])
+            unpooled = max_unpool2x2(x, indices[i], shared[f"e{i}"].shape[-2:])
             x = self.decoder_rest[i](self.decoder_first[i](unpooled))
             shared[f"d{i}_in"], shared[f"d{i}"] = unpooled, x
         return shared
