@@ -47,3 +47,19 @@ def test_the_tiny_nyudv2_experiment_learns_every_scene_task(tmp_path):
     assert trained["semseg_miou"] > untrained["semseg_miou"] + 0.05
     assert trained["normals_angle_mean"] < untrained["normals_angle_mean"] - 20
     assert trained["depth_abs_err"] < untrained["depth_abs_err"] - 0.3
+
+
+@pytest.mark.slow
+def test_the_tiny_emotic_experiment_learns_both_tasks(tmp_path):
+    """Hervella et al. 2024's Table 2 arm (MAO) with preset=tiny on the synthetic EMOTIC (a minute
+    or two on 2 cores): categories and dimensions end beyond the same network untrained."""
+    common = ["experiment=emotic_table2", "preset=tiny", "mao_method=mao"]
+    results = {}
+    for name, extra in (("untrained", ["train=false"]), ("trained", [])):
+        done = run("train.py", [*common, *extra, f"task_name={name}"], tmp_path, timeout=1800)
+        assert done.returncode == 0, done.stderr[-3000:]
+        (metrics,) = (tmp_path / "logs" / name / "runs").glob("*/metrics.json")
+        results[name] = json.loads(metrics.read_text())["test"]
+    untrained, trained = results["untrained"], results["trained"]
+    assert trained["categories_map"] > untrained["categories_map"] + 0.15
+    assert trained["dimensions_mae"] < untrained["dimensions_mae"] - 0.2

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from medmtl.data.emotic import emotic_tasks
 from medmtl.data.idrid import idrid_tasks
 from medmtl.data.nyudv2 import nyudv2_tasks
 from medmtl.models import SeparateNetworks, build_model
@@ -32,7 +33,11 @@ TASK_SETS = {
     "padnet_hrnet": (SCENE, ["model=padnet", "model.backbone=hrnet_tiny"]),
     "mtl_baseline_hrnet": (SCENE, ["model=mtl_baseline", "model.backbone=hrnet_tiny"]),
     "mtinet": (SCENE, []),
+    "emotic_2enc": (lambda: emotic_tasks("2task"), []),
+    "emotic_2enc_26_tasks": (lambda: emotic_tasks("26task"), ["model=emotic_2enc"]),
 }
+#: models that read several inputs (the datamodule's input_keys): how many
+INPUTS = {"emotic_2enc": 2, "emotic_2enc_26_tasks": 2}
 SIZE = (64, 64)
 
 
@@ -46,8 +51,9 @@ def build(name: str, separate: bool = False):
     return model.eval(), tasks
 
 
-def image(n: int = 2) -> torch.Tensor:
-    return torch.rand(n, 3, *SIZE, generator=torch.Generator().manual_seed(1))
+def inputs(name: str, n: int = 2) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(1)
+    return tuple(torch.rand(n, 3, *SIZE, generator=g) for _ in range(INPUTS.get(name, 1)))
 
 
 def expected_shape(task, n: int) -> tuple:
@@ -63,12 +69,12 @@ def test_every_model_has_a_task_set():
 @pytest.mark.parametrize("name", sorted(TASK_SETS))
 def test_subset_forward_returns_only_those_tasks_with_the_whole_forwards_values(name):
     model, tasks = build(name)
-    x = image()
+    x = inputs(name)
     with torch.no_grad():
-        everything = model(x)
+        everything = model(*x)
         assert set(everything) == {t.name for t in tasks}
         for task in tasks:
-            alone = model(x, tasks=[task.name])
+            alone = model(*x, tasks=[task.name])
             assert set(alone) == {task.name}
             assert alone[task.name].shape == expected_shape(task, 2), task.name
             torch.testing.assert_close(alone[task.name], everything[task.name], msg=task.name)
@@ -99,7 +105,7 @@ def test_a_tasks_loss_reaches_only_its_path(name):
     model.train()
     for task in tasks:
         model.zero_grad(set_to_none=True)
-        outputs = model(image(), tasks=[task.name])
+        outputs = model(*inputs(name), tasks=[task.name])
         loss = outputs[task.name].float().pow(2).mean()
         for extra in model.deep_supervision(task.name):
             loss = loss + extra.float().pow(2).mean()
@@ -113,16 +119,16 @@ def test_a_tasks_loss_reaches_only_its_path(name):
 @pytest.mark.parametrize("name", sorted(TASK_SETS))
 def test_representation_then_heads_equals_forward(name):
     model, tasks = build(name)
-    x = image()
+    x = inputs(name)
     names = [t.name for t in tasks]
     with torch.no_grad():
         try:
-            shared = model.representation(x, names)
+            shared = model.representation(*x, names)
         except TypeError as error:
             assert name == "umedpt", f"{name} has no representation: {error}"  # UMedPT's tasks may take separate inputs
             return
         through_heads = model.heads(shared, names)
-        direct = model(x, names)
+        direct = model(*x, names)
     for task in names:
         torch.testing.assert_close(through_heads[task], direct[task], msg=task)
 
@@ -133,7 +139,7 @@ def test_single_task_variant_builds_and_shares_nothing(name):
     assert isinstance(model, SeparateNetworks)
     assert model.shared_parameters() == []
     with torch.no_grad():
-        outputs = model(image(1))
+        outputs = model(*inputs(name, 1))
     assert {k: v.shape for k, v in outputs.items()} == {t.name: expected_shape(t, 1) for t in tasks}
 
 

@@ -53,6 +53,11 @@ def multilabel_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return _per_sample_mean(F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="none"))
 
 
+def l1(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over the values of each sample: (B, K) -> (B,) (EMOTIC's dimensions)."""
+    return _per_sample_mean((prediction - target.to(prediction.dtype)).abs())
+
+
 def softmax_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
     """Multi-class focal loss -(1 - p_y)^gamma log p_y (Lin et al. 2017); gamma = 0 is the CE."""
     log_p = F.log_softmax(logits, dim=1).gather(1, target.reshape(-1, 1).long()).squeeze(1)

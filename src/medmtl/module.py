@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -58,6 +59,21 @@ def with_backbone_lr(factory: Callable[..., torch.optim.Optimizer], model: Multi
         return factory([g for g in groups if g["params"]])
 
     return build
+
+
+def with_decoupled_weight_decay(factory: Callable[..., torch.optim.Optimizer]) -> Callable[..., torch.optim.Optimizer]:
+    """The optimizer factory with weight decay decoupled from the gradient (Loshchilov & Hutter
+    2019), whatever the strategy's optimizer: Adam gets ``decoupled_weight_decay=True`` (AdamW's
+    update); AdamW and MAO's optimizer decay decoupled already; anything else is refused. Lets an
+    experiment state "decoupled decay" once (``optim.decoupled_weight_decay``) for every method."""
+    from medmtl.strategies.mao import MultiAdaptive
+
+    target = getattr(factory, "func", factory)
+    if target is torch.optim.Adam:
+        return partial(factory, decoupled_weight_decay=True)
+    if target in (torch.optim.AdamW, MultiAdaptive):
+        return factory
+    raise ConfigError(f"optim.decoupled_weight_decay=true is defined for Adam, AdamW and MAO, not {getattr(target, '__name__', target)}.")
 
 
 class StrategyNotApplicable(ConfigError):

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from medmtl.callbacks import IterationTimer
 from medmtl.checkpoints import AtomicCheckpointIO, check_fits
 from medmtl.errors import ConfigError
-from medmtl.module import MultiTaskModule
+from medmtl.module import MultiTaskModule, with_decoupled_weight_decay
 from medmtl.utils import folder_lock
 from medmtl.utils.csv_log import merge_after_resume, set_aside_before_resume
 from medmtl.utils.outputs import atomic_write_text, print_summary, write_metrics_json, write_predictions
@@ -33,12 +33,17 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
 
 
+def _optimizer_factory(optim: DictConfig):
+    factory = instantiate(optim.optimizer)
+    return with_decoupled_weight_decay(factory) if optim.get("decoupled_weight_decay") else factory
+
+
 def build_module(cfg: DictConfig, datamodule) -> MultiTaskModule:
     return MultiTaskModule(
         model=instantiate(cfg.model),
         strategy=instantiate(cfg.optim.strategy),
         tasks=datamodule.tasks,
-        optimizer=instantiate(cfg.optim.optimizer),
+        optimizer=_optimizer_factory(cfg.optim),
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
         gradient_clip_val=cfg.optim.get("gradient_clip_val"),
         backbone_lr_scale=cfg.optim.get("backbone_lr_scale"),

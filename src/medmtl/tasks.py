@@ -19,7 +19,7 @@ from medmtl import losses
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Output kinds a model knows how to build a head for.
-KINDS = ("binary", "multiclass", "multilabel", "segmentation", "heatmap", "semantic", "depth", "normals", "edge")
+KINDS = ("binary", "multiclass", "multilabel", "regression", "segmentation", "heatmap", "semantic", "depth", "normals", "edge")
 #: kinds predicted per pixel (a decoder or a dense head serves them)
 DENSE_KINDS = ("segmentation", "heatmap", "semantic", "depth", "normals", "edge")
 
@@ -31,7 +31,8 @@ class Task:
     Attributes:
         name: key of the task's output in the model's output dict.
         kind: image-level ``binary`` (one logit), ``multiclass`` (``num_outputs`` logits, softmax)
-            or ``multilabel`` (``num_outputs`` independent logits); per pixel ``segmentation``
+            , ``multilabel`` (``num_outputs`` independent logits) or ``regression`` (``num_outputs``
+            real values); per pixel ``segmentation``
             (one-channel binary logits), ``heatmap`` (one-channel map regressed after a sigmoid),
             ``semantic`` (``num_outputs`` class logits; target pixels equal to ``ignore_index`` are
             unlabelled), ``depth`` (one channel regressed; target 0 = invalid pixel), ``normals``
@@ -67,7 +68,7 @@ class Task:
     @property
     def channels(self) -> int:
         """Output channels of the task's head (what every architecture's head builder reads)."""
-        if self.kind in ("multiclass", "multilabel", "semantic"):
+        if self.kind in ("multiclass", "multilabel", "regression", "semantic"):
             return self.num_outputs
         return 3 if self.kind == "normals" else 1
 

@@ -1,6 +1,7 @@
 """Key performance indicators in [0, 1] per task kind, for DTP (survey 3.1.4).
 
 - ``binary`` (and ``multilabel``, per label): accuracy at threshold 0.5; ``multiclass``: arg-max accuracy;
+- ``regression``: max(0, 1 - mean |error| / mean |target|);
 - ``segmentation``: Dice of the thresholded map (1 when prediction and target are both empty);
 - ``heatmap``: soft Dice 2 sum(p y) / (sum p + sum y) of the sigmoid map against the target;
 - ``semantic``: pixel accuracy over the labelled pixels;
@@ -47,6 +48,8 @@ def task_kpi(task: Task, output: torch.Tensor, batch: Mapping[str, torch.Tensor]
         return _dense_kpi(task, output, target)
     if task.kind == "multiclass":
         return (output.argmax(dim=1).float() == target.reshape(-1)).float().mean()
+    if task.kind == "regression":
+        return (1.0 - (output - target).abs().mean() / target.abs().mean().clamp_min(1e-12)).clamp_min(0.0)
     probability = torch.sigmoid(output)
     if task.kind in ("binary", "multilabel"):
         return ((probability > 0.5).float() == target).float().mean()

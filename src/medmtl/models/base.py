@@ -38,7 +38,9 @@ class MultiTaskNet(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        """``{task: logits}`` for the requested tasks (all by default), computing nothing else."""
+        """``{task: logits}`` for the requested tasks (all by default), computing nothing else.
+        A network reading several inputs (the datamodule's ``input_keys``) takes them in that order
+        before ``tasks``, e.g. ``forward(context, body, tasks=None)``."""
 
     def representation(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Optional: the shared features Z the task heads read (``forward = heads(representation)``).
@@ -144,8 +146,9 @@ class SeparateNetworks(MultiTaskNet):
         self.members = nn.ModuleDict(members)
         self.task_names = tuple(members)
 
-    def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        return {t: self.members[t](image, tasks=[t])[t] for t in self._check_tasks(tasks)}
+    def forward(self, *inputs: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Each requested task from its own network, all reading the same inputs (one or several)."""
+        return {t: self.members[t](*inputs, tasks=[t])[t] for t in self._check_tasks(tasks)}
 
     def path_modules(self, task: str) -> list[nn.Module]:
         return [self.members[task]]

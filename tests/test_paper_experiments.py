@@ -17,7 +17,7 @@ def test_mao_nyudv2_tables_follow_the_paper(name):
     assert cfg.data.layout == "nyud_mt" and list(cfg.data.tasks) == ["semseg", "depth", "normals"]  # 40 classes
     assert cfg.data.batch_size == 4 and cfg.data.val_fraction == 0 and cfg.data.normals_loss == "cosine"
     assert cfg.optim.optimizer.lr == 1e-4 and cfg.optim.optimizer.weight_decay == 1e-4
-    assert cfg.optim.optimizer._target_ == "torch.optim.AdamW"  # decoupled decay (Loshchilov & Hutter)
+    assert cfg.optim.decoupled_weight_decay  # decoupled decay (Loshchilov & Hutter), for every method
     assert cfg.optim.scheduler._target_.endswith("PolynomialLR") and cfg.optim.scheduler.power == 0.9
     assert cfg.optim.scheduler.total_iters == cfg.trainer.max_epochs == (100 if name.endswith("4") else 170)
     assert sweep(cfg, "mao_nyud_arm") == ["mtan", "mtinet"]
@@ -28,12 +28,38 @@ def test_mao_nyudv2_tables_follow_the_paper(name):
     assert pretrained == name.endswith("4")
 
 
-@pytest.mark.parametrize("method", options("mao_method"))
-def test_every_mao_method_decays_weights_decoupled(method):
-    cfg = compose_train(["experiment=nyudv2_mao_table4", f"mao_method={method}"])
-    expected = "medmtl.strategies.MultiAdaptive" if method == "mao" else "torch.optim.AdamW"
-    assert cfg.optim.optimizer._target_ == expected and cfg.optim.optimizer.weight_decay == 1e-4
-    assert cfg.optim.name == ("vanilla" if method == "equal_weights" else method)
+@pytest.mark.parametrize("experiment", ["nyudv2_mao_table4", "emotic_table2"])
+@pytest.mark.parametrize("method", [f"mao_method={m}" for m in options("mao_method")] + ["optim=ga", "optim=mao", "optim=pcgrad"])
+def test_every_method_of_the_mao_experiments_decays_weights_decoupled(experiment, method):
+    import torch
+
+    from medmtl.run import _optimizer_factory
+    from medmtl.strategies.mao import MultiAdaptive
+
+    cfg = compose_train([f"experiment={experiment}", method])
+    optimizer = _optimizer_factory(cfg.optim)([torch.nn.Parameter(torch.ones(2))])
+    decoupled = isinstance(optimizer, (torch.optim.AdamW, MultiAdaptive)) or optimizer.param_groups[0]["decoupled_weight_decay"]
+    assert decoupled and optimizer.param_groups[0]["weight_decay"] == (1e-4 if experiment.startswith("nyud") else 5e-4)
+
+
+def test_decoupled_adam_is_adamw_and_other_optimizers_are_refused():
+    from functools import partial
+
+    import torch
+
+    from medmtl.errors import ConfigError
+    from medmtl.module import with_decoupled_weight_decay
+
+    weights = [torch.nn.Parameter(torch.tensor([1.0, -2.0])) for _ in range(2)]
+    factories = [with_decoupled_weight_decay(partial(torch.optim.Adam, lr=0.1, weight_decay=0.5)),
+                 partial(torch.optim.AdamW, lr=0.1, weight_decay=0.5)]
+    for weight, factory in zip(weights, factories):
+        optimizer = factory([weight])
+        weight.grad = torch.tensor([0.3, 0.1])
+        optimizer.step()
+    torch.testing.assert_close(weights[0], weights[1])
+    with pytest.raises(ConfigError, match="not SGD"):
+        with_decoupled_weight_decay(partial(torch.optim.SGD, lr=0.1))
 
 
 def test_mtinet_arm_uses_hrnet18():
@@ -64,3 +90,24 @@ def test_segnet_mtan_benchmark_protocol():
     assert cfg.data.batch_size == 2 and cfg.trainer.max_epochs == 200 and cfg.optim.optimizer.lr == 1e-4
     assert cfg.optim.scheduler.step_size == 100 and cfg.optim.scheduler.gamma == 0.5
     assert set(sweep(cfg, "optim")) <= set(options("optim")) and "stl" in sweep(cfg, "optim")
+
+
+@pytest.mark.parametrize("name,setting", [("emotic_table1", "2task"), ("emotic_table2", "2task"), ("emotic_table3", "26task")])
+def test_emotic_tables_follow_the_paper(name, setting):
+    cfg = compose_train([f"experiment={name}"])
+    assert cfg.model._target_.endswith("EmoticTwoEncoder") and cfg.model.backbone == "resnet18"
+    assert cfg.data.setting == setting and cfg.data.batch_size == 52 and cfg.data.augment  # horizontal flips
+    assert cfg.data.context_size == 224
+    assert cfg.optim.optimizer.weight_decay == 5e-4 and cfg.optim.decoupled_weight_decay
+    assert cfg.trainer.max_epochs == 15
+    assert cfg.optim.scheduler.gamma == 0.1 and cfg.optim.scheduler.step_size == 8  # a tenth after the first half
+    assert sweep(cfg, "mao_method") == ["equal_weights", "uncertainty", "dwa", "gradnorm", "mao"]
+    assert sweep(cfg, "seed") == ["0", "1", "2", "3", "4"]
+    if name == "emotic_table1":
+        assert sweep(cfg, "optim.optimizer.lr") == ["1.0e-3", "1.0e-4"]
+
+
+@pytest.mark.parametrize("method,lr", [("equal_weights", 1e-4), ("uncertainty", 1e-4), ("dwa", 1e-4), ("gradnorm", 1e-4), ("mao", 1e-3)])
+def test_emotic_table2_uses_each_methods_best_learning_rate(method, lr):
+    cfg = compose_train(["experiment=emotic_table2", f"mao_method={method}"])
+    assert cfg.optim.optimizer.lr == lr

@@ -1,0 +1,79 @@
+"""EMOTIC trains through Lightning with two inputs per batch: every strategy in the 2-task setting
+(slow), the strategy families in the 26-task setting, the test stage's metrics; the encoders load
+Places/ImageNet state dicts from local files."""
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import quiet_trainer
+from medmtl.data.emotic_synthetic import SyntheticEmoticDataModule
+from medmtl.module import MultiTaskModule
+from test_configs import compose_train, options
+
+FAMILIES = ["vanilla", "ga", "mtl_io", "mao", "pcgrad", "mgda_ub", "jd_upgrad", "stl"]
+
+
+@pytest.fixture(scope="module")
+def emotic_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("emotic") / "twin"
+
+
+def fit(root, setting: str, optim_name: str, tmp_path, test: bool = False):
+    cfg = compose_train(["experiment=emotic_table2", "preset=tiny", f"optim={optim_name}"])
+    dm = SyntheticEmoticDataModule(str(root), synthetic={"n_train": 8, "n_val": 2, "n_test": 4, "size": [48, 64]},
+                                   setting=setting, context_size=32, body_size=32, batch_size=4, eval_batch_size=8,
+                                   cache_dir=str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    module = MultiTaskModule(model=instantiate(cfg.model), strategy=instantiate(cfg.optim.strategy), tasks=dm.tasks,
+                             optimizer=instantiate(cfg.optim.optimizer), input_keys=dm.input_keys)
+    before = [p.detach().clone() for p in module.model.parameters()]
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(module, datamodule=dm)
+    assert module.iterations == 2
+    assert all(torch.isfinite(p).all() for p in module.model.parameters())
+    moved = sum(not torch.equal(a, b) for a, b in zip(before, module.model.parameters()))
+    assert moved > len(before) // 2, f"only {moved} of {len(before)} parameters moved"
+    return trainer.test(module, datamodule=dm, verbose=False)[0] if test else None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optim_name", options("optim"))
+def test_every_strategy_trains_the_two_task_setting(optim_name, emotic_root, tmp_path):
+    fit(emotic_root, "2task", optim_name, tmp_path)
+
+
+@pytest.mark.parametrize("optim_name", FAMILIES)
+def test_strategy_families_train_the_26_task_setting(optim_name, emotic_root, tmp_path):
+    fit(emotic_root, "26task", optim_name, tmp_path)
+
+
+def test_the_test_stage_reports_emotic_metrics(emotic_root, tmp_path):
+    metrics = fit(emotic_root, "2task", "mao", tmp_path, test=True)
+    assert {"test/categories_map", "test/categories_mf1", "test/dimensions_mae", "test/valence_mae"} <= set(metrics)
+    assert 0 <= metrics["test/categories_map"] <= 1
+
+
+def test_encoders_load_a_places_style_checkpoint_and_say_once_when_they_start_from_scratch(tmp_path, caplog):
+    import logging
+
+    import timm
+
+    from medmtl.data.emotic import emotic_tasks
+    from medmtl.models.emotic_2enc import EmoticTwoEncoder
+
+    torch.manual_seed(5)
+    source = timm.create_model("test_resnet", num_classes=365)
+    places = {"epoch": 90, "arch": "resnet18", "state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}
+    path = tmp_path / "places.pth.tar"
+    torch.save(places, path)
+    with caplog.at_level(logging.WARNING, logger="medmtl.models.emotic_2enc"):
+        model = EmoticTwoEncoder(emotic_tasks("2task"), backbone="test_resnet", context_weights=str(path), body_weights=None)
+    assert torch.equal(model.context_encoder.layer4[-1].conv2.weight, source.layer4[-1].conv2.weight)
+    assert not torch.equal(model.body_encoder.layer4[-1].conv2.weight, source.layer4[-1].conv2.weight)
+    scratch = [r for r in caplog.records if "from scratch" in r.getMessage()]
+    assert len(scratch) == 1 and "body" in scratch[0].getMessage()
+    from medmtl.errors import WeightsNotFoundError
+
+    with pytest.raises(WeightsNotFoundError, match="missing.pth.*model.context_weights=null"):
+        EmoticTwoEncoder(emotic_tasks("2task"), backbone="test_resnet", context_weights=str(tmp_path / "missing.pth"))
