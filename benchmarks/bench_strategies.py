@@ -1,9 +1,13 @@
 """Seconds per training iteration and peak memory of every strategy, as ratios to ``vanilla``.
 
     python benchmarks/bench_strategies.py [--width 0.25] [--size 128] [--batch 4] [--repeats 7]
+    python benchmarks/bench_strategies.py --setting emotic26 [--backbone resnet18] [--size 64] [--batch 8]
 
-Setting: the U-Net VGG of seed 000 (reduced width) on random REFUGE-shaped batches, the four
-REFUGE tasks, fixed thread count, a warm-up, the median of ``repeats`` timed iterations. Each
+Settings: ``refuge`` (default): the U-Net VGG of Pascal et al. 2022 (reduced width) on random
+REFUGE-shaped batches, the four REFUGE tasks. ``emotic26``: the many-task case, EMOTIC's
+two-encoder network with the 26 categories as 26 binary tasks (Hervella et al. 2024, Table 3) on
+random person batches (``stl``, 26 two-encoder networks, and the reference rows are left out).
+Fixed thread count, a warm-up, the median of ``repeats`` timed iterations. Each
 strategy runs in its own process so that its peak memory (max resident set size on CPU, peak
 allocated on CUDA) is its own. Targets (issue "every training strategy"):
 
@@ -56,22 +60,45 @@ def random_batch(size: int, batch: int, device):
     }.items()}
 
 
-def build(name: str, width: float, mode: str | None, dropout: float = 0.8, extra: list[str] | None = None):
+def random_person_batch(size: int, batch: int, device):
+    """EMOTIC-shaped inputs (whole image, body box) and the 26 categories' binary targets."""
+    import torch
+
+    from medmtl.metrics.emotic import CATEGORY_TASKS
+
+    g = torch.Generator().manual_seed(0)
+    values = {"context": torch.rand(batch, 3, size, size, generator=g), "body": torch.rand(batch, 3, size, size, generator=g)}
+    values |= {name: (torch.rand(batch, generator=g) > 0.7).float() for name in CATEGORY_TASKS}
+    return {k: v.to(device) for k, v in values.items()}
+
+
+def setting_tasks_and_model(setting: str, width: float, backbone: str, dropout: float):
+    """The task set, a model factory and the batch's input keys of a benchmark setting."""
+    from medmtl.data.emotic import emotic_tasks
+    from medmtl.models.emotic_2enc import EmoticTwoEncoder
+    from medmtl.models.unet_vgg16 import UNetVGG16
+    from medmtl.tasks import refuge_tasks
+
+    if setting == "emotic26":
+        return emotic_tasks("26task"), lambda tasks: EmoticTwoEncoder(tasks, backbone=backbone), ("context", "body")
+    return refuge_tasks(), lambda tasks: UNetVGG16(tasks, width=width, dropout=dropout), ("image",)
+
+
+def build(name: str, width: float, mode: str | None, dropout: float = 0.8, extra: list[str] | None = None,
+          setting: str = "refuge", backbone: str = "resnet18"):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     from medmtl.models import build_model
-    from medmtl.models.unet_vgg16 import UNetVGG16
-    from medmtl.tasks import refuge_tasks
 
     overrides = [f"optim={name}"] + ([f"optim.strategy.mode={mode}"] if mode else []) + list(extra or [])
     with initialize_config_dir(config_dir=str(HERE.parent / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
-    tasks = refuge_tasks()
+    tasks, factory, input_keys = setting_tasks_and_model(setting, width, backbone, dropout)
     strategy = instantiate(cfg.optim.strategy)
     strategy.setup([t.name for t in tasks])
-    model = build_model(lambda tasks: UNetVGG16(tasks, width=width, dropout=dropout), tasks, strategy.separate_networks)
-    return model, strategy, tasks, instantiate(cfg.optim.optimizer)
+    model = build_model(factory, tasks, strategy.separate_networks)
+    return model, strategy, tasks, instantiate(cfg.optim.optimizer), input_keys
 
 
 def torchjd_step_factory(aggregator_name: str, model, tasks, optimizer):
@@ -151,11 +178,12 @@ def measure(args) -> dict:
     device = torch.device(args.device)
     name = args.strategy.removeprefix("torchjd:").removeprefix("libmtl:")
     extra = [f"optim.strategy.jacobian_method={args.jacobian_method}"] if args.jacobian_method else []
-    model, strategy, tasks, optimizer_factory = build(name, args.width, args.mode, extra=extra)
+    model, strategy, tasks, optimizer_factory, input_keys = build(name, args.width, args.mode, extra=extra,
+                                                                  setting=args.setting, backbone=args.backbone)
     model.to(device)
     strategy.to(device)
     optimizers = strategy.configure_optimizers(model, optimizer_factory)
-    batch = random_batch(args.size, args.batch, device)
+    batch = (random_person_batch if args.setting == "emotic26" else random_batch)(args.size, args.batch, device)
     if args.strategy.startswith("torchjd:"):
         step = torchjd_step_factory(TORCHJD_REFERENCE[name], model, tasks, optimizers[0])
     elif args.strategy.startswith("libmtl:"):
@@ -164,7 +192,8 @@ def measure(args) -> dict:
         import itertools
 
         # GA draws one batch per task: the same batch here, so that every strategy sees equal work
-        ctx = PlainContext(model, tasks, optimizers, task_batches={t.name: itertools.repeat(batch) for t in tasks})
+        ctx = PlainContext(model, tasks, optimizers, task_batches={t.name: itertools.repeat(batch) for t in tasks},
+                           input_keys=input_keys)
         step = lambda b: strategy.training_step(ctx, b)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
@@ -197,7 +226,8 @@ def resident_mb() -> float:
 def run_child(strategy: str, mode: str | None, args, jacobian_method: str | None = None) -> dict:
     command = [sys.executable, __file__, "--child", "--strategy", strategy, "--width", str(args.width),
                "--size", str(args.size), "--batch", str(args.batch), "--repeats", str(args.repeats),
-               "--warmup", str(args.warmup), "--threads", str(args.threads), "--device", args.device]
+               "--warmup", str(args.warmup), "--threads", str(args.threads), "--device", args.device,
+               "--setting", args.setting, "--backbone", args.backbone]
     if mode:
         command += ["--mode", mode]
     if jacobian_method:
@@ -232,23 +262,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--only", nargs="*", default=None, help="a subset of strategies")
-    parser.add_argument("--output", default=str(HERE / "results" / "strategies.md"))
+    parser.add_argument("--setting", choices=("refuge", "emotic26"), default="refuge")
+    parser.add_argument("--backbone", default="resnet18", help="emotic26: the encoders' timm ResNet")
+    parser.add_argument("--output", default=None, help="default: results/strategies.md (refuge), strategies_emotic26.md")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args)))
         return
 
-    t = 4
-    chosen = lambda s: not args.only or s in args.only
-    runs = [(s, None, None) for s in (args.only or STRATEGIES)]
+    many = args.setting == "emotic26"
+    t = 26 if many else 4
+    output = Path(args.output or HERE / "results" / ("strategies_emotic26.md" if many else "strategies.md"))
+    chosen = lambda s: (not args.only or s in args.only) and not (many and s == "stl")
+    runs = [(s, None, None) for s in (args.only or STRATEGIES) if chosen(s)]
     runs += [(s, None, "batched") for s in ("pcgrad", "jd_upgrad", "mgda_ub") if chosen(s)]
     runs += [(s, "gramian", None) for s in GRAMIAN_VARIANTS if chosen(s)]
     runs += [(s, "representation", None) for s in ("pcgrad", "jd_upgrad") if chosen(s)]
-    runs += [(f"torchjd:{s}", None, None) for s in TORCHJD_REFERENCE if chosen(s)]
-    if importlib.util.find_spec("LibMTL") is not None:
-        runs += [(f"libmtl:{s}", None, None) for s in LIBMTL_REFERENCE if chosen(s)]
-    else:
-        print("LibMTL is not installed (pip install LibMTL): its rows are left out.")
+    if not many:  # the torchjd and LibMTL reference rows read one image input: REFUGE only
+        runs += [(f"torchjd:{s}", None, None) for s in TORCHJD_REFERENCE if chosen(s)]
+        if importlib.util.find_spec("LibMTL") is not None:
+            runs += [(f"libmtl:{s}", None, None) for s in LIBMTL_REFERENCE if chosen(s)]
+        else:
+            print("LibMTL is not installed (pip install LibMTL): its rows are left out.")
     results = {}
     for strategy, mode, method in runs:
         label = strategy + "".join(f" ({x})" for x in (mode, method) if x)
@@ -258,7 +293,9 @@ def main() -> None:
     lines = [
         "# Strategies: seconds per training iteration relative to vanilla",
         "",
-        f"U-Net VGG (width {args.width}), {args.size}x{args.size} images, batch {args.batch}, T = {t} tasks, "
+        (f"EMOTIC two-encoder network ({args.backbone}), two {args.size}x{args.size} inputs, batch {args.batch}, "
+         f"T = {t} binary tasks (the 26 categories), " if many else
+         f"U-Net VGG (width {args.width}), {args.size}x{args.size} images, batch {args.batch}, T = {t} tasks, ") +
         f"device {args.device}, {args.threads} threads, median of {args.repeats} after {args.warmup} warm-up "
         f"iterations; peak memory = growth of {'allocated CUDA memory' if args.device != 'cpu' else 'the process resident set size'} "
         "over the whole run above the model and batch (activations, gradients, optimizer states, workspace).",
@@ -277,7 +314,6 @@ def main() -> None:
         lines.append(f"| {label} | {r['seconds']:.4f} | {ratio:.2f} | {target} | {met} | {r['peak_mb']:.0f} | "
                      f"{r['peak_mb'] / base['peak_mb']:.2f} |")
     table = "\n".join(lines) + "\n"
-    output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(table)
     print()

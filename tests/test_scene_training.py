@@ -45,8 +45,10 @@ def test_every_strategy_trains_mtan_on_four_scene_tasks(optim_name, nyud_root, t
     fit(nyud_root, "mtan", optim_name, tmp_path)
 
 
-@pytest.mark.parametrize("model_name,optim_name", [(m, o) for m in SCENE_MODELS for o in FAMILIES])
+@pytest.mark.parametrize("model_name,optim_name", [
+    pytest.param(m, o, marks=[] if o == "vanilla" else [pytest.mark.slow]) for m in SCENE_MODELS for o in FAMILIES])
 def test_every_scene_architecture_trains_with_each_strategy_family(model_name, optim_name, nyud_root, tmp_path):
+    """Equal weights on every network by default; the other families in the slow run (CI runs both)."""
     fit(nyud_root, model_name, optim_name, tmp_path)
 
 
