@@ -206,3 +206,11 @@ def test_arms_label_runs_only_where_strategy_and_model_would_merge_them(tmp_path
     methods = sorted({run.method for run in collect(tmp_path).runs})
     assert methods == ["stl (MTLBaseline, nyud_arm=stl_hrnet18)", "stl (MTLBaseline, nyud_arm=stl_resnet50)",
                        "vanilla (MTAN, nyud_arm=mtan)", "vanilla (MTINet, nyud_arm=mtinet)"]
+
+
+def test_shares_are_shown_in_percent_and_errors_as_they_are():
+    from medmtl.analysis.report import in_percent
+
+    assert all(in_percent(m) for m in ("auc", "dice_od", "semseg_miou", "semseg_pixel_acc", "ap_anger", "categories_map",
+                                       "categories_mf1", "retinopathy_acc"))
+    assert not any(in_percent(m) for m in ("depth_rmse", "dimensions_mae", "normals_angle_mean", "edge_odsf", "fovea_error_px"))

@@ -105,8 +105,12 @@ def plot_metric_curves(runs, output: str | Path, metrics: Sequence[str]) -> Path
     panels = {metric: curves for metric, curves in panels.items() if curves}
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
-    for ax, (metric, curves) in zip(axes[0], panels.items()):
+    columns = min(len(panels), 4)
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_axis_off()
+    for ax, (metric, curves) in zip(axes.flat, panels.items()):
         for method, values in sorted(curves.items()):
             epochs = np.arange(values.shape[1])
             mean, std = values.mean(axis=0), values.std(axis=0)

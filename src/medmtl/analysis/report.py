@@ -207,12 +207,19 @@ def build_table(collection: Collection, metrics: Sequence[str] | None = None,
     return Table(methods, metrics, values, best, p_values, delta, task_metrics, missing, conflicts)
 
 
+def in_percent(metric: str) -> bool:
+    """Shares shown in percent: AUC, Dice, accuracies, IoU, average precision (``ap_<class>``,
+    ``*_map``) and F1 (``*_mf1``)."""
+    return (any(w in metric for w in ("auc", "dice", "acc", "iou")) or metric.startswith("ap_")
+            or metric.endswith(("_map", "_mf1")))
+
+
 def _cell(table: Table, method: str, metric: str, bold: tuple[str, str]) -> str:
     samples = list(table.values.get((method, metric), {}).values())
     if not samples:
         return "-"
     mean, std = mean_std(samples)
-    scale = 100.0 if any(w in metric for w in ("auc", "dice", "acc", "iou")) else 1e-9 if metric == "GFLOPs" else 1.0
+    scale = 100.0 if in_percent(metric) else 1e-9 if metric == "GFLOPs" else 1.0
     digits = 0 if metric == "parameters" else 2 if scale != 1.0 else 4
     text = f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
     best = table.best.get(metric)
@@ -230,7 +237,7 @@ def to_markdown(table: Table, collection: Collection) -> str:
         if table.delta:
             row.append(f"{table.delta[method]:+.2f}" if not math.isnan(table.delta[method]) else "-")
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "AUC, Dice, accuracy and IoU in percent. Best mean in bold; * p < 0.05, ** p < 0.01 "
+    lines += ["", "AUC, Dice, accuracy, IoU, AP and F1 in percent. Best mean in bold; * p < 0.05, ** p < 0.01 "
               "(paired t-test of the best method against that method, paired by fold or seed)."]
     if table.delta:
         lines += [f"Δ_MTL: mean relative change against the baseline over {', '.join(table.delta_metrics)} "

@@ -5,8 +5,9 @@ Each image is a scene of one of four kinds (its background colour and texture) w
 persons drawn side by side as boxes. A person's labels depend on what is drawn, so that both encoders matter:
 
 - categories: the body's colour (one of 8) gives two categories (k and k + 8), the scene kind
-  (one of 4) gives one more (16 + kind), and a striped body one more (24 or 25 by the stripe
-  direction): the body crop and the context are both needed;
+  (one of 4) one more (16 + kind), the scene's pattern (one of 4) one more (20 + pattern), and a
+  striped body one more (24 or 25 by the stripe direction): every category occurs, and the body
+  crop and the context are both needed;
 - dimensions: valence = 1 + 9 x the body colour's brightness, arousal = 1 + 9 x the stripe count / 6,
   dominance = 1 + 9 x the body's share of the image height.
 
@@ -54,9 +55,10 @@ def _cell(strings: list[str]) -> np.ndarray:
     return cell
 
 
-def person_truth(colour: int, kind: int, stripes: int, horizontal: bool, height_share: float) -> tuple[list[str], list[float]]:
+def person_truth(colour: int, kind: int, pattern: int, stripes: int, horizontal: bool,
+                 height_share: float) -> tuple[list[str], list[float]]:
     """The categories and (valence, arousal, dominance) of a drawn person (module docstring)."""
-    names = {CATEGORIES[colour], CATEGORIES[colour + 8], CATEGORIES[16 + kind]}
+    names = {CATEGORIES[colour], CATEGORIES[colour + 8], CATEGORIES[16 + kind], CATEGORIES[20 + pattern]}
     if stripes:
         names.add(CATEGORIES[24 if horizontal else 25])
     brightness = BODY_COLOURS[colour].mean() / 255.0
@@ -64,12 +66,14 @@ def person_truth(colour: int, kind: int, stripes: int, horizontal: bool, height_
     return sorted(names, key=CATEGORIES.index), [round(float(v), 3) for v in dimensions]
 
 
-def _scene(rng: np.random.Generator, height: int, width: int, kind: int) -> np.ndarray:
+def _scene(rng: np.random.Generator, height: int, width: int, kind: int, pattern: int) -> np.ndarray:
+    """The scene's colour (its kind) with a wave pattern of one of four periods."""
     v, u = np.mgrid[0:height, 0:width]
     image = np.empty((height, width, 3))
     image[:] = SCENE_COLOURS[kind]
-    pattern = (np.sin(u / (3 + 2 * kind)) + np.cos(v / (4 + kind))) * 18
-    image += pattern[..., None] + rng.normal(0, 6, image.shape)
+    period = (3.0, 6.0, 12.0, 24.0)[pattern]
+    waves = (np.sin(u / period) + np.cos(v / period)) * 22
+    image += waves[..., None] + rng.normal(0, 6, image.shape)
     return image
 
 
@@ -104,9 +108,9 @@ def _annotators(rng: np.random.Generator, names: list[str], dimensions: list[flo
 
 def _image_entry(rng: np.random.Generator, target: Path, split: str, index: int, size: tuple[int, int]) -> dict:
     height, width = size
-    kind = int(rng.integers(4))
+    kind, pattern = int(rng.integers(4)), int(rng.integers(4))
     database = DATABASES[index % len(DATABASES)]
-    image = _scene(rng, height, width, kind)
+    image = _scene(rng, height, width, kind, pattern)
     persons = []
     count = int(rng.integers(1, 3))
     for slot in range(count):  # persons side by side, never overlapping (each is seen whole)
@@ -115,7 +119,7 @@ def _image_entry(rng: np.random.Generator, target: Path, split: str, index: int,
         x1, y1 = int(rng.integers(left, right - w)), int(rng.integers(max(1, height // 8), height - h + 1))
         colour, stripes, horizontal = int(rng.integers(8)), int(rng.integers(0, 7)), bool(rng.random() < 0.5)
         _draw_person(image, rng, [x1, y1, x1 + w, y1 + h], colour, stripes, horizontal)
-        names, dimensions = person_truth(colour, kind, stripes, horizontal, h / height)
+        names, dimensions = person_truth(colour, kind, pattern, stripes, horizontal, h / height)
         person = {"body_bbox": np.array([[x1, y1, x1 + w, y1 + h]], dtype=np.float64)}
         if split == "train":
             person |= {"annotations_categories": {"worker_id": "SYNTHETIC", "categories": _cell(names)},
