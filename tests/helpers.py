@@ -60,3 +60,31 @@ def run(script: str, overrides: list[str], tmp_path: Path, timeout: int = 600) -
     )
 
 
+
+
+def fit_briefly(module, datamodule, tmp_path, test: bool = False, **limits):
+    """Two training iterations through Lightning (``quiet_trainer``), checked: the iteration count,
+    finite weights, most parameters moved; the test stage's metrics when ``test``."""
+    from conftest import quiet_trainer
+
+    before = [p.detach().clone() for p in module.model.parameters()]
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2, **limits)
+    trainer.fit(module, datamodule=datamodule)
+    assert module.iterations == 2
+    assert all(torch.isfinite(p).all() for p in module.model.parameters())
+    moved = sum(not torch.equal(a, b) for a, b in zip(before, module.model.parameters()))
+    assert moved > len(before) // 2, f"only {moved} of {len(before)} parameters moved"
+    return trainer.test(module, datamodule=datamodule, verbose=False)[0] if test else None
+
+
+def untrained_and_trained(overrides: list[str], tmp_path: Path) -> tuple[dict, dict]:
+    """Test metrics of the same configuration without training (``train=false``) and trained."""
+    import json
+
+    results = {}
+    for name, extra in (("untrained", ["train=false"]), ("trained", [])):
+        done = run("train.py", [*overrides, *extra, f"task_name={name}"], tmp_path, timeout=1800)
+        assert done.returncode == 0, done.stderr[-3000:]
+        (metrics,) = (tmp_path / "logs" / name / "runs").glob("*/metrics.json")
+        results[name] = json.loads(metrics.read_text())["test"]
+    return results["untrained"], results["trained"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import quiet_trainer
+from helpers import fit_briefly
 from medmtl.data.emotic_synthetic import SyntheticEmoticDataModule
 from medmtl.module import MultiTaskModule
 from test_configs import compose_train, options
@@ -27,14 +27,7 @@ def fit(root, setting: str, optim_name: str, tmp_path, test: bool = False):
     torch.manual_seed(0)
     module = MultiTaskModule(model=instantiate(cfg.model), strategy=instantiate(cfg.optim.strategy), tasks=dm.tasks,
                              optimizer=instantiate(cfg.optim.optimizer), input_keys=dm.input_keys)
-    before = [p.detach().clone() for p in module.model.parameters()]
-    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
-    trainer.fit(module, datamodule=dm)
-    assert module.iterations == 2
-    assert all(torch.isfinite(p).all() for p in module.model.parameters())
-    moved = sum(not torch.equal(a, b) for a, b in zip(before, module.model.parameters()))
-    assert moved > len(before) // 2, f"only {moved} of {len(before)} parameters moved"
-    return trainer.test(module, datamodule=dm, verbose=False)[0] if test else None
+    return fit_briefly(module, dm, tmp_path, test, limit_val_batches=1)
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from helpers import untrained_and_trained
 from test_train_cli import run
 
 
@@ -35,14 +36,8 @@ def test_quickstart_learns_well_beyond_an_untrained_network(tmp_path):
 def test_the_tiny_nyudv2_experiment_learns_every_scene_task(tmp_path):
     """Hervella et al. 2024's Table 5 arm (MTAN, equal weights) with preset=tiny on the synthetic
     NYUDv2 (a minute on 2 cores): each task ends well beyond the same network untrained."""
-    common = ["experiment=nyudv2_mao_table5", "preset=tiny", "mao_method=equal_weights"]
-    results = {}
-    for name, extra in (("untrained", ["train=false"]), ("trained", [])):
-        done = run("train.py", [*common, *extra, f"task_name={name}"], tmp_path, timeout=1800)
-        assert done.returncode == 0, done.stderr[-3000:]
-        (metrics,) = (tmp_path / "logs" / name / "runs").glob("*/metrics.json")
-        results[name] = json.loads(metrics.read_text())["test"]
-    untrained, trained = results["untrained"], results["trained"]
+    untrained, trained = untrained_and_trained(["experiment=nyudv2_mao_table5", "preset=tiny", "mao_method=equal_weights"],
+                                               tmp_path)
     assert trained["semseg_pixel_acc"] > untrained["semseg_pixel_acc"] + 0.2
     assert trained["semseg_miou"] > untrained["semseg_miou"] + 0.05
     assert trained["normals_angle_mean"] < untrained["normals_angle_mean"] - 20
@@ -53,13 +48,6 @@ def test_the_tiny_nyudv2_experiment_learns_every_scene_task(tmp_path):
 def test_the_tiny_emotic_experiment_learns_both_tasks(tmp_path):
     """Hervella et al. 2024's Table 2 arm (MAO) with preset=tiny on the synthetic EMOTIC (a minute
     or two on 2 cores): categories and dimensions end beyond the same network untrained."""
-    common = ["experiment=emotic_table2", "preset=tiny", "mao_method=mao"]
-    results = {}
-    for name, extra in (("untrained", ["train=false"]), ("trained", [])):
-        done = run("train.py", [*common, *extra, f"task_name={name}"], tmp_path, timeout=1800)
-        assert done.returncode == 0, done.stderr[-3000:]
-        (metrics,) = (tmp_path / "logs" / name / "runs").glob("*/metrics.json")
-        results[name] = json.loads(metrics.read_text())["test"]
-    untrained, trained = results["untrained"], results["trained"]
+    untrained, trained = untrained_and_trained(["experiment=emotic_table2", "preset=tiny", "mao_method=mao"], tmp_path)
     assert trained["categories_map"] > untrained["categories_map"] + 0.15
     assert trained["dimensions_mae"] < untrained["dimensions_mae"] - 0.2

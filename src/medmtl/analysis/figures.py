@@ -81,16 +81,21 @@ def epoch_curves(runs, column: str = "val/loss") -> dict[str, np.ndarray]:
     return result
 
 
-def plot_curves(runs, output: str | Path, column: str = "val/loss") -> Path | None:
-    curves = epoch_curves(runs, column)
-    if not curves:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
+def draw_mean_std(ax, curves: dict[str, np.ndarray]) -> None:
+    """One line per method (mean over its runs per epoch) with a +/- one standard deviation band."""
     for method, values in sorted(curves.items()):
         epochs = np.arange(values.shape[1])
         mean, std = values.mean(axis=0), values.std(axis=0)
         ax.plot(epochs, mean, label=f"{method} (n={values.shape[0]})")
         ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+
+
+def plot_curves(runs, output: str | Path, column: str = "val/loss") -> Path | None:
+    curves = epoch_curves(runs, column)
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    draw_mean_std(ax, curves)
     ax.set_xlabel("epoch")
     ax.set_ylabel(column)
     ax.legend(fontsize="small")
@@ -111,11 +116,7 @@ def plot_metric_curves(runs, output: str | Path, metrics: Sequence[str]) -> Path
     for ax in axes.flat[len(panels):]:
         ax.set_axis_off()
     for ax, (metric, curves) in zip(axes.flat, panels.items()):
-        for method, values in sorted(curves.items()):
-            epochs = np.arange(values.shape[1])
-            mean, std = values.mean(axis=0), values.std(axis=0)
-            ax.plot(epochs, mean, label=f"{method} (n={values.shape[0]})")
-            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+        draw_mean_std(ax, curves)
         ax.set_xlabel("epoch")
         ax.set_title(metric, fontsize="small")
     axes[0, 0].legend(fontsize="x-small")

@@ -19,7 +19,6 @@ Lightning's ``prepare_data`` / ``setup`` / ``*_dataloader`` hooks it declares:
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import lightning as L
@@ -70,12 +69,27 @@ class MultiTaskDataModule(L.LightningDataModule, abc.ABC):
 
 
 class SplitLoaders:
-    """Mixin: training shuffled, validation and test in order, all from ``self._loader``, which the
-    datamodule defines: ``_loader(split, shuffle) -> DataLoader``; ``split_sizes`` from
-    ``self.datasets``."""
+    """Mixin: training shuffled, validation and test in order, all from ``self._loader(split,
+    shuffle)``; ``split_sizes`` from ``self.datasets``. The default ``_loader`` reads the
+    datamodule's ``batch_size``, ``eval_batch_size``, ``seed``, ``num_workers`` and ``pin_memory``:
+    training batches come from an :class:`~medmtl.data.sampling.EpochSeededSampler` (order and
+    augmentation draws replayed after a resume) and drop an incomplete last batch."""
 
     datasets: dict
-    _loader: Callable[[str, bool], DataLoader]
+    batch_size: int
+    eval_batch_size: int
+    seed: int
+    num_workers: int = 0
+    pin_memory: bool = False
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        from medmtl.data.sampling import EpochSeededSampler
+
+        dataset = self.datasets[split]
+        return DataLoader(dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                          sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else None,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0, drop_last=shuffle and len(dataset) > self.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

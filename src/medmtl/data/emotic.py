@@ -28,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from medmtl import losses
 from medmtl.data.cache import SampleCache, source_key
@@ -46,7 +46,7 @@ from medmtl.data.emotic_layout import (
     records_from_mat,
 )
 from medmtl.data.images import read_rgb
-from medmtl.data.sampling import EpochSeededSampler, SampleKey, split_key
+from medmtl.data.sampling import SampleKey, split_key
 from medmtl.errors import ConfigError
 from medmtl.tasks import Task
 
@@ -183,13 +183,6 @@ class EmoticDataModule(SplitLoaders, MultiTaskDataModule):
                 source, count = ArraySource(arrays), len(arrays["cat"])
             self.datasets[split] = EmoticDataset(count, source, self.setting, self.context_size, self.body_size, augment)
         log.info("EMOTIC (%s layout, %s setting): %s persons", layout, self.setting, self.split_sizes())
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.datasets[split]
-        return DataLoader(dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size,
-                          sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else None,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0, drop_last=shuffle and len(dataset) > self.batch_size)
 
     def make_evaluator(self):
         from medmtl.metrics.emotic import EmoticEvaluator

@@ -38,13 +38,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from medmtl import losses
 from medmtl.data.contract import MultiTaskDataModule, SplitLoaders
 from medmtl.data.errors import DatasetError
 from medmtl.data.nyudv2_layout import CLASSES, LAYOUT_TASKS, LAYOUTS, NyudSample, detect_layout, read_sample, scan_nyudv2
-from medmtl.data.sampling import EpochSeededSampler, SampleKey, split_key
+from medmtl.data.sampling import SampleKey, split_key
 from medmtl.errors import ConfigError
 from medmtl.tasks import Task
 
@@ -218,13 +218,6 @@ class NYUDv2DataModule(SplitLoaders, MultiTaskDataModule):
             augment = self.augment if name == "train" else "none"
             self.datasets[name] = NYUDv2Dataset(samples, layout, self.task_names, self.resolution, augment)
         log.info("NYUDv2 (%s layout, %s): %s", layout, ", ".join(self.task_names), self.split_sizes())
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.datasets[split]
-        return DataLoader(dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size,
-                          sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else None,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0, drop_last=shuffle and len(dataset) > self.batch_size)
 
     def make_evaluator(self):
         from medmtl.metrics.scene import SceneEvaluator

@@ -112,12 +112,8 @@ class MTAN(DenseSceneNet):
             logits[name] = self.heads_by_task[name](attended)
         return self.finish(logits, self._input_size)
 
-    def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        return self.heads(self.representation(image, tasks), tasks)
-
     def path_modules(self, task: str) -> list[nn.Module]:
-        if task not in self.attention:
-            raise KeyError(f"MTAN has no task {task!r}; it has {list(self.task_names)}.")
+        self._check_tasks([task])
         return [self.stem, self.stage_bodies, self.stage_tails, self.carriers, self.attention[task], self.heads_by_task[task]]
 
     def backbone_parameters(self) -> list[nn.Parameter]:

@@ -86,12 +86,8 @@ class MTINet(DenseSceneNet):
             logits[name] = self.final[name](joined)
         return self.finish(logits, self._input_size)
 
-    def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        return self.heads(self.representation(image, tasks), tasks)
-
     def path_modules(self, task: str) -> list[nn.Module]:
-        if task not in self.final:
-            raise KeyError(f"MTINet has no task {task!r}; it has {list(self.task_names)}.")
+        self._check_tasks([task])
         own = [m for s in range(4) for m in (self.initial_predictions[s][task], self.distillation[s][task])]
         return [self.backbone, self.initial_features, *own, self.final[task]]
 

@@ -40,9 +40,6 @@ class MTLBaseline(DenseSceneNet):
         tasks = self._check_tasks(tasks)
         return self.finish({name: self.heads_by_task[name](shared["features"]) for name in tasks}, self._input_size)
 
-    def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        return self.heads(self.representation(image, tasks), tasks)
-
     def path_modules(self, task: str) -> list[nn.Module]:
         return [self.backbone, self.heads_by_task[task]]
 

@@ -72,12 +72,8 @@ class PADNet(DenseSceneNet):
         logits = {name: self.final[name](self.distillation[name](initial)) for name in tasks}
         return self.finish(logits, self._input_size)
 
-    def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        return self.heads(self.representation(image, tasks), tasks)
-
     def path_modules(self, task: str) -> list[nn.Module]:
-        if task not in self.final:
-            raise KeyError(f"PADNet has no task {task!r}; it has {list(self.task_names)}.")
+        self._check_tasks([task])
         return [self.backbone, self.initial_features, self.initial_predictions[task], self.distillation[task], self.final[task]]
 
     def backbone_parameters(self) -> list[nn.Parameter]:

@@ -1,6 +1,7 @@
-"""What the dense scene networks share: input normalisation, dense tasks only, outputs at the
-input resolution in the shapes of :func:`~medmtl.models.heads.shape_output`, and the
-intermediate predictions kept for deep supervision."""
+"""What the dense scene networks share: input normalisation, dense tasks only, ``forward`` as
+``heads(representation(image))``, outputs at the input resolution in the shapes of
+:func:`~medmtl.models.heads.shape_output`, and the intermediate predictions kept for deep
+supervision. Subclasses implement ``representation``, ``heads`` and ``path_modules``."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ class DenseSceneNet(MultiTaskNet):
         self.task_by_name = {t.name: t for t in tasks}
         self.normalize = InputNormalization(input_normalization)
         self._intermediate: dict[str, list[torch.Tensor]] = {}
+
+    def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        return self.heads(self.representation(image, tasks), tasks)
 
     def finish(self, logits: Mapping[str, torch.Tensor], size: Sequence[int]) -> dict[str, torch.Tensor]:
         """Task logits up-sampled to the input ``size`` and shaped per task."""

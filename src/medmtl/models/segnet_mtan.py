@@ -121,11 +121,7 @@ class SegNetMTAN(DenseSceneNet):
             logits[name] = self.heads_by_task[name](attended)
         return self.finish(logits, self._input_size)
 
-    def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        return self.heads(self.representation(image, tasks), tasks)
-
     def path_modules(self, task: str) -> list[nn.Module]:
-        if task not in self.heads_by_task:
-            raise KeyError(f"SegNetMTAN has no task {task!r}; it has {list(self.task_names)}.")
+        self._check_tasks([task])
         shared = [self.encoder_first, self.encoder_rest, self.decoder_first, self.decoder_rest, self.encoder_carry, self.decoder_carry]
         return shared + [self.encoder_attention[task], self.decoder_attention[task], self.heads_by_task[task]]

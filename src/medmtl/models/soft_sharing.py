@@ -96,12 +96,8 @@ class SoftSharingNet(DenseSceneNet):
         logits = {name: self.heads_by_task[name](shared[name]) for name in tasks}
         return self.finish(logits, self._input_size)
 
-    def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        return self.heads(self.representation(image, tasks), tasks)
-
     def path_modules(self, task: str) -> list[nn.Module]:
-        if task not in self.networks:
-            raise KeyError(f"{type(self).__name__} has no task {task!r}; it has {list(self.task_names)}.")
+        self._check_tasks([task])
         return [self.networks, self.units, self.heads_by_task[task]]
 
     def backbone_parameters(self) -> list[nn.Parameter]:
