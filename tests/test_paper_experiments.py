@@ -76,6 +76,7 @@ def test_survey_table5_arms(arm):
     assert cfg.model.pretrained_file is not None  # "all experiments use pre-trained ImageNet weights"
     tiny = compose_train(["experiment=nyudv2_survey_table5", f"nyud_arm={arm}", "preset=tiny"])
     assert tiny.model.pretrained_file is None and tiny.trainer.accelerator == "cpu"
+    assert tiny.model.backbone == ("hrnet_tiny" if "hrnet" in arm or arm == "mtinet" else "test_resnet")  # same family
 
 
 def test_survey_table5_sweeps_every_arm():
