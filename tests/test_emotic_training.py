@@ -36,8 +36,10 @@ def test_every_strategy_trains_the_two_task_setting(optim_name, emotic_root, tmp
     fit(emotic_root, "2task", optim_name, tmp_path)
 
 
-@pytest.mark.parametrize("optim_name", FAMILIES)
+@pytest.mark.parametrize("optim_name", [pytest.param(o, marks=[] if o in ("vanilla", "ga", "mtl_io") else [pytest.mark.slow])
+                                       for o in FAMILIES])
 def test_strategy_families_train_the_26_task_setting(optim_name, emotic_root, tmp_path):
+    """Equal weights, GA and MTL-IO (one step per task) at T = 26 by default; the others in the slow run."""
     fit(emotic_root, "26task", optim_name, tmp_path)
 
 
