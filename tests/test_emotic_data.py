@@ -211,3 +211,11 @@ def test_synthetic_labels_follow_what_is_drawn(tmp_path):
         assert categories[colour] == 1 and categories[colour + 8] == 1, (i, colour)
         assert dimensions[2] == pytest.approx(1 + 9 * (y2 - y1) / 96, abs=2e-3)
     assert emotic_tasks("2task")[1].channels == 3
+
+
+def test_a_matlab_v73_file_is_named_as_such(tmp_path):
+    root = write_release(tmp_path / "emotic", default_release())
+    mat = root / "Annotations" / "Annotations.mat"
+    mat.write_bytes(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: 2019".ljust(512, b"\0"))
+    with pytest.raises(DatasetError, match="MATLAB v7.3 .* -v7 option"):
+        module(root, tmp_path).setup("fit")

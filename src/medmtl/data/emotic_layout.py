@@ -157,9 +157,12 @@ def read_mat(path: Path) -> dict[str, object]:
     """The ``train``, ``val`` and ``test`` struct arrays of ``Annotations.mat``."""
     from scipy.io import loadmat
 
+    if path.is_file() and path.read_bytes()[:128].find(b"MATLAB 7.3") >= 0:
+        raise DatasetError(f"{path} is a MATLAB v7.3 (HDF5) file, which scipy cannot read; save it again with "
+                           "MATLAB's -v7 option (the release is v7).")
     try:
         content = loadmat(path, squeeze_me=True, struct_as_record=False)
-    except (OSError, ValueError, TypeError, NotImplementedError) as error:
+    except (OSError, ValueError, TypeError) as error:
         raise DatasetError(f"Cannot read {path}: it is truncated or not a MATLAB file ({error}).") from None
     missing = [split for split in SPLITS if split not in content]
     if missing:
