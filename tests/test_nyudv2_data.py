@@ -135,31 +135,33 @@ def test_layout_is_detected_and_an_absent_one_is_one_sentence(tmp_path):
         NYUDv2DataModule(str(tmp_path / "m"), tasks=["semseg", "edge"]).setup("fit")
 
 
+def _edit_npy(path, change) -> None:
+    """Load an array, change it in place, save it back."""
+    array = np.load(path)
+    change(array)
+    np.save(path, array)
+
+
 def _spoil_mtan(root, what):
+    train = root / "train"
     if what == "missing depth":
-        (root / "train" / "depth" / "0.npy").unlink()
+        (train / "depth" / "0.npy").unlink()
         return "0.npy"
     if what == "label out of range":
-        label = np.load(root / "train" / "label" / "0.npy")
-        label[0, 0] = 13
-        np.save(root / "train" / "label" / "0.npy", label)
+        _edit_npy(train / "label" / "0.npy", lambda label: label.__setitem__((0, 0), 13))
         return "outside -1..12"
     if what == "depth of another size":
-        np.save(root / "train" / "depth" / "0.npy", np.ones((8, 8, 1), dtype=np.float32))
+        np.save(train / "depth" / "0.npy", np.ones((8, 8, 1), dtype=np.float32))
         return "its image"
     if what == "truncated normals":
-        path = root / "train" / "normal" / "0.npy"
+        path = train / "normal" / "0.npy"
         path.write_bytes(path.read_bytes()[:100])
         return "truncated or not a .npy"
     if what == "NaN depth":
-        depth = np.load(root / "train" / "depth" / "0.npy")
-        depth[2, 2] = np.nan
-        np.save(root / "train" / "depth" / "0.npy", depth)
+        _edit_npy(train / "depth" / "0.npy", lambda depth: depth.__setitem__((2, 2), np.nan))
         return "finite"
     if what == "normals outside [-1, 1]":
-        normals = np.load(root / "train" / "normal" / "0.npy")
-        normals[1, 1] = 3.0
-        np.save(root / "train" / "normal" / "0.npy", normals)
+        _edit_npy(train / "normal" / "0.npy", lambda normals: normals.__setitem__((1, 1), 3.0))
         return "within \\[-1, 1\\]"
     raise AssertionError(what)
 
