@@ -1,5 +1,5 @@
 """Peak memory and seconds per optimisation step of gradient accumulation (GA) versus joint
-training, for 2, 4, 8 and 12 tasks (seed 004; issue "MedMNIST the UMedPT way").
+training, for 2, 4, 8 and 12 tasks (Schafer et al. 2024; issue "MedMNIST the UMedPT way").
 
     python benchmarks/bench_ga_memory.py [--encoder resnet18] [--size 64] [--batch 32] [--steps 5]
 

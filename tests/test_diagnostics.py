@@ -1,4 +1,4 @@
-"""Task-balance diagnostics (seed 002 Figs. 4-5) against direct computations."""
+"""Task-balance diagnostics (Hervella et al. 2024 Figs. 4-5) against direct computations."""
 
 import csv
 from functools import partial

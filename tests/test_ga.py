@@ -1,4 +1,4 @@
-"""GA (seed 004, Algorithm 1): the accumulated gradient is the sum of per-task gradients, each on
+"""GA (Schafer et al. 2024, Algorithm 1): the accumulated gradient is the sum of per-task gradients, each on
 its own task's batch; samplers; the Lightning path with per-task loaders."""
 
 import copy

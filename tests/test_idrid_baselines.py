@@ -1,4 +1,4 @@
-"""Seed 001's single-task baselines and Table 1: the ResNet classifier, the DeepLabV3+ segmenter
+"""Roy 2025's single-task baselines and Table 1: the ResNet classifier, the DeepLabV3+ segmenter
 (checked against segmentation-models-pytorch's own network), one task family per run, the
 training augmentation, and the three arms of the experiment training on the synthetic twin."""
 
@@ -128,7 +128,7 @@ def test_each_table1_arm_trains_on_its_tasks(arm, idrid_root, tmp_path):
 
 
 def test_no_validation_set_trains_on_every_training_image(idrid_root):
-    """Seed 001's protocol (data.val_fraction=0): nothing held out."""
+    """Roy 2025's protocol (data.val_fraction=0): nothing held out."""
     held_out = SyntheticIdridDataModule(str(idrid_root), resolution=(32, 48))
     everything = SyntheticIdridDataModule(str(idrid_root), resolution=(32, 48), val_fraction=0.0)
     held_out.setup()

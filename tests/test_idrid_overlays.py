@@ -1,4 +1,4 @@
-"""IDRiD examples and figures (seed 001 Figs. 4-5): what the evaluator keeps, the tint, the
+"""IDRiD examples and figures (Roy 2025 Figs. 4-5): what the evaluator keeps, the tint, the
 figure from a report over runs that saw different image sets, and the AUPR against torchmetrics."""
 
 import json

@@ -1,4 +1,4 @@
-"""One and two MAO steps against the formulas of seed 002 (Eqs. 7-12), computed by hand."""
+"""One and two MAO steps against the formulas of Hervella et al. 2024 (Eqs. 7-12), computed by hand."""
 
 import copy
 import math

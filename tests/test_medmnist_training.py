@@ -1,5 +1,5 @@
 """MedMNIST training through the entry point: the real two-dataset run learns, the 12-dataset
-configuration of seed 004 runs on the synthetic twin, strategies that need one batch for every
+configuration of Schafer et al. 2024 runs on the synthetic twin, strategies that need one batch for every
 task are refused in one sentence."""
 
 import json

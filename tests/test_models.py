@@ -1,4 +1,4 @@
-"""U-Net VGG: parameter counts of seed 000 Table 1, task subsets, pretrained weights."""
+"""U-Net VGG: parameter counts of Pascal et al. 2022 Table 1, task subsets, pretrained weights."""
 
 from functools import partial
 
@@ -13,14 +13,14 @@ from medmtl.tasks import refuge_tasks
 
 
 def test_multi_task_network_has_the_published_parameter_count():
-    # seed 000 Table 1: MTL ~17.2e6 parameters (METHODS.md: 17,268,036 by construction)
+    # Pascal et al. 2022 Table 1: MTL ~17.2e6 parameters (METHODS.md: 17,268,036 by construction)
     n = count_parameters(build_model(partial(UNetVGG16), refuge_tasks()))
     assert abs(n - 17.2e6) / 17.2e6 < 0.03
     assert n == 17_268_036
 
 
 def test_single_task_networks_sum_to_the_published_count():
-    # seed 000 Table 1: STL 61.2e6 = classifier (encoder + FC) + three U-Nets with one head each
+    # Pascal et al. 2022 Table 1: STL 61.2e6 = classifier (encoder + FC) + three U-Nets with one head each
     n = count_parameters(build_model(partial(UNetVGG16), refuge_tasks(), separate_networks=True))
     assert abs(n - 61.2e6) / 61.2e6 < 0.03
     assert n == 61_213_572

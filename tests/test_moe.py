@@ -1,4 +1,4 @@
-"""MoE DeepLabV3+ (seed 001): routing by hand, gate losses, the backbone learning rate, and training
+"""MoE DeepLabV3+ (Roy 2025): routing by hand, gate losses, the backbone learning rate, and training
 with every strategy on the synthetic IDRiD with partial labels."""
 
 from functools import partial

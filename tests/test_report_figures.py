@@ -1,4 +1,4 @@
-"""Report figures from fabricated runs: overlays (seed 000 Fig. 4), learning-rate sensitivity
+"""Report figures from fabricated runs: overlays (Pascal et al. 2022 Fig. 4), learning-rate sensitivity
 (Figs. 2-3), several sweeps in one table; and the examples the REFUGE evaluator keeps."""
 
 import json
@@ -149,7 +149,7 @@ def test_runs_of_one_method_and_fold_never_overwrite_each_other(tmp_path):
 
 
 def test_delta_mtl_against_baselines_that_share_the_tasks_out(tmp_path):
-    """Seed 001: a grading classifier and a lesion segmenter are together the single-task
+    """Roy 2025: a grading classifier and a lesion segmenter are together the single-task
     baseline of the multi-task network; each task's baseline value comes from the one reporting it."""
     def job(name, model, test, task_metrics):
         folder = tmp_path / name

@@ -1,4 +1,4 @@
-"""ResNet-34 U-Net (seed 000 Table 2 reference): smp's encoder/decoder with our four task heads."""
+"""ResNet-34 U-Net (Pascal et al. 2022 Table 2 reference): smp's encoder/decoder with our four task heads."""
 
 import pytest
 import segmentation_models_pytorch as smp

@@ -196,7 +196,7 @@ def test_wandb_offline_run_is_grouped_and_holds_the_test_examples(tmp_path):
 
 
 def test_idrid_table1_sweep_and_its_report_as_a_user_runs_them(tmp_path):
-    """Seed 001 Table 1 on the synthetic twin (one seed, two epochs): three networks, one table
+    """Roy 2025 Table 1 on the synthetic twin (one seed, two epochs): three networks, one table
     with their columns, and the Figs. 4-5 overlay; the classifier arm has no lesion column."""
     sweep = tmp_path / "sweep"
     trained = run("train.py", ["-m", "experiment=idrid_table1", "preset=tiny", "seed=0", "trainer.max_epochs=2",
@@ -218,7 +218,7 @@ def test_idrid_table1_sweep_and_its_report_as_a_user_runs_them(tmp_path):
 
 
 def test_without_validation_data_the_last_weights_are_tested(tmp_path):
-    """Seed 001's protocol (data.val_fraction=0): no model selection, no warning about a missing
+    """Roy 2025's protocol (data.val_fraction=0): no model selection, no warning about a missing
     val/loss, test metrics of the final weights."""
     folder = tmp_path / "run"
     result = run("train.py", ["experiment=idrid_table1", "preset=tiny", "idrid_arm=resnet50", "trainer.max_epochs=2",

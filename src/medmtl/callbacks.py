@@ -1,4 +1,4 @@
-"""Callbacks: iteration timing (seed 000 reports seconds per training iteration)."""
+"""Callbacks: iteration timing (Pascal et al. 2022 reports seconds per training iteration)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Task-balance diagnostics (seed 002, Figs. 4-5), for any strategy.
+"""Task-balance diagnostics (Hervella et al. 2024, Figs. 4-5), for any strategy.
 
 Every ``every_n_iterations`` mini-batches, per layer l (a module owning parameters directly) and
 per task k:

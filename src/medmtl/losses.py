@@ -16,7 +16,7 @@ def _per_sample_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 def binary_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Pixel-averaged BCE, seed 000 Eq. (OD/OC): -(1/N) sum_i y_i log p_i + (1-y_i) log(1-p_i)."""
+    """Pixel-averaged BCE, Pascal et al. 2022 Eq. (OD/OC): -(1/N) sum_i y_i log p_i + (1-y_i) log(1-p_i)."""
     loss = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="none")
     return _per_sample_mean(loss)
 
@@ -24,14 +24,14 @@ def binary_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Te
 def sigmoid_l1(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """L1 between the sigmoid map and a heatmap target, averaged over pixels.
 
-    Seed 000 writes the L1 as a sum over pixels; the mean is used here so that the loss does not
+    Pascal et al. 2022 writes the L1 as a sum over pixels; the mean is used here so that the loss does not
     scale with the image size (a constant factor H*W, irrelevant to Adam-based strategies).
     """
     return _per_sample_mean((torch.sigmoid(logits) - target.to(logits.dtype)).abs())
 
 
 def binary_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Focal loss (Lin et al. 2017), seed 000: FL = -(1 - p_t)^gamma log(p_t).
+    """Focal loss (Lin et al. 2017), Pascal et al. 2022: FL = -(1 - p_t)^gamma log(p_t).
 
     p_t = p if y = 1 else 1 - p, with p = sigmoid(logit). gamma = 0 gives the BCE.
     log(p_t) is computed from logits (``-BCE-with-logits``) to stay finite for saturated outputs.
@@ -65,7 +65,7 @@ def softmax_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0
 
 
 def ce_plus_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Seed 001's grading loss: cross-entropy + focal loss."""
+    """Roy 2025's grading loss: cross-entropy + focal loss."""
     return cross_entropy(logits, target) + softmax_focal(logits, target, gamma)
 
 
@@ -77,7 +77,7 @@ def soft_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
 
 
 def focal_plus_dice(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Seed 001's lesion loss: pixel focal loss + soft Dice loss."""
+    """Roy 2025's lesion loss: pixel focal loss + soft Dice loss."""
     return binary_focal(logits, target, gamma) + soft_dice(logits, target)
 
 

@@ -9,7 +9,7 @@ module keeps ``iterations``, the number of mini-batches trained, saved in checkp
 are stepped once per epoch by the module, never per optimizer step.
 
 Evaluation: validation and test run every task's forward, log the per-task losses and their sum
-(``val/loss``, the model-selection criterion of seed 000), and feed the datamodule's evaluator
+(``val/loss``, the model-selection criterion of Pascal et al. 2022), and feed the datamodule's evaluator
 (``datamodule.make_evaluator()``) for the dataset's metrics.
 
 Non-finite values (:mod:`medmtl.nonfinite`): the context's optimizers and losses go through a
@@ -44,7 +44,7 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 def with_backbone_lr(factory: Callable[..., torch.optim.Optimizer], model: MultiTaskNet, scale: float):
     """An optimizer factory that puts the model's backbone parameters in a group at ``scale`` x the
-    learning rate (seed 001: backbone 3e-5, the rest 3e-4)."""
+    learning rate (Roy 2025: backbone 3e-5, the rest 3e-4)."""
     base_lr = getattr(factory, "keywords", {}).get("lr")
     if base_lr is None:
         raise ConfigError("optim.backbone_lr_scale needs optim.optimizer.lr to be set.")
@@ -293,7 +293,7 @@ class MultiTaskModule(L.LightningModule):
 
     def _evaluation_epoch_end(self, stage: str) -> None:
         """``<stage>/loss`` = sum over tasks of each task's mean loss over its labelled samples
-        (model selection monitors ``val/loss``, as seed 000: the summed validation loss)."""
+        (model selection monitors ``val/loss``, as Pascal et al. 2022: the summed validation loss)."""
         if self._evaluation_losses:
             means = {task: total / seen for task, (total, seen) in self._evaluation_losses.items() if seen}
             bad = [task for task, value in means.items() if not math.isfinite(value)]

@@ -174,7 +174,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = _instantiate_group(cfg.get("logger"))
     callbacks = _instantiate_group(cfg.get("callbacks"))
     if not datamodule.has_validation:
-        # nothing to select on (IDRiD with val_fraction=0, seed 001's protocol): the last weights are tested
+        # nothing to select on (IDRiD with val_fraction=0, Roy 2025's protocol): the last weights are tested
         callbacks = [c for c in callbacks if not (isinstance(c, ModelCheckpoint) and c.monitor is not None)]
     trainer = build_trainer(cfg, callbacks + [timer], loggers, validate=datamodule.has_validation)
 

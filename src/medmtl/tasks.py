@@ -91,7 +91,7 @@ class Task:
 
 
 def refuge_tasks(focal_gamma: float = 2.0) -> list[Task]:
-    """The four tasks of seed 000, in MTL-IO's update order: classification, OD, OC, fovea."""
+    """The four tasks of Pascal et al. 2022, in MTL-IO's update order: classification, OD, OC, fovea."""
     return [
         Task("glaucoma", "binary", partial(losses.binary_focal, gamma=focal_gamma)),
         Task("od", "segmentation", losses.binary_cross_entropy),

@@ -1,7 +1,7 @@
 """Figures of a sweep report.
 
 - :func:`plot_roc`: ROC curves of the glaucoma score per method, pooled over folds or seeds
-  (seed 000, Fig. 1): each run's ``predictions.npz`` (labels and the combined probability) is
+  (Pascal et al. 2022, Fig. 1): each run's ``predictions.npz`` (labels and the combined probability) is
   concatenated per method; the legend gives the pooled AUC (scikit-learn).
 - :func:`plot_curves`: per method, the mean over runs of an epoch-level logged value (validation
   loss by default) with a +/- std band, read from each run's ``csv/metrics.csv``.

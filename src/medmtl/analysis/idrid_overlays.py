@@ -1,4 +1,4 @@
-"""IDRiD prediction figures (seed 001, Figs. 4-5), from the examples runs keep.
+"""IDRiD prediction figures (Roy 2025, Figs. 4-5), from the examples runs keep.
 
 Each IDRiD run's ``predictions.npz`` holds a few test images whole (see
 :class:`~medmtl.metrics.idrid.IdridEvaluator`): segmentation-set images (lesion masks, no grades)

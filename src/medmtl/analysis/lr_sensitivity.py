@@ -1,4 +1,4 @@
-"""Learning-rate sensitivity (seed 000, Figs. 2-3): best validation metric and lowest validation
+"""Learning-rate sensitivity (Pascal et al. 2022, Figs. 2-3): best validation metric and lowest validation
 loss per task as functions of the learning rate, one line per method with a +/- std band over
 folds or seeds.
 

@@ -1,4 +1,4 @@
-"""Segmentation overlays with fovea points (seed 000, Fig. 4), from the examples runs keep.
+"""Segmentation overlays with fovea points (Pascal et al. 2022, Fig. 4), from the examples runs keep.
 
 Each run's ``predictions.npz`` holds a few test images whole (``example_*``: input, ground-truth
 and post-processed predicted OD/OC masks, fovea points; see ``RefugeEvaluator``). The figure
@@ -116,7 +116,7 @@ def panels_with_captions(examples: dict[str, np.ndarray]) -> tuple[list[np.ndarr
 
 def overlay_from_runs(runs, methods: Sequence[str], output: str | Path) -> Path | None:
     """The overlay of ``methods`` on the first pair key (fold or seed) that all of them ran
-    (IDRiD examples: seed 001's figures, :mod:`medmtl.analysis.idrid_overlays`; scene examples:
+    (IDRiD examples: Roy 2025's figures, :mod:`medmtl.analysis.idrid_overlays`; scene examples:
     :mod:`medmtl.analysis.scene_overlays`)."""
     by_key: dict[str, dict[str, Path]] = {}
     for run in runs:

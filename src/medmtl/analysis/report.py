@@ -2,12 +2,12 @@
 
 A sweep folder holds one job folder per run (Hydra's multirun layout); each job has
 ``.hydra/overrides.yaml`` and, when it finished, ``metrics.json``. Several sweep folders can be
-reported together (e.g. seed 000 Table 2 and its Res34-UNet reference). Runs are grouped by method:
+reported together (e.g. Pascal et al. 2022 Table 2 and its Res34-UNet reference). Runs are grouped by method:
 the strategy, plus the model, the number of tasks and the learning rate when the runs differ in
 them (``mtl_io (UNetVGG16, lr=0.001)``, ``ga (1 task)`` vs ``ga (12 tasks)``); they are paired across methods by fold (CV) or by seed. Each cell is mean +/- std over the runs; the best mean per column is bold; a method whose
 value the best is significantly better than (paired t-test) is marked * (p < 0.05) or ** (p < 0.01);
 Delta_MTL is computed against the ``baseline`` method (``stl``) over the task metrics; several
-baseline methods may share the tasks out (seed 001: a grading classifier and a lesion segmenter),
+baseline methods may share the tasks out (Roy 2025: a grading classifier and a lesion segmenter),
 each task's baseline value then comes from the one that reports it.
 
 Nothing is averaged silently: jobs without ``metrics.json`` and folds or seeds that a method lacks
@@ -325,8 +325,8 @@ def write_report(sweeps: str | Path | Sequence[str | Path], output: str | Path |
 
 
 def _default_overlay_methods(table: Table, baseline: str | Sequence[str]) -> list[str]:
-    """The best method by AUC and the baseline (seed 000 Fig. 4: MTL-IO and STL); without an AUC
-    column (IDRiD: seed 001's table compares three networks) the first four methods."""
+    """The best method by AUC and the baseline (Pascal et al. 2022 Fig. 4: MTL-IO and STL); without an AUC
+    column (IDRiD: Roy 2025's table compares three networks) the first four methods."""
     if "auc" not in table.best:
         return table.methods[:4]
     first = baseline if isinstance(baseline, str) else baseline[0]

@@ -2,7 +2,7 @@
 
 - mean +/- sample standard deviation (ddof = 1) over folds or seeds;
 - paired Student's t-test of the best method against each other method, per metric, pairing runs
-  by fold (or seed): * p < 0.05, ** p < 0.01 (seed 002);
+  by fold (or seed): * p < 0.05, ** p < 0.01 (Hervella et al. 2024);
 - Delta_MTL (survey Eq. 10) = (1/T) sum_i (-1)^{l_i} (M_m,i - M_b,i) / M_b,i, with l_i = 1 where a
   lower value is better, against the single-task baseline.
 """

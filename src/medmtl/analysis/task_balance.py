@@ -1,4 +1,4 @@
-"""Task-balance plots from a run's ``diagnostics.csv`` (seed 002, Figs. 4-5).
+"""Task-balance plots from a run's ``diagnostics.csv`` (Hervella et al. 2024, Figs. 4-5).
 
 - :func:`plot_per_layer`: for each task, the gradient magnitude and the update contribution per
   layer (averaged over the recorded iterations), layers in network order, log scale (Fig. 4);

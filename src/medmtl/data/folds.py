@@ -1,6 +1,6 @@
 """Stratified k-fold splits with a split seed that is independent of the training seed.
 
-Seed 000 runs 5-fold CV on the merged, shuffled Training400 + Validation400 (stratified by the
+Pascal et al. 2022 runs 5-fold CV on the merged, shuffled Training400 + Validation400 (stratified by the
 glaucoma label) with the official test set fixed. The folds depend only on the sample ids, the
 labels, ``n_folds`` and ``split_seed``: changing the training seed never changes the folds.
 """

@@ -1,4 +1,4 @@
-"""Fovea heatmaps (seed 000, Fig. 6) and their inverse, the centre of mass.
+"""Fovea heatmaps (Pascal et al. 2022, Fig. 6) and their inverse, the centre of mass.
 
 Target: an isotropic Gaussian with peak 1, h(x, y) = exp(-((x - x0)^2 + (y - y0)^2) / (2 var)),
 with var = 50 px^2 on the 256 x 256 grid (METHODS.md section 3). Pixel (i, j) has its centre at

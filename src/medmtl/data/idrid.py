@@ -1,23 +1,23 @@
-"""IDRiD as a partially labelled multi-task problem (seed 001): lesion segmentation on one image set,
+"""IDRiD as a partially labelled multi-task problem (Roy 2025): lesion segmentation on one image set,
 disease grading on another, one training set made of their union.
 
 Tasks: the grades in ``grades`` (``retinopathy``, 5 grades; ``edema``, 3 risk levels),
 cross-entropy + focal loss; one segmentation task per lesion in ``lesions`` (``ma``, ``he``,
-``ex``, ``se``, ``od``), focal + Dice loss. Seed 001's single-task baselines take one family:
+``ex``, ``se``, ``od``), focal + Dice loss. Roy 2025's single-task baselines take one family:
 ``grades=[]`` (the segmenter) or ``lesions=[]`` (the classifier); an image set with no chosen
 task is then left out of every split. Every sample carries every target key (zeros where it has
 no label) and a ``present/<task>`` flag: grading images have no masks, segmentation images no
 grades; its ``index`` is the image's place in the split's scan, the same whatever the tasks. A lesion
 mask missing for a segmentation image is either masked out of its loss (``missing_mask: mask``,
-the default) or an all-negative target (``missing_mask: negative``, what seed 001 did).
+the default) or an all-negative target (``missing_mask: negative``, what Roy 2025 did).
 
 Images (4288 x 2848) and masks (1-bit TIFF, read as ``> 0``) are resized once to ``resolution``
-(H, W; seed 001 used 712 x 1072) into the content-keyed cache under ``cache_dir``
+(H, W; Roy 2025 used 712 x 1072) into the content-keyed cache under ``cache_dir``
 (:mod:`medmtl.data.cache`; rebuilt when an image or mask changes); the build time is logged and
 kept in ``cache_seconds``. IDRiD has no validation split: ``val_fraction``
 of each training image set is held out with ``split_seed``.
 
-Training augmentation (``augment``; seed 001 lists horizontal flip, rotation, rescale, translation,
+Training augmentation (``augment``; Roy 2025 lists horizontal flip, rotation, rescale, translation,
 contrast and blur): the spatial transforms move the image and its masks together. The draws come
 from the per-sample seeds of :class:`~medmtl.data.sampling.EpochSeededSampler`, so a resumed run
 replays them.
@@ -96,7 +96,7 @@ def build_cache(cache: SampleCache, samples: Sequence[IdridSample], resolution: 
 
 
 def training_augmentation(seed: int) -> A.Compose:
-    """Seed 001's list; the magnitudes are ours (the seed gives none)."""
+    """Roy 2025's list; the magnitudes are ours (the seed gives none)."""
     return A.Compose(
         [
             A.HorizontalFlip(p=0.5),
@@ -186,7 +186,7 @@ class IdridDataModule(SplitLoaders, MultiTaskDataModule):
 
     @property
     def has_validation(self) -> bool:
-        """False with ``val_fraction=0`` (seed 001 trained on every training image): the run then
+        """False with ``val_fraction=0`` (Roy 2025 trained on every training image): the run then
         tests its last weights instead of selecting them on a validation loss."""
         return self.val_fraction > 0
 

@@ -1,4 +1,4 @@
-"""MedMNIST (v2/v3) as a multi-task problem: each dataset (``flag``) is one task (seed 004).
+"""MedMNIST (v2/v3) as a multi-task problem: each dataset (``flag``) is one task (Schafer et al. 2024).
 
 Files: ``<root>/<flag>.npz`` (28 px) or ``<root>/<flag>_<size>.npz`` (64, 128, 224), with the
 official keys ``{train,val,test}_{images,labels}``; images uint8 (N, H, W) grey or (N, H, W, 3)
@@ -13,7 +13,7 @@ v2 does (its ordinal structure is not used: a config could add an ordinal loss l
 
 Samples are dicts ``{"image": (3, H, W) or (D, 3, H, W) float in [-1, 1], <flag>: label, "dataset":
 task index}``: grey images are repeated to three channels so that one encoder reads every dataset;
-a 3D volume (A, B, C) becomes its C slices through the last axis (seed 004), (C, 3, A, B). A batch holds one dataset only, so the other tasks' targets are absent and
+a 3D volume (A, B, C) becomes its C slices through the last axis (Schafer et al. 2024), (C, 3, A, B). A batch holds one dataset only, so the other tasks' targets are absent and
 their losses are ``None`` (see :mod:`medmtl.tasks`). Training: every task has its own endless
 loader (``task_dataloader``), which gradient accumulation (``optim=ga``) draws from. Strategies
 that need one forward pass over a batch labelled for every task apply with ``joint_batches``
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 SIZES = (28, 64, 128, 224)
 SPLITS = ("train", "val", "test")
-#: seed 004's selection: the 18 datasets minus OrganA/C/S, RetinaMNIST, TissueMNIST, FractureMNIST3D
+#: Schafer et al. 2024's selection: the 18 datasets minus OrganA/C/S, RetinaMNIST, TissueMNIST, FractureMNIST3D
 SEED_004_FLAGS = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "breastmnist",
                   "bloodmnist", "organmnist3d", "nodulemnist3d", "adrenalmnist3d", "vesselmnist3d",
                   "synapsemnist3d")
@@ -242,7 +242,7 @@ class MedMNISTDataModule(MultiTaskDataModule):
         root: folder holding the ``.npz`` files.
         flags: the datasets (tasks), e.g. ``[breastmnist, pneumoniamnist]``.
         size: image side of the files to read (28, 64, 128 or 224).
-        batch_size: per task and step (seed 004: the same for every task).
+        batch_size: per task and step (Schafer et al. 2024: the same for every task).
         steps_per_epoch: optimisation steps per epoch; default: the batches of the largest
             training set (every dataset is seen at least once per epoch).
         verify_md5: check each file against the official MD5.

@@ -1,7 +1,7 @@
 """REFUGE as a LightningDataModule: four tasks (glaucoma, OD, OC, fovea) from the official layout.
 
 Protocols (``protocol``):
-- ``cv`` (seed 000 Tables 1-2): Training400 + Validation400 merged and split into ``n_folds``
+- ``cv`` (Pascal et al. 2022 Tables 1-2): Training400 + Validation400 merged and split into ``n_folds``
   stratified folds with ``split_seed``; ``fold`` is the validation fold; Test400 is the test set.
 - ``official`` (Tables 3-4): train on Training400, select on Validation400, test on Test400.
 
@@ -127,7 +127,7 @@ class RefugeDataModule(SplitLoaders, MultiTaskDataModule):
         cache_dir: where the resized images are cached (``paths.cache_dir``; :mod:`medmtl.data.cache`).
         protocol: ``cv`` or ``official``.
         fold, n_folds, split_seed: the CV fold; the split depends on ``split_seed`` only.
-        image_size: side of the square network input (256 in seed 000); images are cached at it.
+        image_size: side of the square network input (256 in Pascal et al. 2022); images are cached at it.
         augment: albumentations on the training split. ``augment_seed`` fixes the training order and
             the augmentation of every sample in every epoch (:mod:`medmtl.data.sampling`).
         heatmap_variance: fovea Gaussian variance in px^2 on a 256 grid (scaled with image_size).
@@ -192,7 +192,7 @@ class RefugeDataModule(SplitLoaders, MultiTaskDataModule):
         log.info("REFUGE %s protocol (fold %s): %s samples.", self.protocol, self.fold, counts)
 
     def make_evaluator(self) -> RefugeEvaluator:
-        """Seed 000's metrics; the vCDR logistic regression is fitted on the training split's ground truth."""
+        """Pascal et al. 2022's metrics; the vCDR logistic regression is fitted on the training split's ground truth."""
         train = self.datasets["train"]
         return RefugeEvaluator(train.ground_truth_vcdr(), train.labels())
 

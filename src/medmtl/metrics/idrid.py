@@ -1,11 +1,11 @@
-"""IDRiD metrics (seed 001 and the IDRiD challenge), over the samples labelled for each task.
+"""IDRiD metrics (Roy 2025 and the IDRiD challenge), over the samples labelled for each task.
 
 - Grading (``retinopathy``, ``edema``): accuracy of the arg-max.
 - Lesions: Dice and IoU of the foreground (background excluded), pixels thresholded at 0.5 and
   pooled over the split's labelled images; pixel-level AUPR (the challenge's metric) at 200
   fixed thresholds (:mod:`medmtl.metrics.aupr`; exact AUPR would keep every pixel's score).
 
-Examples for figures (seed 001 Figs. 4-5): the first ``examples_per_set`` images labelled for a
+Examples for figures (Roy 2025 Figs. 4-5): the first ``examples_per_set`` images labelled for a
 lesion and the first labelled for a grade are kept whole -- input, predicted masks (probability
 > 0.5), ground-truth masks with their presence, predicted grades and ground-truth grades (-1 where
 the image has none) -- as ``example_*`` arrays of ``predictions.npz``, with the task names in

@@ -7,7 +7,7 @@
   at threshold 0.5.
 AUCs from scikit-learn; a class or label with a single value in the evaluated set is left out of
 the mean (NaN when none is left). ``auc_mean`` / ``acc_mean`` average the datasets, ``*_mean_3d``
-the 3D ones (seed 004 compares the 3D tasks' mean accuracy with MedMNIST's 3D CNN).
+the 3D ones (Schafer et al. 2024 compares the 3D tasks' mean accuracy with MedMNIST's 3D CNN).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""REFUGE metrics of seed 000 (METHODS.md sections 3-4), accumulated image by image.
+"""REFUGE metrics of Pascal et al. 2022 (METHODS.md sections 3-4), accumulated image by image.
 
 Per image: OD and OC probability maps are thresholded at 0.5 and reduced to their largest
 connected component; Dice = 2|P & G| / (|P| + |G|) (1 when both are empty), averaged over images.
 The fovea is the centre of mass of the predicted heatmap; its Euclidean error is reported on the
-network grid (``fovea_error_grid``; 256 px in seed 000) and in original-image pixels
+network grid (``fovea_error_grid``; 256 px in Pascal et al. 2022) and in original-image pixels
 (``fovea_error_px``, the grid offsets scaled back by original_size / grid_size per axis).
 
 Glaucoma: ``auc_fc`` from the classifier's probability; ``auc_vcdr`` from a logistic regression on

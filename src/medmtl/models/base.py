@@ -136,7 +136,7 @@ class SeparateNetworks(MultiTaskNet):
     """One independent network per task (single-task learning, ``optim=stl``).
 
     Each member is the same architecture built for one task only, so that the parameter count is
-    the sum of the single-task networks (seed 000 Table 1 reports STL this way) and no parameter is
+    the sum of the single-task networks (Pascal et al. 2022 Table 1 reports STL this way) and no parameter is
     shared: summing the task losses and taking one Adam step equals training each network alone,
     because Adam acts element-wise.
     """

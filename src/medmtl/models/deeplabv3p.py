@@ -1,4 +1,4 @@
-"""DeepLabV3+ with a ResNet encoder: seed 001's single-task segmentation baseline ("DeepLabV3+").
+"""DeepLabV3+ with a ResNet encoder: Roy 2025's single-task segmentation baseline ("DeepLabV3+").
 
 segmentation-models-pytorch's ``DeepLabV3Plus`` parts: a ResNet encoder at output stride 16 and
 the DeepLabV3+ decoder (ASPP with depthwise-separable 3x3 convolutions, the stride-4 feature
@@ -7,7 +7,7 @@ the input (:class:`~medmtl.models.encoder_decoder.EncoderDecoderNet`). Choices:
 
 - ASPP rates 6/12/18, as DeepLabV3+ uses at output stride 16 and as the MoE model's shared ASPP
   (smp's default is 12/24/36); ``atrous_rates`` changes them.
-- Seed 001 trained one network for the five lesions (one output per lesion), which is this model
+- Roy 2025 trained one network for the five lesions (one output per lesion), which is this model
   with the lesions as its tasks (``data.tasks``); ``optim=stl`` gives one network per lesion.
 - Image-level tasks, when given, read the pooled encoder output: the model is then a plain
   hard-sharing multi-task DeepLabV3+ (the MoE model without experts).
@@ -28,7 +28,7 @@ from medmtl.tasks import Task
 class DeepLabV3Plus(EncoderDecoderNet):
     """Args:
         tasks: segmentation tasks (and optionally image-level tasks, see the module docstring).
-        encoder_name: an smp ResNet encoder (``resnet50`` in seed 001; ``resnet18`` for tests).
+        encoder_name: an smp ResNet encoder (``resnet50`` in Roy 2025; ``resnet18`` for tests).
         decoder_channels: ASPP and decoder width (256).
         atrous_rates: the ASPP dilation rates.
         dropout: before each image-level classifier.

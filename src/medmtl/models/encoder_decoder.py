@@ -1,7 +1,7 @@
-"""Shared encoder + shared decoder + one head per task: the shape of seed 000's networks.
+"""Shared encoder + shared decoder + one head per task: the shape of Pascal et al. 2022's networks.
 
 Image-level tasks (binary, multiclass, multilabel) read the deepest encoder feature: global pool
-(max in seed 000, ``classifier_pool = "avg"`` for a plain ResNet classifier) -> dropout ->
+(max in Pascal et al. 2022, ``classifier_pool = "avg"`` for a plain ResNet classifier) -> dropout ->
 linear(C, outputs). Dense tasks read the decoder output: a 1x1 conv each, then up-sampled by
 ``dense_upsample`` when the decoder stops short of the input resolution (DeepLabV3+ decodes at
 stride 4; a 1x1 conv and bilinear up-sampling commute, so this equals up-sampling the features;

@@ -1,4 +1,4 @@
-"""Mixture-of-experts multi-task DeepLabV3+ (seed 001; METHODS.md section 2, ``moe_deeplabv3p``).
+"""Mixture-of-experts multi-task DeepLabV3+ (Roy 2025; METHODS.md section 2, ``moe_deeplabv3p``).
 
 - Shared backbone: a timm ResNet (ResNet-50 in the seed) with output stride 16; its stride-4
   features feed the DeepLabV3+ decoders.
@@ -15,7 +15,7 @@
   is a buffer, so a checkpoint taken after the switch evaluates with top-p routing.
 - Auxiliary gate losses, added to their task's loss (``auxiliary_loss``), each with its weight:
   L1 sparsity mean_e |s_e|; load balancing KL(u || uniform) with u the batch-mean of q; negative
-  entropy -H(q), averaged over samples (seed 001: "to discourage the model from selecting the
+  entropy -H(q), averaged over samples (Roy 2025: "to discourage the model from selecting the
   same expert all the time"). Choice: the entropy is that of each sample's routing (the batch
   version would duplicate the load-balancing term up to a constant); ``entropy_of: batch`` gives
   -H(u) instead.
@@ -208,5 +208,5 @@ class MoEDeepLabV3Plus(MultiTaskNet):
         return shared + [self.experts[task], self.gates[task]]
 
     def backbone_parameters(self) -> list[nn.Parameter]:
-        """Seed 001 trains the backbone at a tenth of the learning rate (``optim`` parameter groups)."""
+        """Roy 2025 trains the backbone at a tenth of the learning rate (``optim`` parameter groups)."""
         return list(self.backbone.parameters())

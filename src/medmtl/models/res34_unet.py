@@ -1,10 +1,10 @@
-"""ResNet-34 U-Net, the transfer-learning reference of seed 000 Table 2 ("Res34-Unet").
+"""ResNet-34 U-Net, the transfer-learning reference of Pascal et al. 2022 Table 2 ("Res34-Unet").
 
 Encoder and decoder are segmentation-models-pytorch's ``Unet`` parts (ResNet-34 encoder, five
 up-sampling blocks with skip connections, ``decoder_channels`` wide); the heads are those of
 :class:`~medmtl.models.encoder_decoder.EncoderDecoderNet`, so the network trains on all four
 REFUGE tasks with every strategy (the reference was an OD/OC segmenter; single-task runs,
-``optim=stl``, give its per-task form). Seed 000 initialised the encoder from weights trained on
+``optim=stl``, give its per-task form). Pascal et al. 2022 initialised the encoder from weights trained on
 Messidor-2; any torchvision-layout ResNet state dict file can be given (``weights_path``),
 nothing is downloaded (smp's ``encoder_weights`` stays ``None``).
 """

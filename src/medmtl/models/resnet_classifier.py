@@ -1,7 +1,7 @@
-"""A ResNet image classifier: seed 001's single-task grading baseline ("ResNet-50").
+"""A ResNet image classifier: Roy 2025's single-task grading baseline ("ResNet-50").
 
 A torchvision-layout ResNet (segmentation-models-pytorch's encoder, output stride 32), global
-average pooling, dropout and one linear layer per image-level task (seed 001 graded retinopathy
+average pooling, dropout and one linear layer per image-level task (Roy 2025 graded retinopathy
 and macular-edema risk with one such network; ``optim=stl`` gives one network per grade). Dense
 tasks are refused: this network has no decoder.
 
@@ -21,7 +21,7 @@ from medmtl.tasks import Task
 class ResNetClassifier(EncoderDecoderNet):
     """Args:
         tasks: image-level tasks (binary, multiclass, multilabel).
-        encoder_name: an smp ResNet encoder (``resnet50`` in seed 001; ``resnet18`` for tests).
+        encoder_name: an smp ResNet encoder (``resnet50`` in Roy 2025; ``resnet18`` for tests).
         dropout: before each classifier.
         weights_path: a torchvision ResNet state dict file loaded into the encoder, or null.
     """

@@ -1,4 +1,4 @@
-"""Multi-task U-Net with a VGG encoder (seed 000, Fig. 5; METHODS.md section 2).
+"""Multi-task U-Net with a VGG encoder (Pascal et al. 2022, Fig. 5; METHODS.md section 2).
 
 Encoder: five levels of ``conv3x3-BN-ReLU`` blocks with 64, 128, 256, 512, 512 channels and a 2x2
 max pool between levels. Decoder: four bilinear up-sampling blocks with skip connections,
@@ -8,7 +8,7 @@ bottleneck: global max pool -> dropout(0.8) -> linear(512, 1).
 
 Layout choice: with two convolutions per level (``encoder_layout: vgg13``, the default) the
 multi-task network has 17,268,036 parameters and the four single-task networks 61,213,572, the
-counts of seed 000 Table 1 (17.2e6 / 61.2e6); the authors' code loads ``vgg13_bn`` weights. A
+counts of Pascal et al. 2022 Table 1 (17.2e6 / 61.2e6); the authors' code loads ``vgg13_bn`` weights. A
 true VGG16 layout (2, 2, 3, 3, 3 convolutions per level) is ``encoder_layout: vgg16`` (22.6e6).
 
 Heads and the task paths: :class:`~medmtl.models.encoder_decoder.EncoderDecoderNet`.
@@ -103,12 +103,12 @@ class UNetVGG16(EncoderDecoderNet):
             dense tasks a 1x1 conv on the decoder).
         width: channel multiplier (1.0 = the paper; small values for tests and CPU runs).
         encoder_layout: ``vgg13`` (reproduces the published parameter counts) or ``vgg16``.
-        dropout: dropout before each classifier (0.8 in seed 000).
+        dropout: dropout before each classifier (0.8 in Pascal et al. 2022).
         pretrained: load ImageNet weights into the encoder from ``weights_path`` (width 1 only).
         weights_path: a torchvision ``vgg13_bn``/``vgg16_bn`` state dict file, or its bare name in
             ``$TORCH_HOME/hub/checkpoints``.
         head_prior: initial foreground probability of the dense heads: their bias starts at
-            log(prior / (1 - prior)) (Lin et al. 2017's prior initialisation). Seed 000 specifies
+            log(prior / (1 - prior)) (Lin et al. 2017's prior initialisation). Pascal et al. 2022 specifies
             Kaiming-uniform weights but no bias; with a zero bias every map starts at 0.5 and Adam
             needs thousands of steps to bring the background of the sparse OD/OC/fovea maps down.
             ``null`` keeps zero biases.
@@ -147,7 +147,7 @@ class UNetVGG16(EncoderDecoderNet):
             self.load_encoder_weights(weights_path)
 
     def _init_weights(self) -> None:
-        """Kaiming-uniform initialisation, as in seed 000's implementation details."""
+        """Kaiming-uniform initialisation, as in Pascal et al. 2022's implementation details."""
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")

@@ -1,14 +1,14 @@
-"""Independent optimizers (``mtl_io``, seed 000 after Pascal et al.) and its shared-optimizer twin.
+"""Independent optimizers (``mtl_io``, Pascal et al. 2022) and its shared-optimizer twin.
 
 MTL-IO, per mini-batch::
 
-    for k in tasks (fixed order; seed 000: classification, OD, OC, fovea):
+    for k in tasks (fixed order; Pascal et al. 2022: classification, OD, OC, fovea):
         y_k = forward of task k's path at the CURRENT weights      # re-forward per task
         Adam_k.zero_grad(); L_k(y_k).backward(); Adam_k.step()
 
 Adam_k owns exactly the parameters on task k's path (``model.path_parameters(k)``) and keeps its
 own first and second moments, so the memory of each optimizer only mixes task k's past gradients:
-w^(k) = w^(k-1) - lr * m_hat^(k)(g^(k)(w^(k-1))) (seed 000, Eq. 3). Parameters outside the path get
+w^(k) = w^(k-1) - lr * m_hat^(k)(g^(k)(w^(k-1))) (Pascal et al. 2022, Eq. 3). Parameters outside the path get
 no gradient (None, not zero), hence no moment update and no weight decay from Adam_k.
 
 ``mtl_ius`` runs the same alternating schedule with ONE Adam over all parameters (its moments mix

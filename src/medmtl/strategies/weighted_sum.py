@@ -7,7 +7,7 @@ task's weight never depends on whether the other tasks are present.
 - ``stl``: the same update on :class:`~medmtl.models.base.SeparateNetworks`, one network per
   task. The networks share no parameter, so dL/dtheta for network k is dL_k/dtheta and Adam,
   acting element-wise, makes this exactly T independent trainings; its parameter count and
-  iteration time are the sums over the single-task networks, as seed 000 reports them.
+  iteration time are the sums over the single-task networks, as Pascal et al. 2022 reports them.
 """
 
 from __future__ import annotations
