@@ -2,6 +2,7 @@
 that reaches the network (METHODS.md 1.2, section 1)."""
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -75,16 +76,58 @@ def test_mgda_two_task_closed_form():
         torch.testing.assert_close(min_norm_weights(g), torch.stack([alpha, 1 - alpha]))
 
 
-@pytest.mark.parametrize("t", [3, 4, 6])
-def test_mgda_reaches_the_min_norm_point_of_torchjd(t):
-    for seed in range(3):
+def brute_force_min_norm(gramian: torch.Tensor) -> float:
+    """Every support S: the affine minimiser on S if it lies inside the simplex; the smallest value wins."""
+    t = gramian.shape[0]
+    best = float("inf")
+    for size in range(1, t + 1):
+        for support in itertools.combinations(range(t), size):
+            s = list(support)
+            system = torch.zeros(size + 1, size + 1, dtype=torch.float64)
+            system[:size, :size] = gramian[s][:, s]
+            system[:size, size] = system[size, :size] = 1.0
+            rhs = torch.zeros(size + 1, dtype=torch.float64)
+            rhs[size] = 1.0
+            w = torch.linalg.lstsq(system, rhs.unsqueeze(1), driver="gelsd").solution[:size, 0]
+            if (w >= -1e-12).all():
+                best = min(best, float(w @ gramian[s][:, s] @ w))
+    return best
+
+
+@pytest.mark.parametrize("t", [3, 4, 6, 8])
+def test_mgda_exact_solver_reaches_the_minimum_of_every_support(t):
+    for seed in range(4):
         jacobian = random_jacobian(t, n=4 + t, seed=seed)
         g = jacobian @ jacobian.T
-        ours = min_norm_weights(g, max_iterations=5000, tolerance=1e-12)
-        theirs = jd.MGDAWeighting(epsilon=1e-9, max_iters=5000)(g).to(torch.float64)
+        ours = min_norm_weights(g)
         assert ours.sum().item() == pytest.approx(1.0) and (ours >= 0).all()
-        # same minimum (weights need not be unique)
-        assert (ours @ g @ ours).item() == pytest.approx((theirs @ g @ theirs).item(), rel=1e-3, abs=1e-8)
+        assert (ours @ g @ ours).item() == pytest.approx(brute_force_min_norm(g), rel=1e-9, abs=1e-12)
+        # optimality conditions of the QP: (G w)_k >= w^T G w, with equality on the support
+        gw, value = g @ ours, ours @ g @ ours
+        assert (gw >= value - 1e-9 * g.diagonal().max()).all()
+        torch.testing.assert_close(gw[ours > 1e-9], value.expand((ours > 1e-9).sum()), rtol=1e-8, atol=1e-10)
+
+
+def test_mgda_exact_solver_handles_repeated_and_more_tasks_than_dimensions():
+    base = random_jacobian(3, n=5, seed=1)
+    repeated = torch.cat([base, base[:1]])  # task 0 twice: a singular affine system
+    many = random_jacobian(12, n=3, seed=2)  # 12 gradients in 3 dimensions
+    for jacobian in (repeated, many):
+        g = jacobian @ jacobian.T
+        ours = min_norm_weights(g)
+        assert (ours >= 0).all() and ours.sum().item() == pytest.approx(1.0)
+        assert (ours @ g @ ours).item() == pytest.approx(brute_force_min_norm(g), rel=1e-8, abs=1e-12)
+
+
+def test_mgda_frank_wolfe_option_agrees_with_torchjd_and_stays_above_the_exact_minimum():
+    for seed in range(3):
+        jacobian = random_jacobian(5, n=9, seed=seed)
+        g = jacobian @ jacobian.T
+        exact = min_norm_weights(g)
+        fw = min_norm_weights(g, max_iterations=5000, tolerance=1e-12, solver="frank_wolfe")
+        theirs = jd.MGDAWeighting(epsilon=1e-9, max_iters=5000)(g).to(torch.float64)
+        assert (fw @ g @ fw).item() == pytest.approx((theirs @ g @ theirs).item(), rel=1e-3, abs=1e-8)
+        assert (fw @ g @ fw).item() >= (exact @ g @ exact).item() - 1e-12
 
 
 AGGREGATORS = {
@@ -216,7 +259,7 @@ def test_representation_mode_weights_come_from_gradients_at_z_and_reach_w_by_the
         rows.append(torch.cat([(g if g is not None else torch.zeros_like(z)).flatten() for g, z in zip(grads, shared.values())]))
     jz = torch.stack(rows)
     gram = jz @ jz.T
-    best = min_norm_weights(gram, max_iterations=10000, tolerance=1e-14)
+    best = min_norm_weights(gram)
     weights = torch.tensor([logged[f"weight/{t.name}"].item() for t in tasks], dtype=torch.float64)
     # the strategy's weights are a min-norm point of the Gramian at Z (weights need not be unique)
     assert (weights @ gram @ weights).item() == pytest.approx((best @ gram @ best).item(), rel=1e-3)
