@@ -13,7 +13,8 @@ from medmtl.tasks import refuge_tasks
 LR, B1, B2, EPS, WD = 1e-2, 0.9, 0.999, 1e-8, 0.1
 
 
-def hand_mao(model, batches, tasks, bias_correction, eps_placement):
+def hand_mao(model, batches, tasks, bias_correction, eps_placement, step_counter="global"):
+    """Algorithm 1 by hand; a task whose ``present/`` mask is all False is absent from the batch."""
     named = dict(model.named_parameters())
     paths = {"glaucoma": ("encoder.", "classifiers.glaucoma.")}
     moments = {}
@@ -22,14 +23,21 @@ def hand_mao(model, batches, tasks, bias_correction, eps_placement):
         for task in tasks:
             prefixes = paths.get(task.name, ("encoder.", "decoder.", f"dense_heads.{task.name}."))
             chosen = [n for n in named if n.startswith(prefixes)]
+            mask = batch.get(f"present/{task.name}")
+            if mask is not None and not mask.any():
+                if step_counter == "global":  # Algorithm 1: every task, every step; its gradient is zero
+                    grads[task.name] = {n: torch.zeros_like(named[n]) for n in chosen}
+                continue
             loss = task.compute_loss(model(batch["image"])[task.name], batch)
             grads[task.name] = dict(zip(chosen, torch.autograd.grad(loss, [named[n] for n in chosen])))
         with torch.no_grad():
             for n, p in named.items():
                 update = torch.zeros_like(p)
+                reached = False
                 for task in tasks:
-                    if n not in grads[task.name]:
+                    if n not in grads.get(task.name, {}):
                         continue
+                    reached = True
                     g = grads[task.name][n]
                     step, m, v = moments.get((task.name, n), (0, 0.0, 0.0))
                     step, m, v = step + 1, B1 * m + (1 - B1) * g, B2 * v + (1 - B2) * g * g
@@ -40,7 +48,8 @@ def hand_mao(model, batches, tasks, bias_correction, eps_placement):
                         c = (1 - B2**step) / (1 - B1**step)
                     denominator = (v + EPS).sqrt() if eps_placement == "inside" else v.sqrt() + EPS
                     update += c * m / denominator
-                p.mul_(1 - LR * WD)
+                if reached or step_counter == "global":
+                    p.mul_(1 - LR * WD)
                 p.sub_(LR * update)
 
 
@@ -61,6 +70,23 @@ def test_two_mao_steps_match_the_formulas(bias_correction, eps_placement):
     for (name, ours), theirs in zip(model.named_parameters(), reference.parameters()):
         torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-10, msg=name)
     assert not torch.allclose(model.encoder.levels[0][0].weight, tiny_unet().encoder.levels[0][0].weight)
+
+
+@pytest.mark.parametrize("step_counter", ["global", "per_task"])
+def test_a_task_absent_from_a_batch_follows_the_chosen_counter(step_counter):
+    tasks = refuge_tasks()
+    model = tiny_unet()
+    reference = copy.deepcopy(model)
+    optimizer = MultiAdaptive(model.parameters(), lr=LR, betas=(B1, B2), eps=EPS, weight_decay=WD, step_counter=step_counter)
+    unlabelled = random_batch(2) | {"present/glaucoma": torch.tensor([False, False])}
+    batches = [random_batch(1), unlabelled, random_batch(3)]
+    for batch in batches:
+        MultiAdaptiveOptimization().training_step(PlainContext(model, tasks, [optimizer]), batch)
+    hand_mao(reference, batches, tasks, "standard", "inside", step_counter)
+    for (name, ours), theirs in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-10, msg=name)
+    steps = {"global": 3, "per_task": 2}[step_counter]
+    assert optimizer.state[model.encoder.levels[0][0].weight]["glaucoma"]["step"] == steps
 
 
 def test_moments_are_per_task_and_heads_only_see_their_task():

@@ -9,13 +9,21 @@ Per parameter theta and task n, first and second moments of that task's gradient
 
 so each task gets its own per-parameter adaptive learning rate and the tasks are summed (Eq. 9).
 ``bias_correction: printed`` uses the paper's printed c_t = (1 - b2^t) / (1 - b1^t) (Eq. 10);
-``eps_placement: adam`` uses sqrt(v_n) + eps instead of sqrt(v_n + eps). A task that does not
-reach a parameter (or is absent from the batch) updates neither its moments nor its step count t
-there, so heads behave as plain Adam. Cost: one forward and one batched backward giving all T
-task gradients.
+``eps_placement: adam`` uses sqrt(v_n) + eps instead of sqrt(v_n + eps).
 
-Gradient clipping is refused (the update does not come from ``.grad``); decay applies once per
-step to every parameter some task reached.
+A task absent from the batch (partial labels), ``step_counter``:
+
+- ``global`` (default, Algorithm 1 read literally): one timestep t for every task; the absent task's
+  gradient is zero, so its moments decay (m_n <- b1 m_n, v_n <- b2 v_n) and its momentum still
+  moves the parameters; every parameter is decayed at every step.
+- ``per_task``: the absent task updates neither its moments nor its own step count t_n (a per
+  (parameter, task) counter), so it stops pushing until it is labelled again; decay applies to
+  the parameters some present task reached.
+
+Without partial labels both are the same update. A task that never reaches a parameter (another
+task's head) keeps no moments there: its gradient is zero forever, so its term is zero, and heads
+behave as plain Adam. Cost: one forward and one batched backward giving all T task gradients.
+Gradient clipping is refused (the update does not come from ``.grad``).
 """
 
 from __future__ import annotations
@@ -34,16 +42,21 @@ from medmtl.strategies.gradient_combination import task_jacobian
 class MultiAdaptive(torch.optim.Optimizer):
     """The MAO update; per-task gradients are handed over in ``task_gradients`` before ``step``.
 
-    ``task_gradients``: ``{task: {param: gradient}}`` for the parameters each task reached.
+    ``task_gradients``: ``{task: {param: gradient}}`` for the parameters each task reached; a
+    gradient of ``None`` is a task on that parameter's path but absent from the batch (zero
+    gradient: its moments decay) and is only handed over with ``step_counter: global``.
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, bias_correction: str = "standard",
-                 eps_placement: str = "inside"):
+                 eps_placement: str = "inside", step_counter: str = "global"):
         if bias_correction not in ("standard", "printed"):
             raise ConfigError(f"bias_correction must be standard or printed, got {bias_correction!r}.")
         if eps_placement not in ("inside", "adam"):
             raise ConfigError(f"eps_placement must be inside or adam, got {eps_placement!r}.")
+        if step_counter not in ("global", "per_task"):
+            raise ConfigError(f"step_counter must be global or per_task, got {step_counter!r}.")
+        self.step_counter = step_counter
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         bias_correction=bias_correction, eps_placement=eps_placement)
         super().__init__(params, defaults)
@@ -51,7 +64,7 @@ class MultiAdaptive(torch.optim.Optimizer):
 
     def pending_gradients(self) -> list[torch.Tensor]:
         """The per-task gradients the next ``step`` applies (checked by :mod:`medmtl.nonfinite`)."""
-        return [g for grads in self.task_gradients.values() for g in grads.values()]
+        return [g for grads in self.task_gradients.values() for g in grads.values() if g is not None]
 
     @staticmethod
     def correction(step: int, b1: float, b2: float, kind: str) -> float:
@@ -69,15 +82,19 @@ class MultiAdaptive(torch.optim.Optimizer):
             b1, b2 = group["betas"]
             for p in group["params"]:
                 contributions = [(task, grads[p]) for task, grads in self.task_gradients.items() if p in grads]
-                if not contributions:
+                if not contributions and self.step_counter == "per_task":
                     continue
                 state = self.state[p]
                 update = torch.zeros_like(p)
                 for task, grad in contributions:
                     moments = state.setdefault(task, {"step": 0, "m": torch.zeros_like(p), "v": torch.zeros_like(p)})
                     moments["step"] += 1
-                    moments["m"].mul_(b1).add_(grad, alpha=1 - b1)
-                    moments["v"].mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                    if grad is None:  # on the path, absent from the batch: a zero gradient
+                        moments["m"].mul_(b1)
+                        moments["v"].mul_(b2)
+                    else:
+                        moments["m"].mul_(b1).add_(grad, alpha=1 - b1)
+                        moments["v"].mul_(b2).addcmul_(grad, grad, value=1 - b2)
                     if group["eps_placement"] == "inside":
                         denominator = (moments["v"] + group["eps"]).sqrt()
                     else:
@@ -120,6 +137,10 @@ class MultiAdaptiveOptimization(Strategy):
             on_path = {id(p) for p in model.path_parameters(name)}
             chunks = row.split(sizes)
             gradients[name] = {p: g.view_as(p) for p, g in zip(params, chunks) if id(p) in on_path}
+        if inner.step_counter == "global":  # absent tasks: zero gradients on their paths
+            for task in ctx.tasks:
+                if task.name not in gradients:
+                    gradients[task.name] = {p: None for p in model.path_parameters(task.name)}
         inner.task_gradients = gradients
         optimizer.step()
         return self.detached(losses) | {"loss/total": sum(losses.values()).detach()}
