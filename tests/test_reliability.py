@@ -252,6 +252,7 @@ def test_run_job_records_the_failure_and_exits_with_its_code(tmp_path, capsys):
     ([*TINY, "data.fold=7"], "data.fold must be in [0, 4], got 7."),
     ([*TINY, "optim.optimizer.lr=-0.001"], "Invalid learning rate: -0.001"),
     ([*TINY, "optim=mao", "optim.gradient_clip_val=1"], "does not clip gradients"),
+    ([*TINY, "optim=pcgrad", "optim.strategy.mode=gramian", "callbacks=diagnostics"], "cannot run with optim.strategy.mode=gramian"),
     ([*TINY, "ckpt_path=/nowhere/last.ckpt"], "Checkpoint not found: /nowhere/last.ckpt."),
     ([*TINY, "optim=no_such_strategy"], "Could not find 'optim/no_such_strategy'"),
     (["experiment=idrid_moe", "preset=tiny", "data.lesions=[xx]"], "Unknown IDRiD tasks ['xx']"),  # inside instantiate

@@ -13,6 +13,10 @@ The task gradients are computed on the iteration's batch at the weights before t
 backward passes on diagnostic iterations only, through the module's forward; the training step
 itself is untouched), lr_eff from the optimizer state after the step. Rows are appended to
 ``<output>/diagnostics.csv`` in long format: iteration, layer, task, grad, contribution.
+
+Not with a strategy in ``mode: gramian``: torchjd's Gramian engine records every forward of the
+shared modules, and the diagnostic forward would be recorded too; the pair is refused before
+training with a sentence that names both ways out (``mode: jacobian`` gives the same update).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from medmtl.errors import ConfigError
 from medmtl.strategies.gradient_combination import task_jacobian
 from medmtl.strategies.mao import MultiAdaptive
 
@@ -75,6 +80,11 @@ class TaskBalanceDiagnostics(L.Callback):
             if any(q is param for group in inner.param_groups for q in group["params"]):
                 return optimizer
         return None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if getattr(pl_module.strategy, "mode", None) == "gramian":
+            raise ConfigError("callbacks=diagnostics cannot run with optim.strategy.mode=gramian (the Gramian engine would "
+                              "record the diagnostic forward): use optim.strategy.mode=jacobian, the same update, or drop the diagnostics.")
 
     def _due(self, pl_module) -> bool:
         return pl_module.iterations % self.every == 0
