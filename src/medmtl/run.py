@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from medmtl.callbacks import IterationTimer
+from medmtl.selection import SELECTIONS, PerTaskSelection
 from medmtl.checkpoints import AtomicCheckpointIO, check_fits
 from medmtl.errors import ConfigError
 from medmtl.module import MultiTaskModule, with_decoupled_weight_decay
@@ -105,6 +106,16 @@ def _csv_log_dir(loggers: list[Any]) -> Path | None:
     return next((Path(logger.log_dir) for logger in loggers if isinstance(logger, CSVLogger)), None)
 
 
+def _per_task_selection(cfg: DictConfig, datamodule) -> PerTaskSelection | None:
+    """``optim.model_selection``: ``per_task`` (single-task learning's default) or ``joint``."""
+    selection = cfg.optim.get("model_selection", "joint")
+    if selection not in SELECTIONS:
+        raise ConfigError(f"optim.model_selection must be one of {SELECTIONS}, got {selection!r}.")
+    if selection == "joint" or not datamodule.has_validation:
+        return None
+    return PerTaskSelection(Path(cfg.paths.output_dir) / "checkpoints")
+
+
 def _model_selection_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
     """The checkpoint callback that monitors a metric (the other one only keeps ``last.ckpt``)."""
     return next((c for c in trainer.checkpoint_callbacks if c.monitor is not None), None)
@@ -176,7 +187,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if not datamodule.has_validation:
         # nothing to select on (IDRiD with val_fraction=0, Roy 2025's protocol): the last weights are tested
         callbacks = [c for c in callbacks if not (isinstance(c, ModelCheckpoint) and c.monitor is not None)]
-    trainer = build_trainer(cfg, callbacks + [timer], loggers, validate=datamodule.has_validation)
+    per_task = _per_task_selection(cfg, datamodule)
+    trainer = build_trainer(cfg, callbacks + [timer] + ([per_task] if per_task else []), loggers,
+                            validate=datamodule.has_validation)
 
     started = time.perf_counter()
     resume = None
@@ -192,6 +205,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     test_metrics: dict[str, float] = {}
     selector = _model_selection_callback(trainer)
     best = selector.best_model_path if selector is not None else ""
+    if per_task is not None and cfg.get("train", True):
+        best = per_task.compose(trainer, module) or best
     if cfg.get("test", True):
         test_metrics = _test(trainer, module, datamodule, best or None, output_dir)
     if csv_dir is not None:  # after testing: the logger's header only knows the keys it logged itself
@@ -218,6 +233,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_val_loss": float(selector.best_model_score)
         if selector is not None and selector.best_model_score is not None
         else None,
+        "best_epochs_per_task": dict(per_task.epochs) if per_task is not None else None,
         "wall_seconds": time.perf_counter() - started,
         "resumed_from": resume,
         "overrides": _overrides(),
