@@ -54,7 +54,7 @@ def measure(mode: str, n_tasks: int, encoder: str, size: int, batch: int, steps:
         torch.cuda.init()
     before_model = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else _peak_mb(device)
     tasks = [Task(f"task{k}", "binary", losses.binary_cross_entropy) for k in range(n_tasks)]
-    model = UMedPT(tasks, encoder=encoder).to(device)
+    model = UMedPT(tasks, backbone=encoder).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batches = [(torch.rand(batch, 3, size, size, device=device), torch.randint(0, 2, (batch,), device=device).float())
                for _ in tasks]

@@ -23,7 +23,7 @@ LESIONS = ["ma", "he", "ex", "se", "od"]
 def test_deeplabv3p_equals_smp_with_one_output_channel_per_lesion():
     """Our per-task 1x1 heads, up-sampled, are smp's segmentation head with the heads stacked."""
     torch.manual_seed(0)
-    ours = DeepLabV3Plus(idrid_tasks(LESIONS, grades=[]), encoder_name="resnet18", decoder_channels=32).eval()
+    ours = DeepLabV3Plus(idrid_tasks(LESIONS, grades=[]), backbone="resnet18", decoder_channels=32).eval()
     reference = smp.DeepLabV3Plus("resnet18", encoder_weights=None, encoder_output_stride=16, decoder_channels=32,
                                   decoder_atrous_rates=(6, 12, 18), classes=len(LESIONS)).eval()
     reference.encoder.load_state_dict(ours.encoder.state_dict())
@@ -39,7 +39,7 @@ def test_deeplabv3p_equals_smp_with_one_output_channel_per_lesion():
 
 
 def test_deeplabv3p_classification_tasks_skip_the_decoder():
-    model = DeepLabV3Plus(idrid_tasks(["od"]), encoder_name="resnet18", decoder_channels=16)
+    model = DeepLabV3Plus(idrid_tasks(["od"]), backbone="resnet18", decoder_channels=16)
     outputs = model(torch.rand(2, 3, 32, 48), tasks=["retinopathy"])
     outputs["retinopathy"].sum().backward()
     assert outputs["retinopathy"].shape == (2, 5)
@@ -48,7 +48,7 @@ def test_deeplabv3p_classification_tasks_skip_the_decoder():
 
 
 def test_resnet_classifier_is_average_pool_then_linear_and_refuses_lesions():
-    model = ResNetClassifier(idrid_tasks([], grades=["retinopathy", "edema"]), encoder_name="resnet18").eval()
+    model = ResNetClassifier(idrid_tasks([], grades=["retinopathy", "edema"]), backbone="resnet18").eval()
     image = torch.rand(2, 3, 45, 70)  # any size: global pooling
     with torch.no_grad():
         pooled = model.encoder(image)[-1].mean(dim=(-2, -1))
@@ -56,7 +56,7 @@ def test_resnet_classifier_is_average_pool_then_linear_and_refuses_lesions():
         torch.testing.assert_close(outputs["edema"], model.classifiers["edema"](pooled))
     assert outputs["retinopathy"].shape == (2, 5) and outputs["edema"].shape == (2, 3)
     with pytest.raises(ValueError, match="no decoder for the pixel-level tasks \\['od'\\]"):
-        ResNetClassifier(idrid_tasks(["od"]), encoder_name="resnet18")
+        ResNetClassifier(idrid_tasks(["od"]), backbone="resnet18")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_augmentation_moves_masks_with_the_image_and_replays_by_seed(idrid_root)
 @pytest.mark.parametrize("arm", ["resnet50", "deeplabv3p", "moe"])
 def test_each_table1_arm_trains_on_its_tasks(arm, idrid_root, tmp_path):
     cfg = compose_train(["experiment=idrid_table1", "preset=tiny", f"idrid_arm={arm}", f"paths.log_dir={tmp_path}",
-                         "model.encoder_name=resnet18" if arm != "moe" else "model.backbone=resnet18"])
+                         "model.backbone=resnet18" if arm != "moe" else "model.backbone=resnet18"])
     dm = instantiate(cfg.data, root=str(idrid_root), resolution=[32, 48])
     expected = {"resnet50": {"retinopathy", "edema"}, "deeplabv3p": set(LESIONS),
                 "moe": {"retinopathy", "edema"} | set(LESIONS)}[arm]
@@ -145,7 +145,7 @@ def test_deeplabv3p_on_every_idrid_task_trains_with_other_strategies(optim_name,
     cfg = compose_train([f"optim={optim_name}", f"paths.log_dir={tmp_path}"])
     dm = SyntheticIdridDataModule(str(idrid_root), resolution=(32, 48), batch_size=4, lesions=["od", "he"])
     torch.manual_seed(0)
-    module = MultiTaskModule(model=lambda tasks: DeepLabV3Plus(tasks, encoder_name="resnet18", decoder_channels=16),
+    module = MultiTaskModule(model=lambda tasks: DeepLabV3Plus(tasks, backbone="resnet18", decoder_channels=16),
                              strategy=instantiate(cfg.optim.strategy), tasks=dm.tasks,
                              optimizer=instantiate(cfg.optim.optimizer), backbone_lr_scale=0.1)
     before = [p.detach().clone() for p in module.parameters()]
@@ -168,7 +168,7 @@ def test_bad_idrid_options_are_one_sentence_at_construction(idrid_root, options,
 
 
 def test_deeplabv3p_names_the_input_multiple_it_needs():
-    model = DeepLabV3Plus(idrid_tasks(["od"], grades=[]), encoder_name="resnet18", decoder_channels=16)
+    model = DeepLabV3Plus(idrid_tasks(["od"], grades=[]), backbone="resnet18", decoder_channels=16)
     with pytest.raises(ValueError, match="needs image sides divisible by 16, got \\(40, 48\\)"):
         model(torch.rand(1, 3, 40, 48))
 

@@ -61,7 +61,7 @@ def test_synthetic_twin_writes_the_official_keys_shapes_and_label_types_for_ever
 
 def test_samples_are_three_channel_images_or_stacks_of_slices(tmp_path):
     flags = ["breastmnist", "bloodmnist", "chestmnist", "nodulemnist3d", "retinamnist"]
-    dm = SyntheticMedMNISTDataModule(str(tmp_path), flags, n_train=4, n_val=2, n_test=2, batch_size=2)
+    dm = SyntheticMedMNISTDataModule(str(tmp_path), flags, synthetic={"n_train": 4, "n_val": 2, "n_test": 2}, batch_size=2)
     dm.setup()
     shapes = {f: dm.datasets[f]["train"][0]["image"].shape for f in flags}
     assert shapes["breastmnist"] == shapes["bloodmnist"] == (3, 28, 28)
@@ -94,17 +94,17 @@ def _tasks(*flags):
 
 
 def test_umedpt_replaces_batch_norm_by_a_layer_norm_without_parameters():
-    model = UMedPT(_tasks("breastmnist", "bloodmnist"), encoder="test_resnet")
+    model = UMedPT(_tasks("breastmnist", "bloodmnist"), backbone="test_resnet")
     norms = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))]
     assert norms and all(isinstance(m, torch.nn.GroupNorm) and m.num_groups == 1 and not m.affine for m in norms)
-    affine = UMedPT(_tasks("breastmnist"), encoder="test_resnet", norm="affine")
+    affine = UMedPT(_tasks("breastmnist"), backbone="test_resnet", norm="affine")
     assert all(m.affine for m in affine.modules() if isinstance(m, torch.nn.GroupNorm))
-    kept = UMedPT(_tasks("breastmnist"), encoder="test_resnet", norm="batchnorm")
+    kept = UMedPT(_tasks("breastmnist"), backbone="test_resnet", norm="batchnorm")
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in kept.modules())
 
 
 def test_umedpt_heads_2d_3d_and_parameter_groups():
-    model = UMedPT(_tasks("bloodmnist", "chestmnist", "nodulemnist3d"), encoder="test_resnet").eval()
+    model = UMedPT(_tasks("bloodmnist", "chestmnist", "nodulemnist3d"), backbone="test_resnet").eval()
     out = model(torch.rand(2, 3, 28, 28), ["bloodmnist", "chestmnist"])
     assert out["bloodmnist"].shape == (2, 8) and out["chestmnist"].shape == (2, 14)
     volumes = torch.rand(2, 5, 3, 28, 28)
@@ -124,14 +124,14 @@ def test_umedpt_segmentation_task_uses_the_shared_decoder():
     from medmtl.tasks import Task
 
     model = UMedPT([Task("lesion", "segmentation", losses.binary_cross_entropy), medmnist_task("breastmnist")],
-                   encoder="test_resnet")
+                   backbone="test_resnet")
     assert model(torch.rand(2, 3, 32, 32), ["lesion"])["lesion"].shape == (2, 32, 32)
     assert model.decoder is not None and model.path_modules("lesion")[1] is model.decoder
 
 
 def test_umedpt_reads_swin_features_channels_last():
     """timm's Swin returns NHWC feature maps: the pooled embedding must still be over H and W."""
-    model = UMedPT(_tasks("bloodmnist"), encoder="swin_tiny_patch4_window7_224").eval()
+    model = UMedPT(_tasks("bloodmnist"), backbone="swin_tiny_patch4_window7_224").eval()
     with torch.no_grad():
         embedding = model._embed(torch.rand(1, 3, 224, 224))
     assert embedding.shape == (1, 768)
@@ -139,8 +139,8 @@ def test_umedpt_reads_swin_features_channels_last():
 
 
 def test_joint_batches_concatenate_one_batch_per_task_with_presence_masks(tmp_path):
-    dm = SyntheticMedMNISTDataModule(str(tmp_path), ["breastmnist", "bloodmnist", "chestmnist"], n_train=8,
-                                     n_val=2, n_test=2, batch_size=3, joint_batches=True, steps_per_epoch=2)
+    dm = SyntheticMedMNISTDataModule(str(tmp_path), ["breastmnist", "bloodmnist", "chestmnist"],
+                                     synthetic={"n_train": 8, "n_val": 2, "n_test": 2}, batch_size=3, joint_batches=True, steps_per_epoch=2)
     dm.setup()
     assert not dm.separate_task_inputs
     batches = list(dm.train_dataloader())

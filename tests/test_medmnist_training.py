@@ -22,8 +22,8 @@ def test_breast_and_pneumonia_both_learn_on_the_official_files(tmp_path):
 
 
 def test_the_twelve_dataset_configuration_runs_on_the_synthetic_twin(tmp_path):
-    overrides = ["experiment=medmnist_seed004", "model.encoder=test_resnet", "trainer=cpu", "trainer.max_epochs=1",
-                 "data.n_train=8", "data.n_val=4", "data.n_test=4", "data.batch_size=4", "data.steps_per_epoch=2",
+    overrides = ["experiment=medmnist_umedpt", "model.backbone=test_resnet", "trainer=cpu", "trainer.max_epochs=1",
+                 "data.synthetic.n_train=8", "data.synthetic.n_val=4", "data.synthetic.n_test=4", "data.batch_size=4", "data.steps_per_epoch=2",
                  f"hydra.run.dir={tmp_path / 'run'}"]
     result = run("train.py", overrides, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -20,7 +20,7 @@ SCENE = lambda: nyudv2_tasks("nyud_mt", ["semseg", "depth", "normals", "edge"])
 TASK_SETS = {
     "unet_vgg16": (refuge_tasks, []),
     "res34_unet": (refuge_tasks, []),
-    "umedpt": (refuge_tasks, ["model.encoder=test_resnet", "model.decoder_width=8"]),
+    "umedpt": (refuge_tasks, ["model.backbone=test_resnet", "model.decoder_width=8"]),
     "resnet_classifier": (lambda: idrid_tasks(lesions=()), []),
     "deeplabv3p": (lambda: idrid_tasks(grades=()), []),
     "moe_deeplabv3p": (idrid_tasks, []),
@@ -153,13 +153,13 @@ def test_scene_backbones_load_local_weights_or_say_in_one_sentence_that_they_are
     source = timm.create_model("test_resnet", num_classes=7)  # a classifier's state dict: its head is dropped
     path = tmp_path / "test_resnet.pth"
     torch.save(source.state_dict(), path)
-    model = MTLBaseline(SCENE(), backbone="test_resnet", aspp_width=8, pretrained_file=str(path))
+    model = MTLBaseline(SCENE(), backbone="test_resnet", aspp_width=8, weights_path=str(path))
     stem_conv, layer4 = model.backbone[0][0][0], model.backbone[3]
     for key, value in source.conv1.state_dict().items():
         assert torch.equal(stem_conv.state_dict()[key], value), key
     assert torch.equal(layer4[-1].conv2.weight, source.layer4[-1].conv2.weight)
-    with pytest.raises(WeightsNotFoundError, match="not_here.pth.*pretrained_file=null"):
-        MTLBaseline(SCENE(), backbone="test_resnet", aspp_width=8, pretrained_file=str(tmp_path / "not_here.pth"))
+    with pytest.raises(WeightsNotFoundError, match="not_here.pth.*weights_path=null"):
+        MTLBaseline(SCENE(), backbone="test_resnet", aspp_width=8, weights_path=str(tmp_path / "not_here.pth"))
 
 
 def test_segnet_unpooling_equals_pytorchs_and_runs_in_deterministic_mode():

@@ -60,7 +60,7 @@ def test_classification_only_network_has_no_decoder():
     assert model.decoder is None
 
 
-def test_missing_pretrained_file_is_one_clear_sentence(tmp_path, monkeypatch):
+def test_missing_weights_path_is_one_clear_sentence(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(WeightsNotFoundError) as info:
         UNetVGG16(refuge_tasks(), pretrained=True, weights_path="vgg13_bn-abd245e5.pth")

@@ -121,7 +121,7 @@ def test_a_short_run_on_the_real_sample_segments_the_optic_disc(tmp_path, networ
                              val_fraction=0.25, skip_bad_samples=True)  # the sample has no grading images
         cfg = compose_train(["optim=vanilla"])
         model = (partial(MoEDeepLabV3Plus, **TINY) if network == "moe"
-                 else partial(DeepLabV3Plus, encoder_name="resnet18", decoder_channels=16))
+                 else partial(DeepLabV3Plus, backbone="resnet18", decoder_channels=16))
         module = MultiTaskModule(model=model, strategy=instantiate(cfg.optim.strategy),
                                  tasks=dm.tasks, optimizer=partial(torch.optim.AdamW, lr=3e-3))
         trainer = quiet_trainer(tmp_path, max_epochs=epochs)

@@ -24,7 +24,7 @@ def test_mao_nyudv2_tables_follow_the_paper(name):
     assert sweep(cfg, "mao_method") == ["equal_weights", "uncertainty", "dwa", "gradnorm", "mao"]
     assert sweep(cfg, "seed") == ["0", "1", "2", "3", "4"]
     assert cfg.model._target_.endswith("MTAN") and cfg.model.backbone == "resnet18"
-    pretrained = cfg.model.pretrained_file is not None
+    pretrained = cfg.model.weights_path is not None
     assert pretrained == name.endswith("4")
 
 
@@ -73,9 +73,9 @@ def test_survey_table5_arms(arm):
     assert list(cfg.data.tasks) == ["semseg", "depth"] and cfg.data.layout == "nyud_mt"
     assert cfg.optim.name == ("stl" if arm.startswith("stl") else "vanilla")  # uniform weights on NYUD-v2
     assert cfg.model.backbone == ("hrnet_w18" if "hrnet" in arm or arm == "mtinet" else "resnet50")
-    assert cfg.model.pretrained_file is not None  # "all experiments use pre-trained ImageNet weights"
+    assert cfg.model.weights_path is not None  # "all experiments use pre-trained ImageNet weights"
     tiny = compose_train(["experiment=nyudv2_survey_table5", f"nyud_arm={arm}", "preset=tiny"])
-    assert tiny.model.pretrained_file is None and tiny.trainer.accelerator == "cpu"
+    assert tiny.model.weights_path is None and tiny.trainer.accelerator == "cpu"
     assert tiny.model.backbone == ("hrnet_tiny" if "hrnet" in arm or arm == "mtinet" else "test_resnet")  # same family
 
 

@@ -69,7 +69,7 @@ def test_cv_folds_are_stratified_disjoint_and_independent_of_training_seed(refug
         total_positive = sum(s.label for s in layout.scan_refuge(refuge_root, ["train", "val"]))
         assert abs(positives - total_positive / 5) <= 1, "folds are not stratified"
     assert set().union(*validation_ids) == {s.id for s in layout.scan_refuge(refuge_root, ["train", "val"])}
-    same = RefugeDataModule(str(refuge_root), fold=2, image_size=64, augment_seed=999)
+    same = RefugeDataModule(str(refuge_root), fold=2, image_size=64, seed=999)
     same.setup()
     assert {s.id for s in same.datasets["val"].samples} == validation_ids[2]
 

@@ -18,7 +18,7 @@ def test_parameter_count_is_smp_unet_with_our_heads_instead_of_its_head():
 
 
 def test_outputs_subsets_and_input_sizes():
-    model = Res34UNet(refuge_tasks(), encoder_name="resnet18", decoder_channels=(32, 16, 8, 8, 8)).eval()
+    model = Res34UNet(refuge_tasks(), backbone="resnet18", decoder_channels=(32, 16, 8, 8, 8)).eval()
     out = model(torch.rand(2, 3, 64, 96))
     assert out["glaucoma"].shape == (2,) and all(out[k].shape == (2, 64, 96) for k in ("od", "oc", "fovea"))
     calls = []
@@ -31,5 +31,5 @@ def test_outputs_subsets_and_input_sizes():
 def test_pretrained_encoder_loads_a_local_torchvision_resnet(tmp_path):
     source = torchvision.models.resnet18(weights=None)
     torch.save(source.state_dict(), tmp_path / "resnet18.pth")
-    model = Res34UNet(refuge_tasks(), encoder_name="resnet18", pretrained=True, weights_path=str(tmp_path / "resnet18.pth"))
+    model = Res34UNet(refuge_tasks(), backbone="resnet18", pretrained=True, weights_path=str(tmp_path / "resnet18.pth"))
     torch.testing.assert_close(model.encoder.layer4[1].conv2.weight, source.layer4[1].conv2.weight)

@@ -99,11 +99,13 @@ def write_synthetic_medmnist(root: str | Path, flags: Sequence[str], size: int =
 class SyntheticMedMNISTDataModule(MedMNISTDataModule):
     """:class:`MedMNISTDataModule` over generated files (written on first use; MD5 not checked)."""
 
-    def __init__(self, root: str, flags: Sequence[str], size: int = 28, n_train: int = 64, n_val: int = 32,
-                 n_test: int = 32, synthetic_seed: int = 0, **kwargs):
+    def __init__(self, root: str, flags: Sequence[str], size: int = 28, synthetic: dict | None = None, **kwargs):
+        """``synthetic``: ``n_train``, ``n_val``, ``n_test`` (64, 32, 32) and ``seed`` (0) of the twin."""
         kwargs["verify_md5"] = False
         super().__init__(root, flags, size, **kwargs)
-        self.synthetic_sizes, self.synthetic_seed = (n_train, n_val, n_test), synthetic_seed
+        synthetic = {"n_train": 64, "n_val": 32, "n_test": 32, "seed": 0, **dict(synthetic or {})}
+        self.synthetic_sizes = (synthetic["n_train"], synthetic["n_val"], synthetic["n_test"])
+        self.synthetic_seed = synthetic["seed"]
 
     def prepare_data(self) -> None:
         write_synthetic_medmnist(self.root, self.flags, self.size, self.synthetic_sizes, self.synthetic_seed)

@@ -128,7 +128,7 @@ class RefugeDataModule(SplitLoaders, MultiTaskDataModule):
         protocol: ``cv`` or ``official``.
         fold, n_folds, split_seed: the CV fold; the split depends on ``split_seed`` only.
         image_size: side of the square network input (256 in Pascal et al. 2022); images are cached at it.
-        augment: albumentations on the training split. ``augment_seed`` fixes the training order and
+        augment: albumentations on the training split. ``seed`` fixes the training order and
             the augmentation of every sample in every epoch (:mod:`medmtl.data.sampling`).
         heatmap_variance: fovea Gaussian variance in px^2 on a 256 grid (scaled with image_size).
         focal_gamma: gamma of the glaucoma focal loss.
@@ -146,7 +146,7 @@ class RefugeDataModule(SplitLoaders, MultiTaskDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         augment: bool = True,
-        augment_seed: int = 0,
+        seed: int = 0,
         heatmap_variance: float = 50.0,
         focal_gamma: float = 2.0,
         pin_memory: bool = False,
@@ -163,7 +163,7 @@ class RefugeDataModule(SplitLoaders, MultiTaskDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
-        self.augment, self.augment_seed = augment, augment_seed
+        self.augment, self.seed = augment, seed
         self.heatmap_variance = heatmap_variance
         self.pin_memory = pin_memory
         self.tasks: list[Task] = refuge_tasks(focal_gamma)
@@ -186,7 +186,7 @@ class RefugeDataModule(SplitLoaders, MultiTaskDataModule):
         samples = scan_refuge(self.root)
         for split, chosen in self.split_samples(samples).items():
             files = ensure_cache(self.cache, chosen, self.image_size)
-            transform = training_augmentation(self.augment_seed) if split == "train" and self.augment else None
+            transform = training_augmentation(self.seed) if split == "train" and self.augment else None
             self.datasets[split] = RefugeDataset(chosen, files, self.image_size, self.heatmap_variance, transform)
         counts = {k: len(v) for k, v in self.datasets.items()}
         log.info("REFUGE %s protocol (fold %s): %s samples.", self.protocol, self.fold, counts)
@@ -201,7 +201,7 @@ class RefugeDataModule(SplitLoaders, MultiTaskDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            sampler=EpochSeededSampler(len(dataset), self.augment_seed) if shuffle else None,
+            sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

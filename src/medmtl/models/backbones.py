@@ -15,7 +15,7 @@
 - :class:`InputNormalization`: images arrive in [0, 1]; ImageNet-pretrained backbones expect the
   ImageNet mean and standard deviation (``input_normalization: imagenet``, the default).
 
-``pretrained_file``: a local timm/torchvision state dict of the backbone; a missing file is one
+``weights_path``: a local timm/torchvision state dict of the backbone; a missing file is one
 sentence (:func:`medmtl.models.weights.resolve_weights_file`); nothing is downloaded.
 """
 
@@ -56,41 +56,41 @@ class InputNormalization(nn.Module):
         return (image - self.mean) / self.std if self.mode == "imagenet" else image
 
 
-def _timm_weights(pretrained_file: str | None) -> dict:
+def _timm_weights(weights_path: str | None) -> dict:
     """timm's arguments for a local state dict: read by the project's checked reader (data only,
     one sentence for a missing, truncated or foreign file), then handed to timm, which adapts it
     to the network (dropping the classifier, feature-only wrappers)."""
-    if not pretrained_file:
+    if not weights_path:
         return {"pretrained": False}
-    path = resolve_weights_file(pretrained_file, option="model.pretrained_file=null")
+    path = resolve_weights_file(weights_path, option="model.weights_path=null")
     return {"pretrained": True, "pretrained_cfg_overlay": {"state_dict": load_state_dict(path)}}
 
 
-def resnet_stages(name: str, output_stride: int = 8, pretrained_file: str | None = None) -> tuple[nn.ModuleList, list[int]]:
+def resnet_stages(name: str, output_stride: int = 8, weights_path: str | None = None) -> tuple[nn.ModuleList, list[int]]:
     """The four stages of a timm ResNet and their output channels."""
     import timm
 
     if not (name.startswith("resnet") or name == "test_resnet"):
         raise ConfigError(f"model.backbone must be a timm ResNet (resnet18, resnet50, test_resnet), got {name!r}.")
-    network = timm.create_model(name, num_classes=0, global_pool="", output_stride=output_stride, **_timm_weights(pretrained_file))
+    network = timm.create_model(name, num_classes=0, global_pool="", output_stride=output_stride, **_timm_weights(weights_path))
     stem = nn.Sequential(network.conv1, network.bn1, network.act1, network.maxpool)
     stages = nn.ModuleList([nn.Sequential(stem, network.layer1), network.layer2, network.layer3, network.layer4])
     channels = [info["num_chs"] for info in network.feature_info if info["module"].startswith("layer")]
     return stages, channels
 
 
-def hrnet_features(name: str, pretrained_file: str | None = None) -> tuple[nn.Module, list[int]]:
+def hrnet_features(name: str, weights_path: str | None = None) -> tuple[nn.Module, list[int]]:
     """HRNet's four branches (a module returning a list of 4 maps, highest resolution first)."""
     import timm
     from timm.models.hrnet import HighResolutionNetFeatures
 
     if name == "hrnet_tiny":
-        if pretrained_file:
-            raise ConfigError("model.backbone=hrnet_tiny has no pretrained weights; set model.pretrained_file=null.")
+        if weights_path:
+            raise ConfigError("model.backbone=hrnet_tiny has no pretrained weights; set model.weights_path=null.")
         network = HighResolutionNetFeatures(HRNET_TINY, feature_location="", out_indices=(1, 2, 3, 4))
     elif name.startswith("hrnet"):
         network = timm.create_model(name, features_only=True, feature_location="", out_indices=(1, 2, 3, 4),
-                                    **_timm_weights(pretrained_file))
+                                    **_timm_weights(weights_path))
     else:
         raise ConfigError(f"model.backbone must be an HRNet (hrnet_w18, hrnet_w18_small, hrnet_tiny), got {name!r}.")
     return network, list(network.feature_info.channels())
@@ -109,11 +109,11 @@ class MultiScaleFeatures(nn.Module):
         return torch.cat([maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]], dim=1)
 
 
-def dense_features(name: str, output_stride: int = 8, pretrained_file: str | None = None) -> tuple[nn.Module, int]:
+def dense_features(name: str, output_stride: int = 8, weights_path: str | None = None) -> tuple[nn.Module, int]:
     """A module giving one feature map and its channels: a dilated ResNet (``output_stride``) or
     an HRNet (stride 4, all branches concatenated)."""
     if name.startswith("hrnet"):
-        network, channels = hrnet_features(name, pretrained_file)
+        network, channels = hrnet_features(name, weights_path)
         return MultiScaleFeatures(network), sum(channels)
-    stages, channels = resnet_stages(name, output_stride, pretrained_file)
+    stages, channels = resnet_stages(name, output_stride, weights_path)
     return nn.Sequential(*stages), channels[-1]

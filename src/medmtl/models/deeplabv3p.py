@@ -28,7 +28,7 @@ from medmtl.tasks import Task
 class DeepLabV3Plus(EncoderDecoderNet):
     """Args:
         tasks: segmentation tasks (and optionally image-level tasks, see the module docstring).
-        encoder_name: an smp ResNet encoder (``resnet50`` in Roy 2025; ``resnet18`` for tests).
+        backbone: an smp ResNet encoder (``resnet50`` in Roy 2025; ``resnet18`` for tests).
         decoder_channels: ASPP and decoder width (256).
         atrous_rates: the ASPP dilation rates.
         dropout: before each image-level classifier.
@@ -39,15 +39,15 @@ class DeepLabV3Plus(EncoderDecoderNet):
     classifier_pool = "avg"
     dense_upsample = 4
 
-    def __init__(self, tasks: Sequence[Task], encoder_name: str = "resnet50", decoder_channels: int = 256,
+    def __init__(self, tasks: Sequence[Task], backbone: str = "resnet50", decoder_channels: int = 256,
                  atrous_rates: Sequence[int] = (6, 12, 18), dropout: float = 0.0, weights_path: str | None = None,
                  in_channels: int = 3):
         super().__init__()
         import segmentation_models_pytorch as smp
 
-        if not encoder_name.startswith("resnet"):
-            raise ConfigError(f"DeepLabV3Plus takes an smp ResNet encoder (resnet18/34/50...), got {encoder_name!r}.")
-        network = smp.DeepLabV3Plus(encoder_name, encoder_weights=None, encoder_output_stride=16,
+        if not backbone.startswith("resnet"):
+            raise ConfigError(f"DeepLabV3Plus takes an smp ResNet encoder (resnet18/34/50...), got {backbone!r}.")
+        network = smp.DeepLabV3Plus(backbone, encoder_weights=None, encoder_output_stride=16,
                                     decoder_channels=decoder_channels, decoder_atrous_rates=tuple(atrous_rates),
                                     in_channels=in_channels, classes=1)
         self.encoder = network.encoder

@@ -97,12 +97,12 @@ class MoEDeepLabV3Plus(MultiTaskNet):
     """Args (see the module docstring): tasks; backbone (timm ResNet name; ``resnet18`` for tests);
     n_experts; top_p; dense_fraction; aspp_channels, decoder_channels, classifier_channels;
     gate loss weights l1_weight, balance_weight, entropy_weight; entropy_of (``sample`` | ``batch``);
-    pretrained_file (a local backbone state dict; nothing is downloaded)."""
+    weights_path (a local backbone state dict; nothing is downloaded)."""
 
     def __init__(self, tasks: Sequence[Task], backbone: str = "resnet50", n_experts: int = 3, top_p: float = 0.8,
                  dense_fraction: float = 0.5, aspp_channels: int = 256, decoder_channels: int = 256,
                  classifier_channels: int = 256, l1_weight: float = 0.01, balance_weight: float = 0.01,
-                 entropy_weight: float = 0.01, entropy_of: str = "sample", pretrained_file: str | None = None):
+                 entropy_weight: float = 0.01, entropy_of: str = "sample", weights_path: str | None = None):
         super().__init__()
         import timm
 
@@ -115,8 +115,8 @@ class MoEDeepLabV3Plus(MultiTaskNet):
         self.n_experts, self.top_p, self.dense_fraction = n_experts, top_p, dense_fraction
         self.weights = {"l1": l1_weight, "balance": balance_weight, "entropy": entropy_weight}
         self.entropy_of = entropy_of
-        overlay = {"file": pretrained_file} if pretrained_file else None
-        self.backbone = timm.create_model(backbone, pretrained=bool(pretrained_file), features_only=True,
+        overlay = {"file": weights_path} if weights_path else None
+        self.backbone = timm.create_model(backbone, pretrained=bool(weights_path), features_only=True,
                                           output_stride=16, out_indices=(1, 4), pretrained_cfg_overlay=overlay)
         low_channels, high_channels = self.backbone.feature_info.channels()
         dense = [t for t in tasks if t.is_dense]

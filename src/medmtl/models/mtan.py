@@ -56,12 +56,12 @@ class Bottleneck(nn.Module):
 
 class MTAN(DenseSceneNet):
     """Args: tasks; backbone (timm ResNet: resnet18 in Hervella et al. 2024, resnet50 in the
-    survey); aspp_width; output_stride; pretrained_file; input_normalization."""
+    survey); aspp_width; output_stride; weights_path; input_normalization."""
 
     def __init__(self, tasks: Sequence[Task], backbone: str = "resnet18", aspp_width: int = 256, output_stride: int = 8,
-                 pretrained_file: str | None = None, input_normalization: str = "imagenet"):
+                 weights_path: str | None = None, input_normalization: str = "imagenet"):
         super().__init__(tasks, input_normalization)
-        stages, channels = resnet_stages(backbone, output_stride, pretrained_file)
+        stages, channels = resnet_stages(backbone, output_stride, weights_path)
         # each stage split into "all blocks but the last" (u) and "the last block" (p)
         self.stem = stages[0][0]
         layers = [stages[0][1], *stages[1:]]

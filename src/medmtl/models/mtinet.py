@@ -38,13 +38,13 @@ from medmtl.tasks import Task
 
 
 class MTINet(DenseSceneNet):
-    """Args: tasks; backbone (hrnet_w18, hrnet_w18_small, hrnet_tiny); pretrained_file;
+    """Args: tasks; backbone (hrnet_w18, hrnet_w18_small, hrnet_tiny); weights_path;
     input_normalization."""
 
-    def __init__(self, tasks: Sequence[Task], backbone: str = "hrnet_w18", pretrained_file: str | None = None,
+    def __init__(self, tasks: Sequence[Task], backbone: str = "hrnet_w18", weights_path: str | None = None,
                  input_normalization: str = "imagenet"):
         super().__init__(tasks, input_normalization)
-        self.backbone, channels = hrnet_features(backbone, pretrained_file)
+        self.backbone, channels = hrnet_features(backbone, weights_path)
         names = [t.name for t in tasks]
         n = len(names)
         # scale s reads x_s and, below the coarsest scale, every task's features of scale s+1

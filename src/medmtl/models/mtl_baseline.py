@@ -24,12 +24,12 @@ from medmtl.tasks import Task
 class MTLBaseline(DenseSceneNet):
     """Args: tasks; backbone (a timm ResNet, resnet50 in the survey on NYUDv2, or an HRNet:
     hrnet_w18, hrnet_tiny); aspp_width (256);
-    output_stride (8); pretrained_file (local backbone weights); input_normalization."""
+    output_stride (8); weights_path (local backbone weights); input_normalization."""
 
     def __init__(self, tasks: Sequence[Task], backbone: str = "resnet50", aspp_width: int = 256, output_stride: int = 8,
-                 pretrained_file: str | None = None, input_normalization: str = "imagenet"):
+                 weights_path: str | None = None, input_normalization: str = "imagenet"):
         super().__init__(tasks, input_normalization)
-        self.backbone, channels = dense_features(backbone, output_stride, pretrained_file)
+        self.backbone, channels = dense_features(backbone, output_stride, weights_path)
         self.heads_by_task = nn.ModuleDict({t.name: ASPPHead(channels, t, aspp_width) for t in tasks})
 
     def representation(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:

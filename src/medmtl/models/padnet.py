@@ -49,12 +49,12 @@ class Distillation(nn.Module):
 
 class PADNet(DenseSceneNet):
     """Args: tasks; backbone (a timm ResNet, dilated, or an HRNet: hrnet_w18 / hrnet_tiny); width
-    (channels of the task heads, 256); output_stride (ResNet); pretrained_file; input_normalization."""
+    (channels of the task heads, 256); output_stride (ResNet); weights_path; input_normalization."""
 
     def __init__(self, tasks: Sequence[Task], backbone: str = "resnet50", width: int = 256, output_stride: int = 8,
-                 pretrained_file: str | None = None, input_normalization: str = "imagenet"):
+                 weights_path: str | None = None, input_normalization: str = "imagenet"):
         super().__init__(tasks, input_normalization)
-        self.backbone, in_channels = dense_features(backbone, output_stride, pretrained_file)
+        self.backbone, in_channels = dense_features(backbone, output_stride, weights_path)
         names = [t.name for t in tasks]
         self.initial_features = nn.ModuleDict({t.name: task_features(in_channels, width) for t in tasks})
         self.initial_predictions = nn.ModuleDict({t.name: conv_head(width, t) for t in tasks})

@@ -22,7 +22,7 @@ from medmtl.tasks import Task
 class Res34UNet(EncoderDecoderNet):
     """Args:
         tasks: the task set (image-level tasks: classifier on the deepest encoder feature; dense: 1x1 conv).
-        encoder_name: an smp ResNet encoder (``resnet34``; ``resnet18`` for quick tests).
+        backbone: an smp ResNet encoder (``resnet34``; ``resnet18`` for quick tests).
         decoder_channels: widths of the five decoder blocks (smp's default 256, 128, 64, 32, 16).
         dropout: before each classifier.
         pretrained: load ``weights_path`` (a torchvision ResNet state dict) into the encoder.
@@ -34,7 +34,7 @@ class Res34UNet(EncoderDecoderNet):
     def __init__(
         self,
         tasks: Sequence[Task],
-        encoder_name: str = "resnet34",
+        backbone: str = "resnet34",
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
         dropout: float = 0.8,
         pretrained: bool = False,
@@ -45,9 +45,9 @@ class Res34UNet(EncoderDecoderNet):
         super().__init__()
         import segmentation_models_pytorch as smp
 
-        if not encoder_name.startswith("resnet"):
-            raise ConfigError(f"Res34UNet takes an smp ResNet encoder (resnet18/34/50...), got {encoder_name!r}.")
-        unet = smp.Unet(encoder_name, encoder_weights=None, in_channels=in_channels, classes=1,
+        if not backbone.startswith("resnet"):
+            raise ConfigError(f"Res34UNet takes an smp ResNet encoder (resnet18/34/50...), got {backbone!r}.")
+        unet = smp.Unet(backbone, encoder_weights=None, in_channels=in_channels, classes=1,
                         decoder_channels=tuple(decoder_channels))
         self.encoder = unet.encoder
         self.decoder = unet.decoder if any(t.is_dense for t in tasks) else None

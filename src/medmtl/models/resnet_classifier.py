@@ -21,14 +21,14 @@ from medmtl.tasks import Task
 class ResNetClassifier(EncoderDecoderNet):
     """Args:
         tasks: image-level tasks (binary, multiclass, multilabel).
-        encoder_name: an smp ResNet encoder (``resnet50`` in Roy 2025; ``resnet18`` for tests).
+        backbone: an smp ResNet encoder (``resnet50`` in Roy 2025; ``resnet18`` for tests).
         dropout: before each classifier.
         weights_path: a torchvision ResNet state dict file loaded into the encoder, or null.
     """
 
     classifier_pool = "avg"  # global pooling takes any input size
 
-    def __init__(self, tasks: Sequence[Task], encoder_name: str = "resnet50", dropout: float = 0.0,
+    def __init__(self, tasks: Sequence[Task], backbone: str = "resnet50", dropout: float = 0.0,
                  weights_path: str | None = None, in_channels: int = 3):
         super().__init__()
         import segmentation_models_pytorch as smp
@@ -37,9 +37,9 @@ class ResNetClassifier(EncoderDecoderNet):
         if dense:
             raise ConfigError(f"ResNetClassifier has no decoder for the pixel-level tasks {dense}; "
                              f"keep the image-level tasks only (e.g. data.tasks) or use model=deeplabv3p.")
-        if not encoder_name.startswith("resnet"):
-            raise ConfigError(f"ResNetClassifier takes an smp ResNet encoder (resnet18/34/50...), got {encoder_name!r}.")
-        self.encoder = smp.encoders.get_encoder(encoder_name, in_channels=in_channels, depth=5, weights=None)
+        if not backbone.startswith("resnet"):
+            raise ConfigError(f"ResNetClassifier takes an smp ResNet encoder (resnet18/34/50...), got {backbone!r}.")
+        self.encoder = smp.encoders.get_encoder(backbone, in_channels=in_channels, depth=5, weights=None)
         self.decoder = None
         self._build_heads(tasks, bottleneck_channels=self.encoder.out_channels[-1], decoded_channels=0, dropout=dropout)
         if weights_path:

@@ -66,17 +66,17 @@ class NDDRUnit(nn.Module):
 
 
 class SoftSharingNet(DenseSceneNet):
-    """Args: tasks; backbone (timm ResNet); aspp_width; output_stride; pretrained_file;
+    """Args: tasks; backbone (timm ResNet); aspp_width; output_stride; weights_path;
     input_normalization. Subclasses choose the fusion unit."""
 
     unit = CrossStitchUnit
 
     def __init__(self, tasks: Sequence[Task], backbone: str = "resnet50", aspp_width: int = 256, output_stride: int = 8,
-                 pretrained_file: str | None = None, input_normalization: str = "imagenet"):
+                 weights_path: str | None = None, input_normalization: str = "imagenet"):
         super().__init__(tasks, input_normalization)
         networks, channels = {}, None
         for task in tasks:
-            stages, channels = resnet_stages(backbone, output_stride, pretrained_file)
+            stages, channels = resnet_stages(backbone, output_stride, weights_path)
             networks[task.name] = stages
         self.networks = nn.ModuleDict(networks)
         self.units = nn.ModuleList([self.unit(len(tasks), c) for c in channels])

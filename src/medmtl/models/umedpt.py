@@ -105,22 +105,22 @@ class ClassificationHead(nn.Module):
 class UMedPT(MultiTaskNet):
     """Args:
         tasks: the task set (image-level kinds get a linear head, dense kinds the shared decoder).
-        encoder: a timm model name (``resnet50``, ``swin_tiny_patch4_window7_224``, ``test_resnet``).
+        backbone: a timm model name (``resnet50``, ``swin_tiny_patch4_window7_224``, ``test_resnet``).
         norm: ``layernorm_noaffine`` | ``affine`` | ``batchnorm`` (see the module docstring).
         decoder_width: channels of the decoder blocks.
-        pretrained_file: a local timm/torch state dict for the encoder (nothing is downloaded).
+        weights_path: a local timm/torch state dict for the encoder (nothing is downloaded).
     """
 
-    def __init__(self, tasks: Sequence[Task], encoder: str = "resnet50", norm: str = "layernorm_noaffine",
-                 decoder_width: int = 64, pretrained_file: str | None = None):
+    def __init__(self, tasks: Sequence[Task], backbone: str = "resnet50", norm: str = "layernorm_noaffine",
+                 decoder_width: int = 64, weights_path: str | None = None):
         super().__init__()
         import timm
 
         if norm not in NORMS:
             raise ConfigError(f"model.norm must be one of {NORMS}, got {norm!r}.")
         self.task_names = tuple(t.name for t in tasks)
-        overlay = {"file": pretrained_file} if pretrained_file else None
-        self.encoder = timm.create_model(encoder, pretrained=bool(pretrained_file), features_only=True,
+        overlay = {"file": weights_path} if weights_path else None
+        self.encoder = timm.create_model(backbone, pretrained=bool(weights_path), features_only=True,
                                          pretrained_cfg_overlay=overlay)
         if norm != "batchnorm":
             replace_batch_norms(self.encoder, norm)
