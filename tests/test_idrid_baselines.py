@@ -51,7 +51,7 @@ def test_resnet_classifier_is_average_pool_then_linear_and_refuses_lesions():
     model = ResNetClassifier(idrid_tasks([], grades=["retinopathy", "edema"]), backbone="resnet18").eval()
     image = torch.rand(2, 3, 45, 70)  # any size: global pooling
     with torch.no_grad():
-        pooled = model.encoder(image)[-1].mean(dim=(-2, -1))
+        pooled = model.encoder(model.input_normalization(image))[-1].mean(dim=(-2, -1))
         outputs = model(image)
         torch.testing.assert_close(outputs["edema"], model.classifiers["edema"](pooled))
     assert outputs["retinopathy"].shape == (2, 5) and outputs["edema"].shape == (2, 3)

@@ -95,3 +95,24 @@ def test_balanced_bce_by_hand():
     w = 0.9
     expected = (-w * math.log(0.5) - (1 - w) * math.log(1 - 1 / (1 + math.exp(-2.0)))) / 2
     torch.testing.assert_close(balanced_bce(logits, target, positive_weight=w), torch.tensor([expected]))
+
+
+@pytest.mark.parametrize("alpha", [None, 0.25])
+def test_alpha_focal_loss_matches_torchvision(alpha):
+    from torchvision.ops import sigmoid_focal_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(3, 1, 8, 8, generator=g) * 3, (torch.rand(3, 1, 8, 8, generator=g) > 0.7).float()
+    theirs = sigmoid_focal_loss(logits, target, alpha=-1 if alpha is None else alpha, gamma=2.0, reduction="none")
+    torch.testing.assert_close(losses.binary_focal(logits, target, 2.0, alpha), theirs.flatten(1).mean(1))
+
+
+def test_one_hot_grading_focal_is_torchvision_on_one_hot_labels_plus_cross_entropy():
+    from torchvision.ops import sigmoid_focal_loss
+
+    g = torch.Generator().manual_seed(1)
+    logits, target = torch.randn(4, 5, generator=g) * 2, torch.tensor([0, 4, 2, 2])
+    one_hot = torch.nn.functional.one_hot(target, 5).float()
+    focal = sigmoid_focal_loss(logits, one_hot, alpha=0.25, gamma=2.0, reduction="none").mean(1)
+    ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    torch.testing.assert_close(losses.ce_plus_focal(logits, target, 2.0, 0.25, "one_hot"), ce + focal)

@@ -17,13 +17,22 @@ from test_configs import compose_train, options
 TINY = dict(backbone="test_resnet", aspp_channels=8, decoder_channels=8, classifier_channels=8)
 
 
-def test_top_p_keeps_the_fewest_experts_reaching_p():
-    scores = torch.tensor([[0.9, 0.05, 0.05],   # q = .9 ... : the first alone reaches 0.8
-                           [0.4, 0.4, 0.2],     # q = .4 .4 .2: two experts (0.8)
-                           [0.3, 0.5, 0.2],     # q = .3 .5 .2: .5 then .3 -> 0.8 with two
-                           [0.34, 0.33, 0.33]]) # q = .34 .33 .33: .67 < .8 -> all three
-    assert top_p_mask(scores, 0.8).tolist() == [[True, False, False], [True, True, False],
-                                                [True, True, False], [True, True, True]]
+@pytest.mark.parametrize("of", ["raw", "normalised"])
+def test_top_p_keeps_the_fewest_experts_reaching_p(of):
+    scores = torch.tensor([[0.9, 0.05, 0.05],   # sums to 1: raw = q. .9 alone reaches 0.8
+                           [0.4, 0.4, 0.2],     # .4 .4 .2: two experts (0.8)
+                           [0.3, 0.5, 0.2],     # .5 then .3 -> 0.8 with two
+                           [0.34, 0.33, 0.33]]) # .34 .33 .33: .67 < .8 -> all three
+    assert top_p_mask(scores, 0.8, of).tolist() == [[True, False, False], [True, True, False],
+                                                    [True, True, False], [True, True, True]]
+
+
+def test_top_p_on_raw_confidence_differs_from_normalised_scores():
+    """Roy 2025: "the most confident experts such that their combined confidence score is at least p"."""
+    scores = torch.tensor([[0.9, 0.9, 0.9],     # raw: 0.9 >= 0.8 alone; q = 1/3 each: all three
+                           [0.2, 0.2, 0.1]])    # raw: 0.5 < 0.8, all three; q = .4 .4 .2: two
+    assert top_p_mask(scores, 0.8, "raw").tolist() == [[True, False, False], [True, True, True]]
+    assert top_p_mask(scores, 0.8, "normalised").tolist() == [[True, True, True], [True, True, False]]
 
 
 def _model(**options):
@@ -34,14 +43,14 @@ def test_dense_routing_is_the_score_weighted_mean_then_top_p_after_the_switch():
     model = _model()
     image = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        low, high = model.backbone(image)
+        low, high = model.backbone(model.input_normalization(image))
         scores = torch.sigmoid(model.gates["retinopathy"](high.mean(dim=(-2, -1))))
         experts = torch.stack([e(high) for e in model.experts["retinopathy"]], dim=1)
         expected = (scores[:, :, None] * experts).sum(1) / scores.sum(1, keepdim=True)
         torch.testing.assert_close(model(image, ["retinopathy"])["retinopathy"], expected)
         assert model.routing_statistics() == {"retinopathy": 3.0}
         model.set_training_progress(0.5)
-        kept = top_p_mask(scores, 0.8)
+        kept = top_p_mask(scores, 0.8, "raw")
         w = scores * kept
         expected = (w[:, :, None] * experts).sum(1) / w.sum(1, keepdim=True)
         torch.testing.assert_close(model(image, ["retinopathy"])["retinopathy"], expected)
@@ -131,3 +140,30 @@ def test_a_short_run_on_the_real_sample_segments_the_optic_disc(tmp_path, networ
 
     untrained, trained = od_dice(0), od_dice(40)
     assert trained > 0.5 and trained > untrained + 0.3, (untrained, trained)
+
+
+def test_imagenet_input_normalization_is_the_standardised_image_through_the_same_weights():
+    normalised, plain = _model(input_normalization="imagenet"), _model(input_normalization="none")
+    plain.load_state_dict(normalised.state_dict())  # the statistics are not part of the checkpoint
+    image = torch.rand(2, 3, 64, 64)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(normalised(image)["he"], plain((image - mean) / std)["he"])
+
+
+def test_backbone_weights_load_from_a_bare_file_name_in_the_torch_cache(tmp_path, monkeypatch):
+    import timm
+
+    source = timm.create_model("test_resnet")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(source.state_dict(), tmp_path / "hub" / "checkpoints" / "tiny.pth")
+    model = _model(weights_path="tiny.pth")
+    theirs = source.state_dict()
+    loaded = {k: v for k, v in model.backbone.state_dict().items() if k in theirs}
+    assert len(loaded) > 10
+    for name, value in loaded.items():
+        torch.testing.assert_close(value, theirs[name], msg=name)
+    with pytest.raises(Exception, match="model.weights_path=null"):
+        _model(weights_path="absent.pth")

@@ -112,3 +112,27 @@ def test_emotic_tables_follow_the_paper(name, setting):
 def test_emotic_table2_uses_each_methods_best_learning_rate(method, lr):
     cfg = compose_train(["experiment=emotic_table2", f"mao_method={method}"])
     assert cfg.optim.optimizer.lr == lr
+
+
+@pytest.mark.parametrize("name", ["refuge_table1", "refuge_table2", "refuge_table2_res34", "refuge_table3", "refuge_table4",
+                                  "refuge_lr_sensitivity"])
+def test_refuge_tables_follow_pascal_2022(name):
+    """No augmentation (the paper and its authors' code); single-task networks selected per task."""
+    cfg = compose_train([f"experiment={name}"])
+    assert cfg.data.augment is False
+    stl = compose_train([f"experiment={name}", "optim=stl"])
+    assert stl.optim.model_selection == "per_task"
+
+
+@pytest.mark.parametrize("arm", ["resnet50", "deeplabv3p", "moe"])
+def test_idrid_table1_follows_roy_2025(arm):
+    cfg = compose_train(["experiment=idrid_table1", f"idrid_arm={arm}"])
+    # the same weights option for every arm, so one sweep passes ImageNet weights to all three
+    assert cfg.model.weights_path.startswith("resnet50-") and cfg.model.input_normalization == "imagenet"
+    assert cfg.data.missing_mask == "negative" and cfg.data.val_fraction == 0
+    assert cfg.data.focal_alpha == 0.25 and cfg.data.grading_focal == "one_hot"  # the authors' code
+    if arm == "moe":
+        assert cfg.model.top_p == 0.8 and cfg.model.top_p_scores == "raw" and cfg.model.dense_fraction == 0.5
+        assert (cfg.model.l1_weight, cfg.model.balance_weight, cfg.model.entropy_weight) == (1.0, 1.0, 1.0)
+    tiny = compose_train(["experiment=idrid_table1", f"idrid_arm={arm}", "preset=tiny"])
+    assert tiny.model.weights_path is None  # a tiny backbone cannot take ResNet-50 weights

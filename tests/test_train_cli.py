@@ -213,8 +213,8 @@ def test_idrid_table1_sweep_and_its_report_as_a_user_runs_them(tmp_path):
     assert (sweep / "report" / "overlay.png").is_file()
     moe = next(f for f in sweep.iterdir() if (f / "metrics.json").is_file()
                and json.loads((f / "metrics.json").read_text())["model"] == "MoEDeepLabV3Plus")
-    namespace = inspect_run(moe)  # the notebook reads an IDRiD run too: curves, lesions and grades
-    assert "val/od_dice" in namespace["metrics"] and len(namespace["panels"]) == 4
+    namespace = inspect_run(moe)  # the notebook reads an IDRiD run without validation: curves, lesions, grades
+    assert namespace["metrics"] == [] and len(namespace["panels"]) == 4
 
 
 def test_without_validation_data_the_last_weights_are_tested(tmp_path):

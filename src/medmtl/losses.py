@@ -30,17 +30,21 @@ def sigmoid_l1(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return _per_sample_mean((torch.sigmoid(logits) - target.to(logits.dtype)).abs())
 
 
-def binary_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Focal loss (Lin et al. 2017), Pascal et al. 2022: FL = -(1 - p_t)^gamma log(p_t).
+def binary_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float | None = None) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017), Pascal et al. 2022: FL = -alpha_t (1 - p_t)^gamma log(p_t).
 
-    p_t = p if y = 1 else 1 - p, with p = sigmoid(logit). gamma = 0 gives the BCE.
+    p_t = p if y = 1 else 1 - p, with p = sigmoid(logit); alpha_t = alpha if y = 1 else 1 - alpha,
+    or 1 without ``alpha`` (Pascal et al. 2022). gamma = 0 and no alpha give the BCE.
     log(p_t) is computed from logits (``-BCE-with-logits``) to stay finite for saturated outputs.
     """
     logits = logits.reshape(logits.shape[0], -1)
     target = target.reshape(target.shape[0], -1).to(logits.dtype)
     log_pt = -F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     pt = log_pt.exp()
-    return _per_sample_mean(-((1.0 - pt) ** gamma) * log_pt)
+    loss = -((1.0 - pt) ** gamma) * log_pt
+    if alpha is not None:
+        loss = loss * (alpha * target + (1.0 - alpha) * (1.0 - target))
+    return _per_sample_mean(loss)
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -64,8 +68,23 @@ def softmax_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0
     return -((1.0 - log_p.exp()) ** gamma) * log_p
 
 
-def ce_plus_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Roy 2025's grading loss: cross-entropy + focal loss."""
+def one_hot_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float | None = None) -> torch.Tensor:
+    """Focal loss of C independent sigmoids against the one-hot target, averaged over the classes
+    (the form of Roy 2025's code, torchvision's ``sigmoid_focal_loss`` on one-hot labels)."""
+    one_hot = F.one_hot(target.reshape(-1).long(), logits.shape[1]).to(logits.dtype)
+    return binary_focal(logits, one_hot, gamma, alpha)
+
+
+GRADING_FOCALS = ("softmax", "one_hot")
+
+
+def ce_plus_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float | None = None,
+                  focal: str = "softmax") -> torch.Tensor:
+    """Roy 2025's grading loss: cross-entropy + focal loss. ``focal``: ``softmax`` (Lin et al.'s
+    multi-class form, -(1 - p_y)^gamma log p_y; ``alpha`` unused) or ``one_hot`` (sigmoids on the
+    one-hot label with ``alpha``, as the authors' code)."""
+    if focal == "one_hot":
+        return cross_entropy(logits, target) + one_hot_focal(logits, target, gamma, alpha)
     return cross_entropy(logits, target) + softmax_focal(logits, target, gamma)
 
 
@@ -76,9 +95,9 @@ def soft_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     return 1.0 - (2.0 * (p * y).sum(1) + eps) / (p.sum(1) + y.sum(1) + eps)
 
 
-def focal_plus_dice(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Roy 2025's lesion loss: pixel focal loss + soft Dice loss."""
-    return binary_focal(logits, target, gamma) + soft_dice(logits, target)
+def focal_plus_dice(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float | None = None) -> torch.Tensor:
+    """Roy 2025's lesion loss: pixel focal loss (``alpha``: 0.25 in the authors' code) + soft Dice loss."""
+    return binary_focal(logits, target, gamma, alpha) + soft_dice(logits, target)
 
 
 # ----- scene tasks (NYUDv2): losses over the valid pixels of each sample ------------------------------

@@ -3,7 +3,7 @@
 Each IDRiD run's ``predictions.npz`` holds a few test images whole (see
 :class:`~medmtl.metrics.idrid.IdridEvaluator`): segmentation-set images (lesion masks, no grades)
 and grading-set images (grades, no masks). One row per image: the ground truth (lesions tinted,
-grades in the title, -1 where the image has none, as in the seed's figures), then each method's
+grades in the title, -1 where the image has none, as in Roy 2025's figures), then each method's
 prediction. A method that was not evaluated on that image (a grading-only classifier on a
 segmentation image) gets an empty panel that says so; a lesion whose mask the image lacks is
 named in the ground-truth title.

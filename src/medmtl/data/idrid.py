@@ -53,15 +53,21 @@ GRADES = {"retinopathy": 5, "edema": 3}
 
 
 def idrid_tasks(lesions: Sequence[str] = tuple(LESIONS), focal_gamma: float = 2.0,
-                grades: Sequence[str] = tuple(GRADES)) -> list[Task]:
+                grades: Sequence[str] = tuple(GRADES), focal_alpha: float | None = None,
+                grading_focal: str = "softmax") -> list[Task]:
+    """Roy 2025's tasks and losses. ``focal_gamma``, ``focal_alpha`` (null: no class weighting;
+    0.25 in the authors' code) and ``grading_focal`` (:func:`medmtl.losses.ce_plus_focal`)."""
+    if grading_focal not in losses.GRADING_FOCALS:
+        raise ConfigError(f"data.grading_focal must be one of {losses.GRADING_FOCALS}, got {grading_focal!r}.")
     unknown = [lesion for lesion in lesions if lesion not in LESIONS] + [g for g in grades if g not in GRADES]
     if unknown:
         raise DatasetError(f"Unknown IDRiD tasks {unknown}; the lesions are {list(LESIONS)}, the grades {list(GRADES)}.")
     if not lesions and not grades:
         raise DatasetError("data.lesions and data.grades are both empty: IDRiD needs at least one task.")
-    grading = [Task(name, "multiclass", partial(losses.ce_plus_focal, gamma=focal_gamma), num_outputs=GRADES[name])
+    grading = [Task(name, "multiclass", partial(losses.ce_plus_focal, gamma=focal_gamma, alpha=focal_alpha,
+                                                         focal=grading_focal), num_outputs=GRADES[name])
                for name in grades]
-    segmentation = [Task(lesion, "segmentation", partial(losses.focal_plus_dice, gamma=focal_gamma)) for lesion in lesions]
+    segmentation = [Task(lesion, "segmentation", partial(losses.focal_plus_dice, gamma=focal_gamma, alpha=focal_alpha)) for lesion in lesions]
     return grading + segmentation
 
 
@@ -96,7 +102,7 @@ def build_cache(cache: SampleCache, samples: Sequence[IdridSample], resolution: 
 
 
 def training_augmentation(seed: int) -> A.Compose:
-    """Roy 2025's list; the magnitudes are ours (the seed gives none)."""
+    """Roy 2025's list; the magnitudes are ours (the paper gives none)."""
     return A.Compose(
         [
             A.HorizontalFlip(p=0.5),
@@ -162,14 +168,14 @@ class IdridDataModule(SplitLoaders, MultiTaskDataModule):
     """Args: root; resolution (H, W); lesions (segmentation tasks); grades (grading tasks);
     missing_mask (``mask`` | ``negative``); val_fraction and split_seed (validation held out of
     the training sets); batch sizes, workers; seed (training order and augmentation draws);
-    augment (training augmentation); cache_dir (``paths.cache_dir``); skip_bad_samples (leave out,
+    augment (training augmentation); focal_gamma, focal_alpha, grading_focal (:func:`idrid_tasks`); cache_dir (``paths.cache_dir``); skip_bad_samples (leave out,
     and log, grading rows whose image is absent instead of stopping)."""
 
     def __init__(self, root: str, resolution: Sequence[int] = (712, 1072), lesions: Sequence[str] = tuple(LESIONS),
                  missing_mask: str = "mask", val_fraction: float = 0.2, split_seed: int = 0, batch_size: int = 4,
                  eval_batch_size: int = 4, num_workers: int = 0, seed: int = 0, focal_gamma: float = 2.0,
                  grades: Sequence[str] = tuple(GRADES), augment: bool = True, cache_dir: str | None = None,
-                 skip_bad_samples: bool = False):
+                 skip_bad_samples: bool = False, focal_alpha: float | None = None, grading_focal: str = "softmax"):
         super().__init__()
         if missing_mask not in MISSING_MASK:
             raise ConfigError(f"data.missing_mask must be one of {MISSING_MASK}, got {missing_mask!r}.")
@@ -179,7 +185,7 @@ class IdridDataModule(SplitLoaders, MultiTaskDataModule):
         self.cache = SampleCache(cache_dir, "idrid", self.root)
         self.val_fraction, self.split_seed, self.seed = val_fraction, split_seed, seed
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.tasks = idrid_tasks(self.lesions, focal_gamma, self.grades)
+        self.tasks = idrid_tasks(self.lesions, focal_gamma, self.grades, focal_alpha, grading_focal)
         self.datasets: dict[str, IdridDataset] = {}
         self.cache_seconds = 0.0
         self._scanned: dict[str, list[IdridSample]] | None = None

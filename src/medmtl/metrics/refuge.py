@@ -8,7 +8,7 @@ network grid (``fovea_error_grid``; 256 px in Pascal et al. 2022) and in origina
 
 Glaucoma: ``auc_fc`` from the classifier's probability; ``auc_vcdr`` from a logistic regression on
 the predicted vCDR, fitted on the ground-truth vCDRs of the training fold; ``auc`` from the mean of
-the two probabilities (the seed's final score). AUCs use scikit-learn; with one class only they
+the two probabilities (Pascal et al. 2022's final score). AUCs use scikit-learn; with one class only they
 are NaN (and said so in the log).
 """
 

@@ -56,7 +56,7 @@ class InputNormalization(nn.Module):
         return (image - self.mean) / self.std if self.mode == "imagenet" else image
 
 
-def _timm_weights(weights_path: str | None) -> dict:
+def timm_weights(weights_path: str | None) -> dict:
     """timm's arguments for a local state dict: read by the project's checked reader (data only,
     one sentence for a missing, truncated or foreign file), then handed to timm, which adapts it
     to the network (dropping the classifier, feature-only wrappers)."""
@@ -72,7 +72,7 @@ def resnet_stages(name: str, output_stride: int = 8, weights_path: str | None = 
 
     if not (name.startswith("resnet") or name == "test_resnet"):
         raise ConfigError(f"model.backbone must be a timm ResNet (resnet18, resnet50, test_resnet), got {name!r}.")
-    network = timm.create_model(name, num_classes=0, global_pool="", output_stride=output_stride, **_timm_weights(weights_path))
+    network = timm.create_model(name, num_classes=0, global_pool="", output_stride=output_stride, **timm_weights(weights_path))
     stem = nn.Sequential(network.conv1, network.bn1, network.act1, network.maxpool)
     stages = nn.ModuleList([nn.Sequential(stem, network.layer1), network.layer2, network.layer3, network.layer4])
     channels = [info["num_chs"] for info in network.feature_info if info["module"].startswith("layer")]
@@ -90,7 +90,7 @@ def hrnet_features(name: str, weights_path: str | None = None) -> tuple[nn.Modul
         network = HighResolutionNetFeatures(HRNET_TINY, feature_location="", out_indices=(1, 2, 3, 4))
     elif name.startswith("hrnet"):
         network = timm.create_model(name, features_only=True, feature_location="", out_indices=(1, 2, 3, 4),
-                                    **_timm_weights(weights_path))
+                                    **timm_weights(weights_path))
     else:
         raise ConfigError(f"model.backbone must be an HRNet (hrnet_w18, hrnet_w18_small, hrnet_tiny), got {name!r}.")
     return network, list(network.feature_info.channels())

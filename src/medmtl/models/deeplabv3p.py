@@ -33,6 +33,7 @@ class DeepLabV3Plus(EncoderDecoderNet):
         atrous_rates: the ASPP dilation rates.
         dropout: before each image-level classifier.
         weights_path: a torchvision ResNet state dict file loaded into the encoder, or null.
+        input_normalization: ``imagenet`` (ImageNet's channel statistics, with ImageNet weights) or ``none``.
     """
 
     input_multiple = 16
@@ -41,8 +42,8 @@ class DeepLabV3Plus(EncoderDecoderNet):
 
     def __init__(self, tasks: Sequence[Task], backbone: str = "resnet50", decoder_channels: int = 256,
                  atrous_rates: Sequence[int] = (6, 12, 18), dropout: float = 0.0, weights_path: str | None = None,
-                 in_channels: int = 3):
-        super().__init__()
+                 input_normalization: str = "imagenet", in_channels: int = 3):
+        super().__init__(input_normalization)
         import segmentation_models_pytorch as smp
 
         if not backbone.startswith("resnet"):

@@ -26,6 +26,7 @@ from torch import nn
 from medmtl.errors import ConfigError
 from medmtl.models.base import MultiTaskNet
 from medmtl.models.heads import conv_head, linear_head, shape_output
+from medmtl.models.backbones import InputNormalization
 from medmtl.tasks import Task
 
 
@@ -38,6 +39,10 @@ class EncoderDecoderNet(MultiTaskNet):
     dense_upsample: int = 1
     encoder: nn.Module
     decoder: nn.Module | None
+
+    def __init__(self, input_normalization: str = "none"):
+        super().__init__()
+        self.input_normalization = InputNormalization(input_normalization)
 
     def _build_heads(self, tasks: Sequence[Task], bottleneck_channels: int, decoded_channels: int, dropout: float) -> None:
         self.task_names = tuple(t.name for t in tasks)
@@ -64,7 +69,7 @@ class EncoderDecoderNet(MultiTaskNet):
         m = self.input_multiple
         if image.shape[-1] % m or image.shape[-2] % m:
             raise ConfigError(f"{type(self).__name__} needs image sides divisible by {m}, got {tuple(image.shape[-2:])}.")
-        features = self.encoder(image)
+        features = self.encoder(self.input_normalization(image))
         shared = {"bottleneck": features[-1]}
         if any(t in self.dense_heads for t in tasks):
             shared["decoded"] = self.decoder(features)

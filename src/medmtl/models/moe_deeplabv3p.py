@@ -1,6 +1,6 @@
 """Mixture-of-experts multi-task DeepLabV3+ (Roy 2025; METHODS.md section 2, ``moe_deeplabv3p``).
 
-- Shared backbone: a timm ResNet (ResNet-50 in the seed) with output stride 16; its stride-4
+- Shared backbone: a timm ResNet (ResNet-50 in Roy 2025) with output stride 16; its stride-4
   features feed the DeepLabV3+ decoders.
 - Shared ASPP for the segmentation tasks: 1x1 conv, three depthwise-separable 3x3 convs at rates
   6/12/18, image pooling, projected to ``aspp_channels`` (256).
@@ -10,8 +10,9 @@
   concatenated, two depthwise-separable 3x3 convs, a 1x1 to one logit, up-sampled to the input).
   Gate: global average pool of the backbone's final map, linear, sigmoid: scores s_e in (0, 1).
 - Routing. Dense (the first ``dense_fraction`` of the epochs): y = sum_e s_e y_e / sum_e s_e.
-  Top-p (afterwards, also at inference): with q = s / sum s sorted in decreasing order, keep the
-  fewest experts whose q sum to at least ``top_p`` (0.8), renormalise the kept scores. The phase
+  Top-p (afterwards, also at inference): with the scores sorted in decreasing order, keep the
+  fewest experts whose raw scores s sum to at least ``top_p`` (0.8; all of them if the sum never
+  reaches it), renormalise the kept scores (``top_p_scores: normalised`` ranks q = s / sum s). The phase
   is a buffer, so a checkpoint taken after the switch evaluates with top-p routing.
 - Auxiliary gate losses, added to their task's loss (``auxiliary_loss``), each with its weight:
   L1 sparsity mean_e |s_e|; load balancing KL(u || uniform) with u the batch-mean of q; negative
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmtl.errors import ConfigError
+from medmtl.models.backbones import InputNormalization, timm_weights
 from medmtl.models.base import MultiTaskNet
 from medmtl.models.heads import conv_head, shape_output, upsample_to
 from medmtl.tasks import Task
@@ -84,9 +86,15 @@ class ClassificationExpert(nn.Module):
         return self.linear(self.body(x))
 
 
-def top_p_mask(scores: torch.Tensor, p: float) -> torch.Tensor:
-    """Per row, True for the fewest experts whose normalised scores (largest first) sum to >= p."""
-    q = scores / scores.sum(dim=1, keepdim=True)
+TOP_P_SCORES = ("raw", "normalised")
+
+
+def top_p_mask(scores: torch.Tensor, p: float, of: str = "raw") -> torch.Tensor:
+    """Per row, True for the fewest experts, most confident first, whose scores sum to >= p (all of
+    them when the scores never reach p). ``of``: the raw gate scores s (Roy 2025: "the most
+    confident experts such that their combined confidence score is at least p", as the authors'
+    code) or the normalised q = s / sum s (which reaches p later, so keeps more experts)."""
+    q = scores if of == "raw" else scores / scores.sum(dim=1, keepdim=True)
     sorted_q, order = q.sort(dim=1, descending=True)
     before = sorted_q.cumsum(dim=1) - sorted_q  # mass of the experts ranked above
     keep_sorted = before < p - 1e-12             # an expert is kept while the mass above it is < p
@@ -97,27 +105,32 @@ class MoEDeepLabV3Plus(MultiTaskNet):
     """Args (see the module docstring): tasks; backbone (timm ResNet name; ``resnet18`` for tests);
     n_experts; top_p; dense_fraction; aspp_channels, decoder_channels, classifier_channels;
     gate loss weights l1_weight, balance_weight, entropy_weight; entropy_of (``sample`` | ``batch``);
-    weights_path (a local backbone state dict; nothing is downloaded)."""
+    weights_path (a local backbone state dict; nothing is downloaded); input_normalization
+    (``imagenet`` with ImageNet weights, Roy 2025 | ``none``); top_p_scores (``raw`` | ``normalised``,
+    see :func:`top_p_mask`)."""
 
     def __init__(self, tasks: Sequence[Task], backbone: str = "resnet50", n_experts: int = 3, top_p: float = 0.8,
                  dense_fraction: float = 0.5, aspp_channels: int = 256, decoder_channels: int = 256,
                  classifier_channels: int = 256, l1_weight: float = 0.01, balance_weight: float = 0.01,
-                 entropy_weight: float = 0.01, entropy_of: str = "sample", weights_path: str | None = None):
+                 entropy_weight: float = 0.01, entropy_of: str = "sample", weights_path: str | None = None,
+                 input_normalization: str = "imagenet", top_p_scores: str = "raw"):
         super().__init__()
         import timm
 
         if not 0.0 < top_p <= 1.0:
             raise ConfigError(f"model.top_p must be in (0, 1], got {top_p}.")
+        if top_p_scores not in TOP_P_SCORES:
+            raise ConfigError(f"model.top_p_scores must be one of {TOP_P_SCORES}, got {top_p_scores!r}.")
         if entropy_of not in ("sample", "batch"):
             raise ConfigError(f"model.entropy_of must be sample or batch, got {entropy_of!r}.")
         self.task_names = tuple(t.name for t in tasks)
         self.task_by_name = {t.name: t for t in tasks}
         self.n_experts, self.top_p, self.dense_fraction = n_experts, top_p, dense_fraction
         self.weights = {"l1": l1_weight, "balance": balance_weight, "entropy": entropy_weight}
-        self.entropy_of = entropy_of
-        overlay = {"file": weights_path} if weights_path else None
-        self.backbone = timm.create_model(backbone, pretrained=bool(weights_path), features_only=True,
-                                          output_stride=16, out_indices=(1, 4), pretrained_cfg_overlay=overlay)
+        self.entropy_of, self.top_p_scores = entropy_of, top_p_scores
+        self.input_normalization = InputNormalization(input_normalization)
+        self.backbone = timm.create_model(backbone, features_only=True, output_stride=16, out_indices=(1, 4),
+                                          **timm_weights(weights_path))
         low_channels, high_channels = self.backbone.feature_info.channels()
         dense = [t for t in tasks if t.is_dense]
         self.aspp = SeparableASPP(high_channels, aspp_channels) if dense else None
@@ -142,7 +155,7 @@ class MoEDeepLabV3Plus(MultiTaskNet):
     def _route(self, name: str, scores: torch.Tensor) -> torch.Tensor:
         """Mixing weights (B, E) summing to 1 per sample; records the auxiliary loss and usage."""
         if bool(self.top_p_active):
-            kept = top_p_mask(scores.detach(), self.top_p).to(scores.dtype)
+            kept = top_p_mask(scores.detach(), self.top_p, self.top_p_scores).to(scores.dtype)
         else:
             kept = torch.ones_like(scores)
         mixed = scores * kept
@@ -175,7 +188,7 @@ class MoEDeepLabV3Plus(MultiTaskNet):
         """The shared features the gates and experts read: the backbone's stride-4 and final maps
         and, when a segmentation task is requested, the shared ASPP output ("-UB" strategies)."""
         tasks = self._check_tasks(tasks)
-        low, high = self.backbone(image)
+        low, high = self.backbone(self.input_normalization(image))
         self._input_size = tuple(image.shape[-2:])  # the dense heads up-sample to it
         shared = {"low": low, "high": high}
         if any(t in self.dense_tasks for t in tasks):

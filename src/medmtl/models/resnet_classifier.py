@@ -24,13 +24,15 @@ class ResNetClassifier(EncoderDecoderNet):
         backbone: an smp ResNet encoder (``resnet50`` in Roy 2025; ``resnet18`` for tests).
         dropout: before each classifier.
         weights_path: a torchvision ResNet state dict file loaded into the encoder, or null.
+        input_normalization: ``imagenet`` (ImageNet's channel statistics, with ImageNet weights) or ``none``.
     """
 
     classifier_pool = "avg"  # global pooling takes any input size
 
     def __init__(self, tasks: Sequence[Task], backbone: str = "resnet50", dropout: float = 0.0,
-                 weights_path: str | None = None, in_channels: int = 3):
-        super().__init__()
+                 weights_path: str | None = None, in_channels: int = 3,
+                 input_normalization: str = "imagenet"):
+        super().__init__(input_normalization)
         import segmentation_models_pytorch as smp
 
         dense = [t.name for t in tasks if t.is_dense]

@@ -1,6 +1,6 @@
 """UMedPT-style multi-task network (Schafer et al. 2024; METHODS.md section 2, ``umedpt``).
 
-- Shared encoder: any timm backbone with ``features_only`` (ResNet-50 or Swin-T in the seed;
+- Shared encoder: any timm backbone with ``features_only`` (ResNet-50 or Swin-T in Schafer et al. 2024;
   timm's tiny ``test_resnet`` in tests), built without downloading anything.
 - Classification tasks: one linear layer each on the pooled embedding (global average pool of
   the deepest feature map); ``num_outputs`` logits.
@@ -10,7 +10,7 @@
 - 3D tasks (``metadata["is_3d"]``): the input is (B, D, 3, H, W); every slice is embedded by the
   same encoder and a learned weighted average over the D slice embeddings (softmax of a linear
   score per slice, a multiple-instance head of the task) gives the volume embedding.
-- ``norm``: the shared blocks' normalisation. ``layernorm_noaffine`` (default, the seed's choice:
+- ``norm``: the shared blocks' normalisation. ``layernorm_noaffine`` (default, Schafer et al. 2024's choice:
   batch statistics mix datasets and tasks) replaces every ``BatchNorm2d`` of the encoder (and the
   decoder's norms) by a layer norm over (C, H, W) without trainable parameters
   (``GroupNorm(1, C, affine=False)``); ``affine`` keeps trainable scale and shift; ``batchnorm``

@@ -11,7 +11,7 @@ Only one task's activations are alive at a time, so peak memory does not grow wi
 tasks; tasks may come from different datasets with different inputs (``ctx.task_batch``). The
 mini-batch Lightning hands over is not used: one iteration is one optimisation step.
 
-Samplers: ``cyclic`` (every task once per step, in order: the seed's default) and ``balanced``
+Samplers: ``cyclic`` (every task once per step, in order: Schafer et al. 2024's default) and ``balanced``
 (``steps`` tasks drawn uniformly at random with replacement; ``steps`` defaults to T). A
 dataset's size never changes its task's weight. A batch in which the chosen task has no labelled
 sample contributes nothing.
