@@ -1,5 +1,6 @@
 """MedMNIST: files, MD5, the synthetic twin of every flag, samples, metrics, the UMedPT network."""
 
+import math
 import shutil
 
 import numpy as np
@@ -162,3 +163,68 @@ def test_joint_batches_concatenate_one_batch_per_task_with_presence_masks(tmp_pa
 def test_joint_batches_refuse_3d_tasks(tmp_path):
     with pytest.raises(DatasetError, match="3D.*optim=ga"):
         SyntheticMedMNISTDataModule(str(tmp_path), ["breastmnist", "nodulemnist3d"], joint_batches=True)
+
+
+@pytest.mark.parametrize("norm,affine_left", [("layernorm_noaffine", 0), ("affine", None)])
+def test_swin_layer_norms_lose_their_parameters_only_without_affine(norm, affine_left):
+    """Schafer et al. 2024: UMedPT's layer norms have no trainable scale and shift (UMedPT-affine keeps them)."""
+    import timm
+
+    model = UMedPT(_tasks("bloodmnist"), backbone="swin_tiny_patch4_window7_224", norm=norm)
+    norms = [m for m in model.encoder.modules() if isinstance(m, torch.nn.LayerNorm)]
+    with_affine = sum(m.weight is not None for m in norms)
+    reference = timm.create_model("swin_tiny_patch4_window7_224", features_only=True)
+    n_reference = sum(isinstance(m, torch.nn.LayerNorm) for m in reference.modules())
+    assert len(norms) == n_reference > 10
+    assert with_affine == (n_reference if affine_left is None else affine_left)
+    if norm == "layernorm_noaffine":  # a layer norm without parameters: zero mean, unit variance per token
+        x = torch.randn(2, 5, norms[0].normalized_shape[0]) * 3 + 1
+        y = norms[0](x)
+        torch.testing.assert_close(y.mean(-1), torch.zeros(2, 5), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("flag", ["breastmnist", "bloodmnist", "chestmnist", "organmnist3d"])
+def test_normalised_losses_are_one_at_chance(flag):
+    """Schafer et al. 2024: each loss scaled so that an uninformed prediction scores 1 (CE / log C,
+    BCE x log2 e): zero logits are the uniform prediction of every head kind."""
+    task = medmnist_task(flag)
+    logits = torch.zeros(4) if task.kind == "binary" else torch.zeros(4, task.num_outputs)  # the heads' shapes
+    n = task.num_outputs
+    target = torch.zeros(4, n) if task.kind == "multilabel" else (torch.zeros(4) if task.kind == "binary" else torch.arange(4) % n)
+    torch.testing.assert_close(task.loss(logits, target).mean(), torch.tensor(1.0))
+    raw = medmnist_task(flag, loss_normalization=False).loss(logits, target).mean()
+    expected = math.log(n) if task.kind == "multiclass" else math.log(2.0)
+    torch.testing.assert_close(raw, torch.tensor(expected))
+
+
+def test_weak_augmentation_never_flips_and_replays_from_its_seed():
+    from medmtl.data.weak_augmentation import WeakAugmentation
+
+    augmentation = WeakAugmentation()
+    for seed in range(200):
+        p = augmentation.draw(seed)
+        assert torch.linalg.det(augmentation.matrix(p)[:, :2]) > 0  # orientation kept: no flip, no mirror
+        assert abs(p["angle"]) <= 10 and 0.9 <= p["scale"] <= 1.1
+    image = torch.rand(3, 28, 28)
+    torch.testing.assert_close(augmentation(image, 5), augmentation(image, 5))
+    assert not torch.allclose(augmentation(image, 5), augmentation(image, 6))
+    out = augmentation(image, 7)
+    assert out.min() >= 0 and out.max() <= 1
+    volume = image.expand(4, 3, 28, 28)  # four equal slices get the same geometry
+    moved = augmentation(volume, 9)
+    for k in range(1, 4):
+        torch.testing.assert_close(moved[k], moved[0])
+    still = WeakAugmentation(max_rotation=0, max_shift=0, scale=(1, 1), max_contrast=0, max_brightness=0)
+    torch.testing.assert_close(still(image, 3), image, atol=1e-5, rtol=0)
+
+
+def test_training_samples_are_augmented_in_unit_range_and_evaluation_samples_are_not(tmp_path):
+    dm = SyntheticMedMNISTDataModule(str(tmp_path), ["bloodmnist"], synthetic={"n_train": 4, "n_val": 2, "n_test": 2},
+                                     batch_size=2, augment=True)
+    dm.setup()
+    train, val = dm.datasets["bloodmnist"]["train"], dm.datasets["bloodmnist"]["val"]
+    plain = train[0]["image"]
+    assert plain.min() >= 0 and plain.max() <= 1 and plain.max() > 0.5
+    torch.testing.assert_close(plain, torch.from_numpy(train.images[0]).float().permute(2, 0, 1) / 255)
+    assert not torch.allclose(train[(0, 11)]["image"], plain)      # a sampler key carries an augmentation seed
+    torch.testing.assert_close(val[(0, 11)]["image"], val[0]["image"])  # evaluation is never augmented

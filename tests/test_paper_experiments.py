@@ -136,3 +136,16 @@ def test_idrid_table1_follows_roy_2025(arm):
         assert (cfg.model.l1_weight, cfg.model.balance_weight, cfg.model.entropy_weight) == (1.0, 1.0, 1.0)
     tiny = compose_train(["experiment=idrid_table1", f"idrid_arm={arm}", "preset=tiny"])
     assert tiny.model.weights_path is None  # a tiny backbone cannot take ResNet-50 weights
+
+
+@pytest.mark.parametrize("name", ["medmnist_umedpt", "medmnist_2d", "medmnist_single_task"])
+def test_medmnist_experiments_follow_schafer_2024(name):
+    cfg = compose_train([f"experiment={name}"])
+    assert cfg.data.input_range == "unit" and cfg.data.loss_normalization and cfg.data.augment
+    assert cfg.optim.name == "ga" and cfg.optim.optimizer.lr == 1e-3 and cfg.optim.optimizer.weight_decay == 0.05
+    assert sweep(cfg, "seed") == ["range(0", "5)"]  # five repetitions
+    if name == "medmnist_single_task":  # the ImageNet-pretrained single-task baseline, its batch norms kept
+        assert cfg.model.weights_path.startswith("resnet50-") and cfg.model.norm == "batchnorm"
+        assert len(sweep(cfg, "data.flags")) == 12
+    else:
+        assert cfg.model.weights_path is None and cfg.model.norm == "layernorm_noaffine"

@@ -47,6 +47,11 @@ def binary_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
     return _per_sample_mean(loss)
 
 
+def scaled(logits: torch.Tensor, target: torch.Tensor, loss, factor: float) -> torch.Tensor:
+    """``factor * loss(logits, target)`` (a picklable per-task loss scaling)."""
+    return factor * loss(logits, target)
+
+
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Softmax cross-entropy over C classes; ``target``: class indices (B,) or (B, 1)."""
     return F.cross_entropy(logits, target.reshape(-1).long(), reduction="none")

@@ -7,12 +7,16 @@ named with the place to put it and the official address to get it from. The MD5 
 checked against the MedMNIST ``INFO`` metadata (a copy ships with the package) once per process.
 
 Tasks (:func:`medmnist_task`): ``binary-class`` -> one logit, BCE; ``multi-class`` -> C logits,
-cross-entropy; ``multi-label, binary-class`` (ChestMNIST) -> 14 logits, BCE per label;
+cross-entropy; ``multi-label, binary-class`` (ChestMNIST) -> 14 logits, BCE per label. With
+``loss_normalization`` (Schafer et al. 2024, so that "the observed value for random inputs for
+reinitialized weights was close to one"): cross-entropy / log C, and BCE x log2(e) (= BCE / log 2,
+the same rule with C = 2);
 ``ordinal-regression`` (RetinaMNIST) -> C logits, cross-entropy, scored as multi-class as MedMNIST
 v2 does (its ordinal structure is not used: a config could add an ordinal loss later).
 
-Samples are dicts ``{"image": (3, H, W) or (D, 3, H, W) float in [-1, 1], <flag>: label, "dataset":
-task index}``: grey images are repeated to three channels so that one encoder reads every dataset;
+Samples are dicts ``{"image": (3, H, W) or (D, 3, H, W) float in [0, 1] (Schafer et al. 2024;
+``input_range: symmetric`` gives [-1, 1]), <flag>: label, "dataset": task index}``; training samples
+get the weak augmentation without flips of :mod:`medmtl.data.weak_augmentation` (``augment``): grey images are repeated to three channels so that one encoder reads every dataset;
 a 3D volume (A, B, C) becomes its C slices through the last axis (Schafer et al. 2024), (C, 3, A, B). A batch holds one dataset only, so the other tasks' targets are absent and
 their losses are ``None`` (see :mod:`medmtl.tasks`). Training: every task has its own endless
 loader (``task_dataloader``), which gradient accumulation (``optim=ga``) draws from. Strategies
@@ -30,7 +34,7 @@ import logging
 import math
 import zipfile
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +45,8 @@ from medmtl import losses
 from medmtl.data.contract import MultiTaskDataModule
 from medmtl.data.errors import DatasetError
 from medmtl.data.sampling import EpochSeededSampler, SampleKey, split_key
+from medmtl.data.weak_augmentation import WeakAugmentation
+from medmtl.errors import ConfigError
 from medmtl.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -48,7 +54,7 @@ log = logging.getLogger(__name__)
 SIZES = (28, 64, 128, 224)
 SPLITS = ("train", "val", "test")
 #: Schafer et al. 2024's selection: the 18 datasets minus OrganA/C/S, RetinaMNIST, TissueMNIST, FractureMNIST3D
-SEED_004_FLAGS = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "breastmnist",
+SCHAFER_2024_FLAGS = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "breastmnist",
                   "bloodmnist", "organmnist3d", "nodulemnist3d", "adrenalmnist3d", "vesselmnist3d",
                   "synapsemnist3d")
 
@@ -113,8 +119,12 @@ def verify_md5(path: Path, expected: str | None) -> None:
     _VERIFIED.add(key)
 
 
-def medmnist_task(flag: str) -> Task:
-    """One task per dataset, its head and loss chosen by the dataset's task type."""
+INPUT_RANGES = ("unit", "symmetric")
+
+
+def medmnist_task(flag: str, loss_normalization: bool = True) -> Task:
+    """One task per dataset, its head and loss chosen by the dataset's task type; with
+    ``loss_normalization`` the loss is divided by its value at chance, log C (log 2 for BCE)."""
     info = flag_info(flag)
     kind_of = {"binary-class": "binary", "multi-class": "multiclass", "ordinal-regression": "multiclass",
                "multi-label, binary-class": "multilabel"}
@@ -122,6 +132,9 @@ def medmnist_task(flag: str) -> Task:
     n_labels = len(info["label"])
     loss = {"binary": losses.binary_cross_entropy, "multiclass": losses.cross_entropy,
             "multilabel": losses.multilabel_bce}[kind]
+    if loss_normalization:
+        chance = math.log(n_labels) if kind == "multiclass" else math.log(2.0)
+        loss = partial(losses.scaled, loss=loss, factor=1.0 / chance)
     return Task(flag, kind, loss, num_outputs=1 if kind == "binary" else n_labels,
                 metadata={"task_type": info["task"], "is_3d": is_3d(flag), "n_channels": info["n_channels"]})
 
@@ -152,17 +165,19 @@ def load_split(path: Path, split: str, flag: str | None = None) -> tuple[np.ndar
 class MedMNISTDataset(Dataset):
     """One split of one dataset; see the module docstring for the sample."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, task: Task, task_index: int):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, task: Task, task_index: int,
+                 augmentation: WeakAugmentation | None = None, input_range: str = "unit"):
         if len(images) != len(labels):
             raise DatasetError(f"{task.name}: {len(images)} images but {len(labels)} labels.")
         self.images, self.labels, self.task, self.task_index = images, labels, task, task_index
+        self.augmentation, self.input_range = augmentation, input_range
         self.volumetric = bool(task.metadata.get("is_3d"))
 
     def __len__(self) -> int:
         return len(self.images)
 
     def _image(self, index: int) -> torch.Tensor:
-        x = torch.from_numpy(np.asarray(self.images[index])).float().div_(127.5).sub_(1.0)
+        x = torch.from_numpy(np.asarray(self.images[index])).float().div_(255.0)
         if self.volumetric:  # (A, B, C) -> (C, 3, A, B): slices through the last axis, each a grey image
             return x.permute(2, 0, 1).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
         if x.dim() == 2:  # grey (H, W) -> (3, H, W)
@@ -178,8 +193,13 @@ class MedMNISTDataset(Dataset):
         return label.reshape(())
 
     def __getitem__(self, key: SampleKey) -> dict[str, torch.Tensor]:
-        index, _ = split_key(key)
-        return {"image": self._image(index), self.task.name: self._label(index),
+        index, seed = split_key(key)
+        image = self._image(index)
+        if self.augmentation is not None and seed is not None:
+            image = self.augmentation(image, seed)
+        if self.input_range == "symmetric":
+            image = image * 2.0 - 1.0
+        return {"image": image, self.task.name: self._label(index),
                 "dataset": torch.tensor(self.task_index)}
 
 
@@ -248,6 +268,9 @@ class MedMNISTDataModule(MultiTaskDataModule):
         verify_md5: check each file against the official MD5.
         max_samples: keep at most this many samples per split (quick runs); None keeps all.
         seed: fixes each task's shuffling (per epoch, :class:`EpochSeededSampler`).
+        augment: the weak augmentation without flips on the training splits (Schafer et al. 2024).
+        loss_normalization: each loss divided by its value at chance (Schafer et al. 2024).
+        input_range: ``unit`` ([0, 1], Schafer et al. 2024) or ``symmetric`` ([-1, 1]).
         joint_batches: train on joint batches (one batch of every task per step, concatenated),
             so that every strategy applies; needs all tasks 2D at one size. Default: per-task
             batches, drawn by the strategy (``optim=ga``).
@@ -256,14 +279,19 @@ class MedMNISTDataModule(MultiTaskDataModule):
     def __init__(self, root: str, flags: Sequence[str], size: int = 28, batch_size: int = 64,
                  eval_batch_size: int = 256, num_workers: int = 0, steps_per_epoch: int | None = None,
                  verify_md5: bool = True, max_samples: int | None = None, seed: int = 0,
-                 joint_batches: bool = False):
+                 joint_batches: bool = False, augment: bool = False, loss_normalization: bool = True,
+                 input_range: str = "unit"):
         super().__init__()
+        if input_range not in INPUT_RANGES:
+            raise ConfigError(f"data.input_range must be one of {INPUT_RANGES}, got {input_range!r}.")
+        self.augmentation = WeakAugmentation() if augment else None
+        self.input_range = input_range
         if not flags:
             raise DatasetError("MedMNIST needs at least one dataset in data.flags.")
         self.root, self.flags, self.size = Path(root), list(flags), size
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.steps_per_epoch, self.verify, self.max_samples, self.seed = steps_per_epoch, verify_md5, max_samples, seed
-        self.tasks = [medmnist_task(flag) for flag in self.flags]
+        self.tasks = [medmnist_task(flag, loss_normalization) for flag in self.flags]
         self.datasets: dict[str, dict[str, MedMNISTDataset]] = {}
         self.joint_batches = joint_batches
         volumetric = [t.name for t in self.tasks if t.metadata["is_3d"]]
@@ -290,7 +318,8 @@ class MedMNISTDataModule(MultiTaskDataModule):
                 images, labels = load_split(path, split, flag)
                 if self.max_samples is not None:
                     images, labels = images[: self.max_samples], labels[: self.max_samples]
-                self.datasets[flag][split] = MedMNISTDataset(images, labels, task, index)
+                augmentation = self.augmentation if split == "train" else None
+                self.datasets[flag][split] = MedMNISTDataset(images, labels, task, index, augmentation, self.input_range)
         log.info("MedMNIST %s px: %s", self.size,
                  {f: {s: len(d) for s, d in splits.items()} for f, splits in self.datasets.items()})
 

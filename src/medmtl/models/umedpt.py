@@ -16,7 +16,9 @@
   (``GroupNorm(1, C, affine=False)``); ``affine`` keeps trainable scale and shift; ``batchnorm``
   leaves the encoder as timm builds it. Encoders whose batch norm is fused with the activation
   (timm's ``BatchNormAct2d``) are refused for the replacement rather than silently losing the
-  activation; transformer encoders (Swin) have layer norms already and are left as they are.
+  activation. Transformer encoders (Swin) have layer norms already: ``layernorm_noaffine`` drops
+  their scale and shift too (Schafer et al. 2024 use layer norms without parameters in the Swin
+  encoder; its trainable ones are the "UMedPT-affine" ablation, ``affine`` here).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmtl.errors import ConfigError
+from medmtl.models.backbones import timm_weights
 from medmtl.models.base import MultiTaskNet
 from medmtl.models.heads import conv_head, shape_output, upsample_to
 from medmtl.tasks import Task
@@ -41,18 +44,23 @@ def make_norm(channels: int, norm: str) -> nn.Module:
     return nn.GroupNorm(1, channels, affine=norm == "affine")
 
 
-def replace_batch_norms(module: nn.Module, norm: str) -> int:
-    """Swap every plain ``BatchNorm2d`` below ``module`` for :func:`make_norm`; return how many."""
+def replace_norms(module: nn.Module, norm: str) -> int:
+    """Swap every plain ``BatchNorm2d`` below ``module`` for :func:`make_norm`, and with
+    ``layernorm_noaffine`` every ``LayerNorm`` for one without scale and shift; return how many."""
     replaced = 0
     for name, child in module.named_children():
         if type(child) is nn.BatchNorm2d:
             setattr(module, name, make_norm(child.num_features, norm))
             replaced += 1
+        elif isinstance(child, nn.LayerNorm) and norm == "layernorm_noaffine":
+            if child.elementwise_affine:  # in place, so that subclasses (channels-first variants) keep their forward
+                child.weight, child.bias, child.elementwise_affine = None, None, False
+                replaced += 1
         elif isinstance(child, nn.modules.batchnorm._BatchNorm):
             raise ConfigError(f"norm={norm!r} cannot replace {type(child).__name__} (batch norm fused with "
                              "its activation); choose an encoder with plain BatchNorm2d, or norm=batchnorm.")
         else:
-            replaced += replace_batch_norms(child, norm)
+            replaced += replace_norms(child, norm)
     return replaced
 
 
@@ -119,11 +127,9 @@ class UMedPT(MultiTaskNet):
         if norm not in NORMS:
             raise ConfigError(f"model.norm must be one of {NORMS}, got {norm!r}.")
         self.task_names = tuple(t.name for t in tasks)
-        overlay = {"file": weights_path} if weights_path else None
-        self.encoder = timm.create_model(backbone, pretrained=bool(weights_path), features_only=True,
-                                         pretrained_cfg_overlay=overlay)
+        self.encoder = timm.create_model(backbone, features_only=True, **timm_weights(weights_path))
         if norm != "batchnorm":
-            replace_batch_norms(self.encoder, norm)
+            replace_norms(self.encoder, norm)
         channels = self.encoder.feature_info.channels()
         dense = [t for t in tasks if t.is_dense]
         self.decoder = PixelDecoder(channels, decoder_width, norm) if dense else None
