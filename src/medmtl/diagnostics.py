@@ -29,7 +29,6 @@ import torch
 
 from medmtl.errors import ConfigError
 from medmtl.strategies.gradient_combination import task_jacobian
-from medmtl.strategies.mao import MultiAdaptive
 
 
 def layers_of(model: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
@@ -44,20 +43,15 @@ def layers_of(model: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
 
 def effective_lr(optimizer: torch.optim.Optimizer, param: torch.nn.Parameter, task: str) -> torch.Tensor | float:
     """Per-element rate that the optimizer applies to task ``task``'s (bias-corrected) gradient
-    moment on ``param``: Adam/AdamW lr / (sqrt(v_hat) + eps); MAO lr c_t (1 - b1^t) / sqrt(v_k + eps)
-    (or / (sqrt(v_k) + eps)), i.e. its step per unit of m_hat_k; SGD and others: lr."""
+    moment on ``param``: an optimizer with per-task state answers itself (its ``effective_lr``
+    method, e.g. MAO's lr c_t (1 - b1^t) / sqrt(v_k + eps)); Adam/AdamW: lr / (sqrt(v_hat) + eps);
+    SGD and others: lr."""
     optimizer = getattr(optimizer, "optimizer", optimizer)
+    if hasattr(optimizer, "effective_lr"):
+        return optimizer.effective_lr(param, task)
     group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
     state = optimizer.state.get(param, {})
-    b1, b2 = group.get("betas", (0.0, 0.0))
-    if isinstance(optimizer, MultiAdaptive):
-        moments = state.get(task)
-        if moments is None:
-            return 0.0
-        c = MultiAdaptive.correction(moments["step"], b1, b2, group["bias_correction"]) * (1 - b1 ** moments["step"])
-        if group["eps_placement"] == "inside":
-            return group["lr"] * c / (moments["v"] + group["eps"]).sqrt()
-        return group["lr"] * c / (moments["v"].sqrt() + group["eps"])
+    b2 = group.get("betas", (0.0, 0.0))[1]
     if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) and "exp_avg_sq" in state:
         v_hat = state["exp_avg_sq"] / (1 - b2 ** float(state["step"]))
         return group["lr"] / (v_hat.sqrt() + group["eps"])
@@ -72,9 +66,9 @@ class TaskBalanceDiagnostics(L.Callback):
 
     @staticmethod
     def _optimizer_for(pl_module, optimizers, task: str, param):
-        """Task k's own optimizer under MTL-IO; otherwise the one that holds ``param``."""
-        owners = getattr(pl_module.strategy, "optimizer_tasks", None)
-        candidates = [optimizers[owners.index(task)]] if owners and task in owners else optimizers
+        """Task k's own optimizer when the strategy has one per task; otherwise the one that holds ``param``."""
+        index = pl_module.strategy.task_optimizer_index(task)
+        candidates = [optimizers[index]] if index is not None else optimizers
         for optimizer in candidates:
             inner = getattr(optimizer, "optimizer", optimizer)
             if any(q is param for group in inner.param_groups for q in group["params"]):

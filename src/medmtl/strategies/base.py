@@ -92,6 +92,11 @@ class Strategy(nn.Module, abc.ABC):
     ) -> list[torch.optim.Optimizer]:
         return [optimizer_factory(list(model.parameters()) + list(self.parameters()))]
 
+    def task_optimizer_index(self, task: str) -> int | None:
+        """The index of the optimizer that applies task ``task``'s updates, when each task has its
+        own (MTL-IO); None when one optimizer serves every task (read by the diagnostics)."""
+        return None
+
     @abc.abstractmethod
     def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
         """Run one iteration; return the (detached) values to log, e.g. ``loss/<task>``."""

@@ -63,6 +63,9 @@ class IndependentOptimizers(AlternatingUpdates):
         self.optimizer_tasks = list(model.task_names)
         return [optimizer_factory(model.path_parameters(name)) for name in self.optimizer_tasks]
 
+    def task_optimizer_index(self, task: str) -> int | None:
+        return self.optimizer_tasks.index(task)
+
     def optimizer_for(self, ctx: StepContext, task: str) -> torch.optim.Optimizer:
         return ctx.optimizers()[self.optimizer_tasks.index(task)]
 

@@ -72,6 +72,19 @@ class MultiAdaptive(torch.optim.Optimizer):
             return (1 - b2**step) / (1 - b1**step)
         return math.sqrt(1 - b2**step) / (1 - b1**step)
 
+    def effective_lr(self, param: torch.nn.Parameter, task: str) -> torch.Tensor | float:
+        """The per-element rate applied to task ``task``'s bias-corrected first moment on ``param``,
+        lr c_t (1 - b1^t) / sqrt(v_n + eps) (or / (sqrt(v_n) + eps)); 0 where the task has no moments."""
+        group = next(g for g in self.param_groups if any(p is param for p in g["params"]))
+        moments = self.state.get(param, {}).get(task)
+        if moments is None:
+            return 0.0
+        b1, b2 = group["betas"]
+        c = self.correction(moments["step"], b1, b2, group["bias_correction"]) * (1 - b1 ** moments["step"])
+        if group["eps_placement"] == "inside":
+            return group["lr"] * c / (moments["v"] + group["eps"]).sqrt()
+        return group["lr"] * c / (moments["v"].sqrt() + group["eps"])
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
