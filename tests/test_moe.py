@@ -167,3 +167,22 @@ def test_backbone_weights_load_from_a_bare_file_name_in_the_torch_cache(tmp_path
         torch.testing.assert_close(value, theirs[name], msg=name)
     with pytest.raises(Exception, match="model.weights_path=null"):
         _model(weights_path="absent.pth")
+
+
+def test_plain_and_lightning_contexts_are_one_implementation_with_the_gate_losses():
+    """Strategies driven in plain PyTorch see the MoE gate losses as under Lightning."""
+    from medmtl.strategies.context import PlainContext, TrainingContext
+    from medmtl.tasks import compute_losses
+
+    model = _model().train()
+    tasks = idrid_tasks(["od", "he"])
+    batch = {"image": torch.rand(2, 3, 64, 64), "od": (torch.rand(2, 64, 64) > 0.5).float(),
+             "he": (torch.rand(2, 64, 64) > 0.5).float(), "retinopathy": torch.tensor([0, 3]), "edema": torch.tensor([1, 2])}
+    ctx = PlainContext(model, tasks, [])
+    assert isinstance(ctx, TrainingContext)
+    outputs = ctx.forward(batch)
+    with_gates = ctx.losses(outputs, batch)
+    plain = compute_losses(tasks, outputs, batch)
+    for name in plain:
+        torch.testing.assert_close(with_gates[name] - plain[name], model.auxiliary_loss(name))
+        assert model.auxiliary_loss(name).abs() > 0

@@ -29,13 +29,13 @@ import lightning as L
 import torch
 from lightning.fabric.utilities import move_data_to_device
 
-from medmtl.data.sampling import EpochSeededSampler
+from medmtl.data.task_streams import TaskBatchStreams
 from medmtl.errors import ConfigError, NonFiniteError
 from medmtl.models import build_model, count_parameters
 from medmtl.models.base import MultiTaskNet
-from medmtl.nonfinite import GuardedOptimizer, NonFiniteGuard, first_nonfinite, learning_rates
+from medmtl.nonfinite import NonFiniteGuard, first_nonfinite, learning_rates
 from medmtl.strategies.base import Strategy
-from medmtl.strategies.context import network_losses
+from medmtl.strategies.context import TrainingContext, network_losses
 from medmtl.tasks import Task
 from medmtl.utils.rng import collect_rng_states, restore_rng_states
 
@@ -81,7 +81,9 @@ class StrategyNotApplicable(ConfigError):
 
 
 def check_precision(precision: str, strategy: Strategy) -> None:
-    """Refuse ``16-mixed`` for strategies the fp16 gradient scaler cannot serve (PITFALLS.md)."""
+    """Refuse ``16-mixed`` for strategies the fp16 gradient scaler cannot serve: Lightning's scaler
+    unscales and steps once per optimizer per iteration, on gradients it produced itself
+    (docs/contributing.md, "Traps of the stack")."""
     if precision.startswith("16") and not strategy.supports_fp16_scaler:
         raise ConfigError(
             f"precision={precision} uses a gradient scaler that needs one optimizer step per iteration on gradients "
@@ -137,8 +139,7 @@ class MultiTaskModule(L.LightningModule):
         self.iterations = 0
         self.evaluator = None
         self.test_predictions: dict | None = None
-        self._task_iterators: dict = {}
-        self._task_positions: dict[str, list[int]] = {}  # GA's per-task loaders, see task_batch
+        self.task_streams = TaskBatchStreams([t.name for t in self.tasks])  # GA's per-task loaders
         self._evaluation_losses: dict[str, tuple[float, float]] = {}  # task -> (sum of losses x samples, samples)
 
     # ----- the StepContext offered to strategies -------------------------------------------
@@ -159,39 +160,9 @@ class MultiTaskModule(L.LightningModule):
         return network_losses(self.model, self.tasks, outputs, batch, tasks, deep_supervision)
 
     def task_batch(self, task: str):
-        """Next batch of ``task``'s own infinite training loader, on the module's device.
-
-        The datamodule's ``task_dataloader(task)`` when it has one (datasets per task), otherwise a
-        separate ``train_dataloader()`` per task. Each pass over a loader is one "epoch" of its
-        :class:`~medmtl.data.sampling.EpochSeededSampler`: pass p of task k uses epoch p (its own
-        loader) or p * T + k (every task reading the training loader, so that their orders
-        differ). The position (pass, batches used) is checkpointed; a resumed run replays the
-        pass and skips what was used, so GA resumes exactly. A loader with another sampler
-        restarts its pass after a resume.
-        """
-        if task not in self._task_iterators:
-            self._task_iterators[task] = self._endless(task)
-        return move_data_to_device(next(self._task_iterators[task]), self.device)
-
-    def _endless(self, task: str):
-        datamodule = self.trainer.datamodule
-        factory = datamodule.task_dataloader if datamodule.separate_task_inputs else None
-        position = self._task_positions.setdefault(task, [0, 0])  # [pass, batches used in it]
-        task_index = [t.name for t in self.tasks].index(task)
-        while True:
-            loader = factory(task) if factory is not None else datamodule.train_dataloader()
-            sampler = getattr(loader, "sampler", None)
-            if isinstance(sampler, EpochSeededSampler):
-                epoch = position[0] if factory is not None else position[0] * len(self.tasks) + task_index
-                sampler.set_epoch(epoch)
-                sampler.skip(position[1] * loader.batch_size)
-                # the iterator draws its workers' base seed from this, not from the global RNG
-                # (a resumed run creates one more iterator than the uninterrupted one)
-                loader.generator = sampler.generator()
-            for batch in loader:
-                position[1] += 1
-                yield batch
-            position[0], position[1] = position[0] + 1, 0
+        """Next batch of ``task``'s own endless training stream (:mod:`medmtl.data.task_streams`),
+        on the module's device."""
+        return move_data_to_device(self.task_streams.next_batch(self.trainer.datamodule, task), self.device)
 
     def optimizer_list(self) -> list:
         """``self.optimizers()`` normalised to a list (Lightning returns a bare object for one)."""
@@ -207,8 +178,11 @@ class MultiTaskModule(L.LightningModule):
         return sorted({lr for optimizer in self.optimizer_list() for lr in learning_rates(optimizer)})
 
     @property
-    def context(self) -> _Context:
-        return _Context(self)
+    def context(self) -> TrainingContext:
+        """The :class:`~medmtl.strategies.context.TrainingContext` of this module: Lightning's
+        ``manual_backward`` and optimizers, the module's clipping and per-task streams."""
+        return TrainingContext(self.model, self.tasks, self.optimizer_list, self.manual_backward, self.clip_gradients_of,
+                               self.task_batch, self.nonfinite, self.input_keys)
 
     # ----- Lightning hooks -----------------------------------------------------------------
     def configure_optimizers(self):
@@ -343,7 +317,7 @@ class MultiTaskModule(L.LightningModule):
                                  "infinite; the weights have diverged (lower optim.optimizer.lr).")
         checkpoint["medmtl_iterations"] = self.iterations
         checkpoint["medmtl_rng_states"] = collect_rng_states()
-        checkpoint["medmtl_task_positions"] = {task: list(p) for task, p in self._task_positions.items()}
+        checkpoint["medmtl_task_positions"] = self.task_streams.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Iteration counter, global random states (exact resume; see :mod:`medmtl.utils.rng`) and
@@ -351,40 +325,7 @@ class MultiTaskModule(L.LightningModule):
         self.iterations = int(checkpoint.get("medmtl_iterations", 0))
         if "medmtl_rng_states" in checkpoint:
             restore_rng_states(checkpoint["medmtl_rng_states"])
-        self._task_positions = {task: list(p) for task, p in checkpoint.get("medmtl_task_positions", {}).items()}
-        self._task_iterators = {}
+        self.task_streams.load_state_dict(checkpoint.get("medmtl_task_positions", {}))
 
     def num_parameters(self) -> int:
         return count_parameters(self.model)
-
-
-class _Context:
-    """Adapter exposing the module as a :class:`~medmtl.strategies.base.StepContext`."""
-
-    def __init__(self, module: MultiTaskModule):
-        self._module = module
-        self.model = module.model
-        self.tasks = module.tasks
-
-    def inputs(self, batch):
-        return self._module.inputs(batch)
-
-    def forward(self, batch, tasks=None):
-        return self._module.forward(batch, tasks)
-
-    def losses(self, outputs, batch, tasks=None):
-        losses = self._module.losses(outputs, batch, tasks)
-        self._module.nonfinite.record_losses(losses)
-        return losses
-
-    def backward(self, loss, **kwargs):
-        self._module.manual_backward(loss, **kwargs)
-
-    def optimizers(self):
-        return [GuardedOptimizer(optimizer, self._module.nonfinite) for optimizer in self._module.optimizer_list()]
-
-    def task_batch(self, task):
-        return self._module.task_batch(task)
-
-    def clip_gradients(self, optimizer):
-        self._module.clip_gradients_of(optimizer)

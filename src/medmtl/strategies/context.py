@@ -1,9 +1,11 @@
-"""A :class:`~medmtl.strategies.base.StepContext` in plain PyTorch, without Lightning.
+"""The :class:`~medmtl.strategies.base.StepContext` that strategies train through.
 
-For benchmarks, notebooks and tests that drive a strategy directly: forward through the model,
-per-task losses with the network's own terms (:func:`network_losses`, shared with the Lightning
-module), ``Tensor.backward`` for ``backward``, optimizers given at construction, and
-global-norm gradient clipping when ``clip_norm`` is set. With a ``guard``
+:class:`TrainingContext` is the one implementation; the Lightning module builds one over its own
+``manual_backward``, optimizers and per-task loader streams, and :class:`PlainContext` builds one
+in plain PyTorch for benchmarks, notebooks and tests that drive a strategy directly
+(``Tensor.backward``, optimizers given at construction, global-norm gradient clipping when
+``clip_norm`` is set). Both compute the per-task losses with the network's own terms
+(:func:`network_losses`: MoE gate losses, deep supervision). With a ``guard``
 (:class:`~medmtl.nonfinite.NonFiniteGuard`) the losses and optimizer steps are checked for
 non-finite values as in the Lightning module (the caller runs ``begin_iteration`` /
 ``end_iteration`` around each step).
@@ -11,7 +13,7 @@ non-finite values as in the Lightning module (the caller runs ``begin_iteration`
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -41,19 +43,23 @@ def network_losses(model, tasks: Sequence[Task], outputs: Mapping[str, torch.Ten
     return losses
 
 
-class PlainContext:
-    def __init__(self, model, tasks: Sequence[Task], optimizers: Sequence[torch.optim.Optimizer],
-                 clip_norm: float | None = None, task_batches: Mapping[str, Iterator] | None = None,
-                 guard: NonFiniteGuard | None = None, input_keys: Sequence[str] = ("image",)):
-        self.model, self.tasks, self._optimizers, self.clip_norm = model, list(tasks), list(optimizers), clip_norm
-        self._task_batches = dict(task_batches or {})
+class TrainingContext:
+    """The one :class:`~medmtl.strategies.base.StepContext` implementation.
+
+    What differs between Lightning and plain PyTorch is passed in as functions: ``backward``
+    (``manual_backward`` or ``Tensor.backward``), ``optimizers`` (the current optimizer list),
+    ``clip_gradients`` and ``task_batch``; inputs, forward, the per-task losses with the network's
+    own terms and the non-finite ``guard`` are the same code for both.
+    """
+
+    def __init__(self, model, tasks: Sequence[Task], optimizers: Callable[[], Sequence[torch.optim.Optimizer]],
+                 backward: Callable[..., None], clip_gradients: Callable[[torch.optim.Optimizer], None],
+                 task_batch: Callable[[str], Mapping[str, torch.Tensor]], guard: NonFiniteGuard | None = None,
+                 input_keys: Sequence[str] = ("image",)):
+        self.model, self.tasks = model, list(tasks)
+        self._optimizers, self._backward, self._clip, self._task_batch = optimizers, backward, clip_gradients, task_batch
         self.guard = guard
         self.input_keys = tuple(input_keys)
-
-    def task_batch(self, task):
-        if task not in self._task_batches:
-            raise KeyError(f"PlainContext has no batches for task {task!r}: pass task_batches=.")
-        return next(self._task_batches[task])
 
     def inputs(self, batch):
         return tuple(batch[key] for key in self.input_keys)
@@ -68,15 +74,43 @@ class PlainContext:
         return losses
 
     def backward(self, loss, **kwargs):
-        loss.backward(**kwargs)
+        self._backward(loss, **kwargs)
 
     def optimizers(self):
+        optimizers = list(self._optimizers())
         if self.guard is None:
-            return self._optimizers
-        return [GuardedOptimizer(optimizer, self.guard) for optimizer in self._optimizers]
+            return optimizers
+        return [GuardedOptimizer(optimizer, self.guard) for optimizer in optimizers]
+
+    def task_batch(self, task):
+        return self._task_batch(task)
 
     def clip_gradients(self, optimizer):
-        if self.clip_norm:
-            optimizer = getattr(optimizer, "optimizer", optimizer)
-            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
+        self._clip(optimizer)
+
+
+def clip_by_global_norm(optimizer, max_norm: float | None) -> None:
+    """Clip the gradients of ``optimizer``'s parameters to a global norm of ``max_norm`` (None: no-op)."""
+    if max_norm:
+        optimizer = getattr(optimizer, "optimizer", optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+class PlainContext(TrainingContext):
+    """:class:`TrainingContext` in plain PyTorch: ``Tensor.backward``, the given optimizers,
+    global-norm clipping at ``clip_norm``, and ``task_batches`` (task -> iterator of batches)."""
+
+    def __init__(self, model, tasks: Sequence[Task], optimizers: Sequence[torch.optim.Optimizer],
+                 clip_norm: float | None = None, task_batches: Mapping[str, Iterator] | None = None,
+                 guard: NonFiniteGuard | None = None, input_keys: Sequence[str] = ("image",)):
+        streams = dict(task_batches or {})
+
+        def task_batch(task):
+            if task not in streams:
+                raise KeyError(f"PlainContext has no batches for task {task!r}: pass task_batches=.")
+            return next(streams[task])
+
+        optimizers = list(optimizers)
+        super().__init__(model, tasks, lambda: optimizers, lambda loss, **kwargs: loss.backward(**kwargs),
+                         lambda optimizer: clip_by_global_norm(optimizer, clip_norm), task_batch, guard, input_keys)

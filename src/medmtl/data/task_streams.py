@@ -1,0 +1,57 @@
+"""Endless per-task training loaders whose positions are checkpointed (gradient accumulation).
+
+A strategy that draws its own batches per task (``optim=ga``) reads task k from the datamodule's
+``task_dataloader(k)`` when the datamodule has one (one dataset per task), otherwise from a
+separate ``train_dataloader()`` per task. Each pass over a loader is one "epoch" of its
+:class:`~medmtl.data.sampling.EpochSeededSampler`: pass p of task k uses epoch p (its own loader)
+or p * T + k (every task reading the training loader, so that their orders differ). The position
+(pass, batches used in it) of every task is the state to checkpoint: a resumed run replays the
+pass and skips what was used, so GA resumes exactly. A loader with another sampler restarts its
+pass after a resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from medmtl.data.sampling import EpochSeededSampler
+
+
+class TaskBatchStreams:
+    def __init__(self, task_names: Sequence[str]):
+        self.task_names = list(task_names)
+        self.positions: dict[str, list[int]] = {}  # task -> [pass, batches used in it]
+        self._iterators: dict[str, Iterator] = {}
+
+    def next_batch(self, datamodule, task: str):
+        """The next batch of ``task``'s stream (created on first use, from its checkpointed position)."""
+        if task not in self._iterators:
+            self._iterators[task] = self._endless(datamodule, task)
+        return next(self._iterators[task])
+
+    def _endless(self, datamodule, task: str):
+        factory = datamodule.task_dataloader if datamodule.separate_task_inputs else None
+        position = self.positions.setdefault(task, [0, 0])
+        task_index = self.task_names.index(task)
+        while True:
+            loader = factory(task) if factory is not None else datamodule.train_dataloader()
+            sampler = getattr(loader, "sampler", None)
+            if isinstance(sampler, EpochSeededSampler):
+                epoch = position[0] if factory is not None else position[0] * len(self.task_names) + task_index
+                sampler.set_epoch(epoch)
+                sampler.skip(position[1] * loader.batch_size)
+                # the iterator draws its workers' base seed from this, not from the global RNG
+                # (a resumed run creates one more iterator than the uninterrupted one)
+                loader.generator = sampler.generator()
+            for batch in loader:
+                position[1] += 1
+                yield batch
+            position[0], position[1] = position[0] + 1, 0
+
+    def state_dict(self) -> dict[str, list[int]]:
+        return {task: list(p) for task, p in self.positions.items()}
+
+    def load_state_dict(self, positions: dict[str, list[int]]) -> None:
+        """Positions from a checkpoint; the streams restart from them on their next batch."""
+        self.positions = {task: list(p) for task, p in positions.items()}
+        self._iterators = {}
