@@ -1,5 +1,6 @@
-"""Test helpers: a StepContext without Lightning, tiny models and batches, the entry points run as a user
-runs them."""
+"""Everything the test modules share (they import from here only, never from each other): paths
+and the real sample data, config composition, a quiet trainer, a StepContext without Lightning,
+tiny models and batches, the entry points run as a user runs them."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
+from medmtl.catalogue import compose_train, options  # noqa: F401  (re-exported for the tests)
+from medmtl.data.refuge_synthetic import SyntheticRefugeSpec
 from medmtl.models.unet_vgg16 import UNetVGG16
 from medmtl.strategies.context import PlainContext  # noqa: F401  (re-exported for the tests)
 from medmtl.tasks import refuge_tasks
@@ -33,6 +37,30 @@ def random_batch(seed: int = 0, size: int = 32, n: int = 2, dtype=torch.float64)
 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONF = PROJECT_ROOT / "conf"
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+#: the real sample files beside the repository (CI has them; a test that reads them says when absent)
+IDRID_SAMPLE = SHARED_DATA / "idrid"
+needs_idrid_sample = pytest.mark.skipif(not (IDRID_SAMPLE / "A. Segmentation").is_dir(),
+                                        reason=f"the IDRiD sample is not at {IDRID_SAMPLE}")
+MEDMNIST_SAMPLE = SHARED_DATA / "medmnist"
+needs_medmnist_sample = pytest.mark.skipif(not (MEDMNIST_SAMPLE / "breastmnist.npz").is_file(),
+                                           reason=f"the official MedMNIST sample files are not at {MEDMNIST_SAMPLE}")
+
+#: Small enough to write in a second, large enough for 5 stratified folds.
+SMALL_SPEC = SyntheticRefugeSpec(
+    n_train=24, n_val=16, n_test=10, train_size=(176, 160), eval_size=(160, 160),
+    glaucoma_threshold=0.55, seed=3,
+)
+
+
+def quiet_trainer(tmp_path: Path, **settings):
+    """A CPU Lightning trainer without logger, progress bar, summary, sanity check or checkpoints;
+    ``settings`` (max_epochs, limit_*_batches, ...) are passed on."""
+    import lightning as L
+
+    return L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                     num_sanity_val_steps=0, default_root_dir=tmp_path, enable_checkpointing=False, **settings)
 
 #: the quickstart shrunk to seconds: a tiny U-Net, 32 px, a 38-image synthetic REFUGE, one epoch
 TINY = [
@@ -65,8 +93,6 @@ def run(script: str, overrides: list[str], tmp_path: Path, timeout: int = 600) -
 def fit_briefly(module, datamodule, tmp_path, test: bool = False, **limits):
     """Two training iterations through Lightning (``quiet_trainer``), checked: the iteration count,
     finite weights, most parameters moved; the test stage's metrics when ``test``."""
-    from conftest import quiet_trainer
-
     before = [p.detach().clone() for p in module.model.parameters()]
     trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2, **limits)
     trainer.fit(module, datamodule=datamodule)

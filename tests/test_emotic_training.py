@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from helpers import fit_briefly
 from medmtl.data.emotic_synthetic import SyntheticEmoticDataModule
 from medmtl.module import MultiTaskModule
-from test_configs import compose_train, options
+from helpers import compose_train, options
 
 FAMILIES = ["vanilla", "ga", "mtl_io", "mao", "pcgrad", "mgda_ub", "jd_upgrad", "stl"]
 

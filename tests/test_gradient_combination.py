@@ -1,5 +1,5 @@
 """Gradient-combination strategies: closed forms, torchjd agreement, properties, and the update
-that reaches the network (METHODS.md 1.2, section 1)."""
+that reaches the network (docs/methods.md)."""
 
 import copy
 import itertools

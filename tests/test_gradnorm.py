@@ -1,4 +1,4 @@
-"""GradNorm's weight update against the formulas of METHODS.md 1.1, computed independently."""
+"""GradNorm's weight update against the formulas of docs/methods.md, computed independently."""
 
 import copy
 

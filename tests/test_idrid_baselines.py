@@ -8,14 +8,14 @@ import segmentation_models_pytorch as smp
 import torch
 from hydra.utils import instantiate
 
-from conftest import quiet_trainer
+from helpers import quiet_trainer
 from medmtl.data.errors import DatasetError
 from medmtl.data.idrid import idrid_tasks
 from medmtl.data.idrid_synthetic import SyntheticIdridDataModule
 from medmtl.models.deeplabv3p import DeepLabV3Plus
 from medmtl.models.resnet_classifier import ResNetClassifier
 from medmtl.module import MultiTaskModule
-from test_configs import compose_train
+from helpers import compose_train
 
 LESIONS = ["ma", "he", "ex", "se", "od"]
 
@@ -174,7 +174,7 @@ def test_deeplabv3p_names_the_input_multiple_it_needs():
 
 
 def test_missing_idrid_folder_is_one_sentence_from_the_cli(tmp_path):
-    from test_train_cli import run
+    from helpers import run
 
     result = run("train.py", ["experiment=idrid_table1", "data=idrid", f"data.root={tmp_path / 'absent'}"], tmp_path)
     assert result.returncode != 0

@@ -8,7 +8,7 @@ import torch
 
 from medmtl.data.idrid import IdridDataModule, idrid_tasks
 from medmtl.tasks import compute_losses
-from test_idrid_layout import REAL, needs_real
+from helpers import IDRID_SAMPLE as REAL, needs_idrid_sample as needs_real
 
 RESOLUTION = (32, 48)
 

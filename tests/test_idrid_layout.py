@@ -5,12 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import PROJECT_ROOT
+from helpers import IDRID_SAMPLE, needs_idrid_sample
 from medmtl.data.errors import DatasetError
 from medmtl.data.idrid_layout import read_grading, read_points, read_table, scan_idrid
 
-REAL = PROJECT_ROOT.parent / "shared" / "data" / "idrid"
-needs_real = pytest.mark.skipif(not (REAL / "A. Segmentation").is_dir(), reason=f"the IDRiD sample is not at {REAL}")
+REAL, needs_real = IDRID_SAMPLE, needs_idrid_sample
 
 
 def test_grading_csv_with_crlf_trailing_empty_columns_blank_rows_and_spaced_headers(tmp_path):

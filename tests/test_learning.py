@@ -8,7 +8,7 @@ import json
 import pytest
 
 from helpers import untrained_and_trained
-from test_train_cli import run
+from helpers import run
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from conftest import PROJECT_ROOT
+from helpers import MEDMNIST_SAMPLE, needs_medmnist_sample
 from medmtl.data.errors import DatasetError
 from medmtl.data.medmnist import (
     expected_md5,
@@ -22,9 +22,7 @@ from medmtl.data.medmnist_synthetic import SyntheticMedMNISTDataModule, write_sy
 from medmtl.metrics.medmnist import auc_and_accuracy
 from medmtl.models.umedpt import UMedPT
 
-REAL = PROJECT_ROOT.parent / "shared" / "data" / "medmnist"
-needs_real = pytest.mark.skipif(not (REAL / "breastmnist.npz").is_file(),
-                                reason=f"the official MedMNIST sample files are not at {REAL}")
+REAL, needs_real = MEDMNIST_SAMPLE, needs_medmnist_sample
 
 
 def test_a_missing_file_says_which_file_to_put_where(tmp_path):

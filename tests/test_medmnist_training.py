@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from test_medmnist import REAL, needs_real
-from test_train_cli import run
+from helpers import MEDMNIST_SAMPLE as REAL, needs_medmnist_sample as needs_real
+from helpers import run
 
 
 @needs_real

@@ -13,7 +13,7 @@ from medmtl.tasks import refuge_tasks
 
 
 def test_multi_task_network_has_the_published_parameter_count():
-    # Pascal et al. 2022 Table 1: MTL ~17.2e6 parameters (METHODS.md: 17,268,036 by construction)
+    # Pascal et al. 2022 Table 1: MTL ~17.2e6 parameters (17,268,036 by construction: see the UNetVGG16 docstring)
     n = count_parameters(build_model(partial(UNetVGG16), refuge_tasks()))
     assert abs(n - 17.2e6) / 17.2e6 < 0.03
     assert n == 17_268_036

@@ -7,12 +7,12 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import quiet_trainer
+from helpers import quiet_trainer
 from medmtl.data.idrid import idrid_tasks
 from medmtl.data.idrid_synthetic import SyntheticIdridDataModule
 from medmtl.models.moe_deeplabv3p import MoEDeepLabV3Plus, top_p_mask
 from medmtl.module import MultiTaskModule, with_backbone_lr
-from test_configs import compose_train, options
+from helpers import compose_train, options
 
 TINY = dict(backbone="test_resnet", aspp_channels=8, decoder_channels=8, classifier_channels=8)
 
@@ -116,7 +116,7 @@ def test_a_short_run_on_the_real_sample_segments_the_optic_disc(tmp_path, networ
 
     from medmtl.data.idrid import IdridDataModule
     from medmtl.models.deeplabv3p import DeepLabV3Plus
-    from test_idrid_layout import REAL, needs_real  # noqa: F401
+    from helpers import IDRID_SAMPLE as REAL, needs_idrid_sample as needs_real  # noqa: F401
 
     if not (REAL / "A. Segmentation").is_dir():
         pytest.skip(f"the IDRiD sample is not at {REAL}")

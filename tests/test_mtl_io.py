@@ -1,4 +1,4 @@
-"""MTL-IO against an independent re-implementation (Pascal et al. 2022, Eq. 3; METHODS.md 1.3)."""
+"""MTL-IO against an independent re-implementation (Pascal et al. 2022, Eq. 3; docs/methods.md)."""
 
 import copy
 

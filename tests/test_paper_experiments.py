@@ -4,7 +4,7 @@ al. 2019), every arm of their sweeps composes, and preset=tiny makes each a CPU 
 
 import pytest
 
-from test_configs import compose_train, options
+from helpers import compose_train, options
 
 
 def sweep(cfg, key):

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import SMALL_SPEC
+from helpers import SMALL_SPEC
 from medmtl.data import refuge_layout as layout
 from medmtl.data.heatmap import centre_of_mass
 from medmtl.data.images import decode_refuge_mask, read_refuge_mask

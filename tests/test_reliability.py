@@ -19,7 +19,7 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 
-from conftest import SMALL_SPEC, quiet_trainer
+from helpers import SMALL_SPEC, quiet_trainer
 from helpers import TINY, PlainContext, random_batch, run, tiny_unet
 from medmtl.checkpoints import check_fits, read_checkpoint
 from medmtl.data.refuge import RefugeDataModule

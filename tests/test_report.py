@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from conftest import PROJECT_ROOT
+from helpers import PROJECT_ROOT
 from medmtl.analysis.report import build_table, collect, write_report
 from medmtl.analysis.stats import delta_mtl
 from medmtl.entry import write_failure

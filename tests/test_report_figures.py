@@ -102,7 +102,7 @@ def test_evaluator_keeps_the_first_examples_of_each_class():
 def test_report_notebook_shows_the_table_and_figures_of_a_sweep(tmp_path):
     import matplotlib
 
-    from conftest import PROJECT_ROOT
+    from helpers import PROJECT_ROOT
 
     matplotlib.use("Agg")
     truth = _examples(np.zeros((8, 8), bool))

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from helpers import fit_briefly
 from medmtl.data.nyudv2_synthetic import SyntheticNYUDv2DataModule
 from medmtl.module import MultiTaskModule
-from test_configs import compose_train, options
+from helpers import compose_train, options
 
 SCENE_MODELS = ["mtl_baseline", "cross_stitch", "nddr_cnn", "mtan", "segnet_mtan", "padnet", "mtinet"]
 FAMILIES = ["vanilla", "pcgrad", "mgda_ub", "mtl_io", "stl"]

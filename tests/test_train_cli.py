@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROJECT_ROOT
+from helpers import PROJECT_ROOT
 from helpers import TINY, run
 
 

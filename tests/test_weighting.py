@@ -1,4 +1,4 @@
-"""Loss-weighting strategies against their formulas (METHODS.md section 1)."""
+"""Loss-weighting strategies against their formulas (docs/methods.md)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Statistics of a results table (METHODS.md section 4).
+"""Statistics of a results table (docs/methods.md).
 
 - mean +/- sample standard deviation (ddof = 1) over folds or seeds;
 - paired Student's t-test of the best method against each other method, per metric, pairing runs

@@ -1,7 +1,7 @@
 """Fovea heatmaps (Pascal et al. 2022, Fig. 6) and their inverse, the centre of mass.
 
 Target: an isotropic Gaussian with peak 1, h(x, y) = exp(-((x - x0)^2 + (y - y0)^2) / (2 var)),
-with var = 50 px^2 on the 256 x 256 grid (METHODS.md section 3). Pixel (i, j) has its centre at
+with var = 50 px^2 on the 256 x 256 grid (docs/methods.md). Pixel (i, j) has its centre at
 x = j, y = i (the same convention as the fovea coordinates after resizing).
 Prediction: the centre of mass sum(p * x) / sum(p) of the predicted map, no post-processing.
 """

@@ -1,4 +1,4 @@
-"""The official IDRiD layout (DATASETS.md): segmentation images with up to five lesion masks, the
+"""The official IDRiD layout (docs/datasets.md): segmentation images with up to five lesion masks, the
 disease-grading labels, the optic-disc and fovea localisation mark-ups.
 
 Segmentation and grading are different image sets (``IDRiD_NN`` vs ``IDRiD_NNN``): each

@@ -1,4 +1,4 @@
-"""The official REFUGE layout (DATASETS.md), read as the challenge ships it.
+"""The official REFUGE layout (docs/datasets.md), read as the challenge ships it.
 
 ``scan_refuge(root)`` returns one :class:`RefugeSample` per image of the three official splits and
 checks the layout first: a missing folder, image, mask or spreadsheet column is one
@@ -112,7 +112,7 @@ def _label_column(frame: pd.DataFrame) -> str | None:
 
 def _images_in(folder: Path) -> list[Path]:
     if not folder.is_dir():
-        raise DatasetError(f"Folder missing: {folder} (REFUGE official layout, see DATASETS.md).")
+        raise DatasetError(f"Folder missing: {folder} (REFUGE official layout, see docs/datasets.md).")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 

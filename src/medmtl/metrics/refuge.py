@@ -1,4 +1,4 @@
-"""REFUGE metrics of Pascal et al. 2022 (METHODS.md sections 3-4), accumulated image by image.
+"""REFUGE metrics of Pascal et al. 2022 (docs/methods.md), accumulated image by image.
 
 Per image: OD and OC probability maps are thresholded at 0.5 and reduced to their largest
 connected component; Dice = 2|P & G| / (|P| + |G|) (1 when both are empty), averaged over images.
@@ -62,7 +62,7 @@ class RefugeEvaluator:
     not shuffled, so every run keeps the same images.
     """
 
-    #: one metric per task: the T terms of Delta_MTL (METHODS.md section 4)
+    #: one metric per task: the T terms of Delta_MTL (docs/methods.md)
     TASK_METRICS = {"glaucoma": "auc", "od": "dice_od", "oc": "dice_oc", "fovea": "fovea_error_px"}
     LOWER_IS_BETTER = frozenset({"fovea_error_grid", "fovea_error_px", "vcdr_mae"})
 

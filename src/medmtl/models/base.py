@@ -7,7 +7,7 @@ the task's path; from these the parameter groups that strategies need are derive
 
 - ``path_parameters(k)``: every parameter L_k depends on (what MTL-IO's optimizer k owns);
 - ``head_parameters(k)``: the parameters only task k uses;
-- ``shared_parameters()``: parameters on the path of two tasks or more (W in METHODS.md).
+- ``shared_parameters()``: parameters on the path of two tasks or more (W in docs/methods.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Mixture-of-experts multi-task DeepLabV3+ (Roy 2025; METHODS.md section 2, ``moe_deeplabv3p``).
+"""Mixture-of-experts multi-task DeepLabV3+ (Roy 2025; docs/methods.md).
 
 - Shared backbone: a timm ResNet (ResNet-50 in Roy 2025) with output stride 16; its stride-4
   features feed the DeepLabV3+ decoders.

@@ -1,4 +1,4 @@
-"""UMedPT-style multi-task network (Schafer et al. 2024; METHODS.md section 2, ``umedpt``).
+"""UMedPT-style multi-task network (Schafer et al. 2024; docs/methods.md).
 
 - Shared encoder: any timm backbone with ``features_only`` (ResNet-50 or Swin-T in Schafer et al. 2024;
   timm's tiny ``test_resnet`` in tests), built without downloading anything.

@@ -1,4 +1,4 @@
-"""Multi-task U-Net with a VGG encoder (Pascal et al. 2022, Fig. 5; METHODS.md section 2).
+"""Multi-task U-Net with a VGG encoder (Pascal et al. 2022, Fig. 5; docs/methods.md).
 
 Encoder: five levels of ``conv3x3-BN-ReLU`` blocks with 64, 128, 256, 512, 512 channels and a 2x2
 max pool between levels. Decoder: four bilinear up-sampling blocks with skip connections,

@@ -1,4 +1,4 @@
-"""Segmentation post-processing of Pascal et al. 2022 (METHODS.md section 3).
+"""Segmentation post-processing of Pascal et al. 2022 (docs/methods.md).
 
 - threshold the probability map at 0.5;
 - keep the largest connected component (8-connectivity) to remove noise around the elliptic

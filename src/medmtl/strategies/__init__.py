@@ -1,4 +1,4 @@
-"""Training strategies (METHODS.md section 1), one module each."""
+"""Training strategies (docs/methods.md), one module each."""
 
 from medmtl.strategies.base import StepContext, Strategy
 from medmtl.strategies.dtp import DynamicTaskPrioritization

@@ -1,4 +1,4 @@
-"""``ga``: gradient accumulation over tasks (Schafer et al. 2024, Algorithm 1; METHODS.md 1.5).
+"""``ga``: gradient accumulation over tasks (Schafer et al. 2024, Algorithm 1; docs/methods.md).
 
     zero grads
     for each optimisation step:

@@ -26,7 +26,7 @@ head parameters: head k depends on L_k alone). Tasks absent from the batch are l
 
 Aggregators that need J itself (Nash-MTL) set ``needs_jacobian`` and run in ``jacobian`` mode.
 With DDP, gradients from ``autograd.grad`` are not all-reduced: these strategies are
-single-device for now (see PITFALLS.md).
+single-device for now (docs/contributing.md, "Traps of the stack").
 """
 
 from __future__ import annotations

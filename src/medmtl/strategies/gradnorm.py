@@ -1,4 +1,4 @@
-"""``gradnorm`` (Chen et al. 2018; Pascal et al. 2022's baseline; METHODS.md 1.1).
+"""``gradnorm`` (Chen et al. 2018; Pascal et al. 2022's baseline; docs/methods.md).
 
 Task weights w_k (initialised at 1) are learnable. With W the last layer shared by all tasks
 (``model.last_shared_layer()``; for the REFUGE U-Net the last encoder convolution):

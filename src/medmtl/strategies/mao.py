@@ -1,4 +1,4 @@
-"""``mao``: multi-adaptive optimization (Hervella et al. 2024, Eqs. 7-12; METHODS.md 1.4).
+"""``mao``: multi-adaptive optimization (Hervella et al. 2024, Eqs. 7-12; docs/methods.md).
 
 Per parameter theta and task n, first and second moments of that task's gradient g_n::
 

@@ -1,4 +1,4 @@
-"""``pcgrad`` (Yu et al. 2020; Pascal et al. 2022's baseline; METHODS.md 1.2), written on the Gramian.
+"""``pcgrad`` (Yu et al. 2020; Pascal et al. 2022's baseline; docs/methods.md), written on the Gramian.
 
 For each task i: g_i^PC = g_i; visit the other tasks j in a fresh random order; if
 g_i^PC . g_j < 0, g_i^PC -= (g_i^PC . g_j / ||g_j||^2) g_j (projection on the ORIGINAL g_j).
