@@ -4,7 +4,7 @@ al. 2019), every arm of their sweeps composes, and preset=tiny makes each a CPU 
 
 import pytest
 
-from helpers import compose_train, options
+from helpers import CONF, compose_train, options
 
 
 def sweep(cfg, key):
@@ -149,3 +149,15 @@ def test_medmnist_experiments_follow_schafer_2024(name):
         assert len(sweep(cfg, "data.flags")) == 12
     else:
         assert cfg.model.weights_path is None and cfg.model.norm == "layernorm_noaffine"
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_every_experiment_says_how_it_differs_from_its_paper(name):
+    """The header lists the settings that still differ from the paper (or says it is not a paper table)."""
+    header = []
+    for line in (CONF / "experiment" / f"{name}.yaml").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line.lower())
+    text = " ".join(header)
+    assert "differ" in text or "not a paper table" in text, f"{name}: no list of differences in its header"
