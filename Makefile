@@ -7,7 +7,7 @@ STAMP := .make/install.stamp
 export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 
-.PHONY: help install quickstart train test test-all report bench clean-logs
+.PHONY: help install quickstart train test test-all lint report bench clean-logs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -26,6 +26,11 @@ train: install ## python src/train.py $(ARGS), e.g. make train ARGS="optim=vanil
 
 test: install ## the default (fast) test suite
 	$(PYTHON) -m pytest -m "not slow"
+
+lint: install ## ruff (lint + format check) and mypy on the package
+	$(PYTHON) -m ruff check src tests benchmarks
+	$(PYTHON) -m ruff format --check src tests benchmarks
+	$(PYTHON) -m mypy
 
 test-all: install ## every test, slow ones included
 	$(PYTHON) -m pytest

@@ -56,8 +56,9 @@ def measure(mode: str, n_tasks: int, encoder: str, size: int, batch: int, steps:
     tasks = [Task(f"task{k}", "binary", losses.binary_cross_entropy) for k in range(n_tasks)]
     model = UMedPT(tasks, backbone=encoder).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batches = [(torch.rand(batch, 3, size, size, device=device), torch.randint(0, 2, (batch,), device=device).float())
-               for _ in tasks]
+    batches = [
+        (torch.rand(batch, 3, size, size, device=device), torch.randint(0, 2, (batch,), device=device).float()) for _ in tasks
+    ]
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -66,8 +67,10 @@ def measure(mode: str, n_tasks: int, encoder: str, size: int, batch: int, steps:
                 task.loss(model(x, [task.name])[task.name], y).mean().backward()
         else:
             outputs = model(torch.cat([x for x, _ in batches]))
-            total = sum(task.loss(outputs[task.name][k * batch:(k + 1) * batch], y).mean()
-                        for k, (task, (_, y)) in enumerate(zip(tasks, batches)))
+            total = sum(
+                task.loss(outputs[task.name][k * batch : (k + 1) * batch], y).mean()
+                for k, (task, (_, y)) in enumerate(zip(tasks, batches))
+            )
             total.backward()
         optimizer.step()
 
@@ -86,27 +89,41 @@ def measure(mode: str, n_tasks: int, encoder: str, size: int, batch: int, steps:
             torch.cuda.synchronize(device)
         durations.append(time.perf_counter() - start)
     peak = _peak_mb(device)
-    return {"mode": mode, "tasks": n_tasks, "peak_mb": peak - before_model, "activation_mb": peak - base,
-            "seconds_per_step": statistics.median(durations)}
+    return {
+        "mode": mode,
+        "tasks": n_tasks,
+        "peak_mb": peak - before_model,
+        "activation_mb": peak - base,
+        "seconds_per_step": statistics.median(durations),
+    }
 
 
 def table(rows: list[dict], args, device: str) -> str:
     by = {(r["mode"], r["tasks"]): r for r in rows}
-    lines = [f"# GA vs joint training: memory and time per step ({device})", "",
-             f"UMedPT `{args.encoder}` (layer norm, no affine), {args.size} px, batch {args.batch} per task, "
-             f"median of {args.steps} steps; peak = {'max allocated' if device.startswith('cuda') else 'max RSS'} "
-             "of the step's process, counted from just before the model is built.", "",
-             "| tasks | GA peak (MB) | joint peak (MB) | GA activations (MB) | joint activations (MB) | GA s/step | joint s/step |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# GA vs joint training: memory and time per step ({device})",
+        "",
+        f"UMedPT `{args.encoder}` (layer norm, no affine), {args.size} px, batch {args.batch} per task, "
+        f"median of {args.steps} steps; peak = {'max allocated' if device.startswith('cuda') else 'max RSS'} "
+        "of the step's process, counted from just before the model is built.",
+        "",
+        "| tasks | GA peak (MB) | joint peak (MB) | GA activations (MB) | joint activations (MB) | GA s/step | joint s/step |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for t in TASK_COUNTS:
         ga, joint = by[("ga", t)], by[("joint", t)]
-        lines.append(f"| {t} | {ga['peak_mb']:.0f} | {joint['peak_mb']:.0f} | {ga['activation_mb']:.0f} | "
-                     f"{joint['activation_mb']:.0f} | {ga['seconds_per_step']:.3f} | {joint['seconds_per_step']:.3f} |")
+        lines.append(
+            f"| {t} | {ga['peak_mb']:.0f} | {joint['peak_mb']:.0f} | {ga['activation_mb']:.0f} | "
+            f"{joint['activation_mb']:.0f} | {ga['seconds_per_step']:.3f} | {joint['seconds_per_step']:.3f} |"
+        )
     growth = by[("ga", TASK_COUNTS[-1])]["peak_mb"] / by[("ga", TASK_COUNTS[0])]["peak_mb"] - 1
     joint_growth = by[("joint", TASK_COUNTS[-1])]["peak_mb"] / by[("joint", TASK_COUNTS[0])]["peak_mb"] - 1
     verdict = "met" if growth <= 0.15 else "missed"
-    lines += ["", f"GA peak growth from {TASK_COUNTS[0]} to {TASK_COUNTS[-1]} tasks: {100 * growth:+.1f} % "
-              f"(target <= +15 %: {verdict}); joint training: {100 * joint_growth:+.1f} %."]
+    lines += [
+        "",
+        f"GA peak growth from {TASK_COUNTS[0]} to {TASK_COUNTS[-1]} tasks: {100 * growth:+.1f} % "
+        f"(target <= +15 %: {verdict}); joint training: {100 * joint_growth:+.1f} %.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -129,8 +146,22 @@ def main() -> None:
     rows = []
     for n_tasks in TASK_COUNTS:
         for mode in ("ga", "joint"):
-            command = [sys.executable, __file__, "--child", f"{mode}:{n_tasks}", "--encoder", args.encoder,
-                       "--size", str(args.size), "--batch", str(args.batch), "--steps", str(args.steps), "--device", device]
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                f"{mode}:{n_tasks}",
+                "--encoder",
+                args.encoder,
+                "--size",
+                str(args.size),
+                "--batch",
+                str(args.batch),
+                "--steps",
+                str(args.steps),
+                "--device",
+                device,
+            ]
             result = subprocess.run(command, capture_output=True, text=True, check=True)
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
             print(rows[-1], file=sys.stderr)

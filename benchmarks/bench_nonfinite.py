@@ -57,11 +57,16 @@ def main() -> None:
     device = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
     od = (torch.rand(args.batch, args.size, args.size, generator=g) > 0.7).float()
-    batch = {k: v.to(device) for k, v in {
-        "image": torch.rand(args.batch, 3, args.size, args.size, generator=g), "od": od,
-        "oc": od * (torch.rand(args.batch, args.size, args.size, generator=g) > 0.5).float(),
-        "fovea_heatmap": torch.rand(args.batch, args.size, args.size, generator=g),
-        "glaucoma": (torch.rand(args.batch, generator=g) > 0.5).float()}.items()}
+    batch = {
+        k: v.to(device)
+        for k, v in {
+            "image": torch.rand(args.batch, 3, args.size, args.size, generator=g),
+            "od": od,
+            "oc": od * (torch.rand(args.batch, args.size, args.size, generator=g) > 0.5).float(),
+            "fovea_heatmap": torch.rand(args.batch, args.size, args.size, generator=g),
+            "glaucoma": (torch.rand(args.batch, generator=g) > 0.5).float(),
+        }.items()
+    }
 
     def sync() -> None:
         if device.type == "cuda":
@@ -97,9 +102,13 @@ def main() -> None:
             for mode in MODES:
                 times[(name, mode)].append(iteration(name, mode))
 
-    lines = [f"# Cost of the non-finite checks ({args.device}, U-Net width {args.width}, {args.size} px, batch {args.batch}, "
-             f"median of {args.repeats} interleaved rounds, {args.threads} threads)", "",
-             "| strategy | optimizer steps / iteration | off (ms) | stop (x off) | skip (x off) |", "|---|---|---|---|---|"]
+    lines = [
+        f"# Cost of the non-finite checks ({args.device}, U-Net width {args.width}, {args.size} px, batch {args.batch}, "
+        f"median of {args.repeats} interleaved rounds, {args.threads} threads)",
+        "",
+        "| strategy | optimizer steps / iteration | off (ms) | stop (x off) | skip (x off) |",
+        "|---|---|---|---|---|",
+    ]
     for name in STRATEGIES:
         base = statistics.median(times[(name, "off")])
         ratios = [statistics.median(times[(name, m)]) / base for m in ("stop", "skip")]

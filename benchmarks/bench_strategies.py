@@ -57,12 +57,16 @@ def random_batch(size: int, batch: int, device):
 
     g = torch.Generator().manual_seed(0)
     od = (torch.rand(batch, size, size, generator=g) > 0.7).float()
-    return {k: v.to(device) for k, v in {
-        "image": torch.rand(batch, 3, size, size, generator=g),
-        "od": od, "oc": od * (torch.rand(batch, size, size, generator=g) > 0.5).float(),
-        "fovea_heatmap": torch.rand(batch, size, size, generator=g),
-        "glaucoma": (torch.rand(batch, generator=g) > 0.5).float(),
-    }.items()}
+    return {
+        k: v.to(device)
+        for k, v in {
+            "image": torch.rand(batch, 3, size, size, generator=g),
+            "od": od,
+            "oc": od * (torch.rand(batch, size, size, generator=g) > 0.5).float(),
+            "fovea_heatmap": torch.rand(batch, size, size, generator=g),
+            "glaucoma": (torch.rand(batch, generator=g) > 0.5).float(),
+        }.items()
+    }
 
 
 def random_person_batch(size: int, batch: int, device):
@@ -89,8 +93,15 @@ def setting_tasks_and_model(setting: str, width: float, backbone: str, dropout: 
     return refuge_tasks(), lambda tasks: UNetVGG16(tasks, width=width, dropout=dropout), ("image",)
 
 
-def build(name: str, width: float, mode: str | None, dropout: float = 0.8, extra: list[str] | None = None,
-          setting: str = "refuge", backbone: str = "resnet18"):
+def build(
+    name: str,
+    width: float,
+    mode: str | None,
+    dropout: float = 0.8,
+    extra: list[str] | None = None,
+    setting: str = "refuge",
+    backbone: str = "resnet18",
+):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -139,8 +150,9 @@ def libmtl_step_factory(name: str, model, tasks, optimizer, device):
 
     # LibMTL 1.1.5 (the PyPI release) imports torchvision.models.utils, removed from torchvision
     # since; the one function it takes from there lives in torch.hub
-    sys.modules.setdefault("torchvision.models.utils",
-                           types.SimpleNamespace(load_state_dict_from_url=torch.hub.load_state_dict_from_url))
+    sys.modules.setdefault(
+        "torchvision.models.utils", types.SimpleNamespace(load_state_dict_from_url=torch.hub.load_state_dict_from_url)
+    )
     import LibMTL.weighting as weighting
 
     class_name, kwargs = LIBMTL_REFERENCE[name]
@@ -183,8 +195,9 @@ def measure(args) -> dict:
     device = torch.device(args.device)
     name = args.strategy.removeprefix("torchjd:").removeprefix("libmtl:")
     extra = [f"optim.strategy.jacobian_method={args.jacobian_method}"] if args.jacobian_method else []
-    model, strategy, tasks, optimizer_factory, input_keys = build(name, args.width, args.mode, extra=extra,
-                                                                  setting=args.setting, backbone=args.backbone)
+    model, strategy, tasks, optimizer_factory, input_keys = build(
+        name, args.width, args.mode, extra=extra, setting=args.setting, backbone=args.backbone
+    )
     model.to(device)
     strategy.to(device)
     optimizers = strategy.configure_optimizers(model, optimizer_factory)
@@ -197,8 +210,9 @@ def measure(args) -> dict:
         import itertools
 
         # GA draws one batch per task: the same batch here, so that every strategy sees equal work
-        ctx = PlainContext(model, tasks, optimizers, task_batches={t.name: itertools.repeat(batch) for t in tasks},
-                           input_keys=input_keys)
+        ctx = PlainContext(
+            model, tasks, optimizers, task_batches={t.name: itertools.repeat(batch) for t in tasks}, input_keys=input_keys
+        )
         step = lambda b: strategy.training_step(ctx, b)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
@@ -229,10 +243,31 @@ def resident_mb() -> float:
 
 
 def run_child(strategy: str, mode: str | None, args, jacobian_method: str | None = None) -> dict:
-    command = [sys.executable, __file__, "--child", "--strategy", strategy, "--width", str(args.width),
-               "--size", str(args.size), "--batch", str(args.batch), "--repeats", str(args.repeats),
-               "--warmup", str(args.warmup), "--threads", str(args.threads), "--device", args.device,
-               "--setting", args.setting, "--backbone", args.backbone]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--strategy",
+        strategy,
+        "--width",
+        str(args.width),
+        "--size",
+        str(args.size),
+        "--batch",
+        str(args.batch),
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+        "--setting",
+        args.setting,
+        "--backbone",
+        args.backbone,
+    ]
     if mode:
         command += ["--mode", mode]
     if jacobian_method:
@@ -300,14 +335,18 @@ def main() -> None:
         results[label] = run_child(strategy, mode, args, method)
         print(f"{label:28s} {results[label]['seconds']:.4f} s  {results[label]['peak_mb']:.0f} MB", flush=True)
     base = results["vanilla"]
+    memory_kind = "allocated CUDA memory" if args.device != "cpu" else "the process resident set size"
     lines = [
         "# Strategies: seconds per training iteration relative to vanilla",
         "",
-        (f"EMOTIC two-encoder network ({args.backbone}), two {args.size}x{args.size} inputs, batch {args.batch}, "
-         f"T = {t} binary tasks (the 26 categories), " if many else
-         f"U-Net VGG (width {args.width}), {args.size}x{args.size} images, batch {args.batch}, T = {t} tasks, ") +
-        f"device {args.device}, {args.threads} threads, median of {args.repeats} after {args.warmup} warm-up "
-        f"iterations; peak memory = growth of {'allocated CUDA memory' if args.device != 'cpu' else 'the process resident set size'} "
+        (
+            f"EMOTIC two-encoder network ({args.backbone}), two {args.size}x{args.size} inputs, batch {args.batch}, "
+            f"T = {t} binary tasks (the 26 categories), "
+            if many
+            else f"U-Net VGG (width {args.width}), {args.size}x{args.size} images, batch {args.batch}, T = {t} tasks, "
+        )
+        + f"device {args.device}, {args.threads} threads, median of {args.repeats} after {args.warmup} warm-up "
+        f"iterations; peak memory = growth of {memory_kind} "
         "over the whole run above the model and batch (activations, gradients, optimizer states, workspace).",
         "",
         "| strategy | s / iteration | x vanilla | target | met | peak MB | x vanilla |",
@@ -320,8 +359,10 @@ def main() -> None:
         text, bound = target_for(name, t, profiles, mode) if ":" not in name else ("", None)
         met = "" if bound is None else ("yes" if ratio <= bound else "no")
         target = f"{text} = {bound:.2f}" if bound else ""
-        lines.append(f"| {label} | {r['seconds']:.4f} | {ratio:.2f} | {target} | {met} | {r['peak_mb']:.0f} | "
-                     f"{r['peak_mb'] / base['peak_mb']:.2f} |")
+        lines.append(
+            f"| {label} | {r['seconds']:.4f} | {ratio:.2f} | {target} | {met} | {r['peak_mb']:.0f} | "
+            f"{r['peak_mb'] / base['peak_mb']:.2f} |"
+        )
     table = "\n".join(lines) + "\n"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(table)

@@ -22,7 +22,6 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
 
-
 def steps(name, device, dtype, autocast, width=1 / 16, size=64):
     import torch
 
@@ -52,9 +51,12 @@ def main() -> None:
     parser.add_argument("--output", default=str(HERE / "results" / "cuda_check.md"))
     args = parser.parse_args()
     cuda = torch.device("cuda")
-    lines = [f"# CUDA checks ({torch.cuda.get_device_name()}, torch {torch.__version__})", "",
-             "| strategy | max abs diff CUDA vs CPU (float64, 2 steps) | bf16 autocast: finite | bf16: max update |",
-             "|---|---:|---|---:|"]
+    lines = [
+        f"# CUDA checks ({torch.cuda.get_device_name()}, torch {torch.__version__})",
+        "",
+        "| strategy | max abs diff CUDA vs CPU (float64, 2 steps) | bf16 autocast: finite | bf16: max update |",
+        "|---|---:|---|---:|",
+    ]
     failures = []
     from medmtl.catalogue import strategy_names
 

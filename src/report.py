@@ -20,10 +20,19 @@ def main() -> None:
     parser.add_argument("sweeps", nargs="+", help="one or several multirun folders (one job folder per run)")
     parser.add_argument("--output", default=None, help="where to write (default: <first sweep>/report)")
     parser.add_argument("--metrics", nargs="*", default=None, help="columns, in order (default: every test metric)")
-    parser.add_argument("--baseline", nargs="+", default=["stl"],
-                        help="the single-task method(s) of Delta_MTL; several when they share the tasks out")
-    parser.add_argument("--overlay", nargs="*", default=None, metavar="METHOD",
-                        help="methods of the segmentation overlay (default: the baseline and the best by AUC)")
+    parser.add_argument(
+        "--baseline",
+        nargs="+",
+        default=["stl"],
+        help="the single-task method(s) of Delta_MTL; several when they share the tasks out",
+    )
+    parser.add_argument(
+        "--overlay",
+        nargs="*",
+        default=None,
+        metavar="METHOD",
+        help="methods of the segmentation overlay (default: the baseline and the best by AUC)",
+    )
     args = parser.parse_args()
     try:
         output = write_report(args.sweeps, args.output, args.metrics, args.baseline, args.overlay)

@@ -41,16 +41,23 @@ CONF = PROJECT_ROOT / "conf"
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 #: the real sample files beside the repository (CI has them; a test that reads them says when absent)
 IDRID_SAMPLE = SHARED_DATA / "idrid"
-needs_idrid_sample = pytest.mark.skipif(not (IDRID_SAMPLE / "A. Segmentation").is_dir(),
-                                        reason=f"the IDRiD sample is not at {IDRID_SAMPLE}")
+needs_idrid_sample = pytest.mark.skipif(
+    not (IDRID_SAMPLE / "A. Segmentation").is_dir(), reason=f"the IDRiD sample is not at {IDRID_SAMPLE}"
+)
 MEDMNIST_SAMPLE = SHARED_DATA / "medmnist"
-needs_medmnist_sample = pytest.mark.skipif(not (MEDMNIST_SAMPLE / "breastmnist.npz").is_file(),
-                                           reason=f"the official MedMNIST sample files are not at {MEDMNIST_SAMPLE}")
+needs_medmnist_sample = pytest.mark.skipif(
+    not (MEDMNIST_SAMPLE / "breastmnist.npz").is_file(), reason=f"the official MedMNIST sample files are not at {MEDMNIST_SAMPLE}"
+)
 
 #: Small enough to write in a second, large enough for 5 stratified folds.
 SMALL_SPEC = SyntheticRefugeSpec(
-    n_train=24, n_val=16, n_test=10, train_size=(176, 160), eval_size=(160, 160),
-    glaucoma_threshold=0.55, seed=3,
+    n_train=24,
+    n_val=16,
+    n_test=10,
+    train_size=(176, 160),
+    eval_size=(160, 160),
+    glaucoma_threshold=0.55,
+    seed=3,
 )
 
 
@@ -59,8 +66,17 @@ def quiet_trainer(tmp_path: Path, **settings):
     ``settings`` (max_epochs, limit_*_batches, ...) are passed on."""
     import lightning as L
 
-    return L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                     num_sanity_val_steps=0, default_root_dir=tmp_path, enable_checkpointing=False, **settings)
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
+        **settings,
+    )
+
 
 #: the quickstart shrunk to seconds: a tiny U-Net, 32 px, a 38-image synthetic REFUGE, one epoch
 TINY = [
@@ -80,14 +96,20 @@ TINY = [
 
 
 def run(script: str, overrides: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MEDMTL_LOG_DIR": str(tmp_path / "logs"), "MEDMTL_DATA_DIR": str(tmp_path / "data"),
-           "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "MEDMTL_LOG_DIR": str(tmp_path / "logs"),
+        "MEDMTL_DATA_DIR": str(tmp_path / "data"),
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+    }
     return subprocess.run(
         [sys.executable, str(PROJECT_ROOT / "src" / script), *overrides],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
-
-
 
 
 def fit_briefly(module, datamodule, tmp_path, test: bool = False, **limits):

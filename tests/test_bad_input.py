@@ -90,6 +90,7 @@ def _set(column, row, value):
     def edit(frame):
         frame[column] = frame[column].astype(object)
         frame.loc[row, column] = value
+
     return edit
 
 
@@ -103,15 +104,27 @@ def _truncate(path):
 
 
 XLSX_CASES = {
-    "empty fovea cell": (layout.TRAIN_XLSX, _set("Fovea_X", 2, None),
-                         r"Fovea_location.xlsx, row 4, column Fovea_X: the value is empty"),
-    "text in a number": (layout.VAL_XLSX, _set("Fovea_Y", 0, "abc"),
-                         r"Fovea_locations.xlsx, row 2, column Fovea_Y: the value is 'abc', not a number"),
-    "label outside 0/1": (layout.VAL_XLSX, _set("Glaucoma Label", 1, 2),
-                          r"row 3, column Glaucoma Label: the label is 2; expected 0 or 1"),
+    "empty fovea cell": (
+        layout.TRAIN_XLSX,
+        _set("Fovea_X", 2, None),
+        r"Fovea_location.xlsx, row 4, column Fovea_X: the value is empty",
+    ),
+    "text in a number": (
+        layout.VAL_XLSX,
+        _set("Fovea_Y", 0, "abc"),
+        r"Fovea_locations.xlsx, row 2, column Fovea_Y: the value is 'abc', not a number",
+    ),
+    "label outside 0/1": (
+        layout.VAL_XLSX,
+        _set("Glaucoma Label", 1, 2),
+        r"row 3, column Glaucoma Label: the label is 2; expected 0 or 1",
+    ),
     "an image listed twice": (layout.TEST_XLSX, _duplicate_first_row, r"lists the images \['T0001'\] more than once"),
-    "fovea off the image": (layout.TRAIN_XLSX, _set("Fovea_X", 0, 5000.0),
-                            r"fovea: the point \(5000, .*\) lies outside the 176x160 image"),
+    "fovea off the image": (
+        layout.TRAIN_XLSX,
+        _set("Fovea_X", 0, 5000.0),
+        r"fovea: the point \(5000, .*\) lies outside the 176x160 image",
+    ),
 }
 
 
@@ -152,8 +165,9 @@ def test_a_dataset_without_test_images_is_refused_before_training_starts(tmp_pat
     from medmtl.data.idrid_synthetic import SyntheticIdridDataModule
     from medmtl.run import check_data_before_training
 
-    dm = SyntheticIdridDataModule(str(tmp_path / "idrid"), resolution=(32, 48),
-                                  synthetic={"n_segmentation": [4, 0], "n_grading": [4, 0], "size": [48, 72]})
+    dm = SyntheticIdridDataModule(
+        str(tmp_path / "idrid"), resolution=(32, 48), synthetic={"n_segmentation": [4, 0], "n_grading": [4, 0], "size": [48, 72]}
+    )
     with pytest.raises(DatasetError, match=r"The test split of SyntheticIdridDataModule is empty"):
         check_data_before_training(dm, test=True)
     check_data_before_training(dm, test=False)

@@ -1,12 +1,12 @@
 """Every option of every config group composes, and the key objects instantiate from it."""
 
-
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
 from helpers import CONF, compose_train, options
+
 GROUPS = ("data", "model", "optim", "trainer", "logger", "callbacks", "experiment")
 
 
@@ -69,8 +69,10 @@ def test_every_paper_experiment_builds_its_network_in_the_tiny_preset(experiment
     full = compose_train([f"experiment={experiment}", "model.pretrained=false", f"paths.log_dir={tmp_path}"])
     tiny = compose_train([f"experiment={experiment}", "preset=tiny", f"paths.log_dir={tmp_path}"])
     assert tiny.model._target_ == full.model._target_ and tiny.model.pretrained is False
-    size = {name: count_parameters(build_model(instantiate(cfg.model), refuge_tasks())) for name, cfg in
-            (("full", full), ("tiny", tiny))}
+    size = {
+        name: count_parameters(build_model(instantiate(cfg.model), refuge_tasks()))
+        for name, cfg in (("full", full), ("tiny", tiny))
+    }
     assert size["tiny"] < size["full"] / 2
 
 
@@ -85,6 +87,7 @@ def test_paper_tables_are_what_pascal_2022_reports(tmp_path):
         assert cfg.data.protocol == "official" and cfg.hydra.sweeper.params.seed == "0,1,2"
     lr = sweep("refuge_lr_sensitivity").hydra.sweeper.params
     assert lr.optim == "stl,mtl_io" and len(lr["optim.optimizer.lr"].split(",")) >= 3
+
 
 @pytest.mark.parametrize("arm", ["resnet50", "deeplabv3p", "moe"])
 def test_idrid_table1_arms_are_roy_2025s_networks_and_shrink_in_the_tiny_preset(arm, tmp_path):

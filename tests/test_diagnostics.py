@@ -40,11 +40,24 @@ def test_mao_effective_rate_uses_each_task_own_moment():
 
 def test_callback_writes_per_layer_per_task_rows(refuge_root, tmp_path):
     dm = RefugeDataModule(str(refuge_root), image_size=32, batch_size=4, augment=False)
-    module = MultiTaskModule(model=partial(UNetVGG16, width=1 / 16, dropout=0.0), strategy=EqualWeights(),
-                             tasks=dm.tasks, optimizer=partial(torch.optim.Adam, lr=1e-3))
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=3, limit_val_batches=0, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                        default_root_dir=tmp_path, callbacks=[TaskBalanceDiagnostics(every_n_iterations=2)])
+    module = MultiTaskModule(
+        model=partial(UNetVGG16, width=1 / 16, dropout=0.0),
+        strategy=EqualWeights(),
+        tasks=dm.tasks,
+        optimizer=partial(torch.optim.Adam, lr=1e-3),
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        callbacks=[TaskBalanceDiagnostics(every_n_iterations=2)],
+    )
     trainer.fit(module, datamodule=dm)
     rows = list(csv.DictReader((tmp_path / "diagnostics.csv").open()))
     layers = layers_of(module.model)
@@ -63,9 +76,12 @@ def test_task_balance_plots_are_written(tmp_path):
 
     from medmtl.analysis.task_balance import plot_per_layer, plot_per_step, read_diagnostics
 
-    rows = [(it, layer, task, 1e-3 * (i + 1), 1e-5 * (j + 1))
-            for it in (0, 50) for i, layer in enumerate(["encoder.a", "encoder.b", "decoder.c"])
-            for j, task in enumerate(["od", "glaucoma"])]
+    rows = [
+        (it, layer, task, 1e-3 * (i + 1), 1e-5 * (j + 1))
+        for it in (0, 50)
+        for i, layer in enumerate(["encoder.a", "encoder.b", "decoder.c"])
+        for j, task in enumerate(["od", "glaucoma"])
+    ]
     pd.DataFrame(rows, columns=["iteration", "layer", "task", "grad", "contribution"]).to_csv(tmp_path / "d.csv", index=False)
     frame = read_diagnostics(tmp_path / "d.csv")
     for path in (plot_per_layer(frame, tmp_path / "layers.png"), plot_per_step(frame, tmp_path / "steps.png", "encoder")):

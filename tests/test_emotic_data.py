@@ -19,15 +19,21 @@ SIZE = (40, 60)  # height, width of the hand-made images
 def person(box, categories, dims, annotators=None, combined=True):
     """One person as the release stores it; ``annotators``: several (categories, dims) for val/test."""
     if annotators is None:
-        return {"body_bbox": np.array([box], dtype=float),
-                "annotations_categories": {"categories": _cell(categories)},
-                "annotations_continuous": dict(zip(("valence", "arousal", "dominance"), dims))}
-    entry = {"body_bbox": np.array([box], dtype=float),
-             "annotations_categories": _struct_array([{"categories": _cell(c)} for c, _ in annotators]),
-             "annotations_continuous": _struct_array([dict(zip(("valence", "arousal", "dominance"), d)) for _, d in annotators])}
+        return {
+            "body_bbox": np.array([box], dtype=float),
+            "annotations_categories": {"categories": _cell(categories)},
+            "annotations_continuous": dict(zip(("valence", "arousal", "dominance"), dims)),
+        }
+    entry = {
+        "body_bbox": np.array([box], dtype=float),
+        "annotations_categories": _struct_array([{"categories": _cell(c)} for c, _ in annotators]),
+        "annotations_continuous": _struct_array([dict(zip(("valence", "arousal", "dominance"), d)) for _, d in annotators]),
+    }
     if combined:
-        entry |= {"combined_categories": _cell(categories),
-                  "combined_continuous": dict(zip(("valence", "arousal", "dominance"), dims))}
+        entry |= {
+            "combined_categories": _cell(categories),
+            "combined_continuous": dict(zip(("valence", "arousal", "dominance"), dims)),
+        }
     return entry
 
 
@@ -41,8 +47,14 @@ def write_release(root, persons_by_split, image_size=SIZE):
             path.parent.mkdir(parents=True, exist_ok=True)
             ramp = np.linspace(0, 250, image_size[1]).astype(np.uint8)  # left and right differ: flips show
             Image.fromarray(np.repeat(np.tile(ramp, (image_size[0], 1))[..., None], 3, axis=2)).save(path)
-            entries.append({"filename": name, "folder": "mscoco/images",
-                            "image_size": {"n_col": image_size[1], "n_row": image_size[0]}, "person": _struct_array(people)})
+            entries.append(
+                {
+                    "filename": name,
+                    "folder": "mscoco/images",
+                    "image_size": {"n_col": image_size[1], "n_row": image_size[0]},
+                    "person": _struct_array(people),
+                }
+            )
         structs[split] = _struct_array(entries)
     (root / "Annotations").mkdir(parents=True, exist_ok=True)
     savemat(root / "Annotations" / "Annotations.mat", structs)
@@ -50,10 +62,21 @@ def write_release(root, persons_by_split, image_size=SIZE):
 
 
 def default_release():
-    return {"train": [[person([2, 3, 20, 30], ["Anger", "Peace"], (3, 4, 5)), person([30, 0, 59, 39], ["Yearning"], (10, 1, 2))]],
-            "val": [[person([0, 0, 10, 10], ["Fear"], (5, 5, 5), annotators=[(["Fear"], (4, 6, 5)), (["Fear", "Pain"], (6, 4, 5))])]],
-            "test": [[person([1, 1, 12, 12], ["Pain", "Sadness"], (2, 3, 4),
-                             annotators=[(["Pain"], (1, 2, 3)), (["Sadness"], (3, 4, 5))], combined=False)]]}
+    return {
+        "train": [[person([2, 3, 20, 30], ["Anger", "Peace"], (3, 4, 5)), person([30, 0, 59, 39], ["Yearning"], (10, 1, 2))]],
+        "val": [[person([0, 0, 10, 10], ["Fear"], (5, 5, 5), annotators=[(["Fear"], (4, 6, 5)), (["Fear", "Pain"], (6, 4, 5))])]],
+        "test": [
+            [
+                person(
+                    [1, 1, 12, 12],
+                    ["Pain", "Sadness"],
+                    (2, 3, 4),
+                    annotators=[(["Pain"], (1, 2, 3)), (["Sadness"], (3, 4, 5))],
+                    combined=False,
+                )
+            ]
+        ],
+    }
 
 
 def module(root, tmp_path, **options):
@@ -124,13 +147,16 @@ def test_the_mat_file_is_converted_once_and_again_when_it_changes(tmp_path, monk
     assert len(calls) == 1 and dm.datasets["train"].source.records.categories[0][CATEGORIES.index("Happiness")] == 1
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda r: r["train"][0].__setitem__(0, person([70, 0, 90, 10], ["Anger"], (3, 3, 3))), "lies outside its 60x40 image"),
-    (lambda r: r["train"][0].__setitem__(0, person([5, 5, 5, 20], ["Anger"], (3, 3, 3))), "or is empty"),
-    (lambda r: r["train"][0].__setitem__(0, person([2, 3, 20, 30], ["Angst"], (3, 3, 3))), "unknown category 'Angst'"),
-    (lambda r: r["train"][0].__setitem__(0, person([2, 3, 20, 30], [], (3, 3, 3))), "empty category list"),
-    (lambda r: r["train"][0].__setitem__(0, person([2, 3, 20, 30], ["Anger"], (3, 11, 3))), "not all within 1-10"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda r: r["train"][0].__setitem__(0, person([70, 0, 90, 10], ["Anger"], (3, 3, 3))), "lies outside its 60x40 image"),
+        (lambda r: r["train"][0].__setitem__(0, person([5, 5, 5, 20], ["Anger"], (3, 3, 3))), "or is empty"),
+        (lambda r: r["train"][0].__setitem__(0, person([2, 3, 20, 30], ["Angst"], (3, 3, 3))), "unknown category 'Angst'"),
+        (lambda r: r["train"][0].__setitem__(0, person([2, 3, 20, 30], [], (3, 3, 3))), "empty category list"),
+        (lambda r: r["train"][0].__setitem__(0, person([2, 3, 20, 30], ["Anger"], (3, 11, 3))), "not all within 1-10"),
+    ],
+)
 def test_malformed_persons_are_named(change, message, tmp_path):
     release = default_release()
     change(release)
@@ -175,8 +201,9 @@ def test_the_preprocessed_form_reads_its_arrays(tmp_path):
     rng = np.random.default_rng(0)
     for split, n in (("train", 3), ("val", 2), ("test", 2)):
         header = "Index,Folder,Filename,Image Size,BBox,Categorical_Labels,Continuous_Labels,Gender,Age\n"
-        (folder / f"{split}.csv").write_text(header + "".join(f"{i},f,x{i}.jpg,\"[1,1]\",\"[0,0,1,1]\",\"['Fear']\",\"[5,5,5]\",M,Adult\n"
-                                                             for i in range(n)))
+        (folder / f"{split}.csv").write_text(
+            header + "".join(f'{i},f,x{i}.jpg,"[1,1]","[0,0,1,1]","[\'Fear\']","[5,5,5]",M,Adult\n' for i in range(n))
+        )
         np.save(folder / f"{split}_context_arr.npy", rng.integers(0, 255, (n, 224, 224, 3), dtype=np.uint8))
         np.save(folder / f"{split}_body_arr.npy", rng.integers(0, 255, (n, 128, 128, 3), dtype=np.uint8))
         cat = np.zeros((n, 26), dtype=np.float32)
@@ -196,8 +223,14 @@ def test_the_preprocessed_form_reads_its_arrays(tmp_path):
 
 def test_synthetic_labels_follow_what_is_drawn(tmp_path):
     """The body colour read from the pixels gives two of the person's categories, the box height its dominance."""
-    dm = SyntheticEmoticDataModule(str(tmp_path / "twin"), synthetic={"n_train": 6, "n_val": 2, "n_test": 2, "size": [96, 128]},
-                                   cache_dir=str(tmp_path / "cache"), context_size=32, body_size=16, augment=False)
+    dm = SyntheticEmoticDataModule(
+        str(tmp_path / "twin"),
+        synthetic={"n_train": 6, "n_val": 2, "n_test": 2, "size": [96, 128]},
+        cache_dir=str(tmp_path / "cache"),
+        context_size=32,
+        body_size=16,
+        augment=False,
+    )
     dm.setup("fit")
     source = dm.datasets["train"].source
     records = source.records
@@ -205,7 +238,7 @@ def test_synthetic_labels_follow_what_is_drawn(tmp_path):
     for i in range(len(records)):
         _, body, categories, dimensions = source(i)
         x1, y1, x2, y2 = records.box[i]
-        below_head = body[body.shape[0] // 4:].reshape(-1, 3).astype(float)
+        below_head = body[body.shape[0] // 4 :].reshape(-1, 3).astype(float)
         dominant = np.median(below_head, axis=0)  # the body colour covers most of the box; stripes the rest
         colour = int(np.argmin(np.abs(BODY_COLOURS - dominant).sum(1)))
         assert categories[colour] == 1 and categories[colour + 8] == 1, (i, colour)

@@ -25,8 +25,10 @@ def test_two_task_metrics_equal_scikit_learn_over_batches():
     logits, truth, dims_pred, dims_true = fake_split()
     evaluator = EmoticEvaluator(emotic_tasks("2task"))
     for i in range(0, 40, 16):
-        evaluator.update({"categories": logits[i:i + 16], "dimensions": dims_pred[i:i + 16]},
-                         {"categories": truth[i:i + 16], "dimensions": dims_true[i:i + 16]})
+        evaluator.update(
+            {"categories": logits[i : i + 16], "dimensions": dims_pred[i : i + 16]},
+            {"categories": truth[i : i + 16], "dimensions": dims_true[i : i + 16]},
+        )
     result = evaluator.compute()
     probability = torch.sigmoid(logits).numpy()
     labelled = [k for k in range(26) if truth[:, k].sum() > 0]

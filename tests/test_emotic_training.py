@@ -6,10 +6,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from helpers import fit_briefly
+from helpers import compose_train, fit_briefly, options
 from medmtl.data.emotic_synthetic import SyntheticEmoticDataModule
 from medmtl.module import MultiTaskModule
-from helpers import compose_train, options
 
 FAMILIES = ["vanilla", "ga", "mtl_io", "mao", "pcgrad", "mgda_ub", "jd_upgrad", "stl"]
 
@@ -21,12 +20,24 @@ def emotic_root(tmp_path_factory):
 
 def fit(root, setting: str, optim_name: str, tmp_path, test: bool = False):
     cfg = compose_train(["experiment=emotic_table2", "preset=tiny", f"optim={optim_name}"])
-    dm = SyntheticEmoticDataModule(str(root), synthetic={"n_train": 8, "n_val": 2, "n_test": 4, "size": [48, 64]},
-                                   setting=setting, context_size=32, body_size=32, batch_size=4, eval_batch_size=8,
-                                   cache_dir=str(tmp_path / "cache"))
+    dm = SyntheticEmoticDataModule(
+        str(root),
+        synthetic={"n_train": 8, "n_val": 2, "n_test": 4, "size": [48, 64]},
+        setting=setting,
+        context_size=32,
+        body_size=32,
+        batch_size=4,
+        eval_batch_size=8,
+        cache_dir=str(tmp_path / "cache"),
+    )
     torch.manual_seed(0)
-    module = MultiTaskModule(model=instantiate(cfg.model), strategy=instantiate(cfg.optim.strategy), tasks=dm.tasks,
-                             optimizer=instantiate(cfg.optim.optimizer), input_keys=dm.input_keys)
+    module = MultiTaskModule(
+        model=instantiate(cfg.model),
+        strategy=instantiate(cfg.optim.strategy),
+        tasks=dm.tasks,
+        optimizer=instantiate(cfg.optim.optimizer),
+        input_keys=dm.input_keys,
+    )
     return fit_briefly(module, dm, tmp_path, test, limit_val_batches=1)
 
 
@@ -36,8 +47,9 @@ def test_every_strategy_trains_the_two_task_setting(optim_name, emotic_root, tmp
     fit(emotic_root, "2task", optim_name, tmp_path)
 
 
-@pytest.mark.parametrize("optim_name", [pytest.param(o, marks=[] if o in ("vanilla", "ga", "mtl_io") else [pytest.mark.slow])
-                                       for o in FAMILIES])
+@pytest.mark.parametrize(
+    "optim_name", [pytest.param(o, marks=[] if o in ("vanilla", "ga", "mtl_io") else [pytest.mark.slow]) for o in FAMILIES]
+)
 def test_strategy_families_train_the_26_task_setting(optim_name, emotic_root, tmp_path):
     """Equal weights, GA and MTL-IO (one step per task) at T = 26 by default; the others in the slow run."""
     fit(emotic_root, "26task", optim_name, tmp_path)

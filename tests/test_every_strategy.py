@@ -7,11 +7,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from helpers import quiet_trainer
+from helpers import compose_train, options, quiet_trainer
 from medmtl.data.refuge import RefugeDataModule
 from medmtl.models.unet_vgg16 import UNetVGG16
 from medmtl.module import MultiTaskModule
-from helpers import compose_train, options
 
 
 def build(root, optim_name):

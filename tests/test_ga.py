@@ -20,8 +20,12 @@ def test_accumulated_gradient_is_the_sum_of_per_task_gradients_on_their_own_batc
     batches = {name: random_batch(10 + i) for i, name in enumerate(TASKS)}
     strategy = GradientAccumulation()
     strategy.setup(TASKS)
-    ctx = PlainContext(model, tasks, [torch.optim.SGD(model.parameters(), lr=0.0)],
-                       task_batches={k: itertools.repeat(v) for k, v in batches.items()})
+    ctx = PlainContext(
+        model,
+        tasks,
+        [torch.optim.SGD(model.parameters(), lr=0.0)],
+        task_batches={k: itertools.repeat(v) for k, v in batches.items()},
+    )
     strategy.training_step(ctx, batch=None)
 
     expected = [torch.zeros_like(p) for p in reference.parameters()]
@@ -58,8 +62,7 @@ def test_each_task_draws_from_its_own_loader():
 
     strategy = GradientAccumulation()
     strategy.setup(TASKS)
-    ctx = PlainContext(model, tasks, [torch.optim.SGD(model.parameters(), lr=0.01)],
-                       task_batches={k: stream(k) for k in TASKS})
+    ctx = PlainContext(model, tasks, [torch.optim.SGD(model.parameters(), lr=0.01)], task_batches={k: stream(k) for k in TASKS})
     for _ in range(3):
         strategy.training_step(ctx, batch=None)
     assert counters == {k: 3 for k in TASKS}

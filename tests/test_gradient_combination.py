@@ -135,8 +135,10 @@ AGGREGATORS = {
     "mgda": lambda: MGDA(),
     "mgda_l2": lambda: MGDA(normalization="l2"),
     "mgda_l2_rescaled": lambda: MGDA(normalization="l2", rescale=True),
-    **{f"jd_{name}": (lambda name=name: JacobianAggregator(name)) for name in
-       ("upgrad", "imtl_g", "aligned_mtl", "cagrad", "dualproj", "nash_mtl")},
+    **{
+        f"jd_{name}": (lambda name=name: JacobianAggregator(name))
+        for name in ("upgrad", "imtl_g", "aligned_mtl", "cagrad", "dualproj", "nash_mtl")
+    },
 }
 # with rescale=false MGDA's weights (from normalised gradients) meet the raw gradients: no claim
 NON_CONFLICTING = {"mgda", "mgda_l2_rescaled", "jd_upgrad", "jd_dualproj"}
@@ -267,7 +269,7 @@ def test_representation_mode_weights_come_from_gradients_at_z_and_reach_w_by_the
     outputs = reference(batch["image"])
     losses = [t.compute_loss(outputs[t.name], batch) for t in tasks]
     reference.zero_grad()
-    sum(w * l for w, l in zip(weights, losses)).backward()
+    sum(w * loss for w, loss in zip(weights, losses)).backward()
     for (name, ours), theirs in zip(model.named_parameters(), reference.parameters()):
         if name.startswith(("encoder.", "decoder.")):
             torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-5, atol=1e-9, msg=name)

@@ -8,14 +8,13 @@ import segmentation_models_pytorch as smp
 import torch
 from hydra.utils import instantiate
 
-from helpers import quiet_trainer
+from helpers import compose_train, quiet_trainer
 from medmtl.data.errors import DatasetError
 from medmtl.data.idrid import idrid_tasks
 from medmtl.data.idrid_synthetic import SyntheticIdridDataModule
 from medmtl.models.deeplabv3p import DeepLabV3Plus
 from medmtl.models.resnet_classifier import ResNetClassifier
 from medmtl.module import MultiTaskModule
-from helpers import compose_train
 
 LESIONS = ["ma", "he", "ex", "se", "od"]
 
@@ -24,8 +23,14 @@ def test_deeplabv3p_equals_smp_with_one_output_channel_per_lesion():
     """Our per-task 1x1 heads, up-sampled, are smp's segmentation head with the heads stacked."""
     torch.manual_seed(0)
     ours = DeepLabV3Plus(idrid_tasks(LESIONS, grades=[]), backbone="resnet18", decoder_channels=32).eval()
-    reference = smp.DeepLabV3Plus("resnet18", encoder_weights=None, encoder_output_stride=16, decoder_channels=32,
-                                  decoder_atrous_rates=(6, 12, 18), classes=len(LESIONS)).eval()
+    reference = smp.DeepLabV3Plus(
+        "resnet18",
+        encoder_weights=None,
+        encoder_output_stride=16,
+        decoder_channels=32,
+        decoder_atrous_rates=(6, 12, 18),
+        classes=len(LESIONS),
+    ).eval()
     reference.encoder.load_state_dict(ours.encoder.state_dict())
     reference.decoder.load_state_dict(ours.decoder.state_dict())
     conv = reference.segmentation_head[0]
@@ -33,7 +38,9 @@ def test_deeplabv3p_equals_smp_with_one_output_channel_per_lesion():
         conv.weight.copy_(torch.cat([ours.dense_heads[name].weight for name in LESIONS]))
         conv.bias.copy_(torch.cat([ours.dense_heads[name].bias for name in LESIONS]))
         image = torch.rand(2, 3, 64, 96)
-        expected = reference(image)
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)  # ImageNet statistics (our input normalisation)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        expected = reference((image - mean) / std)
         outputs = ours(image)
     torch.testing.assert_close(torch.stack([outputs[name] for name in LESIONS], dim=1), expected, rtol=1e-4, atol=1e-5)
 
@@ -107,15 +114,28 @@ def test_augmentation_moves_masks_with_the_image_and_replays_by_seed(idrid_root)
 
 @pytest.mark.parametrize("arm", ["resnet50", "deeplabv3p", "moe"])
 def test_each_table1_arm_trains_on_its_tasks(arm, idrid_root, tmp_path):
-    cfg = compose_train(["experiment=idrid_table1", "preset=tiny", f"idrid_arm={arm}", f"paths.log_dir={tmp_path}",
-                         "model.backbone=resnet18" if arm != "moe" else "model.backbone=resnet18"])
+    cfg = compose_train(
+        [
+            "experiment=idrid_table1",
+            "preset=tiny",
+            f"idrid_arm={arm}",
+            f"paths.log_dir={tmp_path}",
+            "model.backbone=resnet18" if arm != "moe" else "model.backbone=resnet18",
+        ]
+    )
     dm = instantiate(cfg.data, root=str(idrid_root), resolution=[32, 48])
-    expected = {"resnet50": {"retinopathy", "edema"}, "deeplabv3p": set(LESIONS),
-                "moe": {"retinopathy", "edema"} | set(LESIONS)}[arm]
+    expected = {"resnet50": {"retinopathy", "edema"}, "deeplabv3p": set(LESIONS), "moe": {"retinopathy", "edema"} | set(LESIONS)}[
+        arm
+    ]
     assert {t.name for t in dm.tasks} == expected
     torch.manual_seed(0)
-    module = MultiTaskModule(model=instantiate(cfg.model), strategy=instantiate(cfg.optim.strategy), tasks=dm.tasks,
-                             optimizer=instantiate(cfg.optim.optimizer), backbone_lr_scale=cfg.optim.backbone_lr_scale)
+    module = MultiTaskModule(
+        model=instantiate(cfg.model),
+        strategy=instantiate(cfg.optim.strategy),
+        tasks=dm.tasks,
+        optimizer=instantiate(cfg.optim.optimizer),
+        backbone_lr_scale=cfg.optim.backbone_lr_scale,
+    )
     trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2, deterministic=True)
     trainer.fit(module, datamodule=dm)
     (tested,) = trainer.test(module, datamodule=dm, verbose=False)
@@ -145,9 +165,13 @@ def test_deeplabv3p_on_every_idrid_task_trains_with_other_strategies(optim_name,
     cfg = compose_train([f"optim={optim_name}", f"paths.log_dir={tmp_path}"])
     dm = SyntheticIdridDataModule(str(idrid_root), resolution=(32, 48), batch_size=4, lesions=["od", "he"])
     torch.manual_seed(0)
-    module = MultiTaskModule(model=lambda tasks: DeepLabV3Plus(tasks, backbone="resnet18", decoder_channels=16),
-                             strategy=instantiate(cfg.optim.strategy), tasks=dm.tasks,
-                             optimizer=instantiate(cfg.optim.optimizer), backbone_lr_scale=0.1)
+    module = MultiTaskModule(
+        model=lambda tasks: DeepLabV3Plus(tasks, backbone="resnet18", decoder_channels=16),
+        strategy=instantiate(cfg.optim.strategy),
+        tasks=dm.tasks,
+        optimizer=instantiate(cfg.optim.optimizer),
+        backbone_lr_scale=0.1,
+    )
     before = [p.detach().clone() for p in module.parameters()]
     trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(module, datamodule=dm)
@@ -156,12 +180,15 @@ def test_deeplabv3p_on_every_idrid_task_trains_with_other_strategies(optim_name,
     assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters())), "nothing was trained"
 
 
-@pytest.mark.parametrize("options,error,message", [
-    ({"lesions": ["od", "cotton"]}, DatasetError, "Unknown IDRiD tasks \\['cotton'\\]"),
-    ({"grades": ["dme"]}, DatasetError, "Unknown IDRiD tasks \\['dme'\\]"),
-    ({"lesions": [], "grades": []}, DatasetError, "both empty"),
-    ({"missing_mask": "zero"}, ValueError, "data.missing_mask must be one of"),
-])
+@pytest.mark.parametrize(
+    "options,error,message",
+    [
+        ({"lesions": ["od", "cotton"]}, DatasetError, "Unknown IDRiD tasks \\['cotton'\\]"),
+        ({"grades": ["dme"]}, DatasetError, "Unknown IDRiD tasks \\['dme'\\]"),
+        ({"lesions": [], "grades": []}, DatasetError, "both empty"),
+        ({"missing_mask": "zero"}, ValueError, "data.missing_mask must be one of"),
+    ],
+)
 def test_bad_idrid_options_are_one_sentence_at_construction(idrid_root, options, error, message):
     with pytest.raises(error, match=message):
         SyntheticIdridDataModule(str(idrid_root), resolution=(32, 48), **options)

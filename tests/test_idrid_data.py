@@ -6,9 +6,10 @@ import shutil
 import pytest
 import torch
 
+from helpers import IDRID_SAMPLE as REAL
+from helpers import needs_idrid_sample as needs_real
 from medmtl.data.idrid import IdridDataModule, idrid_tasks
 from medmtl.tasks import compute_losses
-from helpers import IDRID_SAMPLE as REAL, needs_idrid_sample as needs_real
 
 RESOLUTION = (32, 48)
 
@@ -53,8 +54,9 @@ def test_partial_labels_give_no_nan_and_no_gradient_to_an_absent_task(sample_roo
     batch = next(iter(dm.train_dataloader()))
     tasks = idrid_tasks()
     torch.manual_seed(0)
-    outputs = {t.name: torch.randn((4, t.num_outputs) if t.kind == "multiclass" else (4, *RESOLUTION), requires_grad=True)
-               for t in tasks}
+    outputs = {
+        t.name: torch.randn((4, t.num_outputs) if t.kind == "multiclass" else (4, *RESOLUTION), requires_grad=True) for t in tasks
+    }
     losses = compute_losses(tasks, outputs, batch)
     assert set(losses) == {"od", "he"}  # grades and the absent lesions have no labelled sample here
     assert all(torch.isfinite(v) for v in losses.values())
@@ -66,8 +68,12 @@ def test_partial_labels_give_no_nan_and_no_gradient_to_an_absent_task(sample_roo
 
 def test_a_mixed_batch_uses_only_the_labelled_samples_of_each_task():
     tasks = {t.name: t for t in idrid_tasks(["od"])}
-    batch = {"retinopathy": torch.tensor([3, 0]), "present/retinopathy": torch.tensor([True, False]),
-             "od": torch.zeros(2, 4, 4), "present/od": torch.tensor([False, True])}
+    batch = {
+        "retinopathy": torch.tensor([3, 0]),
+        "present/retinopathy": torch.tensor([True, False]),
+        "od": torch.zeros(2, 4, 4),
+        "present/od": torch.tensor([False, True]),
+    }
     logits = torch.zeros(2, 5, requires_grad=True)
     loss = tasks["retinopathy"].compute_loss(logits, batch)
     loss.backward()

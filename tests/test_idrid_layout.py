@@ -14,8 +14,9 @@ REAL, needs_real = IDRID_SAMPLE, needs_idrid_sample
 
 def test_grading_csv_with_crlf_trailing_empty_columns_blank_rows_and_spaced_headers(tmp_path):
     path = tmp_path / "grades.csv"
-    path.write_bytes(b"Image name,Retinopathy grade,Risk of macular edema ,,,\r\n"
-                     b"IDRiD_001,3,2,,,\r\n,,,,,\r\nIDRiD_002, 0 ,1,,,\r\n\r\n")
+    path.write_bytes(
+        b"Image name,Retinopathy grade,Risk of macular edema ,,,\r\nIDRiD_001,3,2,,,\r\n,,,,,\r\nIDRiD_002, 0 ,1,,,\r\n\r\n"
+    )
     assert read_grading(path) == {"IDRiD_001": (3, 2), "IDRiD_002": (0, 1)}
     assert list(read_table(path)[0]) == ["Image name", "Retinopathy grade", "Risk of macular edema"]
 
@@ -47,8 +48,9 @@ def test_the_shared_sample_as_it_is():
     assert first.masks["ma"] is None and first.masks["se"] is None
     mask = np.array(Image.open(first.masks["od"])) > 0
     assert mask.shape == (2848, 4288) and 0.005 < mask.mean() < 0.05  # the disc: a few percent of the image
-    assert len(read_grading(REAL / "B. Disease Grading" / "2. Groundtruths" /
-                            "a. IDRiD_Disease Grading_Training Labels.csv")) == 413
+    assert (
+        len(read_grading(REAL / "B. Disease Grading" / "2. Groundtruths" / "a. IDRiD_Disease Grading_Training Labels.csv")) == 413
+    )
 
 
 @needs_real

@@ -20,37 +20,51 @@ def _batch():
     """Three images: a segmentation image (OD mask, no HE mask), two grading images."""
     od = torch.zeros(3, 4, 6)
     od[0, 1:3, 1:4] = 1
-    return {"image": torch.rand(3, 3, 4, 6), "index": torch.tensor([10, 20, 21]),
-            "od": od, "he": torch.zeros(3, 4, 6),
-            "present/od": torch.tensor([True, False, False]), "present/he": torch.tensor([False, False, False]),
-            "retinopathy": torch.tensor([0, 3, 1]), "edema": torch.tensor([0, 2, 0]),
-            "present/retinopathy": torch.tensor([False, True, True]), "present/edema": torch.tensor([False, True, True])}
+    return {
+        "image": torch.rand(3, 3, 4, 6),
+        "index": torch.tensor([10, 20, 21]),
+        "od": od,
+        "he": torch.zeros(3, 4, 6),
+        "present/od": torch.tensor([True, False, False]),
+        "present/he": torch.tensor([False, False, False]),
+        "retinopathy": torch.tensor([0, 3, 1]),
+        "edema": torch.tensor([0, 2, 0]),
+        "present/retinopathy": torch.tensor([False, True, True]),
+        "present/edema": torch.tensor([False, True, True]),
+    }
 
 
 def test_evaluator_keeps_the_first_image_of_each_set_with_absent_grades_as_minus_one():
     evaluator = IdridEvaluator(idrid_tasks(["od", "he"]), examples_per_set=1)
-    outputs = {"od": torch.randn(3, 4, 6), "he": torch.randn(3, 4, 6),
-               "retinopathy": torch.randn(3, 5), "edema": torch.randn(3, 3)}
+    outputs = {
+        "od": torch.randn(3, 4, 6),
+        "he": torch.randn(3, 4, 6),
+        "retinopathy": torch.randn(3, 5),
+        "edema": torch.randn(3, 3),
+    }
     evaluator.update(outputs, _batch())
     kept = evaluator.predictions()
     assert kept["example_index"].tolist() == [10, 20]  # one per image set; image 21 is a third
     assert kept["example_grade_true"].tolist() == [[-1, -1], [3, 2]]
-    assert kept["example_grade_pred"].tolist() == [[int(outputs["retinopathy"][i].argmax()), int(outputs["edema"][i].argmax())]
-                                                   for i in (0, 1)]
+    assert kept["example_grade_pred"].tolist() == [
+        [int(outputs["retinopathy"][i].argmax()), int(outputs["edema"][i].argmax())] for i in (0, 1)
+    ]
     assert kept["example_lesion_present"].tolist() == [[True, False], [False, False]]
     np.testing.assert_array_equal(kept["example_lesion_pred"][0, 0], (outputs["od"][0] > 0).numpy())  # sigmoid > 0.5
     np.testing.assert_array_equal(kept["example_lesion_true"][0, 0], _batch()["od"][0].numpy() > 0.5)
     assert list(kept["example_lesion_names"]) == ["od", "he"]
     panels, captions = panels_with_captions({k.removeprefix("example_"): v for k, v in kept.items()})
     assert panels[0].shape == (4, 12, 3) and panels[0].dtype == np.uint8
-    assert captions[1].endswith(f"predicted: retinopathy {kept['example_grade_pred'][1][0]}, edema {kept['example_grade_pred'][1][1]}")
+    assert captions[1].endswith(
+        f"predicted: retinopathy {kept['example_grade_pred'][1][0]}, edema {kept['example_grade_pred'][1][1]}"
+    )
 
 
 def test_tint_blends_each_lesion_colour():
     image = np.full((2, 2, 3), 100, np.uint8)
     masks = np.zeros((2, 2, 2), bool)
-    masks[0, 0, 0] = True   # od at (0, 0)
-    masks[1, 1, 1] = True   # ex at (1, 1)
+    masks[0, 0, 0] = True  # od at (0, 0)
+    masks[1, 1, 1] = True  # ex at (1, 1)
     rgb = tint(image, masks, ["od", "ex"], alpha=0.5)
     np.testing.assert_allclose(rgb[0, 0], 0.5 * 100 / 255 + 0.5 * np.array(LESION_COLOURS["od"]))
     np.testing.assert_allclose(rgb[1, 1], 0.5 * 100 / 255 + 0.5 * np.array(LESION_COLOURS["ex"]))

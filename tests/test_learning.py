@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from helpers import untrained_and_trained
-from helpers import run
+from helpers import run, untrained_and_trained
 
 
 @pytest.mark.slow
@@ -36,8 +35,9 @@ def test_quickstart_learns_well_beyond_an_untrained_network(tmp_path):
 def test_the_tiny_nyudv2_experiment_learns_every_scene_task(tmp_path):
     """Hervella et al. 2024's Table 5 arm (MTAN, equal weights) with preset=tiny on the synthetic
     NYUDv2 (a minute on 2 cores): each task ends well beyond the same network untrained."""
-    untrained, trained = untrained_and_trained(["experiment=nyudv2_mao_table5", "preset=tiny", "mao_method=equal_weights"],
-                                               tmp_path)
+    untrained, trained = untrained_and_trained(
+        ["experiment=nyudv2_mao_table5", "preset=tiny", "mao_method=equal_weights"], tmp_path
+    )
     assert trained["semseg_pixel_acc"] > untrained["semseg_pixel_acc"] + 0.2
     assert trained["semseg_miou"] > untrained["semseg_miou"] + 0.05
     assert trained["normals_angle_mean"] < untrained["normals_angle_mean"] - 20

@@ -59,8 +59,15 @@ def test_two_mao_steps_match_the_formulas(bias_correction, eps_placement):
     model = tiny_unet()
     reference = copy.deepcopy(model)
     strategy = MultiAdaptiveOptimization()
-    optimizer = MultiAdaptive(model.parameters(), lr=LR, betas=(B1, B2), eps=EPS, weight_decay=WD,
-                              bias_correction=bias_correction, eps_placement=eps_placement)
+    optimizer = MultiAdaptive(
+        model.parameters(),
+        lr=LR,
+        betas=(B1, B2),
+        eps=EPS,
+        weight_decay=WD,
+        bias_correction=bias_correction,
+        eps_placement=eps_placement,
+    )
     batches = [random_batch(1), random_batch(2)]
     for batch in batches:
         strategy.training_step(PlainContext(model, tasks, [optimizer]), batch)

@@ -66,8 +66,13 @@ def test_samples_are_three_channel_images_or_stacks_of_slices(tmp_path):
     assert shapes["breastmnist"] == shapes["bloodmnist"] == (3, 28, 28)
     assert shapes["nodulemnist3d"] == (28, 3, 28, 28)
     kinds = {t.name: (t.kind, t.num_outputs) for t in dm.tasks}
-    assert kinds == {"breastmnist": ("binary", 1), "bloodmnist": ("multiclass", 8), "chestmnist": ("multilabel", 14),
-                     "nodulemnist3d": ("binary", 1), "retinamnist": ("multiclass", 5)}
+    assert kinds == {
+        "breastmnist": ("binary", 1),
+        "bloodmnist": ("multiclass", 8),
+        "chestmnist": ("multilabel", 14),
+        "nodulemnist3d": ("binary", 1),
+        "retinamnist": ("multiclass", 5),
+    }
     sample = dm.datasets["chestmnist"]["train"][0]
     assert sample["chestmnist"].shape == (14,) and sample["image"].min() >= -1 and sample["image"].max() <= 1
 
@@ -122,8 +127,9 @@ def test_umedpt_segmentation_task_uses_the_shared_decoder():
     from medmtl import losses
     from medmtl.tasks import Task
 
-    model = UMedPT([Task("lesion", "segmentation", losses.binary_cross_entropy), medmnist_task("breastmnist")],
-                   backbone="test_resnet")
+    model = UMedPT(
+        [Task("lesion", "segmentation", losses.binary_cross_entropy), medmnist_task("breastmnist")], backbone="test_resnet"
+    )
     assert model(torch.rand(2, 3, 32, 32), ["lesion"])["lesion"].shape == (2, 32, 32)
     assert model.decoder is not None and model.path_modules("lesion")[1] is model.decoder
 
@@ -138,8 +144,14 @@ def test_umedpt_reads_swin_features_channels_last():
 
 
 def test_joint_batches_concatenate_one_batch_per_task_with_presence_masks(tmp_path):
-    dm = SyntheticMedMNISTDataModule(str(tmp_path), ["breastmnist", "bloodmnist", "chestmnist"],
-                                     synthetic={"n_train": 8, "n_val": 2, "n_test": 2}, batch_size=3, joint_batches=True, steps_per_epoch=2)
+    dm = SyntheticMedMNISTDataModule(
+        str(tmp_path),
+        ["breastmnist", "bloodmnist", "chestmnist"],
+        synthetic={"n_train": 8, "n_val": 2, "n_test": 2},
+        batch_size=3,
+        joint_batches=True,
+        steps_per_epoch=2,
+    )
     dm.setup()
     assert not dm.separate_task_inputs
     batches = list(dm.train_dataloader())
@@ -188,7 +200,9 @@ def test_normalised_losses_are_one_at_chance(flag):
     task = medmnist_task(flag)
     logits = torch.zeros(4) if task.kind == "binary" else torch.zeros(4, task.num_outputs)  # the heads' shapes
     n = task.num_outputs
-    target = torch.zeros(4, n) if task.kind == "multilabel" else (torch.zeros(4) if task.kind == "binary" else torch.arange(4) % n)
+    target = (
+        torch.zeros(4, n) if task.kind == "multilabel" else (torch.zeros(4) if task.kind == "binary" else torch.arange(4) % n)
+    )
     torch.testing.assert_close(task.loss(logits, target).mean(), torch.tensor(1.0))
     raw = medmnist_task(flag, loss_normalization=False).loss(logits, target).mean()
     expected = math.log(n) if task.kind == "multiclass" else math.log(2.0)
@@ -217,12 +231,13 @@ def test_weak_augmentation_never_flips_and_replays_from_its_seed():
 
 
 def test_training_samples_are_augmented_in_unit_range_and_evaluation_samples_are_not(tmp_path):
-    dm = SyntheticMedMNISTDataModule(str(tmp_path), ["bloodmnist"], synthetic={"n_train": 4, "n_val": 2, "n_test": 2},
-                                     batch_size=2, augment=True)
+    dm = SyntheticMedMNISTDataModule(
+        str(tmp_path), ["bloodmnist"], synthetic={"n_train": 4, "n_val": 2, "n_test": 2}, batch_size=2, augment=True
+    )
     dm.setup()
     train, val = dm.datasets["bloodmnist"]["train"], dm.datasets["bloodmnist"]["val"]
     plain = train[0]["image"]
     assert plain.min() >= 0 and plain.max() <= 1 and plain.max() > 0.5
     torch.testing.assert_close(plain, torch.from_numpy(train.images[0]).float().permute(2, 0, 1) / 255)
-    assert not torch.allclose(train[(0, 11)]["image"], plain)      # a sampler key carries an augmentation seed
+    assert not torch.allclose(train[(0, 11)]["image"], plain)  # a sampler key carries an augmentation seed
     torch.testing.assert_close(val[(0, 11)]["image"], val[0]["image"])  # evaluation is never augmented

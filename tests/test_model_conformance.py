@@ -8,12 +8,12 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from helpers import compose_train, options
 from medmtl.data.emotic import emotic_tasks
 from medmtl.data.idrid import idrid_tasks
 from medmtl.data.nyudv2 import nyudv2_tasks
 from medmtl.models import SeparateNetworks, build_model
 from medmtl.tasks import refuge_tasks
-from helpers import compose_train, options
 
 SCENE = lambda: nyudv2_tasks("nyud_mt", ["semseg", "depth", "normals", "edge"])
 #: per model: the task set it is tested with (its papers' tasks) and extra overrides

@@ -19,8 +19,18 @@ def member_weights(checkpoint: dict, task: str) -> dict[str, torch.Tensor]:
 def test_each_task_network_is_tested_at_its_own_lowest_validation_loss(tmp_path):
     folder = tmp_path / "run"
     # lr 0.01 makes the tasks' validation losses bottom out at different epochs (a property of this seeded run)
-    result = run("train.py", [*TINY, "optim=stl", "trainer.max_epochs=5", "optim.optimizer.lr=0.01",
-                              "callbacks.model_checkpoint.save_top_k=-1", f"hydra.run.dir={folder}"], tmp_path)
+    result = run(
+        "train.py",
+        [
+            *TINY,
+            "optim=stl",
+            "trainer.max_epochs=5",
+            "optim.optimizer.lr=0.01",
+            "callbacks.model_checkpoint.save_top_k=-1",
+            f"hydra.run.dir={folder}",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((folder / "metrics.json").read_text())
     logged = pd.read_csv(folder / "csv" / "metrics.csv").dropna(subset=["val/loss"]).set_index("epoch")
@@ -36,6 +46,7 @@ def test_each_task_network_is_tested_at_its_own_lowest_validation_loss(tmp_path)
 
 
 def test_per_task_selection_needs_separate_networks(tmp_path):
-    result = run("train.py", [*TINY, "optim=vanilla", "+optim.model_selection=per_task", f"hydra.run.dir={tmp_path / 'run'}"],
-                 tmp_path)
+    result = run(
+        "train.py", [*TINY, "optim=vanilla", "+optim.model_selection=per_task", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path
+    )
     assert result.returncode == 2 and "needs one network per task (optim=stl)" in result.stderr

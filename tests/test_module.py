@@ -21,8 +21,14 @@ def make(root, strategy, **trainer_kwargs):
         tasks=dm.tasks,
         optimizer=partial(torch.optim.Adam, lr=1e-3),
     )
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, **trainer_kwargs)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **trainer_kwargs,
+    )
     return dm, module, trainer
 
 
@@ -69,8 +75,9 @@ def test_fp16_scaler_is_refused_for_multi_step_strategies():
 
 
 def test_vanilla_trains_with_bf16(refuge_root):
-    dm, module, trainer = make(refuge_root, EqualWeights(), max_steps=2, precision="bf16-mixed", enable_checkpointing=False,
-                               limit_val_batches=0)
+    dm, module, trainer = make(
+        refuge_root, EqualWeights(), max_steps=2, precision="bf16-mixed", enable_checkpointing=False, limit_val_batches=0
+    )
     trainer.fit(module, datamodule=dm)
     assert module.iterations == 2
     assert all(torch.isfinite(p).all() for p in module.parameters())
@@ -103,8 +110,13 @@ def test_gradient_clipping_is_refused_where_the_update_ignores_grad():
     from medmtl.tasks import refuge_tasks as tasks
 
     with pytest.raises(ValueError, match="gradient_clip_val=null"):
-        MultiTaskModule(model=partial(UNetVGG16, width=1 / 16), strategy=MultiAdaptiveOptimization(),
-                        tasks=tasks(), optimizer=partial(torch.optim.Adam, lr=1e-3), gradient_clip_val=1.0)
+        MultiTaskModule(
+            model=partial(UNetVGG16, width=1 / 16),
+            strategy=MultiAdaptiveOptimization(),
+            tasks=tasks(),
+            optimizer=partial(torch.optim.Adam, lr=1e-3),
+            gradient_clip_val=1.0,
+        )
 
 
 def test_gradient_clipping_bounds_the_update_norm():

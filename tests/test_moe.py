@@ -7,30 +7,41 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from helpers import quiet_trainer
+from helpers import compose_train, options, quiet_trainer
 from medmtl.data.idrid import idrid_tasks
 from medmtl.data.idrid_synthetic import SyntheticIdridDataModule
 from medmtl.models.moe_deeplabv3p import MoEDeepLabV3Plus, top_p_mask
 from medmtl.module import MultiTaskModule, with_backbone_lr
-from helpers import compose_train, options
 
 TINY = dict(backbone="test_resnet", aspp_channels=8, decoder_channels=8, classifier_channels=8)
 
 
 @pytest.mark.parametrize("of", ["raw", "normalised"])
 def test_top_p_keeps_the_fewest_experts_reaching_p(of):
-    scores = torch.tensor([[0.9, 0.05, 0.05],   # sums to 1: raw = q. .9 alone reaches 0.8
-                           [0.4, 0.4, 0.2],     # .4 .4 .2: two experts (0.8)
-                           [0.3, 0.5, 0.2],     # .5 then .3 -> 0.8 with two
-                           [0.34, 0.33, 0.33]]) # .34 .33 .33: .67 < .8 -> all three
-    assert top_p_mask(scores, 0.8, of).tolist() == [[True, False, False], [True, True, False],
-                                                    [True, True, False], [True, True, True]]
+    scores = torch.tensor(
+        [
+            [0.9, 0.05, 0.05],  # sums to 1: raw = q. .9 alone reaches 0.8
+            [0.4, 0.4, 0.2],  # .4 .4 .2: two experts (0.8)
+            [0.3, 0.5, 0.2],  # .5 then .3 -> 0.8 with two
+            [0.34, 0.33, 0.33],
+        ]
+    )  # .34 .33 .33: .67 < .8 -> all three
+    assert top_p_mask(scores, 0.8, of).tolist() == [
+        [True, False, False],
+        [True, True, False],
+        [True, True, False],
+        [True, True, True],
+    ]
 
 
 def test_top_p_on_raw_confidence_differs_from_normalised_scores():
     """Roy 2025: "the most confident experts such that their combined confidence score is at least p"."""
-    scores = torch.tensor([[0.9, 0.9, 0.9],     # raw: 0.9 >= 0.8 alone; q = 1/3 each: all three
-                           [0.2, 0.2, 0.1]])    # raw: 0.5 < 0.8, all three; q = .4 .4 .2: two
+    scores = torch.tensor(
+        [
+            [0.9, 0.9, 0.9],  # raw: 0.9 >= 0.8 alone; q = 1/3 each: all three
+            [0.2, 0.2, 0.1],
+        ]
+    )  # raw: 0.5 < 0.8, all three; q = .4 .4 .2: two
     assert top_p_mask(scores, 0.8, "raw").tolist() == [[True, False, False], [True, True, True]]
     assert top_p_mask(scores, 0.8, "normalised").tolist() == [[True, True, True], [True, True, False]]
 
@@ -88,15 +99,20 @@ def idrid_root(tmp_path_factory):
 REPRESENTATIVE = {"vanilla", "mtl_io", "ga", "pcgrad", "mgda_ub", "gradnorm", "stl"}
 
 
-@pytest.mark.parametrize("optim_name", [pytest.param(o, marks=[] if o in REPRESENTATIVE else [pytest.mark.slow])
-                                        for o in options("optim")])
+@pytest.mark.parametrize(
+    "optim_name", [pytest.param(o, marks=[] if o in REPRESENTATIVE else [pytest.mark.slow]) for o in options("optim")]
+)
 def test_every_strategy_trains_the_moe_with_partial_labels(optim_name, idrid_root, tmp_path):
     cfg = compose_train([f"optim={optim_name}"])
     dm = SyntheticIdridDataModule(str(idrid_root), resolution=(32, 48), batch_size=4, lesions=["od", "he", "se"])
     torch.manual_seed(0)
-    module = MultiTaskModule(model=partial(MoEDeepLabV3Plus, **TINY, dense_fraction=0.5),
-                             strategy=instantiate(cfg.optim.strategy), tasks=dm.tasks,
-                             optimizer=instantiate(cfg.optim.optimizer), backbone_lr_scale=0.1)
+    module = MultiTaskModule(
+        model=partial(MoEDeepLabV3Plus, **TINY, dense_fraction=0.5),
+        strategy=instantiate(cfg.optim.strategy),
+        tasks=dm.tasks,
+        optimizer=instantiate(cfg.optim.optimizer),
+        backbone_lr_scale=0.1,
+    )
     trainer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(module, datamodule=dm)
     assert module.iterations == 4
@@ -114,9 +130,9 @@ def test_a_short_run_on_the_real_sample_segments_the_optic_disc(tmp_path, networ
     above the untrained network's, for the MoE network and for the DeepLabV3+ baseline."""
     import shutil
 
+    from helpers import IDRID_SAMPLE as REAL
     from medmtl.data.idrid import IdridDataModule
     from medmtl.models.deeplabv3p import DeepLabV3Plus
-    from helpers import IDRID_SAMPLE as REAL, needs_idrid_sample as needs_real  # noqa: F401
 
     if not (REAL / "A. Segmentation").is_dir():
         pytest.skip(f"the IDRiD sample is not at {REAL}")
@@ -126,13 +142,24 @@ def test_a_short_run_on_the_real_sample_segments_the_optic_disc(tmp_path, networ
     def od_dice(epochs):
         torch.manual_seed(0)
         grades = ["retinopathy", "edema"] if network == "moe" else []
-        dm = IdridDataModule(str(root), resolution=(64, 96), lesions=["od", "he"], grades=grades, batch_size=4,
-                             val_fraction=0.25, skip_bad_samples=True)  # the sample has no grading images
+        dm = IdridDataModule(
+            str(root),
+            resolution=(64, 96),
+            lesions=["od", "he"],
+            grades=grades,
+            batch_size=4,
+            val_fraction=0.25,
+            skip_bad_samples=True,
+        )  # the sample has no grading images
         cfg = compose_train(["optim=vanilla"])
-        model = (partial(MoEDeepLabV3Plus, **TINY) if network == "moe"
-                 else partial(DeepLabV3Plus, backbone="resnet18", decoder_channels=16))
-        module = MultiTaskModule(model=model, strategy=instantiate(cfg.optim.strategy),
-                                 tasks=dm.tasks, optimizer=partial(torch.optim.AdamW, lr=3e-3))
+        model = (
+            partial(MoEDeepLabV3Plus, **TINY)
+            if network == "moe"
+            else partial(DeepLabV3Plus, backbone="resnet18", decoder_channels=16)
+        )
+        module = MultiTaskModule(
+            model=model, strategy=instantiate(cfg.optim.strategy), tasks=dm.tasks, optimizer=partial(torch.optim.AdamW, lr=3e-3)
+        )
         trainer = quiet_trainer(tmp_path, max_epochs=epochs)
         if epochs:
             trainer.fit(module, datamodule=dm)
@@ -176,8 +203,13 @@ def test_plain_and_lightning_contexts_are_one_implementation_with_the_gate_losse
 
     model = _model().train()
     tasks = idrid_tasks(["od", "he"])
-    batch = {"image": torch.rand(2, 3, 64, 64), "od": (torch.rand(2, 64, 64) > 0.5).float(),
-             "he": (torch.rand(2, 64, 64) > 0.5).float(), "retinopathy": torch.tensor([0, 3]), "edema": torch.tensor([1, 2])}
+    batch = {
+        "image": torch.rand(2, 3, 64, 64),
+        "od": (torch.rand(2, 64, 64) > 0.5).float(),
+        "he": (torch.rand(2, 64, 64) > 0.5).float(),
+        "retinopathy": torch.tensor([0, 3]),
+        "edema": torch.tensor([1, 2]),
+    }
     ctx = PlainContext(model, tasks, [])
     assert isinstance(ctx, TrainingContext)
     outputs = ctx.forward(batch)

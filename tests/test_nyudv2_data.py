@@ -33,8 +33,8 @@ def same_surface(scene: dict, labels: np.ndarray, normals: np.ndarray) -> np.nda
     """Pixels (v, u) whose right and lower neighbours lie on the same plane (same label and normal), valid."""
     same = np.ones((labels.shape[0] - 1, labels.shape[1] - 1), dtype=bool)
     for dv, du in ((0, 1), (1, 0)):
-        other_l = labels[dv:dv + same.shape[0], du:du + same.shape[1]]
-        other_n = normals[dv:dv + same.shape[0], du:du + same.shape[1]]
+        other_l = labels[dv : dv + same.shape[0], du : du + same.shape[1]]
+        other_n = normals[dv : dv + same.shape[0], du : du + same.shape[1]]
         same &= (other_l == labels[:-1, :-1]) & (np.abs(other_n - normals[:-1, :-1]).sum(-1) < 1e-6)
     return same & (labels[:-1, :-1] >= 0)
 
@@ -61,8 +61,12 @@ def test_twin_normals_agree_with_normals_estimated_from_depth(scene):
 
 
 def test_horizontal_flip_negates_the_normals_x_component(scene):
-    sample = {"image": torch.from_numpy(scene["image"]).permute(2, 0, 1), "depth": torch.from_numpy(scene["depth"]),
-              "normals": torch.from_numpy(scene["normals"]).permute(2, 0, 1), "semseg": torch.from_numpy(scene["semseg"])}
+    sample = {
+        "image": torch.from_numpy(scene["image"]).permute(2, 0, 1),
+        "depth": torch.from_numpy(scene["depth"]),
+        "normals": torch.from_numpy(scene["normals"]).permute(2, 0, 1),
+        "semseg": torch.from_numpy(scene["semseg"]),
+    }
     flipped = horizontal_flip(sample)
     depth, normals, labels = flipped["depth"].numpy(), flipped["normals"].permute(1, 2, 0).numpy(), flipped["semseg"].numpy()
     estimated = normals_from_depth(depth)
@@ -77,8 +81,13 @@ def test_horizontal_flip_negates_the_normals_x_component(scene):
 
 
 def test_survey_scale_pads_with_unlabelled_and_invalid_pixels():
-    sample = {"image": torch.rand(3, 40, 40), "semseg": torch.zeros(40, 40, dtype=torch.int64), "depth": torch.ones(40, 40),
-              "normals": torch.tensor([0.0, 0.0, -1.0]).view(3, 1, 1).expand(3, 40, 40).clone(), "edge": torch.zeros(40, 40)}
+    sample = {
+        "image": torch.rand(3, 40, 40),
+        "semseg": torch.zeros(40, 40, dtype=torch.int64),
+        "depth": torch.ones(40, 40),
+        "normals": torch.tensor([0.0, 0.0, -1.0]).view(3, 1, 1).expand(3, 40, 40).clone(),
+        "edge": torch.zeros(40, 40),
+    }
     for seed in range(12):
         out = survey_scale(sample, torch.Generator().manual_seed(seed))
         assert all(v.shape[-2:] == (40, 40) for v in out.values())
@@ -88,7 +97,11 @@ def test_survey_scale_pads_with_unlabelled_and_invalid_pixels():
 
 
 def test_mtan_scale_crop_divides_depth_by_the_zoom():
-    sample = {"image": torch.rand(3, 60, 60), "depth": torch.full((60, 60), 3.0), "semseg": torch.zeros(60, 60, dtype=torch.int64)}
+    sample = {
+        "image": torch.rand(3, 60, 60),
+        "depth": torch.full((60, 60), 3.0),
+        "semseg": torch.zeros(60, 60, dtype=torch.int64),
+    }
     seen = set()
     for seed in range(20):
         out = mtan_scale_crop(sample, torch.Generator().manual_seed(seed))
@@ -102,8 +115,14 @@ def test_mtan_scale_crop_divides_depth_by_the_zoom():
 @pytest.mark.parametrize("layout", ["mtan", "nyud_mt"])
 def test_both_layouts_read_into_one_convention(layout, tmp_path):
     tasks = ["semseg", "depth", "normals"] + (["edge"] if layout == "nyud_mt" else [])
-    dm = SyntheticNYUDv2DataModule(str(tmp_path / "twin"), layout=layout, synthetic={"n_train": 3, "n_val": 2, "size": list(SIZE)},
-                                   tasks=tasks, augment="mtan", batch_size=2)
+    dm = SyntheticNYUDv2DataModule(
+        str(tmp_path / "twin"),
+        layout=layout,
+        synthetic={"n_train": 3, "n_val": 2, "size": list(SIZE)},
+        tasks=tasks,
+        augment="mtan",
+        batch_size=2,
+    )
     dm.setup("fit")
     assert dm.split_sizes() == {"train": 3, "val": 0, "test": 2} and not dm.has_validation
     assert [t.channels for t in dm.tasks] == [13 if layout == "mtan" else 40, 1, 3] + ([1] if layout == "nyud_mt" else [])
@@ -166,8 +185,10 @@ def _spoil_mtan(root, what):
     raise AssertionError(what)
 
 
-@pytest.mark.parametrize("what", ["missing depth", "label out of range", "depth of another size", "truncated normals",
-                                  "NaN depth", "normals outside [-1, 1]"])
+@pytest.mark.parametrize(
+    "what",
+    ["missing depth", "label out of range", "depth of another size", "truncated normals", "NaN depth", "normals outside [-1, 1]"],
+)
 def test_malformed_mtan_files_are_named(what, tmp_path):
     import shutil
 

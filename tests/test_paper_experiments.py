@@ -51,8 +51,10 @@ def test_decoupled_adam_is_adamw_and_other_optimizers_are_refused():
     from medmtl.module import with_decoupled_weight_decay
 
     weights = [torch.nn.Parameter(torch.tensor([1.0, -2.0])) for _ in range(2)]
-    factories = [with_decoupled_weight_decay(partial(torch.optim.Adam, lr=0.1, weight_decay=0.5)),
-                 partial(torch.optim.AdamW, lr=0.1, weight_decay=0.5)]
+    factories = [
+        with_decoupled_weight_decay(partial(torch.optim.Adam, lr=0.1, weight_decay=0.5)),
+        partial(torch.optim.AdamW, lr=0.1, weight_decay=0.5),
+    ]
     for weight, factory in zip(weights, factories):
         optimizer = factory([weight])
         weight.grad = torch.tensor([0.3, 0.1])
@@ -108,14 +110,17 @@ def test_emotic_tables_follow_the_paper(name, setting):
         assert sweep(cfg, "optim.optimizer.lr") == ["1.0e-3", "1.0e-4"]
 
 
-@pytest.mark.parametrize("method,lr", [("equal_weights", 1e-4), ("uncertainty", 1e-4), ("dwa", 1e-4), ("gradnorm", 1e-4), ("mao", 1e-3)])
+@pytest.mark.parametrize(
+    "method,lr", [("equal_weights", 1e-4), ("uncertainty", 1e-4), ("dwa", 1e-4), ("gradnorm", 1e-4), ("mao", 1e-3)]
+)
 def test_emotic_table2_uses_each_methods_best_learning_rate(method, lr):
     cfg = compose_train(["experiment=emotic_table2", f"mao_method={method}"])
     assert cfg.optim.optimizer.lr == lr
 
 
-@pytest.mark.parametrize("name", ["refuge_table1", "refuge_table2", "refuge_table2_res34", "refuge_table3", "refuge_table4",
-                                  "refuge_lr_sensitivity"])
+@pytest.mark.parametrize(
+    "name", ["refuge_table1", "refuge_table2", "refuge_table2_res34", "refuge_table3", "refuge_table4", "refuge_lr_sensitivity"]
+)
 def test_refuge_tables_follow_pascal_2022(name):
     """No augmentation (the paper and its authors' code); single-task networks selected per task."""
     cfg = compose_train([f"experiment={name}"])

@@ -42,7 +42,9 @@ def test_dice_agrees_with_torchmetrics_per_image():
     preds = rng.random((4, 16, 16)) > 0.5
     targets = rng.random((4, 16, 16)) > 0.4
     ours = [dice(p, t) for p, t in zip(preds, targets)]
-    metric = DiceScore(num_classes=1, include_background=True, average="micro", aggregation_level="samplewise", input_format="one-hot")
+    metric = DiceScore(
+        num_classes=1, include_background=True, average="micro", aggregation_level="samplewise", input_format="one-hot"
+    )
     for p, t, value in zip(preds, targets, ours):
         reference = metric(torch.tensor(p)[None, None].long(), torch.tensor(t)[None, None].long())
         assert value == pytest.approx(float(reference), abs=1e-6)

@@ -19,8 +19,7 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 
-from helpers import SMALL_SPEC, quiet_trainer
-from helpers import TINY, PlainContext, random_batch, run, tiny_unet
+from helpers import SMALL_SPEC, TINY, PlainContext, quiet_trainer, random_batch, run, tiny_unet
 from medmtl.checkpoints import check_fits, read_checkpoint
 from medmtl.data.refuge import RefugeDataModule
 from medmtl.entry import read_failure, run_job
@@ -86,9 +85,13 @@ def test_every_checkpoint_the_trainer_writes_loads_as_data_only(refuge_root, tmp
     from medmtl.checkpoints import AtomicCheckpointIO
 
     dm = RefugeDataModule(str(refuge_root), image_size=32, batch_size=4, augment=False)
-    module = MultiTaskModule(model=partial(UNetVGG16, width=1 / 16), strategy=IndependentOptimizers(), tasks=dm.tasks,
-                             optimizer=partial(torch.optim.Adam, lr=1e-3),
-                             scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1))
+    module = MultiTaskModule(
+        model=partial(UNetVGG16, width=1 / 16),
+        strategy=IndependentOptimizers(),
+        tasks=dm.tasks,
+        optimizer=partial(torch.optim.Adam, lr=1e-3),
+        scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1),
+    )
     trainer = quiet_trainer(tmp_path, max_epochs=1, plugins=[AtomicCheckpointIO()])
     trainer.callbacks.append(ModelCheckpoint(dirpath=tmp_path / "checkpoints", filename="last"))
     trainer.fit(module, datamodule=dm)
@@ -113,8 +116,11 @@ def test_stop_names_the_task_the_iteration_and_the_learning_rate():
     batch["fovea_heatmap"][0, 0, 0] = float("nan")  # a NaN target: the fovea loss is NaN
     guard = NonFiniteGuard("stop")
     _one_iteration(IndependentOptimizers(), guard, batch)
-    with pytest.raises(NonFiniteError, match=r"iteration 7 \(epoch 2\): the loss of task 'fovea' is NaN or infinite, "
-                                             r"at learning rate 0.001"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"iteration 7 \(epoch 2\): the loss of task 'fovea' is NaN or infinite, "
+        r"at learning rate 0.001",
+    ):
         guard.end_iteration([1e-3])
 
 
@@ -189,8 +195,12 @@ def test_mao_per_task_gradients_are_checked_too():
 
 def test_no_checkpoint_with_a_non_finite_weight_and_no_nan_for_the_evaluators(refuge_root, tmp_path):
     dm = RefugeDataModule(str(refuge_root), image_size=32, batch_size=4, augment=False)
-    module = MultiTaskModule(model=partial(UNetVGG16, width=1 / 16), strategy=EqualWeights(), tasks=dm.tasks,
-                             optimizer=partial(torch.optim.Adam, lr=1e-3))
+    module = MultiTaskModule(
+        model=partial(UNetVGG16, width=1 / 16),
+        strategy=EqualWeights(),
+        tasks=dm.tasks,
+        optimizer=partial(torch.optim.Adam, lr=1e-3),
+    )
     with torch.no_grad():
         module.model.encoder.levels[0][0].weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(NonFiniteError, match=r"Not writing a checkpoint .* weight 'model.encoder.levels.0.0.weight'"):
@@ -217,8 +227,10 @@ def test_user_errors_are_found_through_hydra_and_dataloader_wrappers():
 
     from medmtl.errors import one_sentence
 
-    worker = DatasetError("Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
-                          "  File \"x.py\", line 1\nmedmtl.errors.DatasetError: Cannot decode image a.jpg: truncated.\n")
+    worker = DatasetError(
+        "Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1\nmedmtl.errors.DatasetError: Cannot decode image a.jpg: truncated.\n'
+    )
     assert one_sentence(worker) == "Cannot decode image a.jpg: truncated."
 
 
@@ -248,15 +260,21 @@ def test_run_job_records_the_failure_and_exits_with_its_code(tmp_path, capsys):
     assert read_failure(tmp_path)["kind"] == "crash"
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ([*TINY, "data.fold=7"], "data.fold must be in [0, 4], got 7."),
-    ([*TINY, "optim.optimizer.lr=-0.001"], "Invalid learning rate: -0.001"),
-    ([*TINY, "optim=mao", "optim.gradient_clip_val=1"], "does not clip gradients"),
-    ([*TINY, "optim=pcgrad", "optim.strategy.mode=gramian", "callbacks=diagnostics"], "cannot run with optim.strategy.mode=gramian"),
-    ([*TINY, "ckpt_path=/nowhere/last.ckpt"], "Checkpoint not found: /nowhere/last.ckpt."),
-    ([*TINY, "optim=no_such_strategy"], "Could not find 'optim/no_such_strategy'"),
-    (["experiment=idrid_moe", "preset=tiny", "data.lesions=[xx]"], "Unknown IDRiD tasks ['xx']"),  # inside instantiate
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ([*TINY, "data.fold=7"], "data.fold must be in [0, 4], got 7."),
+        ([*TINY, "optim.optimizer.lr=-0.001"], "Invalid learning rate: -0.001"),
+        ([*TINY, "optim=mao", "optim.gradient_clip_val=1"], "does not clip gradients"),
+        (
+            [*TINY, "optim=pcgrad", "optim.strategy.mode=gramian", "callbacks=diagnostics"],
+            "cannot run with optim.strategy.mode=gramian",
+        ),
+        ([*TINY, "ckpt_path=/nowhere/last.ckpt"], "Checkpoint not found: /nowhere/last.ckpt."),
+        ([*TINY, "optim=no_such_strategy"], "Could not find 'optim/no_such_strategy'"),
+        (["experiment=idrid_moe", "preset=tiny", "data.lesions=[xx]"], "Unknown IDRiD tasks ['xx']"),  # inside instantiate
+    ],
+)
 def test_configuration_errors_exit_2_with_one_sentence_and_no_traceback(tmp_path, overrides, message):
     result = run("train.py", overrides + [f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
@@ -269,9 +287,14 @@ def test_configuration_errors_exit_2_with_one_sentence_and_no_traceback(tmp_path
 
 def test_hydra_full_error_shows_the_traceback(tmp_path):
     env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
-    result = subprocess.run([sys.executable, "src/train.py", *TINY, "data.fold=7", f"hydra.run.dir={tmp_path / 'run'}"],
-                            cwd=Path(__file__).resolve().parents[1], env=env | {"MEDMTL_DATA_DIR": str(tmp_path)},
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "src/train.py", *TINY, "data.fold=7", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env | {"MEDMTL_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode != 0 and "Traceback" in result.stderr and "data.fold must be in" in result.stderr
 
 
@@ -279,9 +302,18 @@ def test_a_diverging_run_exits_3_and_keeps_only_finite_checkpoints(tmp_path):
     """Weights poisoned at the start of epoch 2: epochs 0-1 were checkpointed; the run stops at the
     first iteration of epoch 2 with exit code 3, a failure record, and every checkpoint finite."""
     folder = tmp_path / "run"
-    result = run("train.py", TINY + ["trainer.max_epochs=4", "optim=vanilla", f"hydra.run.dir={folder}",
-                                     "+callbacks.poison._target_=crash_callback.PoisonWeights", "+callbacks.poison.epoch=2"],
-                 tmp_path)
+    result = run(
+        "train.py",
+        TINY
+        + [
+            "trainer.max_epochs=4",
+            "optim=vanilla",
+            f"hydra.run.dir={folder}",
+            "+callbacks.poison._target_=crash_callback.PoisonWeights",
+            "+callbacks.poison.epoch=2",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 3, result.stderr[-2000:]
     assert "Training stopped at iteration 12 (epoch 2): the loss of task 'glaucoma' is NaN or infinite" in result.stderr
     assert not (folder / "metrics.json").exists() and read_failure(folder)["exit_code"] == 3
@@ -306,10 +338,19 @@ def test_a_failed_job_does_not_stop_the_sweep_and_the_sweep_says_which_failed(tm
 
 # ----- folders -------------------------------------------------------------------------------------
 def test_a_folder_in_use_by_another_process_is_refused_naming_it(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from medmtl.utils import folder_lock; "
-        f"folder_lock.acquire({str(tmp_path)!r}); print('held', flush=True); time.sleep(60)")],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from medmtl.utils import folder_lock; "
+                f"folder_lock.acquire({str(tmp_path)!r}); print('held', flush=True); time.sleep(60)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunFolderConflict, match=rf"in use by process {holder.pid} on .* since "):
@@ -386,8 +427,16 @@ def test_eval_rebuilds_model_and_data_from_the_run_and_reproduces_its_test_metri
         assert again["test"][name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
 
     other = tmp_path / "other_data"
-    moved = run("eval.py", [f"ckpt_path={record['best_checkpoint']}", f"data.root={other}", "data.synthetic.seed=5",
-                            f"hydra.run.dir={tmp_path / 'eval2'}"], tmp_path)
+    moved = run(
+        "eval.py",
+        [
+            f"ckpt_path={record['best_checkpoint']}",
+            f"data.root={other}",
+            "data.synthetic.seed=5",
+            f"hydra.run.dir={tmp_path / 'eval2'}",
+        ],
+        tmp_path,
+    )
     assert moved.returncode == 0, moved.stderr[-2000:]
     assert (other / ".synthetic_refuge.json").is_file(), "the override of data.root was not used"
     saved = (tmp_path / "eval2" / "config_resolved.yaml").read_text()

@@ -29,9 +29,16 @@ def sweep(tmp_path):
             folder = tmp_path / str(job)
             (folder / ".hydra").mkdir(parents=True)
             (folder / ".hydra" / "overrides.yaml").write_text(f"- optim={method}\n- data.fold={fold}\n")
-            record = {"test": {"auc": auc, "dice_od": dice, "fovea_error_px": error, "loss": 1.0},
-                      "strategy": method, "model": "UNetVGG16", "fold": fold, "protocol": "cv", "seed": 42,
-                      "num_parameters": 100, "seconds_per_iteration": 0.5}
+            record = {
+                "test": {"auc": auc, "dice_od": dice, "fovea_error_px": error, "loss": 1.0},
+                "strategy": method,
+                "model": "UNetVGG16",
+                "fold": fold,
+                "protocol": "cv",
+                "seed": 42,
+                "num_parameters": 100,
+                "seconds_per_iteration": 0.5,
+            }
             (folder / "metrics.json").write_text(json.dumps(record))
             job += 1
     crashed = tmp_path / str(job)
@@ -84,8 +91,9 @@ def test_report_files_name_missing_and_failed_runs(sweep):
 
 
 def test_report_cli_on_an_empty_folder_is_one_sentence(tmp_path):
-    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "src" / "report.py"), str(tmp_path)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "src" / "report.py"), str(tmp_path)], capture_output=True, text=True
+    )
     assert result.returncode == 2 and "No finished run" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -109,7 +117,8 @@ def test_pooled_roc_concatenates_every_run_of_a_method(sweep):
         got_labels, got_scores = pooled[method]
         assert len(got_labels) == 10 * len(labels)
         assert roc_auc_score(got_labels, got_scores) == pytest.approx(
-            roc_auc_score(np.concatenate(labels), np.concatenate(scores)))
+            roc_auc_score(np.concatenate(labels), np.concatenate(scores))
+        )
     path = plot_roc(runs, sweep / "roc.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
 
@@ -137,8 +146,12 @@ def test_report_draws_task_balance_plots_for_runs_with_diagnostics(sweep):
     import pandas as pd
 
     run = collect(sweep).runs[0]
-    rows = [(it, layer, task, 1e-3, 1e-5) for it in (0, 50) for layer in ("encoder.a", "decoder.b") for task in ("od", "glaucoma")]
-    pd.DataFrame(rows, columns=["iteration", "layer", "task", "grad", "contribution"]).to_csv(run.folder / "diagnostics.csv", index=False)
+    rows = [
+        (it, layer, task, 1e-3, 1e-5) for it in (0, 50) for layer in ("encoder.a", "decoder.b") for task in ("od", "glaucoma")
+    ]
+    pd.DataFrame(rows, columns=["iteration", "layer", "task", "grad", "contribution"]).to_csv(
+        run.folder / "diagnostics.csv", index=False
+    )
     output = write_report(sweep)
     name = f"{run.method}_{run.pair_key}".replace(" ", "")
     assert (output / f"balance_layers_{name}.png").is_file() and (output / f"balance_steps_{name}.png").is_file()
@@ -154,15 +167,28 @@ def test_scene_report_ranks_declared_lower_is_better_metrics_and_draws_the_scene
             folder = tmp_path / f"{job}_{seed}"
             (folder / ".hydra").mkdir(parents=True)
             (folder / ".hydra" / "overrides.yaml").write_text(f"- optim={method}\n- seed={seed}\n")
-            record = {"test": {"semseg_miou": miou, "normals_angle_mean": angle}, "strategy": method, "model": "MTAN",
-                      "seed": seed, "protocol": "official", "task_metrics": {"semseg": "semseg_miou", "normals": "normals_angle_mean"},
-                      "lower_is_better": ["normals_angle_mean"], "num_parameters": 10, "flops_per_sample": 2.5e9}
+            record = {
+                "test": {"semseg_miou": miou, "normals_angle_mean": angle},
+                "strategy": method,
+                "model": "MTAN",
+                "seed": seed,
+                "protocol": "official",
+                "task_metrics": {"semseg": "semseg_miou", "normals": "normals_angle_mean"},
+                "lower_is_better": ["normals_angle_mean"],
+                "num_parameters": 10,
+                "flops_per_sample": 2.5e9,
+            }
             (folder / "metrics.json").write_text(json.dumps(record))
             normals = rng.normal(size=(1, 3, 8, 8)).astype(np.float32)
-            np.savez(folder / "predictions.npz", example_image=rng.integers(0, 255, (1, 8, 8, 3), dtype=np.uint8),
-                     example_index=np.array([0]), example_semseg_pred=rng.integers(0, 13, (1, 8, 8)),
-                     example_semseg_true=rng.integers(-1, 13, (1, 8, 8)), example_normals_pred=normals,
-                     example_normals_true=normals / np.linalg.norm(normals, axis=1, keepdims=True))
+            np.savez(
+                folder / "predictions.npz",
+                example_image=rng.integers(0, 255, (1, 8, 8, 3), dtype=np.uint8),
+                example_index=np.array([0]),
+                example_semseg_pred=rng.integers(0, 13, (1, 8, 8)),
+                example_semseg_true=rng.integers(-1, 13, (1, 8, 8)),
+                example_normals_pred=normals,
+                example_normals_true=normals / np.linalg.norm(normals, axis=1, keepdims=True),
+            )
     table = build_table(collect(tmp_path))
     assert table.best["semseg_miou"] == "vanilla" and table.best["normals_angle_mean"] == "stl"
     expected = 100 * ((0.45 - 0.41) / 0.41 - (22.55 - 20.5) / 20.5) / 2
@@ -194,23 +220,48 @@ def test_validation_metric_curves_average_each_methods_runs_per_epoch(tmp_path):
 
 
 def test_arms_label_runs_only_where_strategy_and_model_would_merge_them(tmp_path):
-    jobs = [("stl", "MTLBaseline", {"nyud_arm": "stl_resnet50"}), ("stl", "MTLBaseline", {"nyud_arm": "stl_hrnet18"}),
-            ("vanilla", "MTAN", {"nyud_arm": "mtan"}), ("vanilla", "MTINet", {"nyud_arm": "mtinet"})]
+    jobs = [
+        ("stl", "MTLBaseline", {"nyud_arm": "stl_resnet50"}),
+        ("stl", "MTLBaseline", {"nyud_arm": "stl_hrnet18"}),
+        ("vanilla", "MTAN", {"nyud_arm": "mtan"}),
+        ("vanilla", "MTINet", {"nyud_arm": "mtinet"}),
+    ]
     for job, (strategy, model, arms) in enumerate(jobs):
         folder = tmp_path / str(job)
         (folder / ".hydra").mkdir(parents=True)
         (folder / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
-        record = {"test": {"semseg_miou": 0.1 * (job + 1)}, "strategy": strategy, "model": model, "seed": 0,
-                  "protocol": "official", "arms": arms}
+        record = {
+            "test": {"semseg_miou": 0.1 * (job + 1)},
+            "strategy": strategy,
+            "model": model,
+            "seed": 0,
+            "protocol": "official",
+            "arms": arms,
+        }
         (folder / "metrics.json").write_text(json.dumps(record))
     methods = sorted({run.method for run in collect(tmp_path).runs})
-    assert methods == ["stl (MTLBaseline, nyud_arm=stl_hrnet18)", "stl (MTLBaseline, nyud_arm=stl_resnet50)",
-                       "vanilla (MTAN, nyud_arm=mtan)", "vanilla (MTINet, nyud_arm=mtinet)"]
+    assert methods == [
+        "stl (MTLBaseline, nyud_arm=stl_hrnet18)",
+        "stl (MTLBaseline, nyud_arm=stl_resnet50)",
+        "vanilla (MTAN, nyud_arm=mtan)",
+        "vanilla (MTINet, nyud_arm=mtinet)",
+    ]
 
 
 def test_shares_are_shown_in_percent_and_errors_as_they_are():
     from medmtl.analysis.report import in_percent
 
-    assert all(in_percent(m) for m in ("auc", "dice_od", "semseg_miou", "semseg_pixel_acc", "ap_anger", "categories_map",
-                                       "categories_mf1", "retinopathy_acc"))
+    assert all(
+        in_percent(m)
+        for m in (
+            "auc",
+            "dice_od",
+            "semseg_miou",
+            "semseg_pixel_acc",
+            "ap_anger",
+            "categories_map",
+            "categories_mf1",
+            "retinopathy_acc",
+        )
+    )
     assert not any(in_percent(m) for m in ("depth_rmse", "dimensions_mae", "normals_angle_mean", "edge_odsf", "fovea_error_px"))

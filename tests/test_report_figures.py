@@ -17,28 +17,35 @@ from medmtl.metrics.refuge import RefugeEvaluator
 def _job(folder, strategy, fold, lr=1e-3, model="UNetVGG16", auc=0.8, log=None, examples=None):
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(f"- optim={strategy}\n")
-    record = {"test": {"auc": auc}, "strategy": strategy, "model": model, "fold": fold, "protocol": "cv",
-              "seed": 42, "lr": lr}
+    record = {"test": {"auc": auc}, "strategy": strategy, "model": model, "fold": fold, "protocol": "cv", "seed": 42, "lr": lr}
     (folder / "metrics.json").write_text(json.dumps(record))
     if log is not None:
         (folder / "csv").mkdir()
         pd.DataFrame(log).to_csv(folder / "csv" / "metrics.csv", index=False)
     if examples is not None:
-        np.savez(folder / "predictions.npz", label=np.array([0, 1]), p_combined=np.array([0.2, 0.9]),
-                 **{f"example_{k}": v for k, v in examples.items()})
+        np.savez(
+            folder / "predictions.npz",
+            label=np.array([0, 1]),
+            p_combined=np.array([0.2, 0.9]),
+            **{f"example_{k}": v for k, v in examples.items()},
+        )
 
 
 def test_best_validation_values_take_the_best_epoch_of_each_metric(tmp_path):
-    log = {"epoch": [0, 1, 2], "val/auc": [0.6, 0.9, 0.7], "val/fovea_error_grid": [9.0, 4.0, 6.0],
-           "val/loss/od": [0.5, 0.2, 0.3]}
+    log = {
+        "epoch": [0, 1, 2],
+        "val/auc": [0.6, 0.9, 0.7],
+        "val/fovea_error_grid": [9.0, 4.0, 6.0],
+        "val/loss/od": [0.5, 0.2, 0.3],
+    }
     _job(tmp_path / "0", "mtl_io", 0, log=log)
     assert best_validation_values(tmp_path / "0") == {"auc": 0.9, "fovea_error_grid": 4.0, "loss/od": 0.2}
 
 
 def test_lr_sweep_labels_methods_by_lr_and_draws_the_sensitivity_figures(tmp_path):
-    for job, (strategy, lr, fold, peak) in enumerate([("stl", 1e-3, 0, 0.7), ("stl", 1e-3, 1, 0.8),
-                                                      ("stl", 1e-4, 0, 0.6), ("mtl_io", 1e-3, 0, 0.9),
-                                                      ("mtl_io", 1e-4, 0, 0.85)]):
+    for job, (strategy, lr, fold, peak) in enumerate(
+        [("stl", 1e-3, 0, 0.7), ("stl", 1e-3, 1, 0.8), ("stl", 1e-4, 0, 0.6), ("mtl_io", 1e-3, 0, 0.9), ("mtl_io", 1e-4, 0, 0.85)]
+    ):
         log = {"epoch": [0, 1], "val/auc": [0.5, peak], "val/loss/od": [1.0, 1.0 - peak]}
         _job(tmp_path / str(job), strategy, fold, lr=lr, log=log)
     collection = collect(tmp_path)
@@ -65,9 +72,17 @@ def _examples(od_pred_second):
     truth = np.zeros((2, 8, 8), bool)
     truth[:, 2:6, 2:6] = True
     od_pred = np.stack([truth[0], od_pred_second])
-    return {"index": np.array([3, 7]), "label": np.array([1, 1]), "image": np.zeros((2, 8, 8, 3), np.uint8),
-            "od_pred": od_pred, "oc_pred": truth.copy(), "od_true": truth, "oc_true": truth,
-            "fovea_pred": np.array([[4.0, 4.0], [4.0, 4.0]]), "fovea_true": np.array([[4.0, 4.0], [5.0, 5.0]])}
+    return {
+        "index": np.array([3, 7]),
+        "label": np.array([1, 1]),
+        "image": np.zeros((2, 8, 8, 3), np.uint8),
+        "od_pred": od_pred,
+        "oc_pred": truth.copy(),
+        "od_true": truth,
+        "oc_true": truth,
+        "fovea_pred": np.array([[4.0, 4.0], [4.0, 4.0]]),
+        "fovea_true": np.array([[4.0, 4.0], [5.0, 5.0]]),
+    }
 
 
 def test_overlay_shows_the_glaucomatous_image_where_the_methods_differ_most(tmp_path):
@@ -86,12 +101,21 @@ def test_evaluator_keeps_the_first_examples_of_each_class():
     size = 16
     for labels in ([0, 0], [1, 0], [1, 1]):
         n = len(labels)
-        batch = {"image": torch.rand(n, 3, size, size), "od": torch.zeros(n, size, size), "oc": torch.zeros(n, size, size),
-                 "glaucoma": torch.tensor(labels, dtype=torch.float32), "fovea_xy": torch.full((n, 2), 8.0),
-                 "original_wh": torch.full((n, 2), 64.0),
-                 "index": torch.arange(n) + 10 * len(evaluator.records["index"])}
-        outputs = {"od": torch.full((n, size, size), 5.0), "oc": torch.full((n, size, size), -5.0),
-                   "fovea": torch.zeros(n, size, size), "glaucoma": torch.zeros(n)}
+        batch = {
+            "image": torch.rand(n, 3, size, size),
+            "od": torch.zeros(n, size, size),
+            "oc": torch.zeros(n, size, size),
+            "glaucoma": torch.tensor(labels, dtype=torch.float32),
+            "fovea_xy": torch.full((n, 2), 8.0),
+            "original_wh": torch.full((n, 2), 64.0),
+            "index": torch.arange(n) + 10 * len(evaluator.records["index"]),
+        }
+        outputs = {
+            "od": torch.full((n, size, size), 5.0),
+            "oc": torch.full((n, size, size), -5.0),
+            "fovea": torch.zeros(n, size, size),
+            "glaucoma": torch.zeros(n),
+        }
         evaluator.update(outputs, batch)
     kept = evaluator.predictions()
     assert kept["example_label"].tolist() == [0, 1] and kept["example_index"].tolist() == [0, 20]
@@ -151,6 +175,7 @@ def test_runs_of_one_method_and_fold_never_overwrite_each_other(tmp_path):
 def test_delta_mtl_against_baselines_that_share_the_tasks_out(tmp_path):
     """Roy 2025: a grading classifier and a lesion segmenter are together the single-task
     baseline of the multi-task network; each task's baseline value comes from the one reporting it."""
+
     def job(name, model, test, task_metrics):
         folder = tmp_path / name
         (folder / ".hydra").mkdir(parents=True)
@@ -160,8 +185,7 @@ def test_delta_mtl_against_baselines_that_share_the_tasks_out(tmp_path):
 
     job("0", "ResNetClassifier", {"retinopathy_acc": 0.50}, {"retinopathy": "retinopathy_acc"})
     job("1", "DeepLabV3Plus", {"od_dice": 0.80}, {"od": "od_dice"})
-    job("2", "MoEDeepLabV3Plus", {"retinopathy_acc": 0.55, "od_dice": 0.76},
-        {"retinopathy": "retinopathy_acc", "od": "od_dice"})
+    job("2", "MoEDeepLabV3Plus", {"retinopathy_acc": 0.55, "od_dice": 0.76}, {"retinopathy": "retinopathy_acc", "od": "od_dice"})
     table = build_table(collect(tmp_path), baseline=["vanilla (ResNetClassifier)", "vanilla (DeepLabV3Plus)"])
     assert table.delta_metrics == ["retinopathy_acc", "od_dice"]
     assert table.delta["vanilla (MoEDeepLabV3Plus)"] == pytest.approx(100 * ((0.55 - 0.5) / 0.5 + (0.76 - 0.8) / 0.8) / 2)

@@ -28,7 +28,7 @@ def test_semantic_miou_equals_torchmetrics_over_a_split_in_several_batches():
     logits[:, 2] += 2 * (target == 2)  # some skill for one class
     ours = SemanticMetric(6, ignore_index=-1)
     for i in range(0, 6, 2):  # three batches
-        ours.update(logits[i:i + 2], target[i:i + 2])
+        ours.update(logits[i : i + 2], target[i : i + 2])
     reference = MulticlassJaccardIndex(num_classes=6, ignore_index=-1, average="macro")
     reference.update(logits.argmax(1), target)
     result = ours.compute()
@@ -132,7 +132,9 @@ def test_ground_truth_scores_perfectly_on_the_synthetic_twin(layout, tmp_path):
     from medmtl.data.nyudv2_synthetic import SyntheticNYUDv2DataModule
 
     tasks = ["semseg", "depth", "normals"] + (["edge"] if layout == "nyud_mt" else [])
-    dm = SyntheticNYUDv2DataModule(str(tmp_path / layout), layout=layout, synthetic={"n_train": 2, "n_val": 3, "size": [48, 64]}, tasks=tasks, augment="none")
+    dm = SyntheticNYUDv2DataModule(
+        str(tmp_path / layout), layout=layout, synthetic={"n_train": 2, "n_val": 3, "size": [48, 64]}, tasks=tasks, augment="none"
+    )
     dm.setup("test")
     evaluator = dm.make_evaluator()
     for batch in dm.test_dataloader():
@@ -152,8 +154,12 @@ def test_dtp_kpis_are_in_the_unit_interval_and_perfect_for_the_truth():
     tasks = {t.name: t for t in nyudv2_tasks("nyud_mt", ["semseg", "depth", "normals", "edge"])}
     g = torch.Generator().manual_seed(3)
     truth_normals = torch.nn.functional.normalize(torch.randn(2, 3, 6, 6, generator=g), dim=1)
-    batch = {"semseg": torch.randint(-1, 40, (2, 6, 6), generator=g), "depth": torch.rand(2, 6, 6, generator=g) + 0.5,
-             "normals": truth_normals, "edge": (torch.rand(2, 6, 6, generator=g) > 0.7).float()}
+    batch = {
+        "semseg": torch.randint(-1, 40, (2, 6, 6), generator=g),
+        "depth": torch.rand(2, 6, 6, generator=g) + 0.5,
+        "normals": truth_normals,
+        "edge": (torch.rand(2, 6, 6, generator=g) > 0.7).float(),
+    }
     perfect = perfect_outputs(tasks.values(), batch)
     for name, task in tasks.items():
         assert float(task_kpi(task, perfect[name], batch)) == pytest.approx(1.0, abs=1e-4), name

@@ -2,15 +2,13 @@
 scene architecture with the strategy families (loss weighting, Jacobian, representation, per-task
 optimizers, single-task); the test stage reports the dataset-level scene metrics."""
 
-
 import pytest
 import torch
 from hydra.utils import instantiate
 
-from helpers import fit_briefly
+from helpers import compose_train, fit_briefly, options
 from medmtl.data.nyudv2_synthetic import SyntheticNYUDv2DataModule
 from medmtl.module import MultiTaskModule
-from helpers import compose_train, options
 
 SCENE_MODELS = ["mtl_baseline", "cross_stitch", "nddr_cnn", "mtan", "segnet_mtan", "padnet", "mtinet"]
 FAMILIES = ["vanilla", "pcgrad", "mgda_ub", "mtl_io", "stl"]
@@ -23,12 +21,23 @@ def nyud_root(tmp_path_factory):
 
 def fit(root, model_name: str, optim_name: str, tmp_path, test: bool = False):
     cfg = compose_train([f"model={model_name}", "preset=tiny", f"optim={optim_name}"])
-    dm = SyntheticNYUDv2DataModule(str(root), layout="nyud_mt", synthetic={"n_train": 4, "n_val": 2, "size": [32, 64]},
-                                   tasks=["semseg", "depth", "normals", "edge"], batch_size=2, eval_batch_size=2,
-                                   augment="survey")
+    dm = SyntheticNYUDv2DataModule(
+        str(root),
+        layout="nyud_mt",
+        synthetic={"n_train": 4, "n_val": 2, "size": [32, 64]},
+        tasks=["semseg", "depth", "normals", "edge"],
+        batch_size=2,
+        eval_batch_size=2,
+        augment="survey",
+    )
     torch.manual_seed(0)
-    module = MultiTaskModule(model=instantiate(cfg.model), strategy=instantiate(cfg.optim.strategy), tasks=dm.tasks,
-                             optimizer=instantiate(cfg.optim.optimizer), input_keys=dm.input_keys)
+    module = MultiTaskModule(
+        model=instantiate(cfg.model),
+        strategy=instantiate(cfg.optim.strategy),
+        tasks=dm.tasks,
+        optimizer=instantiate(cfg.optim.optimizer),
+        input_keys=dm.input_keys,
+    )
     return fit_briefly(module, dm, tmp_path, test)
 
 
@@ -38,8 +47,10 @@ def test_every_strategy_trains_mtan_on_four_scene_tasks(optim_name, nyud_root, t
     fit(nyud_root, "mtan", optim_name, tmp_path)
 
 
-@pytest.mark.parametrize("model_name,optim_name", [
-    pytest.param(m, o, marks=[] if o == "vanilla" else [pytest.mark.slow]) for m in SCENE_MODELS for o in FAMILIES])
+@pytest.mark.parametrize(
+    "model_name,optim_name",
+    [pytest.param(m, o, marks=[] if o == "vanilla" else [pytest.mark.slow]) for m in SCENE_MODELS for o in FAMILIES],
+)
 def test_every_scene_architecture_trains_with_each_strategy_family(model_name, optim_name, nyud_root, tmp_path):
     """Equal weights on every network by default; the other families in the slow run (CI runs both)."""
     fit(nyud_root, model_name, optim_name, tmp_path)
@@ -47,7 +58,18 @@ def test_every_scene_architecture_trains_with_each_strategy_family(model_name, o
 
 def test_the_test_stage_reports_dataset_level_scene_metrics(nyud_root, tmp_path):
     metrics = fit(nyud_root, "padnet", "vanilla", tmp_path, test=True)
-    expected = {"semseg_miou", "semseg_pixel_acc", "depth_abs_err", "depth_rel_err", "depth_rmse", "normals_angle_mean",
-                "normals_angle_median", "normals_within_11_25", "normals_within_22_5", "normals_within_30", "edge_odsf"}
+    expected = {
+        "semseg_miou",
+        "semseg_pixel_acc",
+        "depth_abs_err",
+        "depth_rel_err",
+        "depth_rmse",
+        "normals_angle_mean",
+        "normals_angle_median",
+        "normals_within_11_25",
+        "normals_within_22_5",
+        "normals_within_30",
+        "edge_odsf",
+    }
     assert {f"test/{m}" for m in expected} <= set(metrics)
     assert 0 <= metrics["test/semseg_miou"] <= 1 and 0 <= metrics["test/normals_angle_mean"] <= 180

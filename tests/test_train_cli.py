@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import PROJECT_ROOT
-from helpers import TINY, run
+from helpers import PROJECT_ROOT, TINY, run
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +47,12 @@ def test_iterations_count_mini_batches_not_optimizer_steps(trained):
 def test_eval_entry_point_tests_a_checkpoint(trained):
     tmp_path, runs = trained
     ckpt = runs[0] / "checkpoints" / "last.ckpt"
-    result = run("eval.py", [o for o in TINY if not o.startswith(("experiment", "trainer"))]
-                 + ["model.width=0.0625", "trainer=cpu", "data=refuge_synthetic", f"ckpt_path={ckpt}"], tmp_path)
+    result = run(
+        "eval.py",
+        [o for o in TINY if not o.startswith(("experiment", "trainer"))]
+        + ["model.width=0.0625", "trainer=cpu", "data=refuge_synthetic", f"ckpt_path={ckpt}"],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     evals = sorted((tmp_path / "logs" / "eval" / "runs").iterdir())
     assert "dice_od" in json.loads((evals[-1] / "metrics.json").read_text())["test"]
@@ -101,8 +104,11 @@ def test_a_reused_run_folder_with_another_config_is_refused_and_left_as_it_was(t
     assert not (folder / "failure.json").exists(), "the refusal wrote into the other run's folder"
 
     continued = tmp_path / "continued"
-    third = run("train.py", TINY + [f"hydra.run.dir={continued}", "trainer.max_epochs=2",
-                                    f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"], tmp_path)
+    third = run(
+        "train.py",
+        TINY + [f"hydra.run.dir={continued}", "trainer.max_epochs=2", f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"],
+        tmp_path,
+    )
     assert third.returncode == 0, third.stderr[-3000:]
     record = json.loads((continued / "metrics.json").read_text())
     # the new run trained only the missing epoch: its iteration counter continues from the first
@@ -121,8 +127,12 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_final_metrics(tmp_path, opti
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     folder = tmp_path / "killed"
-    env_crash = common + [f"hydra.run.dir={folder}", "+callbacks.crash._target_=crash_callback.KillDuringTraining",
-                          "+callbacks.crash.epoch=2", "+callbacks.crash.batch=3"]
+    env_crash = common + [
+        f"hydra.run.dir={folder}",
+        "+callbacks.crash._target_=crash_callback.KillDuringTraining",
+        "+callbacks.crash.epoch=2",
+        "+callbacks.crash.batch=3",
+    ]
     crashed = run("train.py", env_crash, tmp_path)
     assert crashed.returncode == -9, crashed.stderr[-3000:]
     assert not (folder / "metrics.json").exists()
@@ -199,20 +209,40 @@ def test_idrid_table1_sweep_and_its_report_as_a_user_runs_them(tmp_path):
     """Roy 2025 Table 1 on the synthetic twin (one seed, two epochs): three networks, one table
     with their columns, and the Figs. 4-5 overlay; the classifier arm has no lesion column."""
     sweep = tmp_path / "sweep"
-    trained = run("train.py", ["-m", "experiment=idrid_table1", "preset=tiny", "seed=0", "trainer.max_epochs=2",
-                               "data.resolution=[32,48]", f"hydra.sweep.dir={sweep}"], tmp_path)
+    trained = run(
+        "train.py",
+        [
+            "-m",
+            "experiment=idrid_table1",
+            "preset=tiny",
+            "seed=0",
+            "trainer.max_epochs=2",
+            "data.resolution=[32,48]",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     report = run("report.py", [str(sweep), "--metrics", "retinopathy_acc", "od_dice"], tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
-    rows = {line.split("|")[1].strip(): line for line in (sweep / "report" / "results.md").read_text().splitlines()
-            if line.startswith("| vanilla")}
-    assert set(rows) == {"vanilla (ResNetClassifier, 2 tasks)", "vanilla (DeepLabV3Plus, 5 tasks)",
-                         "vanilla (MoEDeepLabV3Plus, 7 tasks)"}
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in (sweep / "report" / "results.md").read_text().splitlines()
+        if line.startswith("| vanilla")
+    }
+    assert set(rows) == {
+        "vanilla (ResNetClassifier, 2 tasks)",
+        "vanilla (DeepLabV3Plus, 5 tasks)",
+        "vanilla (MoEDeepLabV3Plus, 7 tasks)",
+    }
     assert rows["vanilla (ResNetClassifier, 2 tasks)"].split("|")[3].strip() == "-"  # no od_dice
-    assert rows["vanilla (DeepLabV3Plus, 5 tasks)"].split("|")[2].strip() == "-"    # no retinopathy_acc
+    assert rows["vanilla (DeepLabV3Plus, 5 tasks)"].split("|")[2].strip() == "-"  # no retinopathy_acc
     assert (sweep / "report" / "overlay.png").is_file()
-    moe = next(f for f in sweep.iterdir() if (f / "metrics.json").is_file()
-               and json.loads((f / "metrics.json").read_text())["model"] == "MoEDeepLabV3Plus")
+    moe = next(
+        f
+        for f in sweep.iterdir()
+        if (f / "metrics.json").is_file() and json.loads((f / "metrics.json").read_text())["model"] == "MoEDeepLabV3Plus"
+    )
     namespace = inspect_run(moe)  # the notebook reads an IDRiD run without validation: curves, lesions, grades
     assert namespace["metrics"] == [] and len(namespace["panels"]) == 4
 
@@ -221,8 +251,19 @@ def test_without_validation_data_the_last_weights_are_tested(tmp_path):
     """Roy 2025's protocol (data.val_fraction=0): no model selection, no warning about a missing
     val/loss, test metrics of the final weights."""
     folder = tmp_path / "run"
-    result = run("train.py", ["experiment=idrid_table1", "preset=tiny", "idrid_arm=resnet50", "trainer.max_epochs=2",
-                              "data.val_fraction=0", "data.resolution=[32,48]", f"hydra.run.dir={folder}"], tmp_path)
+    result = run(
+        "train.py",
+        [
+            "experiment=idrid_table1",
+            "preset=tiny",
+            "idrid_arm=resnet50",
+            "trainer.max_epochs=2",
+            "data.val_fraction=0",
+            "data.resolution=[32,48]",
+            f"hydra.run.dir={folder}",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "could not find the monitored key" not in result.stdout + result.stderr
     record = json.loads((folder / "metrics.json").read_text())

@@ -58,5 +58,10 @@ def strategy_profile(name: str) -> StrategyProfile:
 
     strategy = instantiate(compose_train([f"optim={name}"]).optim.strategy)
     combines = isinstance(strategy, GradientCombination)
-    return StrategyProfile(name, type(strategy), strategy.mode if combines else None,
-                           bool(getattr(strategy, "needs_jacobian", False)), bool(strategy.separate_networks))
+    return StrategyProfile(
+        name,
+        type(strategy),
+        strategy.mode if combines else None,
+        bool(getattr(strategy, "needs_jacobian", False)),
+        bool(strategy.separate_networks),
+    )

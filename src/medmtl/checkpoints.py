@@ -68,8 +68,11 @@ def check_fits(path: str | os.PathLike, expected: Mapping[str, torch.Tensor]) ->
     found = checkpoint["state_dict"]
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
-    reshaped = [f"{k} is {_shape(found[k])} in the file but {_shape(expected[k])} in the model"
-                for k in expected if k in found and _shape(found[k]) != _shape(expected[k])]
+    reshaped = [
+        f"{k} is {_shape(found[k])} in the file but {_shape(expected[k])} in the model"
+        for k in expected
+        if k in found and _shape(found[k]) != _shape(expected[k])
+    ]
     if missing or unexpected or reshaped:
         problems = []
         if missing:
@@ -95,8 +98,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         super().save_checkpoint(checkpoint, partial, storage_options)
         os.replace(partial, path)
 
-    def load_checkpoint(self, path: str | os.PathLike, map_location: Any | None = None,
-                        weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: str | os.PathLike, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         """Every load goes through :func:`read_checkpoint`: ``weights_only=True`` whatever the caller
         asked, tensors on the CPU (Lightning moves the states to the module's device)."""
         return read_checkpoint(path)

@@ -77,8 +77,10 @@ class TaskBalanceDiagnostics(L.Callback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if getattr(pl_module.strategy, "mode", None) == "gramian":
-            raise ConfigError("callbacks=diagnostics cannot run with optim.strategy.mode=gramian (the Gramian engine would "
-                              "record the diagnostic forward): use optim.strategy.mode=jacobian, the same update, or drop the diagnostics.")
+            raise ConfigError(
+                "callbacks=diagnostics cannot run with optim.strategy.mode=gramian (the Gramian engine would "
+                "record the diagnostic forward): use optim.strategy.mode=jacobian, the same update, or drop the diagnostics."
+            )
 
     def _due(self, pl_module) -> bool:
         return pl_module.iterations % self.every == 0

@@ -46,8 +46,13 @@ def write_failure(output_dir: Path, kind: str, message: str, exit_code: int) -> 
     """``failure.json``: what stopped the run, for the report and for whoever opens the folder."""
     from medmtl.utils.outputs import atomic_write_text
 
-    record = {"status": "failed", "kind": kind, "message": message, "exit_code": exit_code,
-              "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    record = {
+        "status": "failed",
+        "kind": kind,
+        "message": message,
+        "exit_code": exit_code,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     atomic_write_text(Path(output_dir) / FAILURE_FILE, json.dumps(record, indent=2) + "\n")
 
 

@@ -97,7 +97,8 @@ def _is_instantiation_error(error: BaseException | None) -> bool:
 
 def _is_argument_error(error: BaseException) -> bool:
     return isinstance(error, TypeError) and bool(
-        re.search(r"unexpected keyword argument|missing \d+ required|takes \d+ positional", str(error)))
+        re.search(r"unexpected keyword argument|missing \d+ required|takes \d+ positional", str(error))
+    )
 
 
 def _first_line(text: str) -> str:

@@ -83,8 +83,9 @@ def one_hot_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0
 GRADING_FOCALS = ("softmax", "one_hot")
 
 
-def ce_plus_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float | None = None,
-                  focal: str = "softmax") -> torch.Tensor:
+def ce_plus_focal(
+    logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float | None = None, focal: str = "softmax"
+) -> torch.Tensor:
     """Roy 2025's grading loss: cross-entropy + focal loss. ``focal``: ``softmax`` (Lin et al.'s
     multi-class form, -(1 - p_y)^gamma log p_y; ``alpha`` unused) or ``one_hot`` (sigmoids on the
     one-hot label with ``alpha``, as the authors' code)."""
@@ -116,8 +117,12 @@ def semantic_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_in
     """Softmax cross-entropy per pixel over C classes, averaged over each sample's labelled pixels:
     ``logits`` (B, C, H, W), ``target`` (B, H, W) class indices, ``ignore_index`` unlabelled."""
     target = target.long()
-    per_pixel = F.cross_entropy(logits, target.clamp_min(0) if ignore_index < 0 else target, reduction="none",
-                                ignore_index=-100 if ignore_index < 0 else ignore_index)
+    per_pixel = F.cross_entropy(
+        logits,
+        target.clamp_min(0) if ignore_index < 0 else target,
+        reduction="none",
+        ignore_index=-100 if ignore_index < 0 else ignore_index,
+    )
     return _masked_mean(per_pixel, target != ignore_index)
 
 

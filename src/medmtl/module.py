@@ -54,8 +54,10 @@ def with_backbone_lr(factory: Callable[..., torch.optim.Optimizer], model: Multi
 
     def build(params) -> torch.optim.Optimizer:
         params = list(params)
-        groups = [{"params": [p for p in params if id(p) not in backbone]},
-                  {"params": [p for p in params if id(p) in backbone], "lr": base_lr * scale}]
+        groups = [
+            {"params": [p for p in params if id(p) not in backbone]},
+            {"params": [p for p in params if id(p) in backbone], "lr": base_lr * scale},
+        ]
         return factory([g for g in groups if g["params"]])
 
     return build
@@ -73,7 +75,9 @@ def with_decoupled_weight_decay(factory: Callable[..., torch.optim.Optimizer]) -
         return partial(factory, decoupled_weight_decay=True)
     if target in (torch.optim.AdamW, MultiAdaptive):
         return factory
-    raise ConfigError(f"optim.decoupled_weight_decay=true is defined for Adam, AdamW and MAO, not {getattr(target, '__name__', target)}.")
+    raise ConfigError(
+        f"optim.decoupled_weight_decay=true is defined for Adam, AdamW and MAO, not {getattr(target, '__name__', target)}."
+    )
 
 
 class StrategyNotApplicable(ConfigError):
@@ -162,7 +166,8 @@ class MultiTaskModule(L.LightningModule):
     def task_batch(self, task: str):
         """Next batch of ``task``'s own endless training stream (:mod:`medmtl.data.task_streams`),
         on the module's device."""
-        return move_data_to_device(self.task_streams.next_batch(self.trainer.datamodule, task), self.device)
+        datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning when fit gets one
+        return move_data_to_device(self.task_streams.next_batch(datamodule, task), self.device)
 
     def optimizer_list(self) -> list:
         """``self.optimizers()`` normalised to a list (Lightning returns a bare object for one)."""
@@ -181,8 +186,16 @@ class MultiTaskModule(L.LightningModule):
     def context(self) -> TrainingContext:
         """The :class:`~medmtl.strategies.context.TrainingContext` of this module: Lightning's
         ``manual_backward`` and optimizers, the module's clipping and per-task streams."""
-        return TrainingContext(self.model, self.tasks, self.optimizer_list, self.manual_backward, self.clip_gradients_of,
-                               self.task_batch, self.nonfinite, self.input_keys)
+        return TrainingContext(
+            self.model,
+            self.tasks,
+            self.optimizer_list,
+            self.manual_backward,
+            self.clip_gradients_of,
+            self.task_batch,
+            self.nonfinite,
+            self.input_keys,
+        )
 
     # ----- Lightning hooks -----------------------------------------------------------------
     def configure_optimizers(self):
@@ -223,13 +236,19 @@ class MultiTaskModule(L.LightningModule):
         if logged:
             task_losses = [v for k, v in logged.items() if k.startswith("loss/") and k != "loss/total"]
             logged.setdefault("loss/total", torch.stack(task_losses).sum() if task_losses else torch.tensor(0.0))
-            self.log_dict({f"train/{k}": v for k, v in logged.items()}, on_step=True, on_epoch=True,
-                          batch_size=batch_size, prog_bar=False)
+            self.log_dict(
+                {f"train/{k}": v for k, v in logged.items()}, on_step=True, on_epoch=True, batch_size=batch_size, prog_bar=False
+            )
             self.log("train/loss", logged["loss/total"], on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
         self.log("train/iteration", float(self.iterations), on_step=True, on_epoch=False, batch_size=batch_size)
         if self.nonfinite.mode == "skip":
-            self.log("train/skipped_updates", float(self.nonfinite.skipped_updates), on_step=True, on_epoch=False,
-                     batch_size=batch_size)
+            self.log(
+                "train/skipped_updates",
+                float(self.nonfinite.skipped_updates),
+                on_step=True,
+                on_epoch=False,
+                batch_size=batch_size,
+            )
 
     def on_train_epoch_start(self) -> None:
         max_epochs = self.trainer.max_epochs or 1
@@ -240,7 +259,13 @@ class MultiTaskModule(L.LightningModule):
         schedulers = self.lr_schedulers()
         if schedulers is not None:
             for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
-                scheduler.step()
+                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    monitored = self.trainer.callback_metrics.get("val/loss")
+                    if monitored is None:
+                        raise ConfigError("optim.scheduler=ReduceLROnPlateau needs a validation loss: keep a validation split.")
+                    scheduler.step(float(monitored))
+                else:
+                    scheduler.step()
 
     def _evaluation_step(self, stage: str, batch) -> None:
         """Forward the tasks this batch is labelled for (every task, unless the batch comes from one
@@ -255,8 +280,9 @@ class MultiTaskModule(L.LightningModule):
             )
         losses = self.losses(outputs, batch, labelled, deep_supervision=False)
         batch_size = self._batch_size(batch)
-        self.log_dict({f"{stage}/loss/{k}": v for k, v in losses.items()}, on_epoch=True, batch_size=batch_size,
-                      add_dataloader_idx=False)
+        self.log_dict(
+            {f"{stage}/loss/{k}": v for k, v in losses.items()}, on_epoch=True, batch_size=batch_size, add_dataloader_idx=False
+        )
         for task, loss in losses.items():
             mask = self.task_by_name[task].present(batch)
             count = float(batch_size if mask is None else mask.sum())
@@ -272,8 +298,10 @@ class MultiTaskModule(L.LightningModule):
             means = {task: total / seen for task, (total, seen) in self._evaluation_losses.items() if seen}
             bad = [task for task, value in means.items() if not math.isfinite(value)]
             if bad:
-                raise NonFiniteError(f"The {stage} loss of task {bad[0]!r} is NaN or infinite (epoch {self.current_epoch}) "
-                                     "although its outputs are finite: check that task's targets.")
+                raise NonFiniteError(
+                    f"The {stage} loss of task {bad[0]!r} is NaN or infinite (epoch {self.current_epoch}) "
+                    "although its outputs are finite: check that task's targets."
+                )
             self.log(f"{stage}/loss", sum(means.values()), prog_bar=stage == "val")
         self._evaluation_losses = {}
         routing = self.model.routing_statistics()
@@ -313,8 +341,10 @@ class MultiTaskModule(L.LightningModule):
         weights |= {f"strategy.{k}": v for k, v in self.strategy.named_parameters()}
         bad = first_nonfinite(weights)
         if bad is not None:
-            raise NonFiniteError(f"Not writing a checkpoint at epoch {self.current_epoch}: weight {bad!r} is NaN or "
-                                 "infinite; the weights have diverged (lower optim.optimizer.lr).")
+            raise NonFiniteError(
+                f"Not writing a checkpoint at epoch {self.current_epoch}: weight {bad!r} is NaN or "
+                "infinite; the weights have diverged (lower optim.optimizer.lr)."
+            )
         checkpoint["medmtl_iterations"] = self.iterations
         checkpoint["medmtl_rng_states"] = collect_rng_states()
         checkpoint["medmtl_task_positions"] = self.task_streams.state_dict()

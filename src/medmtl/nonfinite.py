@@ -47,8 +47,7 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     by_device: dict[tuple, list[torch.Tensor]] = {}
     for t in tensors:
         by_device.setdefault((t.device, t.dtype), []).append(t.detach())
-    flags = [torch.isfinite(torch.stack(torch._foreach_norm(group, math.inf))).all()
-             for group in by_device.values()]
+    flags = [torch.isfinite(torch.stack(torch._foreach_norm(group, math.inf))).all() for group in by_device.values()]
     device = flags[0].device
     return torch.stack([f.to(device) for f in flags]).all()
 

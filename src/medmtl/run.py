@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -16,10 +16,11 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from medmtl.callbacks import IterationTimer
-from medmtl.selection import SELECTIONS, PerTaskSelection
 from medmtl.checkpoints import AtomicCheckpointIO, check_fits
 from medmtl.errors import ConfigError
+from medmtl.models.base import SeparateNetworks
 from medmtl.module import MultiTaskModule, with_decoupled_weight_decay
+from medmtl.selection import SELECTIONS, PerTaskSelection
 from medmtl.utils import folder_lock
 from medmtl.utils.csv_log import merge_after_resume, set_aside_before_resume
 from medmtl.utils.outputs import atomic_write_text, print_summary, write_metrics_json, write_predictions
@@ -76,8 +77,19 @@ def _overrides() -> list[str]:
 
 
 #: config groups every run chooses from; the others (an experiment's arms, e.g. nyud_arm) label runs
-STANDARD_GROUPS = ("data", "model", "optim", "trainer", "logger", "callbacks", "paths", "experiment", "preset",
-                   "preset_model", "preset_data")
+STANDARD_GROUPS = (
+    "data",
+    "model",
+    "optim",
+    "trainer",
+    "logger",
+    "callbacks",
+    "paths",
+    "experiment",
+    "preset",
+    "preset_model",
+    "preset_data",
+)
 
 
 def _arm_choices() -> dict[str, str]:
@@ -85,8 +97,11 @@ def _arm_choices() -> dict[str, str]:
     the report tells runs apart by them when model, strategy and learning rate do not."""
     if not HydraConfig.initialized():
         return {}
-    return {group: str(choice) for group, choice in HydraConfig.get().runtime.choices.items()
-            if choice is not None and group not in STANDARD_GROUPS and not group.startswith("hydra")}
+    return {
+        group: str(choice)
+        for group, choice in HydraConfig.get().runtime.choices.items()
+        if choice is not None and group not in STANDARD_GROUPS and not group.startswith("hydra")
+    }
 
 
 def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, auto_resume: bool = True) -> str | None:
@@ -118,7 +133,7 @@ def _per_task_selection(cfg: DictConfig, datamodule) -> PerTaskSelection | None:
 
 def _model_selection_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
     """The checkpoint callback that monitors a metric (the other one only keeps ``last.ckpt``)."""
-    return next((c for c in trainer.checkpoint_callbacks if c.monitor is not None), None)
+    return next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor is not None), None)
 
 
 def _test(trainer: L.Trainer, module: MultiTaskModule, datamodule, ckpt_path: str | None, output_dir: Path) -> dict[str, float]:
@@ -188,8 +203,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # nothing to select on (IDRiD with val_fraction=0, Roy 2025's protocol): the last weights are tested
         callbacks = [c for c in callbacks if not (isinstance(c, ModelCheckpoint) and c.monitor is not None)]
     per_task = _per_task_selection(cfg, datamodule)
-    trainer = build_trainer(cfg, callbacks + [timer] + ([per_task] if per_task else []), loggers,
-                            validate=datamodule.has_validation)
+    trainer = build_trainer(
+        cfg, callbacks + [timer] + ([per_task] if per_task else []), loggers, validate=datamodule.has_validation
+    )
 
     started = time.perf_counter()
     resume = None
@@ -206,7 +222,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     selector = _model_selection_callback(trainer)
     best = selector.best_model_path if selector is not None else ""
     if per_task is not None and cfg.get("train", True):
-        best = per_task.compose(trainer, module) or best
+        best = per_task.compose(trainer, cast(SeparateNetworks, module.model)) or best
     if cfg.get("test", True):
         test_metrics = _test(trainer, module, datamodule, best or None, output_dir)
     if csv_dir is not None:  # after testing: the logger's header only knows the keys it logged itself
@@ -267,12 +283,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg, [], _instantiate_group(cfg.get("logger")))
     metrics = _test(trainer, module, datamodule, cfg.ckpt_path, output_dir)
-    record = {"test": metrics, "checkpoint": str(cfg.ckpt_path), "overrides": _overrides(),
-              "num_parameters": module.num_parameters(), "model": cfg.model._target_.rsplit(".", 1)[-1],
-              "data": cfg.data._target_.rsplit(".", 1)[-1], "strategy": cfg.optim.get("name"),
-              "seed": cfg.get("seed"), "fold": cfg.data.get("fold"),
-              "task_metrics": module.evaluator.TASK_METRICS if module.evaluator is not None else None,
-              "lower_is_better": sorted(module.evaluator.LOWER_IS_BETTER) if module.evaluator is not None else []}
+    record = {
+        "test": metrics,
+        "checkpoint": str(cfg.ckpt_path),
+        "overrides": _overrides(),
+        "num_parameters": module.num_parameters(),
+        "model": cfg.model._target_.rsplit(".", 1)[-1],
+        "data": cfg.data._target_.rsplit(".", 1)[-1],
+        "strategy": cfg.optim.get("name"),
+        "seed": cfg.get("seed"),
+        "fold": cfg.data.get("fold"),
+        "task_metrics": module.evaluator.TASK_METRICS if module.evaluator is not None else None,
+        "lower_is_better": sorted(module.evaluator.LOWER_IS_BETTER) if module.evaluator is not None else [],
+    }
     write_metrics_json(output_dir / "metrics.json", record)
     print_summary(f"eval {cfg.ckpt_path}", {f"test/{k}": v for k, v in metrics.items()})
     _finish_wandb(trainer.loggers)
@@ -307,14 +330,18 @@ def configuration_of_run(cfg: DictConfig) -> DictConfig:
     evaluated with ``cfg`` as composed (``model=...`` and ``data=...`` must then be given)."""
     saved_path = run_folder_of(cfg.ckpt_path) / "config_resolved.yaml"
     if not saved_path.is_file():
-        log.warning("No run configuration next to %s (looked for %s): the model and data come from the command line.",
-                    cfg.ckpt_path, saved_path)
+        log.warning(
+            "No run configuration next to %s (looked for %s): the model and data come from the command line.",
+            cfg.ckpt_path,
+            saved_path,
+        )
         return cfg
     saved = OmegaConf.load(saved_path)
     run_overrides = run_overrides_of(cfg.ckpt_path)
-    chosen = [override_key(o) for o in _overrides()
-              if o not in run_overrides and not o.startswith(("ckpt_path=", "hydra."))]
-    merged = OmegaConf.create({k: v for k, v in OmegaConf.to_container(saved).items() if k not in EVALUATION_KEYS})
+    chosen = [override_key(o) for o in _overrides() if o not in run_overrides and not o.startswith(("ckpt_path=", "hydra."))]
+    container = OmegaConf.to_container(saved)
+    assert isinstance(container, dict)  # a run's config_resolved.yaml is a mapping
+    merged = OmegaConf.create({k: v for k, v in container.items() if k not in EVALUATION_KEYS})
     for key in EVALUATION_KEYS:
         if key in cfg:
             merged[key] = OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
@@ -323,8 +350,9 @@ def configuration_of_run(cfg: DictConfig) -> DictConfig:
         if OmegaConf.is_config(value):
             value = OmegaConf.to_container(value, resolve=True)
         OmegaConf.update(merged, key, value, merge=False, force_add=True)
-    log.info("Evaluating with the configuration of %s%s.", saved_path.parent,
-             f", changed by {', '.join(chosen)}" if chosen else "")
+    log.info(
+        "Evaluating with the configuration of %s%s.", saved_path.parent, f", changed by {', '.join(chosen)}" if chosen else ""
+    )
     return merged
 
 
@@ -337,8 +365,11 @@ def evaluation_arguments(arguments: list[str]) -> list[str]:
     if not ckpt:
         return arguments
     given = {override_key(a) for a in arguments if not a.startswith("-")}
-    kept = [o for o in run_overrides_of(ckpt)
-            if override_key(o) not in given and not any(override_key(o).startswith(g + ".") for g in given)]
+    kept = [
+        o
+        for o in run_overrides_of(ckpt)
+        if override_key(o) not in given and not any(override_key(o).startswith(g + ".") for g in given)
+    ]
     return kept + arguments
 
 

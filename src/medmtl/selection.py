@@ -21,6 +21,7 @@ import torch
 
 from medmtl.checkpoints import read_checkpoint
 from medmtl.errors import ConfigError
+from medmtl.models.base import SeparateNetworks
 
 SELECTIONS = ("per_task", "joint")
 
@@ -44,8 +45,9 @@ class PerTaskSelection(L.Callback):
     @staticmethod
     def check(model: torch.nn.Module) -> None:
         if not hasattr(model, "members"):
-            raise ConfigError("optim.model_selection=per_task needs one network per task (optim=stl); "
-                              "use optim.model_selection=joint.")
+            raise ConfigError(
+                "optim.model_selection=per_task needs one network per task (optim=stl); use optim.model_selection=joint."
+            )
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self.check(pl_module.model)
@@ -56,7 +58,8 @@ class PerTaskSelection(L.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        for task, member in pl_module.model.members.items():
+        for task in pl_module.model.task_names:
+            member = pl_module.model.member(task)
             value = trainer.callback_metrics.get(f"val/loss/{task}")
             if value is None or (task in self.best and float(value) >= self.best[task]):
                 continue
@@ -69,12 +72,13 @@ class PerTaskSelection(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best, self.epochs = dict(state_dict["best"]), dict(state_dict["epochs"])
 
-    def compose(self, trainer: L.Trainer, module: L.LightningModule) -> str:
-        """Every member at its best epoch, saved as ``best_per_task.ckpt``; "" when nothing was selected."""
+    def compose(self, trainer: L.Trainer, model: SeparateNetworks) -> str:
+        """Every member of ``model`` (the trained module's) at its best epoch, saved with the rest of
+        the module as ``best_per_task.ckpt``; "" when nothing was selected."""
         if not self.best:
             return ""
         for task in self.best:
-            module.model.members[task].load_state_dict(read_checkpoint(self.path_of(task)))
+            model.member(task).load_state_dict(read_checkpoint(self.path_of(task)))
         path = self.dirpath / "best_per_task.ckpt"
         trainer.save_checkpoint(path, weights_only=True)
         return str(path)

@@ -38,8 +38,7 @@ def pooled_predictions(runs, score: str = "p_combined") -> dict[str, tuple[np.nd
             with np.load(path) as data:
                 if score in data.files:
                     pooled.setdefault(run.method, []).append((data["label"], data[score]))
-    return {m: (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-            for m, parts in pooled.items()}
+    return {m: (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])) for m, parts in pooled.items()}
 
 
 def plot_roc(runs, output: str | Path, score: str = "p_combined") -> Path | None:
@@ -113,7 +112,7 @@ def plot_metric_curves(runs, output: str | Path, metrics: Sequence[str]) -> Path
     columns = min(len(panels), 4)
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.6 * rows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.set_axis_off()
     for ax, (metric, curves) in zip(axes.flat, panels.items()):
         draw_mean_std(ax, curves)

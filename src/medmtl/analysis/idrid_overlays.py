@@ -11,7 +11,7 @@ named in the ground-truth title.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +19,13 @@ import numpy as np
 from medmtl.analysis.figures import plt, save_figure
 
 #: Tint of each lesion (microaneurysms, haemorrhages, hard and soft exudates, optic disc).
-LESION_COLOURS = {"ma": (0.1, 0.3, 1.0), "he": (0.6, 0.0, 0.6), "ex": (1.0, 0.9, 0.0),
-                  "se": (0.1, 0.9, 0.9), "od": (0.1, 0.8, 0.2)}
+LESION_COLOURS = {
+    "ma": (0.1, 0.3, 1.0),
+    "he": (0.6, 0.0, 0.6),
+    "ex": (1.0, 0.9, 0.0),
+    "se": (0.1, 0.9, 0.9),
+    "od": (0.1, 0.8, 0.2),
+}
 FALLBACK_COLOUR = (1.0, 1.0, 1.0)
 
 
@@ -28,7 +33,7 @@ def is_idrid_examples(examples: Mapping[str, np.ndarray]) -> bool:
     return "lesion_pred" in examples
 
 
-def tint(image: np.ndarray, masks: np.ndarray, names: Sequence[str], alpha: float = 0.55) -> np.ndarray:
+def tint(image: np.ndarray, masks: np.ndarray, names: Sequence[str] | np.ndarray, alpha: float = 0.55) -> np.ndarray:
     """``image`` (H, W, 3) uint8 with each mask of ``masks`` (L, H, W) tinted in its lesion's
     colour (later lesions over earlier ones); float RGB in [0, 1]."""
     rgb = image.astype(np.float64) / 255.0
@@ -38,7 +43,7 @@ def tint(image: np.ndarray, masks: np.ndarray, names: Sequence[str], alpha: floa
     return rgb
 
 
-def grades_text(names: Sequence[str], values: Sequence[int]) -> str:
+def grades_text(names: Iterable[str] | np.ndarray, values: Iterable[int] | np.ndarray) -> str:
     return ", ".join(f"{name} {int(value)}" for name, value in zip(names, values))
 
 
@@ -55,9 +60,11 @@ def example_panels(examples: Mapping[str, np.ndarray]) -> list[np.ndarray]:
 
 def example_captions(examples: Mapping[str, np.ndarray]) -> list[str]:
     grades = examples["grade_names"]
-    return [f"test image {int(index)}; truth: {grades_text(grades, examples['grade_true'][i]) or '-'}; "
-            f"predicted: {grades_text(grades, examples['grade_pred'][i]) or '-'}"
-            for i, index in enumerate(examples["index"])]
+    return [
+        f"test image {int(index)}; truth: {grades_text(grades, examples['grade_true'][i]) or '-'}; "
+        f"predicted: {grades_text(grades, examples['grade_pred'][i]) or '-'}"
+        for i, index in enumerate(examples["index"])
+    ]
 
 
 def _position(examples: Mapping[str, np.ndarray], index: int) -> int | None:
@@ -76,12 +83,15 @@ def _has_masks(by_method: Mapping[str, Mapping[str, np.ndarray]], index: int) ->
 
 def _truth_source(by_method: Mapping[str, Mapping[str, np.ndarray]], index: int) -> tuple[np.ndarray, str]:
     """The image and a ground-truth title gathered over the methods that saw image ``index``."""
-    image, lesions, missing, grades = None, {}, [], {}
+    image: np.ndarray | None = None
+    lesions: dict[str, np.ndarray] = {}
+    missing: list[str] = []
+    grades: dict[str, int] = {}
     for examples in by_method.values():
         i = _position(examples, index)
         if i is None:
             continue
-        image = examples["image"][i]
+        image = np.asarray(examples["image"][i])
         for j, name in enumerate(examples["lesion_names"]):
             if examples["lesion_present"][i][j]:
                 lesions[str(name)] = examples["lesion_true"][i][j]
@@ -90,6 +100,8 @@ def _truth_source(by_method: Mapping[str, Mapping[str, np.ndarray]], index: int)
         for name, value in zip(examples["grade_names"], examples["grade_true"][i]):
             grades[str(name)] = int(value)
     title = f"test image {index}, ground truth\n{grades_text(grades, grades.values()) or 'no grade task'}"
+    if image is None:
+        raise ValueError(f"No run kept test image {index}.")
     absent = sorted(set(missing) - set(lesions))
     if absent and not lesions:
         title += "\nno lesion mask (grading-set image)"
@@ -102,10 +114,12 @@ def plot_idrid_overlay(by_method: Mapping[str, Mapping[str, np.ndarray]], output
     """``by_method``: method -> that run's example arrays. Rows: every kept image (segmentation
     images first); columns: ground truth, then each method."""
     methods = list(by_method)
-    indices = sorted({int(i) for e in by_method.values() for i in e["index"]},
-                     key=lambda index: (not _has_masks(by_method, index), index))
-    fig, axes = plt.subplots(len(indices), 1 + len(methods), figsize=(3.4 * (1 + len(methods)), 2.9 * len(indices)),
-                             squeeze=False)
+    indices = sorted(
+        {int(i) for e in by_method.values() for i in e["index"]}, key=lambda index: (not _has_masks(by_method, index), index)
+    )
+    fig, axes = plt.subplots(
+        len(indices), 1 + len(methods), figsize=(3.4 * (1 + len(methods)), 2.9 * len(indices)), squeeze=False
+    )
     for row, index in zip(axes, indices):
         truth, title = _truth_source(by_method, index)
         row[0].imshow(truth)
@@ -114,8 +128,15 @@ def plot_idrid_overlay(by_method: Mapping[str, Mapping[str, np.ndarray]], output
             examples = by_method[method]
             i = _position(examples, index)
             if i is None:
-                ax.text(0.5, 0.5, "not evaluated on this image\n(none of its tasks)", ha="center", va="center",
-                        fontsize="x-small", transform=ax.transAxes)
+                ax.text(
+                    0.5,
+                    0.5,
+                    "not evaluated on this image\n(none of its tasks)",
+                    ha="center",
+                    va="center",
+                    fontsize="x-small",
+                    transform=ax.transAxes,
+                )
                 ax.set_title(method, fontsize="x-small")
                 continue
             ax.imshow(tint(examples["image"][i], examples["lesion_pred"][i], examples["lesion_names"]))

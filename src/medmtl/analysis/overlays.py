@@ -44,7 +44,7 @@ def mask_overlay(image: np.ndarray, od: np.ndarray, oc: np.ndarray, alpha: float
 def _mark(rgb: np.ndarray, xy: Sequence[float], colour: Sequence[float], radius: int = 2) -> None:
     h, w = rgb.shape[:2]
     x, y = int(round(float(xy[0]))), int(round(float(xy[1])))
-    rgb[max(0, y - radius):min(h, y + radius + 1), max(0, x - radius):min(w, x + radius + 1)] = colour
+    rgb[max(0, y - radius) : min(h, y + radius + 1), max(0, x - radius) : min(w, x + radius + 1)] = colour
 
 
 def example_panels(examples: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -68,7 +68,9 @@ def pick_example(examples: dict[str, dict[str, np.ndarray]]) -> int:
     candidates = [i for i, label in enumerate(first["label"]) if label == 1] or list(range(len(first["label"])))
 
     def spread(i: int) -> float:
-        scores = [(dice(e["od_pred"][i], e["od_true"][i]) + dice(e["oc_pred"][i], e["oc_true"][i])) / 2 for e in examples.values()]
+        scores = [
+            (dice(e["od_pred"][i], e["od_true"][i]) + dice(e["oc_pred"][i], e["oc_true"][i])) / 2 for e in examples.values()
+        ]
         return max(scores) - min(scores)
 
     return max(candidates, key=spread)
@@ -97,8 +99,10 @@ def plot_overlay(examples: dict[str, dict[str, np.ndarray]], output: str | Path,
     for ax, method in zip(axes[2:], methods):
         e = examples[method]
         ax.imshow(mask_overlay(image, e["od_pred"][i], e["oc_pred"][i]))
-        ax.set_title(f"{method}\nDice OD {dice(e['od_pred'][i], e['od_true'][i]):.3f}, "
-                     f"OC {dice(e['oc_pred'][i], e['oc_true'][i]):.3f}", fontsize="small")
+        ax.set_title(
+            f"{method}\nDice OD {dice(e['od_pred'][i], e['od_true'][i]):.3f}, OC {dice(e['oc_pred'][i], e['oc_true'][i]):.3f}",
+            fontsize="small",
+        )
     for ax in axes:
         ax.set_axis_off()
     return save_figure(fig, output)
@@ -123,8 +127,9 @@ def overlay_from_runs(runs, methods: Sequence[str], output: str | Path) -> Path 
         by_key.setdefault(run.pair_key, {})[run.method] = run.folder
     for key in sorted(by_key):
         if all(m in by_key[key] for m in methods):
-            examples = {m: load_examples(by_key[key][m]) for m in methods}
-            if all(e is not None for e in examples.values()):
+            loaded = {m: load_examples(by_key[key][m]) for m in methods}
+            examples = {m: e for m, e in loaded.items() if e is not None}
+            if len(examples) == len(loaded):
                 if all(idrid_overlays.is_idrid_examples(e) for e in examples.values()):
                     return idrid_overlays.plot_idrid_overlay(examples, output)
                 if all(scene_overlays.is_scene_examples(e) for e in examples.values()):

@@ -4,7 +4,9 @@ A sweep folder holds one job folder per run (Hydra's multirun layout); each job 
 ``.hydra/overrides.yaml`` and, when it finished, ``metrics.json``. Several sweep folders can be
 reported together (e.g. Pascal et al. 2022 Table 2 and its Res34-UNet reference). Runs are grouped by method:
 the strategy, plus the model, the number of tasks and the learning rate when the runs differ in
-them (``mtl_io (UNetVGG16, lr=0.001)``, ``ga (1 task)`` vs ``ga (12 tasks)``); they are paired across methods by fold (CV) or by seed. Each cell is mean +/- std over the runs; the best mean per column is bold; a method whose
+them (``mtl_io (UNetVGG16, lr=0.001)``, ``ga (1 task)`` vs ``ga (12 tasks)``); they are paired across
+methods by fold (CV) or by seed. Each cell is mean +/- std over the runs; the best mean per column
+is bold; a method whose
 value the best is significantly better than (paired t-test) is marked * (p < 0.05) or ** (p < 0.01);
 Delta_MTL is computed against the ``baseline`` method (``stl``) over the task metrics; several
 baseline methods may share the tasks out (Roy 2025: a grading classifier and a lesion segmenter),
@@ -23,6 +25,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from medmtl.analysis.figures import plot_curves, plot_metric_curves, plot_roc
 from medmtl.analysis.lr_sensitivity import plot_lr_sensitivity
@@ -39,7 +42,7 @@ class Run:
     method: str
     pair_key: str
     metrics: dict[str, float] = field(default_factory=dict)
-    attributes: dict[str, object] = field(default_factory=dict)  # strategy; model and lr join the label when they vary
+    attributes: dict[str, Any] = field(default_factory=dict)  # strategy; model and lr join the label when they vary
 
 
 @dataclass
@@ -57,16 +60,21 @@ def load_run(folder: Path) -> Run | None:
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    metrics = {k: float(v) for k, v in record.get("test", {}).items()
-               if v is not None and not k.startswith("loss")}
+    metrics = {k: float(v) for k, v in record.get("test", {}).items() if v is not None and not k.startswith("loss")}
     for key, name in RESOURCE_COLUMNS.items():
         if record.get(key) is not None:
             metrics[name] = float(record[key])
     fold = record.get("fold")
     pair_key = f"fold {fold}" if record.get("protocol", "cv") == "cv" and fold is not None else f"seed {record.get('seed')}"
-    attributes = {"strategy": record.get("strategy"), "model": record.get("model"), "lr": record.get("lr"),
-                  "tasks": record.get("n_tasks"), "task_metrics": record.get("task_metrics"),
-                  "lower_is_better": record.get("lower_is_better"), "arms": record.get("arms") or {}}
+    attributes = {
+        "strategy": record.get("strategy"),
+        "model": record.get("model"),
+        "lr": record.get("lr"),
+        "tasks": record.get("n_tasks"),
+        "task_metrics": record.get("task_metrics"),
+        "lower_is_better": record.get("lower_is_better"),
+        "arms": record.get("arms") or {},
+    }
     return Run(folder, str(record.get("strategy")), pair_key, metrics, attributes)
 
 
@@ -124,12 +132,17 @@ def delta_metrics(runs: Sequence[Run], shown: Sequence[str]) -> list[str]:
     return list(merged.values()) if merged else list(shown)
 
 
-def baseline_values(values: Mapping[tuple[str, str], Mapping[str, float]], methods: Sequence[str],
-                    baselines: Sequence[str], task_metrics: Sequence[str]) -> dict[str, float] | None:
+def baseline_values(
+    values: Mapping[tuple[str, str], Mapping[str, float]],
+    methods: Sequence[str],
+    baselines: Sequence[str],
+    task_metrics: Sequence[str],
+) -> dict[str, float] | None:
     """Each task metric's mean over the runs of the baseline method that reports it; None when a
     baseline is absent or ambiguous, or when two baselines report the same metric."""
-    resolved = [resolve_baseline(methods, b) for b in baselines]
-    if not resolved or None in resolved:
+    found = [resolve_baseline(methods, b) for b in baselines]
+    resolved = [b for b in found if b is not None]
+    if not resolved or len(resolved) < len(found):
         return None
     base: dict[str, float] = {}
     for metric in task_metrics:
@@ -162,8 +175,7 @@ class Table:
     conflicts: list[tuple[str, str, str]] = field(default_factory=list)  # (method, metric, pair key)
 
 
-def build_table(collection: Collection, metrics: Sequence[str] | None = None,
-                baseline: str | Sequence[str] = "stl") -> Table:
+def build_table(collection: Collection, metrics: Sequence[str] | None = None, baseline: str | Sequence[str] = "stl") -> Table:
     runs = collection.runs
     methods = sorted({r.method for r in runs})
     all_metrics = sorted({m for r in runs for m in r.metrics})
@@ -190,13 +202,14 @@ def build_table(collection: Collection, metrics: Sequence[str] | None = None,
         if not finite:
             continue
         chooser = min if lower_is_better(metric, declared_lower) else max
-        best[metric] = chooser(finite, key=finite.get)
+        best[metric] = chooser(finite, key=lambda m: finite[m])
         if metric in RESOURCE_COLUMNS.values():
             continue  # parameters and timings: no significance test
         for method in methods:
             if method != best[metric]:
-                p_values[(method, metric)] = paired_t_test(values.get((best[metric], metric), {}),
-                                                           values.get((method, metric), {}))
+                p_values[(method, metric)] = paired_t_test(
+                    values.get((best[metric], metric), {}), values.get((method, metric), {})
+                )
     task_metrics = delta_metrics(runs, [m for m in metrics if m not in RESOURCE_COLUMNS.values()])
     delta = {}
     base = baseline_values(values, methods, [baseline] if isinstance(baseline, str) else list(baseline), task_metrics)
@@ -210,8 +223,9 @@ def build_table(collection: Collection, metrics: Sequence[str] | None = None,
 def in_percent(metric: str) -> bool:
     """Shares shown in percent: AUC, Dice, accuracies, IoU, average precision (``ap_<class>``,
     ``*_map``) and F1 (``*_mf1``)."""
-    return (any(w in metric for w in ("auc", "dice", "acc", "iou")) or metric.startswith("ap_")
-            or metric.endswith(("_map", "_mf1")))
+    return (
+        any(w in metric for w in ("auc", "dice", "acc", "iou")) or metric.startswith("ap_") or metric.endswith(("_map", "_mf1"))
+    )
 
 
 def _cell(table: Table, method: str, metric: str, bold: tuple[str, str]) -> str:
@@ -237,11 +251,16 @@ def to_markdown(table: Table, collection: Collection) -> str:
         if table.delta:
             row.append(f"{table.delta[method]:+.2f}" if not math.isnan(table.delta[method]) else "-")
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "AUC, Dice, accuracy, IoU, AP and F1 in percent. Best mean in bold; * p < 0.05, ** p < 0.01 "
-              "(paired t-test of the best method against that method, paired by fold or seed)."]
+    lines += [
+        "",
+        "AUC, Dice, accuracy, IoU, AP and F1 in percent. Best mean in bold; * p < 0.05, ** p < 0.01 "
+        "(paired t-test of the best method against that method, paired by fold or seed).",
+    ]
     if table.delta:
-        lines += [f"Δ_MTL: mean relative change against the baseline over {', '.join(table.delta_metrics)} "
-                  "(sign flipped where lower is better); - where a baseline value is 0."]
+        lines += [
+            f"Δ_MTL: mean relative change against the baseline over {', '.join(table.delta_metrics)} "
+            "(sign flipped where lower is better); - where a baseline value is 0."
+        ]
     lines += problems(table, collection)
     return "\n".join(lines) + "\n"
 
@@ -269,8 +288,9 @@ def to_latex(table: Table) -> str:
     lines = [rf"\begin{{tabular}}{{{columns}}}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
     for method in table.methods:
         cells = [_cell(table, method, m, (r"\textbf{", "}")).replace("±", r"$\pm$") for m in table.metrics]
-        cells = [c.replace("**", "$^{**}$") if c.endswith("**") else c.replace("*", "$^{*}$") if c.endswith("*") else c
-                 for c in cells]
+        cells = [
+            c.replace("**", "$^{**}$") if c.endswith("**") else c.replace("*", "$^{*}$") if c.endswith("*") else c for c in cells
+        ]
         row = [method.replace("_", r"\_"), *cells]
         if table.delta:
             row.append(f"{table.delta[method]:+.2f}" if not math.isnan(table.delta[method]) else "-")
@@ -287,22 +307,35 @@ def write_csv(table: Table, path: Path) -> None:
             for metric in table.metrics:
                 samples = list(table.values.get((method, metric), {}).values())
                 mean, std = mean_std(samples)
-                writer.writerow([method, metric, mean, std, len(samples),
-                                 table.p_values.get((method, metric), ""), table.delta.get(method, "")])
+                writer.writerow(
+                    [
+                        method,
+                        metric,
+                        mean,
+                        std,
+                        len(samples),
+                        table.p_values.get((method, metric), ""),
+                        table.delta.get(method, ""),
+                    ]
+                )
 
 
-def write_report(sweeps: str | Path | Sequence[str | Path], output: str | Path | None = None,
-                 metrics: Sequence[str] | None = None, baseline: str | Sequence[str] = "stl",
-                 overlay_methods: Sequence[str] | None = None) -> Path:
+def write_report(
+    sweeps: str | Path | Sequence[str | Path],
+    output: str | Path | None = None,
+    metrics: Sequence[str] | None = None,
+    baseline: str | Sequence[str] = "stl",
+    overlay_methods: Sequence[str] | None = None,
+) -> Path:
     """Tables and figures of one or several sweep folders, into ``output`` (default
     ``<first sweep>/report``). ``overlay_methods``: the methods of the overlay figure (default:
     the baseline and the method with the best mean AUC)."""
-    sweeps = [Path(sweeps)] if isinstance(sweeps, (str, Path)) else [Path(s) for s in sweeps]
-    collection = collect(sweeps)
+    folders = [Path(sweeps)] if isinstance(sweeps, (str, Path)) else [Path(s) for s in sweeps]
+    collection = collect(folders)
     if not collection.runs:
-        raise FileNotFoundError(f"No finished run (metrics.json) under {', '.join(map(str, sweeps))}.")
+        raise FileNotFoundError(f"No finished run (metrics.json) under {', '.join(map(str, folders))}.")
     table = build_table(collection, metrics, baseline)
-    output = Path(output) if output else sweeps[0] / "report"
+    output = Path(output) if output else folders[0] / "report"
     output.mkdir(parents=True, exist_ok=True)
     (output / "results.md").write_text(to_markdown(table, collection))
     (output / "results.tex").write_text(to_latex(table))

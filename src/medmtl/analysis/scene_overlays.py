@@ -85,8 +85,9 @@ def plot_scene_overlay(by_method: Mapping[str, Mapping[str, np.ndarray]], output
     methods = list(by_method)
     reference = by_method[methods[0]]
     tasks = scene_tasks(reference)
-    fig, axes = plt.subplots(1 + len(methods), 1 + len(tasks), figsize=(2.6 * (1 + len(tasks)), 2.2 * (1 + len(methods))),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1 + len(methods), 1 + len(tasks), figsize=(2.6 * (1 + len(tasks)), 2.2 * (1 + len(methods))), squeeze=False
+    )
     axes[0, 0].imshow(reference["image"][0])
     axes[0, 0].set_title(f"test image {int(reference['index'][0])}", fontsize="small")
     for column, task in enumerate(tasks, start=1):

@@ -55,8 +55,9 @@ def significance_mark(p_value: float) -> str:
     return "**" if p_value < 0.01 else "*" if p_value < 0.05 else ""
 
 
-def delta_mtl(method: Mapping[str, float], baseline: Mapping[str, float], metrics: Sequence[str],
-              declared_lower: Collection[str] = ()) -> float:
+def delta_mtl(
+    method: Mapping[str, float], baseline: Mapping[str, float], metrics: Sequence[str], declared_lower: Collection[str] = ()
+) -> float:
     """Mean relative improvement over the baseline, in percent, sign-corrected per metric."""
     terms = []
     for metric in metrics:

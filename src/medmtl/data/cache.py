@@ -33,15 +33,14 @@ CACHE_VERSION = 2
 
 def source_key(sources: Iterable[Path | None], **parameters: object) -> str:
     """Digest of the sources' (path, size, mtime) and the preprocessing parameters."""
-    described = []
+    described: list[list[object] | None] = []
     for source in sources:
         if source is None:
             described.append(None)
             continue
         stat = Path(source).stat()
         described.append([str(Path(source).resolve()), stat.st_size, stat.st_mtime_ns])
-    text = json.dumps({"sources": described, "parameters": parameters, "version": CACHE_VERSION}, sort_keys=True,
-                      default=str)
+    text = json.dumps({"sources": described, "parameters": parameters, "version": CACHE_VERSION}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -67,13 +66,14 @@ class SampleCache:
         if not todo:
             return 0.0
         start = time.perf_counter()
-        log.info("Preprocessing %d %s into %s (once; the cache is rebuilt when a source file changes).",
-                 len(todo), what, self.folder)
+        log.info(
+            "Preprocessing %d %s into %s (once; the cache is rebuilt when a source file changes).", len(todo), what, self.folder
+        )
         for name, key, build in todo:
             target = self.path(name, key)
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.stem}.{os.getpid()}.tmp.npz")
-            np.savez(partial, **build())
+            np.savez(partial, **build())  # type: ignore[arg-type]  # numpy stubs: **arrays
             os.replace(partial, target)
             stem = Path(name).name
             for stale in target.parent.glob(f"{stem}-*.npz"):

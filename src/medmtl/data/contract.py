@@ -64,8 +64,10 @@ class MultiTaskDataModule(L.LightningDataModule, abc.ABC):
                 continue
             if sizes.get(split, 0) == 0:
                 way_out = " (or set test=false to train without testing)" if split == "test" else ""
-                raise DatasetError(f"The {split} split of {type(self).__name__} is empty (split sizes: {sizes}): check "
-                                   f"data.root and the options that choose the splits{way_out}.")
+                raise DatasetError(
+                    f"The {split} split of {type(self).__name__} is empty (split sizes: {sizes}): check "
+                    f"data.root and the options that choose the splits{way_out}."
+                )
 
 
 class SplitLoaders:
@@ -86,10 +88,15 @@ class SplitLoaders:
         from medmtl.data.sampling import EpochSeededSampler
 
         dataset = self.datasets[split]
-        return DataLoader(dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size,
-                          sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else None,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0, drop_last=shuffle and len(dataset) > self.batch_size)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            drop_last=shuffle and len(dataset) > self.batch_size,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -57,8 +57,10 @@ SETTINGS = ("2task", "26task")
 
 def emotic_tasks(setting: str) -> list[Task]:
     if setting == "2task":
-        return [Task("categories", "multilabel", losses.multilabel_bce, num_outputs=len(CATEGORIES)),
-                Task("dimensions", "regression", losses.l1, num_outputs=3)]
+        return [
+            Task("categories", "multilabel", losses.multilabel_bce, num_outputs=len(CATEGORIES)),
+            Task("dimensions", "regression", losses.l1, num_outputs=3),
+        ]
     if setting == "26task":
         return [Task(category_task_name(c), "binary", losses.binary_cross_entropy) for c in CATEGORIES]
     raise ConfigError(f"data.setting must be one of {SETTINGS}, got {setting!r}.")
@@ -132,16 +134,34 @@ class EmoticDataModule(SplitLoaders, MultiTaskDataModule):
 
     input_keys = ("context", "body")
 
-    def __init__(self, root: str, layout: str = "auto", setting: str = "2task", context_size: int = 224, body_size: int = 224,
-                 augment: bool = True, batch_size: int = 52, eval_batch_size: int = 64, num_workers: int = 0, seed: int = 0,
-                 cache_dir: str | None = None, skip_bad_samples: bool = False, pin_memory: bool = False):
+    def __init__(
+        self,
+        root: str,
+        layout: str = "auto",
+        setting: str = "2task",
+        context_size: int = 224,
+        body_size: int = 224,
+        augment: bool = True,
+        batch_size: int = 52,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        skip_bad_samples: bool = False,
+        pin_memory: bool = False,
+    ):
         super().__init__()
         if layout not in ("auto", *LAYOUTS):
             raise ConfigError(f"data.layout must be auto or one of {LAYOUTS}, got {layout!r}.")
         self.tasks = emotic_tasks(setting)
         self.root, self.layout_choice, self.setting = Path(root).expanduser(), layout, setting
         self.context_size, self.body_size, self.augment = int(context_size), int(body_size), augment
-        self.batch_size, self.eval_batch_size, self.num_workers, self.pin_memory = batch_size, eval_batch_size, num_workers, pin_memory
+        self.batch_size, self.eval_batch_size, self.num_workers, self.pin_memory = (
+            batch_size,
+            eval_batch_size,
+            num_workers,
+            pin_memory,
+        )
         self.seed, self.cache_dir, self.skip_bad_samples = seed, cache_dir, skip_bad_samples
         self.datasets: dict[str, EmoticDataset] = {}
 
@@ -176,6 +196,7 @@ class EmoticDataModule(SplitLoaders, MultiTaskDataModule):
         records = self.records() if layout == "mat" else {}
         for split in SPLITS:
             augment = self.augment and split == "train"
+            source: MatSource | ArraySource
             if layout == "mat":
                 source, count = MatSource(self.root, records[split]), len(records[split])
             else:

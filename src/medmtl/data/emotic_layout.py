@@ -40,10 +40,34 @@ from medmtl.data.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-CATEGORIES = ("Affection", "Anger", "Annoyance", "Anticipation", "Aversion", "Confidence", "Disapproval",
-              "Disconnection", "Disquietment", "Doubt/Confusion", "Embarrassment", "Engagement", "Esteem",
-              "Excitement", "Fatigue", "Fear", "Happiness", "Pain", "Peace", "Pleasure", "Sadness", "Sensitivity",
-              "Suffering", "Surprise", "Sympathy", "Yearning")
+CATEGORIES = (
+    "Affection",
+    "Anger",
+    "Annoyance",
+    "Anticipation",
+    "Aversion",
+    "Confidence",
+    "Disapproval",
+    "Disconnection",
+    "Disquietment",
+    "Doubt/Confusion",
+    "Embarrassment",
+    "Engagement",
+    "Esteem",
+    "Excitement",
+    "Fatigue",
+    "Fear",
+    "Happiness",
+    "Pain",
+    "Peace",
+    "Pleasure",
+    "Sadness",
+    "Sensitivity",
+    "Suffering",
+    "Surprise",
+    "Sympathy",
+    "Yearning",
+)
 DIMENSIONS = ("valence", "arousal", "dominance")
 SPLITS = ("train", "val", "test")
 LAYOUTS = ("mat", "preprocessed")
@@ -82,8 +106,10 @@ def detect_layout(root: Path) -> str:
         return "mat"
     if (root / PREPROCESSED / "train.csv").is_file():
         return "preprocessed"
-    raise DatasetError(f"No EMOTIC layout found under {root}: expected {MAT_FILE} (the official release) or "
-                       f"{PREPROCESSED}/train.csv (the preprocessed form). Set data.root, or use data=emotic_synthetic.")
+    raise DatasetError(
+        f"No EMOTIC layout found under {root}: expected {MAT_FILE} (the official release) or "
+        f"{PREPROCESSED}/train.csv (the preprocessed form). Set data.root, or use data=emotic_synthetic."
+    )
 
 
 def _many(value) -> list:
@@ -124,10 +150,10 @@ def _dimension_vector(continuous, where: str) -> np.ndarray:
         values.append(row)
     if not values:
         raise DatasetError(f"{where} has no continuous annotation.")
-    values = np.nanmean(np.asarray(values, dtype=np.float64), axis=0) if len(values) > 1 else np.asarray(values[0])
-    if not np.all(np.isfinite(values)) or values.min() < 1 or values.max() > 10:
-        raise DatasetError(f"{where}: dimensions {np.round(values, 3).tolist()} are not all within 1-10.")
-    return values.astype(np.float32)
+    mean = np.nanmean(np.asarray(values, dtype=np.float64), axis=0) if len(values) > 1 else np.asarray(values[0])
+    if not np.all(np.isfinite(mean)) or mean.min() < 1 or mean.max() > 10:
+        raise DatasetError(f"{where}: dimensions {np.round(mean, 3).tolist()} are not all within 1-10.")
+    return mean.astype(np.float32)
 
 
 def _person_labels(person, split: str, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -158,15 +184,19 @@ def read_mat(path: Path) -> dict[str, object]:
     from scipy.io import loadmat
 
     if path.is_file() and path.read_bytes()[:128].find(b"MATLAB 7.3") >= 0:
-        raise DatasetError(f"{path} is a MATLAB v7.3 (HDF5) file, which scipy cannot read; save it again with "
-                           "MATLAB's -v7 option (the release is v7).")
+        raise DatasetError(
+            f"{path} is a MATLAB v7.3 (HDF5) file, which scipy cannot read; save it again with "
+            "MATLAB's -v7 option (the release is v7)."
+        )
     try:
         content = loadmat(path, squeeze_me=True, struct_as_record=False)
     except (OSError, ValueError, TypeError) as error:
         raise DatasetError(f"Cannot read {path}: it is truncated or not a MATLAB file ({error}).") from None
     missing = [split for split in SPLITS if split not in content]
     if missing:
-        raise DatasetError(f"{path} has no {missing} struct arrays; it holds {sorted(k for k in content if not k.startswith('__'))}.")
+        raise DatasetError(
+            f"{path} has no {missing} struct arrays; it holds {sorted(k for k in content if not k.startswith('__'))}."
+        )
     return {split: content[split] for split in SPLITS}
 
 
@@ -175,7 +205,10 @@ def records_from_mat(root: Path, entries, split: str, skip_bad_samples: bool = F
     images, boxes, categories, dimensions = [], [], [], []
     clipped = skipped = 0
     for i, entry in enumerate(_many(entries)):
-        filename, folder = str(_field(entry, "filename", f"{split} image {i}")), str(_field(entry, "folder", f"{split} image {i}"))
+        filename, folder = (
+            str(_field(entry, "filename", f"{split} image {i}")),
+            str(_field(entry, "folder", f"{split} image {i}")),
+        )
         relative = Path("emotic") / folder / filename
         where_image = f"{MAT_FILE} {split} image {i} ({relative})"
         size = _field(entry, "image_size", where_image)
@@ -185,8 +218,10 @@ def records_from_mat(root: Path, entries, split: str, skip_bad_samples: bool = F
                 log.warning("EMOTIC: %s is missing; its persons are left out (data.skip_bad_samples).", root / relative)
                 skipped += len(_many(_field(entry, "person", where_image)))
                 continue
-            raise DatasetError(f"EMOTIC image missing: {root / relative} (listed in {where_image}); "
-                               "set data.skip_bad_samples=true to leave its persons out.")
+            raise DatasetError(
+                f"EMOTIC image missing: {root / relative} (listed in {where_image}); "
+                "set data.skip_bad_samples=true to leave its persons out."
+            )
         for j, person in enumerate(_many(_field(entry, "person", where_image))):
             where = f"{where_image}, person {j}"
             box, was_clipped = _checked_box(_field(person, "body_bbox", where), width, height, where)
@@ -200,9 +235,12 @@ def records_from_mat(root: Path, entries, split: str, skip_bad_samples: bool = F
         log.info("EMOTIC %s: %d body boxes overshot their image and were clipped to it.", split, clipped)
     if skipped:
         log.warning("EMOTIC %s: %d persons left out (missing images).", split, skipped)
-    return EmoticRecords(np.asarray(images, dtype=str), np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-                         np.asarray(categories, dtype=np.uint8).reshape(-1, len(CATEGORIES)),
-                         np.asarray(dimensions, dtype=np.float32).reshape(-1, len(DIMENSIONS)))
+    return EmoticRecords(
+        np.asarray(images, dtype=str),
+        np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        np.asarray(categories, dtype=np.uint8).reshape(-1, len(CATEGORIES)),
+        np.asarray(dimensions, dtype=np.float32).reshape(-1, len(DIMENSIONS)),
+    )
 
 
 def read_preprocessed(root: Path, split: str) -> dict[str, np.ndarray]:
@@ -225,6 +263,8 @@ def read_preprocessed(root: Path, split: str) -> dict[str, np.ndarray]:
             raise DatasetError(f"{path} has shape {array.shape}; expected {shape} axes and {rows} rows (as {listing}).")
         arrays[key] = array
     if arrays["cat"].shape[1] != len(CATEGORIES) or arrays["cont"].shape[1] != len(DIMENSIONS):
-        raise DatasetError(f"{folder}: {split}_cat_arr.npy must have 26 columns and {split}_cont_arr.npy 3, found "
-                           f"{arrays['cat'].shape[1]} and {arrays['cont'].shape[1]}.")
+        raise DatasetError(
+            f"{folder}: {split}_cat_arr.npy must have 26 columns and {split}_cont_arr.npy 3, found "
+            f"{arrays['cat'].shape[1]} and {arrays['cont'].shape[1]}."
+        )
     return arrays

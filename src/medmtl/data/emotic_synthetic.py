@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -33,8 +34,19 @@ log = logging.getLogger(__name__)
 
 MARKER = ".synthetic_emotic.json"
 DATABASES = ("mscoco", "ade20k", "emodb_small", "framesdb")
-BODY_COLOURS = np.array([[220, 40, 40], [40, 180, 60], [40, 70, 220], [230, 200, 40], [160, 60, 200], [40, 200, 210],
-                         [240, 130, 30], [120, 120, 120]], dtype=np.float64)
+BODY_COLOURS = np.array(
+    [
+        [220, 40, 40],
+        [40, 180, 60],
+        [40, 70, 220],
+        [230, 200, 40],
+        [160, 60, 200],
+        [40, 200, 210],
+        [240, 130, 30],
+        [120, 120, 120],
+    ],
+    dtype=np.float64,
+)
 SCENE_COLOURS = np.array([[90, 120, 160], [150, 110, 80], [70, 130, 70], [170, 170, 180]], dtype=np.float64)
 
 
@@ -55,8 +67,9 @@ def _cell(strings: list[str]) -> np.ndarray:
     return cell
 
 
-def person_truth(colour: int, kind: int, pattern: int, stripes: int, horizontal: bool,
-                 height_share: float) -> tuple[list[str], list[float]]:
+def person_truth(
+    colour: int, kind: int, pattern: int, stripes: int, horizontal: bool, height_share: float
+) -> tuple[list[str], list[float]]:
     """The categories and (valence, arousal, dominance) of a drawn person (module docstring)."""
     names = {CATEGORIES[colour], CATEGORIES[colour + 8], CATEGORIES[16 + kind], CATEGORIES[20 + pattern]}
     if stripes:
@@ -77,7 +90,9 @@ def _scene(rng: np.random.Generator, height: int, width: int, kind: int, pattern
     return image
 
 
-def _draw_person(image: np.ndarray, rng: np.random.Generator, box: list[int], colour: int, stripes: int, horizontal: bool) -> None:
+def _draw_person(
+    image: np.ndarray, rng: np.random.Generator, box: list[int], colour: int, stripes: int, horizontal: bool
+) -> None:
     x1, y1, x2, y2 = box
     image[y1:y2, x1:x2] = BODY_COLOURS[colour]
     if stripes:
@@ -86,12 +101,12 @@ def _draw_person(image: np.ndarray, rng: np.random.Generator, box: list[int], co
             start = int(extent * (2 * k + 0.7) / (2 * stripes))  # thin stripes: 15 % of the body
             stop = max(start + 1, int(extent * (2 * k + 1.0) / (2 * stripes)))
             if horizontal:
-                image[y1 + start:y1 + stop, x1:x2] = 255 - BODY_COLOURS[colour]
+                image[y1 + start : y1 + stop, x1:x2] = 255 - BODY_COLOURS[colour]
             else:
-                image[y1:y2, x1 + start:x1 + stop] = 255 - BODY_COLOURS[colour]
+                image[y1:y2, x1 + start : x1 + stop] = 255 - BODY_COLOURS[colour]
     head = max(2, (x2 - x1) // 3)
     cx = (x1 + x2) // 2
-    image[max(0, y1 - head):y1, max(0, cx - head // 2):cx + head // 2] = (230, 190, 160)
+    image[max(0, y1 - head) : y1, max(0, cx - head // 2) : cx + head // 2] = (230, 190, 160)
 
 
 def _annotators(rng: np.random.Generator, names: list[str], dimensions: list[float], count: int) -> tuple[list[dict], list[dict]]:
@@ -120,16 +135,25 @@ def _image_entry(rng: np.random.Generator, target: Path, split: str, index: int,
         colour, stripes, horizontal = int(rng.integers(8)), int(rng.integers(0, 7)), bool(rng.random() < 0.5)
         _draw_person(image, rng, [x1, y1, x1 + w, y1 + h], colour, stripes, horizontal)
         names, dimensions = person_truth(colour, kind, pattern, stripes, horizontal, h / height)
-        person = {"body_bbox": np.array([[x1, y1, x1 + w, y1 + h]], dtype=np.float64)}
+        person: dict[str, object] = {"body_bbox": np.array([[x1, y1, x1 + w, y1 + h]], dtype=np.float64)}
         if split == "train":
-            person |= {"annotations_categories": {"worker_id": "SYNTHETIC", "categories": _cell(names)},
-                       "annotations_continuous": {"worker_id": "SYNTHETIC", "valence": dimensions[0],
-                                                  "arousal": dimensions[1], "dominance": dimensions[2]}}
+            person |= {
+                "annotations_categories": {"worker_id": "SYNTHETIC", "categories": _cell(names)},
+                "annotations_continuous": {
+                    "worker_id": "SYNTHETIC",
+                    "valence": dimensions[0],
+                    "arousal": dimensions[1],
+                    "dominance": dimensions[2],
+                },
+            }
         else:
             categories, continuous = _annotators(rng, names, dimensions, 3)
-            person |= {"annotations_categories": _struct_array(categories), "annotations_continuous": _struct_array(continuous),
-                       "combined_categories": _cell(names),
-                       "combined_continuous": {"valence": dimensions[0], "arousal": dimensions[1], "dominance": dimensions[2]}}
+            person |= {
+                "annotations_categories": _struct_array(categories),
+                "annotations_continuous": _struct_array(continuous),
+                "combined_categories": _cell(names),
+                "combined_continuous": {"valence": dimensions[0], "arousal": dimensions[1], "dominance": dimensions[2]},
+            }
         person |= {"gender": "Female" if rng.random() < 0.5 else "Male", "age": "Adult"}
         persons.append(person)
     name = f"{split}_{index:05d}.jpg"
@@ -137,12 +161,18 @@ def _image_entry(rng: np.random.Generator, target: Path, split: str, index: int,
     path = target / "emotic" / folder / name
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path, quality=92)
-    return {"filename": name, "folder": folder, "image_size": {"n_col": width, "n_row": height},
-            "original_database": {"name": database}, "person": _struct_array(persons)}
+    return {
+        "filename": name,
+        "folder": folder,
+        "image_size": {"n_col": width, "n_row": height},
+        "original_database": {"name": database},
+        "person": _struct_array(persons),
+    }
 
 
-def write_synthetic_emotic(root: str | Path, n_train: int = 48, n_val: int = 12, n_test: int = 24,
-                           size: tuple[int, int] = (96, 128), seed: int = 0) -> Path:
+def write_synthetic_emotic(
+    root: str | Path, n_train: int = 48, n_val: int = 12, n_test: int = 24, size: tuple[int, int] = (96, 128), seed: int = 0
+) -> Path:
     """Write the twin under ``root`` once (atomically: :func:`medmtl.data.synthetic.write_once`)."""
     from scipy.io import savemat
 
@@ -150,8 +180,10 @@ def write_synthetic_emotic(root: str | Path, n_train: int = 48, n_val: int = 12,
 
     def write(target: Path) -> None:
         rng = np.random.default_rng(seed)
-        structs = {split: _struct_array([_image_entry(rng, target, split, i, tuple(size)) for i in range(count)])
-                   for split, count in zip(SPLITS, (n_train, n_val, n_test))}
+        structs = {
+            split: _struct_array([_image_entry(rng, target, split, i, (int(size[0]), int(size[1]))) for i in range(count)])
+            for split, count in zip(SPLITS, (n_train, n_val, n_test))
+        }
         (target / MAT_FILE).parent.mkdir(parents=True, exist_ok=True)
         savemat(target / MAT_FILE, structs)
         log.info("Synthetic EMOTIC written: %d / %d / %d images of %dx%d.", n_train, n_val, n_test, size[1], size[0])
@@ -165,7 +197,7 @@ class SyntheticEmoticDataModule(EmoticDataModule):
     def __init__(self, root: str, synthetic: dict | None = None, **kwargs):
         kwargs.setdefault("layout", "mat")
         super().__init__(root, **kwargs)
-        self.synthetic = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(synthetic or {}).items()}
+        self.synthetic: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(synthetic or {}).items()}
 
     def prepare_data(self) -> None:
         write_synthetic_emotic(self.root, **self.synthetic)

@@ -20,12 +20,12 @@ def stratified_fold(labels: Sequence[int], n_folds: int, fold: int, split_seed: 
     """Indices (train, validation) of fold ``fold`` of ``n_folds``."""
     if not 0 <= fold < n_folds:
         raise ConfigError(f"data.fold must be in [0, {n_folds - 1}], got {fold}.")
-    labels = np.asarray(labels)
-    smallest = np.bincount(labels).min() if labels.size else 0
+    classes = np.asarray(labels)
+    smallest = np.bincount(classes).min() if classes.size else 0
     if smallest < n_folds:
         raise DatasetError(
-            f"Cannot stratify {labels.size} samples into {n_folds} folds: the rarest class has {smallest} samples."
+            f"Cannot stratify {classes.size} samples into {n_folds} folds: the rarest class has {smallest} samples."
         )
     splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=split_seed)
-    train_idx, val_idx = list(splitter.split(np.zeros(labels.size), labels))[fold]
+    train_idx, val_idx = list(splitter.split(np.zeros(classes.size), classes))[fold]
     return train_idx, val_idx

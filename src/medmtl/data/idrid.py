@@ -52,9 +52,13 @@ MISSING_MASK = ("mask", "negative")
 GRADES = {"retinopathy": 5, "edema": 3}
 
 
-def idrid_tasks(lesions: Sequence[str] = tuple(LESIONS), focal_gamma: float = 2.0,
-                grades: Sequence[str] = tuple(GRADES), focal_alpha: float | None = None,
-                grading_focal: str = "softmax") -> list[Task]:
+def idrid_tasks(
+    lesions: Sequence[str] = tuple(LESIONS),
+    focal_gamma: float = 2.0,
+    grades: Sequence[str] = tuple(GRADES),
+    focal_alpha: float | None = None,
+    grading_focal: str = "softmax",
+) -> list[Task]:
     """Roy 2025's tasks and losses. ``focal_gamma``, ``focal_alpha`` (null: no class weighting;
     0.25 in the authors' code) and ``grading_focal`` (:func:`medmtl.losses.ce_plus_focal`)."""
     if grading_focal not in losses.GRADING_FOCALS:
@@ -64,10 +68,18 @@ def idrid_tasks(lesions: Sequence[str] = tuple(LESIONS), focal_gamma: float = 2.
         raise DatasetError(f"Unknown IDRiD tasks {unknown}; the lesions are {list(LESIONS)}, the grades {list(GRADES)}.")
     if not lesions and not grades:
         raise DatasetError("data.lesions and data.grades are both empty: IDRiD needs at least one task.")
-    grading = [Task(name, "multiclass", partial(losses.ce_plus_focal, gamma=focal_gamma, alpha=focal_alpha,
-                                                         focal=grading_focal), num_outputs=GRADES[name])
-               for name in grades]
-    segmentation = [Task(lesion, "segmentation", partial(losses.focal_plus_dice, gamma=focal_gamma, alpha=focal_alpha)) for lesion in lesions]
+    grading = [
+        Task(
+            name,
+            "multiclass",
+            partial(losses.ce_plus_focal, gamma=focal_gamma, alpha=focal_alpha, focal=grading_focal),
+            num_outputs=GRADES[name],
+        )
+        for name in grades
+    ]
+    segmentation = [
+        Task(lesion, "segmentation", partial(losses.focal_plus_dice, gamma=focal_gamma, alpha=focal_alpha)) for lesion in lesions
+    ]
     return grading + segmentation
 
 
@@ -79,8 +91,10 @@ def build_entry(sample: IdridSample, resolution: tuple[int, int]) -> dict[str, n
     """The resized image and masks; the image and every mask decoded completely and checked."""
     height, width = resolution
     image = read_rgb(sample.image)
-    entry = {"image": cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA),
-             "original_wh": np.array(image.shape[1::-1], dtype=np.int64)}
+    entry = {
+        "image": cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA),
+        "original_wh": np.array(image.shape[1::-1], dtype=np.int64),
+    }
     for lesion, path in sample.masks.items():
         if path is not None:
             mask = read_binary_mask(path)
@@ -94,9 +108,16 @@ def build_entry(sample: IdridSample, resolution: tuple[int, int]) -> dict[str, n
 
 def build_cache(cache: SampleCache, samples: Sequence[IdridSample], resolution: tuple[int, int]) -> tuple[list[Path], float]:
     """The cache file of every sample (built where missing or out of date) and the seconds it took."""
-    entries = [(cache_name(s, resolution), source_key([s.image, *s.masks.values()], resolution=list(resolution),
-                                                       masks=sorted(k for k, v in s.masks.items() if v)),
-                lambda s=s: build_entry(s, resolution)) for s in samples]
+    entries = [
+        (
+            cache_name(s, resolution),
+            source_key(
+                [s.image, *s.masks.values()], resolution=list(resolution), masks=sorted(k for k, v in s.masks.items() if v)
+            ),
+            lambda s=s: build_entry(s, resolution),
+        )
+        for s in samples
+    ]
     seconds = cache.ensure(entries, "IDRiD images")
     return [cache.path(name, key) for name, key, _ in entries], seconds
 
@@ -115,9 +136,16 @@ def training_augmentation(seed: int) -> A.Compose:
 
 
 class IdridDataset(Dataset):
-    def __init__(self, samples: Sequence[IdridSample], cache_files: Sequence[Path], resolution: tuple[int, int],
-                 lesions: Sequence[str], missing_mask: str = "mask", grades: Sequence[str] = tuple(GRADES),
-                 transform: A.Compose | None = None):
+    def __init__(
+        self,
+        samples: Sequence[IdridSample],
+        cache_files: Sequence[Path],
+        resolution: tuple[int, int],
+        lesions: Sequence[str],
+        missing_mask: str = "mask",
+        grades: Sequence[str] = tuple(GRADES),
+        transform: A.Compose | None = None,
+    ):
         if missing_mask not in MISSING_MASK:
             raise ConfigError(f"data.missing_mask must be one of {MISSING_MASK}, got {missing_mask!r}.")
         self.samples, self.cache_files, self.resolution = list(samples), list(cache_files), tuple(resolution)
@@ -138,8 +166,10 @@ class IdridDataset(Dataset):
                 self.transform.set_random_seed(augmentation_seed)
             out = self.transform(image=image, masks=list(masks.values()))
             image, masks = out["image"], dict(zip(masks, out["masks"]))
-        item = {"image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0),
-                "index": torch.tensor(sample.position if sample.position >= 0 else index)}
+        item = {
+            "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0),
+            "index": torch.tensor(sample.position if sample.position >= 0 else index),
+        }
         for name in self.grades:
             value = getattr(sample, name)
             item[name] = torch.tensor(value if value is not None else 0)
@@ -168,14 +198,30 @@ class IdridDataModule(SplitLoaders, MultiTaskDataModule):
     """Args: root; resolution (H, W); lesions (segmentation tasks); grades (grading tasks);
     missing_mask (``mask`` | ``negative``); val_fraction and split_seed (validation held out of
     the training sets); batch sizes, workers; seed (training order and augmentation draws);
-    augment (training augmentation); focal_gamma, focal_alpha, grading_focal (:func:`idrid_tasks`); cache_dir (``paths.cache_dir``); skip_bad_samples (leave out,
-    and log, grading rows whose image is absent instead of stopping)."""
+    augment (training augmentation); focal_gamma, focal_alpha, grading_focal (:func:`idrid_tasks`);
+    cache_dir (``paths.cache_dir``); skip_bad_samples (leave out, and log, grading rows whose image
+    is absent instead of stopping)."""
 
-    def __init__(self, root: str, resolution: Sequence[int] = (712, 1072), lesions: Sequence[str] = tuple(LESIONS),
-                 missing_mask: str = "mask", val_fraction: float = 0.2, split_seed: int = 0, batch_size: int = 4,
-                 eval_batch_size: int = 4, num_workers: int = 0, seed: int = 0, focal_gamma: float = 2.0,
-                 grades: Sequence[str] = tuple(GRADES), augment: bool = True, cache_dir: str | None = None,
-                 skip_bad_samples: bool = False, focal_alpha: float | None = None, grading_focal: str = "softmax"):
+    def __init__(
+        self,
+        root: str,
+        resolution: Sequence[int] = (712, 1072),
+        lesions: Sequence[str] = tuple(LESIONS),
+        missing_mask: str = "mask",
+        val_fraction: float = 0.2,
+        split_seed: int = 0,
+        batch_size: int = 4,
+        eval_batch_size: int = 4,
+        num_workers: int = 0,
+        seed: int = 0,
+        focal_gamma: float = 2.0,
+        grades: Sequence[str] = tuple(GRADES),
+        augment: bool = True,
+        cache_dir: str | None = None,
+        skip_bad_samples: bool = False,
+        focal_alpha: float | None = None,
+        grading_focal: str = "softmax",
+    ):
         super().__init__()
         if missing_mask not in MISSING_MASK:
             raise ConfigError(f"data.missing_mask must be one of {MISSING_MASK}, got {missing_mask!r}.")
@@ -208,8 +254,9 @@ class IdridDataModule(SplitLoaders, MultiTaskDataModule):
 
     def _scan_splits(self) -> dict[str, list[IdridSample]]:
         def scan(split: str) -> list[IdridSample]:
-            found = scan_idrid(self.root, split, lesions=bool(self.lesions), grades=bool(self.grades),
-                               skip_bad_samples=self.skip_bad_samples)
+            found = scan_idrid(
+                self.root, split, lesions=bool(self.lesions), grades=bool(self.grades), skip_bad_samples=self.skip_bad_samples
+            )
             return self._wanted(found)
 
         pool = scan("train")
@@ -229,15 +276,19 @@ class IdridDataModule(SplitLoaders, MultiTaskDataModule):
             files, seconds = build_cache(self.cache, samples, self.resolution)
             self.cache_seconds += seconds
             transform = training_augmentation(self.seed) if name == "train" and self.augment else None
-            self.datasets[name] = IdridDataset(samples, files, self.resolution, self.lesions, self.missing_mask,
-                                               self.grades, transform=transform)
+            self.datasets[name] = IdridDataset(
+                samples, files, self.resolution, self.lesions, self.missing_mask, self.grades, transform=transform
+            )
         log.info("IDRiD: %s", {k: len(v) for k, v in self.datasets.items()})
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
-        return DataLoader(dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size,
-                          sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else None,
-                          num_workers=self.num_workers)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else None,
+            num_workers=self.num_workers,
+        )
 
     def make_evaluator(self):
         from medmtl.metrics.idrid import IdridEvaluator

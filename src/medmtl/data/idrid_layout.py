@@ -25,32 +25,41 @@ from medmtl.data.errors import DatasetError
 log = logging.getLogger(__name__)
 
 SPLIT_FOLDERS = {"train": "a. Training Set", "test": "b. Testing Set"}
-LESIONS = {"ma": "1. Microaneurysms", "he": "2. Haemorrhages", "ex": "3. Hard Exudates",
-           "se": "4. Soft Exudates", "od": "5. Optic Disc"}
+LESIONS = {
+    "ma": "1. Microaneurysms",
+    "he": "2. Haemorrhages",
+    "ex": "3. Hard Exudates",
+    "se": "4. Soft Exudates",
+    "od": "5. Optic Disc",
+}
 LESION_SUFFIX = {"ma": "MA", "he": "HE", "ex": "EX", "se": "SE", "od": "OD"}
 SEGMENTATION = Path("A. Segmentation")
 GRADING = Path("B. Disease Grading")
 GRADING_CSV = {"train": "a. IDRiD_Disease Grading_Training Labels.csv", "test": "b. IDRiD_Disease Grading_Testing Labels.csv"}
 LOCALISATION = Path("C. Localization") / "2. Groundtruths"
 LOCALISATION_CSV = {
-    "od_xy": {"train": "1. Optic Disc Center Location/a. IDRiD_OD_Center_Training Set_Markups.csv",
-              "test": "1. Optic Disc Center Location/b. IDRiD_OD_Center_Testing Set_Markups.csv"},
-    "fovea_xy": {"train": "2. Fovea Center Location/IDRiD_Fovea_Center_Training Set_Markups.csv",
-                 "test": "2. Fovea Center Location/IDRiD_Fovea_Center_Testing Set_Markups.csv"},
+    "od_xy": {
+        "train": "1. Optic Disc Center Location/a. IDRiD_OD_Center_Training Set_Markups.csv",
+        "test": "1. Optic Disc Center Location/b. IDRiD_OD_Center_Testing Set_Markups.csv",
+    },
+    "fovea_xy": {
+        "train": "2. Fovea Center Location/IDRiD_Fovea_Center_Training Set_Markups.csv",
+        "test": "2. Fovea Center Location/IDRiD_Fovea_Center_Testing Set_Markups.csv",
+    },
 }
 
 
 @dataclass
 class IdridSample:
-    name: str                      # IDRiD_NN (segmentation) or IDRiD_NNN (grading)
-    split: str                     # train | test
+    name: str  # IDRiD_NN (segmentation) or IDRiD_NNN (grading)
+    split: str  # train | test
     image: Path
     masks: dict[str, Path | None] = field(default_factory=dict)  # lesion -> file (segmentation images)
     retinopathy: int | None = None  # 0-4 (grading images)
-    edema: int | None = None        # 0-2
+    edema: int | None = None  # 0-2
     od_xy: tuple[float, float] | None = None
     fovea_xy: tuple[float, float] | None = None
-    position: int = -1             # place in scan_idrid(root, split): one id per image whatever the tasks
+    position: int = -1  # place in scan_idrid(root, split): one id per image whatever the tasks
 
     @property
     def is_segmentation(self) -> bool:
@@ -127,9 +136,13 @@ def read_grading(path: Path) -> dict[str, tuple[int, int]]:
     grade = _column(table, path, "Retinopathy grade")
     edema = _column(table, path, "Risk of macular edema")
     names = _names(table, path, name)
-    return {image: (_cell(path, number, grade, values[grade], int, range(5)),
-                    _cell(path, number, edema, values[edema], int, range(3)))
-            for image, (number, values) in zip(names, table)}
+    return {
+        image: (
+            _cell(path, number, grade, values[grade], int, range(5)),
+            _cell(path, number, edema, values[edema], int, range(3)),
+        )
+        for image, (number, values) in zip(names, table)
+    }
 
 
 def read_points(path: Path) -> dict[str, tuple[float, float]]:
@@ -141,8 +154,10 @@ def read_points(path: Path) -> dict[str, tuple[float, float]]:
     x = _column(table, path, "X- Coordinate", "X-Coordinate")
     y = _column(table, path, "Y - Coordinate", "Y-Coordinate")
     names = _names(table, path, name)
-    return {image: (_cell(path, number, x, values[x], float), _cell(path, number, y, values[y], float))
-            for image, (number, values) in zip(names, table)}
+    return {
+        image: (_cell(path, number, x, values[x], float), _cell(path, number, y, values[y], float))
+        for image, (number, values) in zip(names, table)
+    }
 
 
 def _segmentation_samples(root: Path, split: str) -> list[IdridSample]:
@@ -164,8 +179,9 @@ def _grading_samples(root: Path, split: str, skip_bad_samples: bool) -> list[Idr
     ``skip_bad_samples`` a logged, counted omission."""
     csv_path = root / GRADING / "2. Groundtruths" / GRADING_CSV[split]
     if not csv_path.is_file():
-        raise DatasetError(f"IDRiD grading labels missing: expected {csv_path}; set data.grades=[] to train "
-                           "without the grading tasks.")
+        raise DatasetError(
+            f"IDRiD grading labels missing: expected {csv_path}; set data.grades=[] to train without the grading tasks."
+        )
     folder = root / GRADING / "1. Original Images" / SPLIT_FOLDERS[split]
     samples, absent = [], []
     for name, (grade, edema) in sorted(read_grading(csv_path).items()):
@@ -196,8 +212,9 @@ def _attach_points(root: Path, split: str, samples: list[IdridSample]) -> None:
                     setattr(sample, attribute, points[sample.name])
 
 
-def scan_idrid(root: str | Path, split: str, lesions: bool = True, grades: bool = True,
-               skip_bad_samples: bool = False) -> list[IdridSample]:
+def scan_idrid(
+    root: str | Path, split: str, lesions: bool = True, grades: bool = True, skip_bad_samples: bool = False
+) -> list[IdridSample]:
     """Every segmentation image (when ``lesions``) and grading image (when ``grades``) of ``split``
     with the labels it has. A sample's ``position`` is its place among all the split's images,
     whichever families are read, so runs of different task sets share image ids."""
@@ -205,8 +222,9 @@ def scan_idrid(root: str | Path, split: str, lesions: bool = True, grades: bool 
     if split not in SPLIT_FOLDERS:
         raise ValueError(f"split must be one of {list(SPLIT_FOLDERS)}, got {split!r}.")
     if not root.is_dir():
-        raise DatasetError(f"IDRiD root folder not found: {root}. Set data.root to the folder holding "
-                           f"'{SEGMENTATION}' and '{GRADING}'.")
+        raise DatasetError(
+            f"IDRiD root folder not found: {root}. Set data.root to the folder holding '{SEGMENTATION}' and '{GRADING}'."
+        )
     segmentation = _segmentation_samples(root, split)
     samples = segmentation + (_grading_samples(root, split, skip_bad_samples) if grades else [])
     for position, sample in enumerate(samples):

@@ -11,6 +11,7 @@ mark-up CSV. Sizes are small by default (a few hundred pixels) so that tests sta
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -50,7 +51,12 @@ def _fundus(rng: np.random.Generator, size: tuple[int, int], grade: int) -> tupl
         end = (int(rng.uniform(0.1, 0.9) * width), int(rng.uniform(0.1, 0.9) * height))
         cv2.line(image, disc, end, (30, 30, 120), max(1, radius // 6))
     counts = {"ma": 2 * grade, "he": grade, "ex": grade, "se": max(0, grade - 2)}
-    style = {"ma": ((20, 20, 140), 0.008), "he": ((10, 10, 110), 0.025), "ex": ((120, 230, 240), 0.015), "se": ((200, 220, 230), 0.03)}
+    style = {
+        "ma": ((20, 20, 140), 0.008),
+        "he": ((10, 10, 110), 0.025),
+        "ex": ((120, 230, 240), 0.015),
+        "se": ((200, 220, 230), 0.03),
+    }
     for lesion, count in counts.items():
         colour, scale = style[lesion]
         for _ in range(count):
@@ -71,15 +77,24 @@ def _save_mask(mask: np.ndarray, path: Path) -> None:
     image.save(path)
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list[object]], trailing_columns: int = 8) -> None:
+def _write_csv(path: Path, header: list[str], rows: Sequence[Sequence[object]], trailing_columns: int = 8) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     pad = "," * trailing_columns
-    lines = [",".join(header) + pad] + [",".join(str(v) for v in row) + pad for row in rows] + ["," * (len(header) + trailing_columns - 1)]
+    lines = (
+        [",".join(header) + pad]
+        + [",".join(str(v) for v in row) + pad for row in rows]
+        + ["," * (len(header) + trailing_columns - 1)]
+    )
     path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
 
 
-def write_synthetic_idrid(root: str | Path, n_segmentation: tuple[int, int] = (12, 6), n_grading: tuple[int, int] = (12, 6),
-                          size: tuple[int, int] = (192, 288), seed: int = 0) -> Path:
+def write_synthetic_idrid(
+    root: str | Path,
+    n_segmentation: tuple[int, int] = (12, 6),
+    n_grading: tuple[int, int] = (12, 6),
+    size: tuple[int, int] = (192, 288),
+    seed: int = 0,
+) -> Path:
     """Write the layout under ``root`` (once, atomically: :func:`medmtl.data.synthetic.write_once`)."""
     spec = {"n_segmentation": list(n_segmentation), "n_grading": list(n_grading), "size": list(size), "seed": seed}
 
@@ -98,24 +113,36 @@ def write_synthetic_idrid(root: str | Path, n_segmentation: tuple[int, int] = (1
                 Image.fromarray(image).save(path, quality=92)
                 for lesion, mask in masks.items():
                     if rng.random() >= MASK_SKIP_PROBABILITY[lesion] and (lesion == "od" or mask.any()):
-                        _save_mask(mask, target / SEGMENTATION / "2. All Segmentation Groundtruths" / folder / LESIONS[lesion]
-                                   / f"{name}_{LESION_SUFFIX[lesion]}.tif")
+                        _save_mask(
+                            mask,
+                            target
+                            / SEGMENTATION
+                            / "2. All Segmentation Groundtruths"
+                            / folder
+                            / LESIONS[lesion]
+                            / f"{name}_{LESION_SUFFIX[lesion]}.tif",
+                        )
                 ys, xs = np.nonzero(masks["od"])
                 od_rows.append([name, f"{xs.mean():.0f}", f"{ys.mean():.0f}"])
-            grade_rows = []
+            grade_rows: list[list[object]] = []
             for _ in range(n_grade):
                 name = f"IDRiD_{grade_number:03d}"
                 grade_number += 1
                 grade = int(rng.integers(0, 5))
-                edema = int(min(2, max(0, grade - 2 + rng.integers(-1, 2))))
+                edema = min(2, max(0, grade - 2 + int(rng.integers(-1, 2))))
                 image, _ = _fundus(rng, size, grade)
                 path = target / GRADING / "1. Original Images" / folder / f"{name}.jpg"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(image).save(path, quality=92)
                 grade_rows.append([name, grade, edema])
-            _write_csv(target / GRADING / "2. Groundtruths" / GRADING_CSV[split],
-                       ["Image name", "Retinopathy grade", "Risk of macular edema "], grade_rows)
-            _write_csv(target / LOCALISATION / LOCALISATION_CSV["od_xy"][split], ["Image No", "X- Coordinate", "Y - Coordinate"], od_rows)
+            _write_csv(
+                target / GRADING / "2. Groundtruths" / GRADING_CSV[split],
+                ["Image name", "Retinopathy grade", "Risk of macular edema "],
+                grade_rows,
+            )
+            _write_csv(
+                target / LOCALISATION / LOCALISATION_CSV["od_xy"][split], ["Image No", "X- Coordinate", "Y - Coordinate"], od_rows
+            )
 
     return write_once(root, MARKER, "medmtl.data.idrid_synthetic", spec, write)
 

@@ -30,10 +30,9 @@ def _decode(path: Path, what: str, expected: str, mode: str | None) -> np.ndarra
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's warnings (EXIF) name no file; errors below do
-            with Image.open(path) as image:
-                image.load()
-                if mode is not None and image.mode != mode:
-                    image = image.convert(mode)
+            with Image.open(path) as opened:
+                opened.load()
+                image: Image.Image = opened.convert(mode) if mode is not None and opened.mode != mode else opened
                 return np.array(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise DatasetError(f"Cannot decode {what} {path}: the file is truncated, corrupt or not {expected} ({error}).") from None

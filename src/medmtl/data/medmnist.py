@@ -16,8 +16,10 @@ v2 does (its ordinal structure is not used: a config could add an ordinal loss l
 
 Samples are dicts ``{"image": (3, H, W) or (D, 3, H, W) float in [0, 1] (Schafer et al. 2024;
 ``input_range: symmetric`` gives [-1, 1]), <flag>: label, "dataset": task index}``; training samples
-get the weak augmentation without flips of :mod:`medmtl.data.weak_augmentation` (``augment``): grey images are repeated to three channels so that one encoder reads every dataset;
-a 3D volume (A, B, C) becomes its C slices through the last axis (Schafer et al. 2024), (C, 3, A, B). A batch holds one dataset only, so the other tasks' targets are absent and
+get the weak augmentation without flips of :mod:`medmtl.data.weak_augmentation` (``augment``).
+Grey images are repeated to three channels so that one encoder reads every dataset; a 3D volume
+(A, B, C) becomes its C slices through the last axis (Schafer et al. 2024), (C, 3, A, B). A batch
+holds one dataset only, so the other tasks' targets are absent and
 their losses are ``None`` (see :mod:`medmtl.tasks`). Training: every task has its own endless
 loader (``task_dataloader``), which gradient accumulation (``optim=ga``) draws from. Strategies
 that need one forward pass over a batch labelled for every task apply with ``joint_batches``
@@ -54,9 +56,20 @@ log = logging.getLogger(__name__)
 SIZES = (28, 64, 128, 224)
 SPLITS = ("train", "val", "test")
 #: Schafer et al. 2024's selection: the 18 datasets minus OrganA/C/S, RetinaMNIST, TissueMNIST, FractureMNIST3D
-SCHAFER_2024_FLAGS = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "breastmnist",
-                  "bloodmnist", "organmnist3d", "nodulemnist3d", "adrenalmnist3d", "vesselmnist3d",
-                  "synapsemnist3d")
+SCHAFER_2024_FLAGS = (
+    "pathmnist",
+    "chestmnist",
+    "dermamnist",
+    "octmnist",
+    "pneumoniamnist",
+    "breastmnist",
+    "bloodmnist",
+    "organmnist3d",
+    "nodulemnist3d",
+    "adrenalmnist3d",
+    "vesselmnist3d",
+    "synapsemnist3d",
+)
 
 
 @lru_cache(maxsize=1)
@@ -126,17 +139,25 @@ def medmnist_task(flag: str, loss_normalization: bool = True) -> Task:
     """One task per dataset, its head and loss chosen by the dataset's task type; with
     ``loss_normalization`` the loss is divided by its value at chance, log C (log 2 for BCE)."""
     info = flag_info(flag)
-    kind_of = {"binary-class": "binary", "multi-class": "multiclass", "ordinal-regression": "multiclass",
-               "multi-label, binary-class": "multilabel"}
+    kind_of = {
+        "binary-class": "binary",
+        "multi-class": "multiclass",
+        "ordinal-regression": "multiclass",
+        "multi-label, binary-class": "multilabel",
+    }
     kind = kind_of[info["task"]]
     n_labels = len(info["label"])
-    loss = {"binary": losses.binary_cross_entropy, "multiclass": losses.cross_entropy,
-            "multilabel": losses.multilabel_bce}[kind]
+    loss = {"binary": losses.binary_cross_entropy, "multiclass": losses.cross_entropy, "multilabel": losses.multilabel_bce}[kind]
     if loss_normalization:
         chance = math.log(n_labels) if kind == "multiclass" else math.log(2.0)
         loss = partial(losses.scaled, loss=loss, factor=1.0 / chance)
-    return Task(flag, kind, loss, num_outputs=1 if kind == "binary" else n_labels,
-                metadata={"task_type": info["task"], "is_3d": is_3d(flag), "n_channels": info["n_channels"]})
+    return Task(
+        flag,
+        kind,
+        loss,
+        num_outputs=1 if kind == "binary" else n_labels,
+        metadata={"task_type": info["task"], "is_3d": is_3d(flag), "n_channels": info["n_channels"]},
+    )
 
 
 def load_split(path: Path, split: str, flag: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -157,16 +178,25 @@ def load_split(path: Path, split: str, flag: str | None = None) -> tuple[np.ndar
         n_classes = 2 if info["task"].startswith("multi-label") else len(info["label"])
         if labels.min() < 0 or labels.max() >= n_classes:
             row = int(np.argwhere((labels < 0) | (labels >= n_classes))[0][0])
-            raise DatasetError(f"{path}: {split} label of sample {row} is {labels[row].tolist()}, outside 0-{n_classes - 1} "
-                               f"({flag} has {len(info['label'])} labels).")
+            raise DatasetError(
+                f"{path}: {split} label of sample {row} is {labels[row].tolist()}, outside 0-{n_classes - 1} "
+                f"({flag} has {len(info['label'])} labels)."
+            )
     return images, labels
 
 
 class MedMNISTDataset(Dataset):
     """One split of one dataset; see the module docstring for the sample."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, task: Task, task_index: int,
-                 augmentation: WeakAugmentation | None = None, input_range: str = "unit"):
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        task: Task,
+        task_index: int,
+        augmentation: WeakAugmentation | None = None,
+        input_range: str = "unit",
+    ):
         if len(images) != len(labels):
             raise DatasetError(f"{task.name}: {len(images)} images but {len(labels)} labels.")
         self.images, self.labels, self.task, self.task_index = images, labels, task, task_index
@@ -199,8 +229,7 @@ class MedMNISTDataset(Dataset):
             image = self.augmentation(image, seed)
         if self.input_range == "symmetric":
             image = image * 2.0 - 1.0
-        return {"image": image, self.task.name: self._label(index),
-                "dataset": torch.tensor(self.task_index)}
+        return {"image": image, self.task.name: self._label(index), "dataset": torch.tensor(self.task_index)}
 
 
 class _Steps(Dataset):
@@ -226,15 +255,17 @@ def join_batches(batches: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch
     zeros elsewhere, and ``present/<task>`` marking its rows."""
     sizes = {task: len(batch["image"]) for task, batch in batches.items()}
     total = sum(sizes.values())
-    joined = {"image": torch.cat([b["image"] for b in batches.values()]),
-              "dataset": torch.cat([b["dataset"] for b in batches.values()])}
+    joined = {
+        "image": torch.cat([b["image"] for b in batches.values()]),
+        "dataset": torch.cat([b["dataset"] for b in batches.values()]),
+    }
     start = 0
     for task, batch in batches.items():
         labels = batch[task]
         full = torch.zeros((total, *labels.shape[1:]), dtype=labels.dtype)
-        full[start:start + sizes[task]] = labels
+        full[start : start + sizes[task]] = labels
         present = torch.zeros(total, dtype=torch.bool)
-        present[start:start + sizes[task]] = True
+        present[start : start + sizes[task]] = True
         joined[task], joined[f"present/{task}"] = full, present
         start += sizes[task]
     return joined
@@ -276,11 +307,23 @@ class MedMNISTDataModule(MultiTaskDataModule):
             batches, drawn by the strategy (``optim=ga``).
     """
 
-    def __init__(self, root: str, flags: Sequence[str], size: int = 28, batch_size: int = 64,
-                 eval_batch_size: int = 256, num_workers: int = 0, steps_per_epoch: int | None = None,
-                 verify_md5: bool = True, max_samples: int | None = None, seed: int = 0,
-                 joint_batches: bool = False, augment: bool = False, loss_normalization: bool = True,
-                 input_range: str = "unit"):
+    def __init__(
+        self,
+        root: str,
+        flags: Sequence[str],
+        size: int = 28,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        steps_per_epoch: int | None = None,
+        verify_md5: bool = True,
+        max_samples: int | None = None,
+        seed: int = 0,
+        joint_batches: bool = False,
+        augment: bool = False,
+        loss_normalization: bool = True,
+        input_range: str = "unit",
+    ):
         super().__init__()
         if input_range not in INPUT_RANGES:
             raise ConfigError(f"data.input_range must be one of {INPUT_RANGES}, got {input_range!r}.")
@@ -296,8 +339,10 @@ class MedMNISTDataModule(MultiTaskDataModule):
         self.joint_batches = joint_batches
         volumetric = [t.name for t in self.tasks if t.metadata["is_3d"]]
         if joint_batches and volumetric:
-            raise DatasetError(f"data.joint_batches needs every task 2D at one size, but {', '.join(volumetric)} "
-                               "are 3D; train this task set with optim=ga (per-task batches) instead.")
+            raise DatasetError(
+                f"data.joint_batches needs every task 2D at one size, but {', '.join(volumetric)} "
+                "are 3D; train this task set with optim=ga (per-task batches) instead."
+            )
         #: True when each task has its own dataset and input (one forward pass cannot serve every task)
         self.separate_task_inputs = not joint_batches
 
@@ -320,8 +365,9 @@ class MedMNISTDataModule(MultiTaskDataModule):
                     images, labels = images[: self.max_samples], labels[: self.max_samples]
                 augmentation = self.augmentation if split == "train" else None
                 self.datasets[flag][split] = MedMNISTDataset(images, labels, task, index, augmentation, self.input_range)
-        log.info("MedMNIST %s px: %s", self.size,
-                 {f: {s: len(d) for s, d in splits.items()} for f, splits in self.datasets.items()})
+        log.info(
+            "MedMNIST %s px: %s", self.size, {f: {s: len(d) for s, d in splits.items()} for f, splits in self.datasets.items()}
+        )
 
     def split_sizes(self) -> dict[str, int]:
         """Samples per split, summed over the datasets."""
@@ -330,20 +376,25 @@ class MedMNISTDataModule(MultiTaskDataModule):
     def task_dataloader(self, task: str) -> DataLoader:
         """One shuffled pass over ``task``'s training set (GA restarts it when it ends)."""
         dataset = self.datasets[task]["train"]
-        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                          sampler=EpochSeededSampler(len(dataset), self.seed + self.flags.index(task)),
-                          drop_last=len(dataset) > self.batch_size)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            sampler=EpochSeededSampler(len(dataset), self.seed + self.flags.index(task)),
+            drop_last=len(dataset) > self.batch_size,
+        )
 
     def train_dataloader(self) -> DataLoader | JointBatchLoader:
-        steps = self.steps_per_epoch or max(
-            math.ceil(len(d["train"]) / self.batch_size) for d in self.datasets.values())
+        steps = self.steps_per_epoch or max(math.ceil(len(d["train"]) / self.batch_size) for d in self.datasets.values())
         if self.joint_batches:
             return JointBatchLoader(self, steps)
         return DataLoader(_Steps(steps), batch_size=1)
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
-        return [DataLoader(self.datasets[flag][split], batch_size=self.eval_batch_size,
-                           num_workers=self.num_workers) for flag in self.flags]
+        return [
+            DataLoader(self.datasets[flag][split], batch_size=self.eval_batch_size, num_workers=self.num_workers)
+            for flag in self.flags
+        ]
 
     def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("val")

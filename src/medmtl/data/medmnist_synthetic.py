@@ -56,8 +56,9 @@ def synthetic_images(flag: str, labels: np.ndarray, size: int, rng: np.random.Ge
     for label in labels:
         if is_3d(flag):
             depth = size
-            volume = np.stack([_draw(label, info["task"], n_classes, size, rng) * (0.6 + 0.4 * np.sin(np.pi * d / depth))
-                               for d in range(depth)])
+            volume = np.stack(
+                [_draw(label, info["task"], n_classes, size, rng) * (0.6 + 0.4 * np.sin(np.pi * d / depth)) for d in range(depth)]
+            )
             images.append(volume)
         else:
             image = _draw(label, info["task"], n_classes, size, rng)
@@ -67,8 +68,9 @@ def synthetic_images(flag: str, labels: np.ndarray, size: int, rng: np.random.Ge
     return np.clip(np.stack(images), 0, 255).astype(np.uint8)
 
 
-def write_synthetic_medmnist(root: str | Path, flags: Sequence[str], size: int = 28,
-                             n: Sequence[int] = (64, 32, 32), seed: int = 0) -> list[Path]:
+def write_synthetic_medmnist(
+    root: str | Path, flags: Sequence[str], size: int = 28, n: Sequence[int] = (64, 32, 32), seed: int = 0
+) -> list[Path]:
     """Write ``<flag>[_<size>].npz`` for every flag whose file is not there yet. One file per
     dataset, so a folder gathers the flags of several runs; each file is written whole (renamed
     into place) by one process at a time (a second one waits, then finds it)."""
@@ -87,7 +89,7 @@ def write_synthetic_medmnist(root: str | Path, flags: Sequence[str], size: int =
                 arrays[f"{split}_images"] = synthetic_images(flag, labels, size, rng)
                 arrays[f"{split}_labels"] = labels
             partial = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-            np.savez_compressed(partial, **arrays)
+            np.savez_compressed(partial, **arrays)  # type: ignore[arg-type]  # numpy stubs: **arrays
             os.replace(partial, path)
             written.append(path)
         (root / MARKER).write_text(json.dumps({"generator": "medmtl.data.medmnist_synthetic", "seed": seed}) + "\n")

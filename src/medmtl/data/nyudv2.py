@@ -56,7 +56,9 @@ NORMALS_LOSSES = {"cosine": losses.normals_cosine, "l1": losses.normals_l1}
 PAD_VALUE = {"image": 0.0, "semseg": -1, "depth": 0.0, "normals": 0.0, "edge": 0.0}
 
 
-def nyudv2_tasks(layout: str, names: Sequence[str], normals_loss: str = "cosine", edge_positive_weight: float = 0.95) -> list[Task]:
+def nyudv2_tasks(
+    layout: str, names: Sequence[str], normals_loss: str = "cosine", edge_positive_weight: float = 0.95
+) -> list[Task]:
     """The chosen NYUDv2 tasks with their losses: cross-entropy over the labelled pixels, L1 on
     valid depth, 1 - cosine (or L1) on valid normals, class-balanced BCE on edges."""
     if normals_loss not in NORMALS_LOSSES:
@@ -65,8 +67,13 @@ def nyudv2_tasks(layout: str, names: Sequence[str], normals_loss: str = "cosine"
     if unknown or not names:
         raise ConfigError(f"data.tasks must name some of {list(LAYOUT_TASKS['nyud_mt'])}, got {list(names)}.")
     made = {
-        "semseg": lambda: Task("semseg", "semantic", partial(losses.semantic_cross_entropy, ignore_index=-1),
-                               num_outputs=CLASSES[layout], ignore_index=-1),
+        "semseg": lambda: Task(
+            "semseg",
+            "semantic",
+            partial(losses.semantic_cross_entropy, ignore_index=-1),
+            num_outputs=CLASSES[layout],
+            ignore_index=-1,
+        ),
         "depth": lambda: Task("depth", "depth", losses.depth_l1),
         "normals": lambda: Task("normals", "normals", NORMALS_LOSSES[normals_loss]),
         "edge": lambda: Task("edge", "edge", partial(losses.balanced_bce, positive_weight=edge_positive_weight)),
@@ -102,7 +109,7 @@ def mtan_scale_crop(sample: dict[str, torch.Tensor], generator: torch.Generator)
     h, w = int(height / scale), int(width / scale)
     top = int(torch.randint(height - h + 1, (1,), generator=generator))
     left = int(torch.randint(width - w + 1, (1,), generator=generator))
-    out = {key: _resize(value[..., top:top + h, left:left + w], (height, width), key) for key, value in sample.items()}
+    out = {key: _resize(value[..., top : top + h, left : left + w], (height, width), key) for key, value in sample.items()}
     if "depth" in out:
         out["depth"] = out["depth"] / scale
     return out
@@ -115,7 +122,9 @@ def _place(value: torch.Tensor, top: int, left: int, height: int, width: int, fi
     (src_top, dst_top), rows = ((top, 0) if h >= height else (0, top)), min(h, height)
     (src_left, dst_left), cols = ((left, 0) if w >= width else (0, left)), min(w, width)
     canvas = torch.full((*value.shape[:-2], height, width), fill, dtype=value.dtype)
-    canvas[..., dst_top:dst_top + rows, dst_left:dst_left + cols] = value[..., src_top:src_top + rows, src_left:src_left + cols]
+    canvas[..., dst_top : dst_top + rows, dst_left : dst_left + cols] = value[
+        ..., src_top : src_top + rows, src_left : src_left + cols
+    ]
     return canvas
 
 
@@ -131,8 +140,14 @@ def survey_scale(sample: dict[str, torch.Tensor], generator: torch.Generator) ->
 
 
 class NYUDv2Dataset(Dataset):
-    def __init__(self, samples: Sequence[NyudSample], layout: str, tasks: Sequence[str], resolution: Sequence[int] | None,
-                 augment: str = "none"):
+    def __init__(
+        self,
+        samples: Sequence[NyudSample],
+        layout: str,
+        tasks: Sequence[str],
+        resolution: Sequence[int] | None,
+        augment: str = "none",
+    ):
         if augment not in AUGMENTATIONS:
             raise ConfigError(f"data.augment must be one of {AUGMENTATIONS}, got {augment!r}.")
         self.samples, self.layout, self.tasks = list(samples), layout, list(tasks)
@@ -165,11 +180,24 @@ class NYUDv2DataModule(SplitLoaders, MultiTaskDataModule):
     workers; seed (training order and augmentation draws); normals_loss (``cosine`` | ``l1``);
     edge_positive_weight; edge_thresholds (of the odsF metric)."""
 
-    def __init__(self, root: str, layout: str = "auto", tasks: Sequence[str] = ("semseg", "depth", "normals"),
-                 resolution: Sequence[int] | None = None, augment: str = "mtan", val_fraction: float = 0.0,
-                 split_seed: int = 0, batch_size: int = 4, eval_batch_size: int = 4, num_workers: int = 0, seed: int = 0,
-                 normals_loss: str = "cosine", edge_positive_weight: float = 0.95, edge_thresholds: int = 50,
-                 pin_memory: bool = False):
+    def __init__(
+        self,
+        root: str,
+        layout: str = "auto",
+        tasks: Sequence[str] = ("semseg", "depth", "normals"),
+        resolution: Sequence[int] | None = None,
+        augment: str = "mtan",
+        val_fraction: float = 0.0,
+        split_seed: int = 0,
+        batch_size: int = 4,
+        eval_batch_size: int = 4,
+        num_workers: int = 0,
+        seed: int = 0,
+        normals_loss: str = "cosine",
+        edge_positive_weight: float = 0.95,
+        edge_thresholds: int = 50,
+        pin_memory: bool = False,
+    ):
         super().__init__()
         if layout not in ("auto", *LAYOUTS):
             raise ConfigError(f"data.layout must be auto or one of {LAYOUTS}, got {layout!r}.")
@@ -180,13 +208,18 @@ class NYUDv2DataModule(SplitLoaders, MultiTaskDataModule):
         self.root, self.layout_choice, self.task_names = Path(root).expanduser(), layout, list(tasks)
         self.resolution = tuple(resolution) if resolution else None
         self.augment, self.val_fraction, self.split_seed, self.seed = augment, val_fraction, split_seed, seed
-        self.batch_size, self.eval_batch_size, self.num_workers, self.pin_memory = batch_size, eval_batch_size, num_workers, pin_memory
+        self.batch_size, self.eval_batch_size, self.num_workers, self.pin_memory = (
+            batch_size,
+            eval_batch_size,
+            num_workers,
+            pin_memory,
+        )
         self.normals_loss, self.edge_positive_weight, self.edge_thresholds = normals_loss, edge_positive_weight, edge_thresholds
         self.datasets: dict[str, NYUDv2Dataset] = {}
         self._tasks: list[Task] | None = None
 
     @property
-    def tasks(self) -> list[Task]:
+    def tasks(self) -> list[Task]:  # type: ignore[override]  # read lazily: the classes depend on the layout on disk
         """The chosen tasks; the semantic classes depend on the layout (read from disk with ``auto``)."""
         if self._tasks is None:
             self._tasks = nyudv2_tasks(self.layout, self.task_names, self.normals_loss, self.edge_positive_weight)
@@ -212,8 +245,11 @@ class NYUDv2DataModule(SplitLoaders, MultiTaskDataModule):
             raise DatasetError(f"No NYUDv2 training sample under {self.root} ({layout} layout).")
         order = np.random.default_rng(self.split_seed).permutation(len(pool))
         n_val = int(round(self.val_fraction * len(pool)))
-        splits = {"train": [pool[i] for i in sorted(order[n_val:])], "val": [pool[i] for i in sorted(order[:n_val])],
-                  "test": scan_nyudv2(self.root, layout, "val", self.task_names)}
+        splits = {
+            "train": [pool[i] for i in sorted(order[n_val:])],
+            "val": [pool[i] for i in sorted(order[:n_val])],
+            "test": scan_nyudv2(self.root, layout, "val", self.task_names),
+        }
         for name, samples in splits.items():
             augment = self.augment if name == "train" else "none"
             self.datasets[name] = NYUDv2Dataset(samples, layout, self.task_names, self.resolution, augment)

@@ -35,8 +35,13 @@ SPLITS = ("train", "val")
 CLASSES = {"mtan": 13, "nyud_mt": 40}
 LAYOUT_TASKS = {"mtan": ("semseg", "depth", "normals"), "nyud_mt": ("semseg", "depth", "normals", "edge")}
 MTAN_FOLDERS = {"image": "image", "semseg": "label", "depth": "depth", "normals": "normal"}
-NYUD_MT_FOLDERS = {"image": ("images", ".jpg"), "semseg": ("segmentation", ".png"), "depth": ("depth", ".npy"),
-                   "normals": ("normals", ".npy"), "edge": ("edge", ".npy")}
+NYUD_MT_FOLDERS = {
+    "image": ("images", ".jpg"),
+    "semseg": ("segmentation", ".png"),
+    "depth": ("depth", ".npy"),
+    "normals": ("normals", ".npy"),
+    "edge": ("edge", ".npy"),
+}
 
 
 @dataclass(frozen=True)
@@ -76,8 +81,10 @@ def scan_nyudv2(root: str | Path, layout: str, split: str, tasks: Sequence[str])
         if not folder.is_dir():
             raise DatasetError(f"NYUDv2 folder missing: {folder} (MTAN layout).")
         ids = sorted((p.stem for p in folder.glob("*.npy")), key=lambda s: (len(s), s))
-        return [NyudSample(i, split, {key: _require(root / split / MTAN_FOLDERS[key] / f"{i}.npy")
-                                      for key in ("image", *tasks)}) for i in ids]
+        return [
+            NyudSample(i, split, {key: _require(root / split / MTAN_FOLDERS[key] / f"{i}.npy") for key in ("image", *tasks)})
+            for i in ids
+        ]
     listing = _require(root / "gt_sets" / f"{split}.txt")
     ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
     duplicated = sorted({i for i in ids if ids.count(i) > 1})
@@ -87,8 +94,8 @@ def scan_nyudv2(root: str | Path, layout: str, split: str, tasks: Sequence[str])
     for i in ids:
         files = {}
         for key in ("image", *tasks):
-            folder, suffix = NYUD_MT_FOLDERS[key]
-            files[key] = _require(root / folder / f"{i}{suffix}")
+            subfolder, suffix = NYUD_MT_FOLDERS[key]
+            files[key] = _require(root / subfolder / f"{i}{suffix}")
         samples.append(NyudSample(i, split, files))
     return samples
 
@@ -120,7 +127,7 @@ def read_sample(sample: NyudSample, layout: str) -> dict[str, np.ndarray]:
     _check(image.ndim == 3 and image.shape[2] == 3, files["image"], f"expected an (H, W, 3) image, found {image.shape}")
     _check(bool(np.isfinite(image).all()), files["image"], "the image has NaN or infinite values")
     height, width = image.shape[:2]
-    out = {"image": image}
+    out: dict[str, np.ndarray] = {"image": image}
     for task, path in files.items():
         if task == "image":
             continue
@@ -138,20 +145,28 @@ def read_sample(sample: NyudSample, layout: str) -> dict[str, np.ndarray]:
         elif task == "depth":
             depth = _load_npy(path).astype(np.float32)
             depth = depth[..., 0] if depth.ndim == 3 and depth.shape[2] == 1 else depth
-            _check(bool(np.isfinite(depth).all()) and depth.min(initial=0) >= 0, path, "depth must be finite and >= 0 (0 = invalid)")
+            _check(
+                bool(np.isfinite(depth).all()) and depth.min(initial=0) >= 0, path, "depth must be finite and >= 0 (0 = invalid)"
+            )
             value = depth
         elif task == "normals":
             normals = _load_npy(path).astype(np.float32)
             _check(normals.ndim == 3 and normals.shape[2] == 3, path, f"expected (H, W, 3) normals, found {normals.shape}")
-            _check(bool(np.isfinite(normals).all()) and np.abs(normals).max(initial=0) <= 1.0 + 1e-3, path,
-                   "normal components must be finite and within [-1, 1]")
+            _check(
+                bool(np.isfinite(normals).all()) and np.abs(normals).max(initial=0) <= 1.0 + 1e-3,
+                path,
+                "normal components must be finite and within [-1, 1]",
+            )
             value = np.ascontiguousarray(normals.transpose(2, 0, 1))
         else:
             edge = _load_npy(path).astype(np.float32)
             edge = edge[..., 0] if edge.ndim == 3 else edge
             _check(bool(np.isin(edge, (0.0, 1.0)).all()), path, "edge maps must hold 0 and 1 only")
             value = edge
-        _check(tuple(value.shape[-2:]) == (height, width), path,
-               f"is {value.shape[-1]}x{value.shape[-2]}, its image {width}x{height}")
+        _check(
+            tuple(value.shape[-2:]) == (height, width),
+            path,
+            f"is {value.shape[-1]}x{value.shape[-2]}, its image {width}x{height}",
+        )
         out[task] = value
     return out

@@ -42,8 +42,10 @@ log = logging.getLogger(__name__)
 
 MARKER = ".synthetic_nyudv2.json"
 #: surface -> class in each layout (box classes are drawn from the rest)
-SURFACE_CLASS = {"mtan": {"floor": 4, "ceiling": 3, "wall": 11, "back": 11},
-                 "nyud_mt": {"floor": 1, "ceiling": 21, "wall": 0, "back": 0}}
+SURFACE_CLASS = {
+    "mtan": {"floor": 4, "ceiling": 3, "wall": 11, "back": 11},
+    "nyud_mt": {"floor": 1, "ceiling": 21, "wall": 0, "back": 0},
+}
 BOX_CLASSES = {"mtan": (0, 1, 2, 5, 6, 7, 8, 9, 10, 12), "nyud_mt": (2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 14)}
 LIGHT = np.array([0.3, -0.8, -0.5]) / np.linalg.norm([0.3, -0.8, -0.5])
 
@@ -65,8 +67,10 @@ def render_scene(rng: np.random.Generator, height: int, width: int, layout: str)
     side_x, back_z = rng.uniform(2.0, 3.0), rng.uniform(4.5, 7.0)
     classes = SURFACE_CLASS[layout]
     planes = [  # (axis, position, normal facing the camera, class)
-        (1, floor_y, (0.0, -1.0, 0.0), classes["floor"]), (1, ceiling_y, (0.0, 1.0, 0.0), classes["ceiling"]),
-        (0, -side_x, (1.0, 0.0, 0.0), classes["wall"]), (0, side_x, (-1.0, 0.0, 0.0), classes["wall"]),
+        (1, floor_y, (0.0, -1.0, 0.0), classes["floor"]),
+        (1, ceiling_y, (0.0, 1.0, 0.0), classes["ceiling"]),
+        (0, -side_x, (1.0, 0.0, 0.0), classes["wall"]),
+        (0, side_x, (-1.0, 0.0, 0.0), classes["wall"]),
         (2, back_z, (0.0, 0.0, -1.0), classes["back"]),
     ]
     best_t = np.full((height, width), np.inf)
@@ -85,8 +89,13 @@ def render_scene(rng: np.random.Generator, height: int, width: int, layout: str)
         box_classes = rng.choice(BOX_CLASSES[layout], size=int(rng.integers(2, 5)), replace=False)
         for cls in box_classes:
             size = rng.uniform([0.4, 0.3, 0.4], [1.2, 1.2, 1.2])
-            centre = np.array([rng.uniform(-side_x + size[0], side_x - size[0]), floor_y - size[1] / 2,
-                               rng.uniform(2.5, back_z - size[2] - 0.2)])
+            centre = np.array(
+                [
+                    rng.uniform(-side_x + size[0], side_x - size[0]),
+                    floor_y - size[1] / 2,
+                    rng.uniform(2.5, back_z - size[2] - 0.2),
+                ]
+            )
             low, high = centre - size / 2, centre + size / 2
             t1, t2 = low / rays, high / rays  # slab method (the ray starts at the origin)
             t_near, t_far = np.minimum(t1, t2), np.maximum(t1, t2)
@@ -110,13 +119,22 @@ def render_scene(rng: np.random.Generator, height: int, width: int, layout: str)
     hole = ((u - rng.uniform(0, width)) / (0.08 * width)) ** 2 + ((v - rng.uniform(0, height)) / (0.06 * height)) ** 2 < 1
     depth, normal, label = depth.copy(), normal.copy(), label.copy()
     depth[hole], normal[hole], label[hole] = 0.0, 0.0, -1
-    return {"image": image.astype(np.float32), "semseg": label, "depth": depth.astype(np.float32),
-            "normals": normal.astype(np.float32), "edge": edge}
+    return {
+        "image": image.astype(np.float32),
+        "semseg": label,
+        "depth": depth.astype(np.float32),
+        "normals": normal.astype(np.float32),
+        "edge": edge,
+    }
 
 
 def _write_mtan(root: Path, split: str, index: int, scene: dict[str, np.ndarray]) -> None:
-    files = {"image": scene["image"], "label": scene["semseg"].astype(np.float32), "depth": scene["depth"][..., None],
-             "normal": scene["normals"]}
+    files = {
+        "image": scene["image"],
+        "label": scene["semseg"].astype(np.float32),
+        "depth": scene["depth"][..., None],
+        "normal": scene["normals"],
+    }
     for folder, value in files.items():
         path = root / split / folder / f"{index}.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,8 +151,9 @@ def _write_nyud_mt(root: Path, name: str, scene: dict[str, np.ndarray]) -> None:
     np.save(root / "edge" / f"{name}.npy", scene["edge"])
 
 
-def write_synthetic_nyudv2(root: str | Path, layout: str = "mtan", n_train: int = 32, n_val: int = 16,
-                           size: Sequence[int] = (288, 384), seed: int = 0) -> Path:
+def write_synthetic_nyudv2(
+    root: str | Path, layout: str = "mtan", n_train: int = 32, n_val: int = 16, size: Sequence[int] = (288, 384), seed: int = 0
+) -> Path:
     """Write the twin under ``root`` once (atomically: :func:`medmtl.data.synthetic.write_once`)."""
     if layout not in LAYOUTS:
         raise ConfigError(f"data.synthetic.layout must be one of {LAYOUTS}, got {layout!r}.")

@@ -207,4 +207,3 @@ class RefugeDataModule(SplitLoaders, MultiTaskDataModule):
             persistent_workers=self.num_workers > 0,
             drop_last=split == "train" and len(self.datasets[split]) > self.batch_size,
         )
-

@@ -37,7 +37,9 @@ def build_entry(sample: RefugeSample, size: int) -> dict[str, np.ndarray]:
 
 def ensure_cache(cache: SampleCache, samples: Sequence[RefugeSample], size: int) -> list[Path]:
     """The cache file of every sample, built where missing or out of date."""
-    entries = [(f"{size}px/{s.split}/{s.id}", source_key([s.image, s.mask], size=size),
-                lambda s=s: build_entry(s, size)) for s in samples]
+    entries = [
+        (f"{size}px/{s.split}/{s.id}", source_key([s.image, s.mask], size=size), lambda s=s: build_entry(s, size))
+        for s in samples
+    ]
     cache.ensure(entries, "REFUGE images")
     return [cache.path(name, key) for name, key, _ in entries]

@@ -67,9 +67,7 @@ def read_spreadsheet(path: Path, required: Iterable[str], need_label: bool = Fal
     if need_label and not any(c in frame.columns for c in LABEL_COLUMNS):
         missing.append(f"a label column ({' / '.join(LABEL_COLUMNS)})")
     if missing:
-        raise DatasetError(
-            f"Spreadsheet {path} lacks the columns {missing}; expected {expected}, found {list(frame.columns)}."
-        )
+        raise DatasetError(f"Spreadsheet {path} lacks the columns {missing}; expected {expected}, found {list(frame.columns)}.")
     frame.index = [f"row {i + 2}" for i in range(len(frame))]  # spreadsheet rows: the header is row 1
     frame = frame.dropna(how="all")
     unnamed = frame.index[frame["ImgName"].isna()].tolist()

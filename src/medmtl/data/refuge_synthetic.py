@@ -121,10 +121,10 @@ def draw_fundus(rng: np.random.Generator, width: int, height: int, geometry: Fun
     cup = np.zeros((height, width), np.float32)
     _ellipse(cup, geometry.cup_xy, geometry.cup_axes, 1.0)
     soft = max(1.0, geometry.disc_axes[1] / 12)
-    disc = cv2.GaussianBlur(disc, (0, 0), soft)[..., None]
-    cup = cv2.GaussianBlur(cup * disc[..., 0], (0, 0), soft)[..., None]
-    canvas = canvas * (1 - disc) + np.array([235, 185, 110], np.float32) * disc
-    canvas = canvas * (1 - 0.8 * cup) + 0.8 * cup * np.array([252, 236, 195], np.float32)
+    disc_soft = np.asarray(cv2.GaussianBlur(disc, (0, 0), soft), np.float32)[..., None]
+    cup_soft = np.asarray(cv2.GaussianBlur(cup * disc_soft[..., 0], (0, 0), soft), np.float32)[..., None]
+    canvas = canvas * (1 - disc_soft) + np.array([235, 185, 110], np.float32) * disc_soft
+    canvas = canvas * (1 - 0.8 * cup_soft) + 0.8 * cup_soft * np.array([252, 236, 195], np.float32)
     canvas += rng.normal(0, 4, canvas.shape)
     canvas *= (r < 1.0)[..., None]
     return np.clip(canvas, 0, 255).astype(np.uint8)
@@ -159,8 +159,12 @@ def _write_train(root: Path, rng: np.random.Generator, spec: SyntheticRefugeSpec
         counters[label] += 1
         stem = f"{'g' if label else 'n'}{counters[label]:04d}"
         class_dir = "Glaucoma" if label else "Non-Glaucoma"
-        _write_pair(root / layout.TRAIN_IMAGES / class_dir / f"{stem}.jpg",
-                    root / layout.TRAIN_MASKS / class_dir / f"{stem}.bmp", image, mask)
+        _write_pair(
+            root / layout.TRAIN_IMAGES / class_dir / f"{stem}.jpg",
+            root / layout.TRAIN_MASKS / class_dir / f"{stem}.bmp",
+            image,
+            mask,
+        )
         rows.append({"ID": i + 1, "ImgName": f"{stem}.jpg", "Fovea_X": round(fx, 2), "Fovea_Y": round(fy, 2)})
     _write_xlsx(root / layout.TRAIN_XLSX, rows)
 
@@ -168,8 +172,11 @@ def _write_train(root: Path, rng: np.random.Generator, spec: SyntheticRefugeSpec
 def _write_evaluation_split(root: Path, rng: np.random.Generator, spec: SyntheticRefugeSpec, split: str) -> None:
     """Validation400 (labels in the xlsx, flat masks) or Test400 (masks in G/ and N/ folders)."""
     count, prefix = (spec.n_val, "V") if split == "val" else (spec.n_test, "T")
-    images, masks, xlsx = ((layout.VAL_IMAGES, layout.VAL_MASKS, layout.VAL_XLSX) if split == "val"
-                           else (layout.TEST_IMAGES, layout.TEST_MASKS, layout.TEST_XLSX))
+    images, masks, xlsx = (
+        (layout.VAL_IMAGES, layout.VAL_MASKS, layout.VAL_XLSX)
+        if split == "val"
+        else (layout.TEST_IMAGES, layout.TEST_MASKS, layout.TEST_XLSX)
+    )
     rows = []
     width, height = spec.eval_size
     for i in range(count):
@@ -178,8 +185,11 @@ def _write_evaluation_split(root: Path, rng: np.random.Generator, spec: Syntheti
         mask_dir = root / masks if split == "val" else root / masks / ("G" if label else "N")
         _write_pair(root / images / f"{stem}.jpg", mask_dir / f"{stem}.bmp", image, mask)
         row = {"ImgName": f"{stem}.jpg", "Fovea_X": round(fx, 2), "Fovea_Y": round(fy, 2)}
-        rows.append({"ImgName": row.pop("ImgName"), "Glaucoma Label": label, **row} if split == "val"
-                    else row | {"Label(Glaucoma=1)": label})
+        rows.append(
+            {"ImgName": row.pop("ImgName"), "Glaucoma Label": label, **row}
+            if split == "val"
+            else row | {"Label(Glaucoma=1)": label}
+        )
     _write_xlsx(root / xlsx, rows)
 
 

@@ -31,8 +31,7 @@ def _jsonable(spec: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(spec), default=list))
 
 
-def write_once(root: str | Path, marker: str, generator: str, spec: Mapping[str, Any],
-               write: Callable[[Path], None]) -> Path:
+def write_once(root: str | Path, marker: str, generator: str, spec: Mapping[str, Any], write: Callable[[Path], None]) -> Path:
     """Make ``root`` hold the synthetic dataset ``generator(spec)``, calling ``write(folder)`` at
     most once (see the module docstring); return ``root``."""
     root = Path(root).expanduser()
@@ -47,8 +46,10 @@ def write_once(root: str | Path, marker: str, generator: str, spec: Mapping[str,
                 )
             return root
         if root.exists() and any(root.iterdir()):
-            raise DatasetError(f"{root} is not empty and holds no {marker} marker; refusing to write a synthetic "
-                               "dataset into it (point data.root elsewhere).")
+            raise DatasetError(
+                f"{root} is not empty and holds no {marker} marker; refusing to write a synthetic "
+                "dataset into it (point data.root elsewhere)."
+            )
         partial = root.parent / f".{root.name}.partial-{os.getpid()}"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)

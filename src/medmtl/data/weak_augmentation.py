@@ -33,10 +33,14 @@ class WeakAugmentation:
     def draw(self, seed: int) -> dict[str, float]:
         g = torch.Generator().manual_seed(int(seed))
         u = torch.rand(6, generator=g, dtype=torch.float64).tolist()
-        return {"angle": (2 * u[0] - 1) * self.max_rotation,
-                "scale": self.scale[0] + u[1] * (self.scale[1] - self.scale[0]),
-                "shift_x": (2 * u[2] - 1) * self.max_shift, "shift_y": (2 * u[3] - 1) * self.max_shift,
-                "contrast": 1 + (2 * u[4] - 1) * self.max_contrast, "brightness": (2 * u[5] - 1) * self.max_brightness}
+        return {
+            "angle": (2 * u[0] - 1) * self.max_rotation,
+            "scale": self.scale[0] + u[1] * (self.scale[1] - self.scale[0]),
+            "shift_x": (2 * u[2] - 1) * self.max_shift,
+            "shift_y": (2 * u[3] - 1) * self.max_shift,
+            "contrast": 1 + (2 * u[4] - 1) * self.max_contrast,
+            "brightness": (2 * u[5] - 1) * self.max_brightness,
+        }
 
     @staticmethod
     def matrix(p: dict[str, float]) -> torch.Tensor:

@@ -35,12 +35,16 @@ class EmoticEvaluator:
         if self.per_category:
             self.TASK_METRICS = {name: f"ap_{name}" for name in CATEGORY_TASKS}
         else:
-            self.TASK_METRICS = {"categories": "categories_map"} | ({"dimensions": "dimensions_mae"} if self.has_dimensions else {})
+            self.TASK_METRICS = {"categories": "categories_map"} | (
+                {"dimensions": "dimensions_mae"} if self.has_dimensions else {}
+            )
         self.LOWER_IS_BETTER = frozenset({"dimensions_mae", "dimensions_mse", *(f"{d}_mae" for d in DIMENSIONS)})
         self.reset()
 
     def reset(self) -> None:
-        self.records: dict[str, list[np.ndarray]] = {k: [] for k in ("probability", "truth", "dimensions", "dimensions_true", "index")}
+        self.records: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("probability", "truth", "dimensions", "dimensions_true", "index")
+        }
 
     @torch.no_grad()
     def update(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> None:

@@ -102,14 +102,21 @@ class IdridEvaluator:
             kept = self.examples
             kept["index"].append(int(batch["index"][i]))
             kept["image"].append((batch["image"][i].float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy())
-            kept["lesion_pred"].append(np.stack([torch.sigmoid(outputs[n][i].float()).cpu().numpy() > 0.5 for n in self.lesions])
-                                       if self.lesions else np.zeros((0, height, width), dtype=bool))
-            kept["lesion_true"].append(np.stack([batch[n][i].cpu().numpy() > 0.5 for n in self.lesions])
-                                       if self.lesions else np.zeros((0, height, width), dtype=bool))
+            kept["lesion_pred"].append(
+                np.stack([torch.sigmoid(outputs[n][i].float()).cpu().numpy() > 0.5 for n in self.lesions])
+                if self.lesions
+                else np.zeros((0, height, width), dtype=bool)
+            )
+            kept["lesion_true"].append(
+                np.stack([batch[n][i].cpu().numpy() > 0.5 for n in self.lesions])
+                if self.lesions
+                else np.zeros((0, height, width), dtype=bool)
+            )
             kept["lesion_present"].append(lesion_present[i].numpy())
             kept["grade_pred"].append(np.array([int(outputs[n][i].argmax()) for n in self.grading], dtype=np.int64))
-            kept["grade_true"].append(np.array([int(batch[n][i]) if grade_present[i, j] else -1
-                                                for j, n in enumerate(self.grading)], dtype=np.int64))
+            kept["grade_true"].append(
+                np.array([int(batch[n][i]) if grade_present[i, j] else -1 for j, n in enumerate(self.grading)], dtype=np.int64)
+            )
 
     def predictions(self) -> dict[str, np.ndarray]:
         """The kept examples (see the module docstring); nothing per image beyond them."""

@@ -64,7 +64,7 @@ def _dense_kpi(task: Task, output: torch.Tensor, target: torch.Tensor) -> torch.
     from medmtl.metrics.scene import normal_angles
 
     if task.kind == "semantic":
-        labelled = target != task.ignore_index
+        labelled = torch.ne(target, -1 if task.ignore_index is None else task.ignore_index)
         if not bool(labelled.any()):
             return None
         return (output.argmax(dim=1) == target.long())[labelled].float().mean()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 
 import numpy as np
 import torch
@@ -63,8 +64,8 @@ class RefugeEvaluator:
     """
 
     #: one metric per task: the T terms of Delta_MTL (docs/methods.md)
-    TASK_METRICS = {"glaucoma": "auc", "od": "dice_od", "oc": "dice_oc", "fovea": "fovea_error_px"}
-    LOWER_IS_BETTER = frozenset({"fovea_error_grid", "fovea_error_px", "vcdr_mae"})
+    TASK_METRICS: Mapping[str, str] = {"glaucoma": "auc", "od": "dice_od", "oc": "dice_oc", "fovea": "fovea_error_px"}
+    LOWER_IS_BETTER: AbstractSet[str] = frozenset({"fovea_error_grid", "fovea_error_px", "vcdr_mae"})
 
     def __init__(self, train_vcdr: np.ndarray, train_labels: np.ndarray, examples_per_class: int = 4):
         self.vcdr_classifier = fit_vcdr_classifier(train_vcdr, train_labels)
@@ -72,9 +73,22 @@ class RefugeEvaluator:
         self.reset()
 
     def reset(self) -> None:
-        self.records: dict[str, list] = {k: [] for k in (
-            "index", "label", "p_fc", "vcdr_pred", "vcdr_true", "dice_od", "dice_oc",
-            "fovea_error_grid", "fovea_error_px", "fovea_pred", "fovea_true")}
+        self.records: dict[str, list] = {
+            k: []
+            for k in (
+                "index",
+                "label",
+                "p_fc",
+                "vcdr_pred",
+                "vcdr_true",
+                "dice_od",
+                "dice_oc",
+                "fovea_error_grid",
+                "fovea_error_px",
+                "fovea_pred",
+                "fovea_true",
+            )
+        }
         self.examples: dict[str, list] = {k: [] for k in EXAMPLE_KEYS}
 
     @torch.no_grad()
@@ -103,8 +117,15 @@ class RefugeEvaluator:
             records["vcdr_true"].append(vertical_cup_to_disc_ratio(od_true[i], oc_true[i]))
             self._keep_example(batch, i, od, oc, fovea_pred[i].tolist(), fovea_true[i].tolist())
 
-    def _keep_example(self, batch: Mapping[str, torch.Tensor], i: int, od: np.ndarray, oc: np.ndarray,
-                      fovea_pred: list[float], fovea_true: list[float]) -> None:
+    def _keep_example(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        i: int,
+        od: np.ndarray,
+        oc: np.ndarray,
+        fovea_pred: list[float],
+        fovea_true: list[float],
+    ) -> None:
         label = int(batch["glaucoma"][i])
         if sum(1 for kept in self.examples["label"] if kept == label) >= self.examples_per_class:
             return

@@ -79,8 +79,7 @@ class SemanticMetric:
         total = c.sum()
         if total == 0:
             return {}
-        return {"miou": float((true_positive[present] / union[present]).mean()),
-                "pixel_acc": float(true_positive.sum() / total)}
+        return {"miou": float((true_positive[present] / union[present]).mean()), "pixel_acc": float(true_positive.sum() / total)}
 
 
 class DepthMetric:
@@ -163,14 +162,19 @@ class EdgeMetric:
             return {}
         precision = self.matched_predicted.double() / self.predicted.double().clamp_min(1)
         recall = self.matched_truth.double() / self.truth
-        f = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12),
-                        torch.zeros_like(precision))
+        f = torch.where(
+            precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12), torch.zeros_like(precision)
+        )
         return {"odsf": float(f.max())}
 
 
 #: per kind: (the metric standing for the task in Delta_MTL, the metrics where lower is better)
-KIND_METRICS = {"semantic": ("miou", ()), "depth": ("rmse", ("abs_err", "rel_err", "rmse")),
-                "normals": ("angle_mean", ("angle_mean", "angle_median")), "edge": ("odsf", ())}
+KIND_METRICS = {
+    "semantic": ("miou", ()),
+    "depth": ("rmse", ("abs_err", "rel_err", "rmse")),
+    "normals": ("angle_mean", ("angle_mean", "angle_median")),
+    "edge": ("odsf", ()),
+}
 
 
 class SceneEvaluator:
@@ -178,7 +182,7 @@ class SceneEvaluator:
 
     def __init__(self, tasks: Sequence[Task], edge_thresholds: int = 50, examples: int = 4):
         self.tasks = {t.name: t for t in tasks if t.kind in SCENE_KINDS}
-        self.metrics = {}
+        self.metrics: dict[str, SemanticMetric | DepthMetric | NormalsMetric | EdgeMetric] = {}
         for name, task in self.tasks.items():
             if task.kind == "semantic":
                 self.metrics[name] = SemanticMetric(task.num_outputs, task.ignore_index)
@@ -212,7 +216,8 @@ class SceneEvaluator:
         kept = len(self.examples.get("image", []))
         for i in range(min(self.examples_wanted - kept, len(batch["image"]))):
             self.examples.setdefault("image", []).append(
-                (batch["image"][i].float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy())
+                (batch["image"][i].float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+            )
             self.examples.setdefault("index", []).append(np.asarray(int(batch["index"][i]) if "index" in batch else kept + i))
             for name, task in self.tasks.items():
                 if name not in outputs:

@@ -21,6 +21,8 @@ sentence (:func:`medmtl.models.weights.resolve_weights_file`); nothing is downlo
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,15 +36,25 @@ HRNET_TINY = dict(
     stem_width=16,
     stage1=dict(num_modules=1, num_branches=1, block_type="BASIC", num_blocks=(1,), num_channels=(8,), fuse_method="SUM"),
     stage2=dict(num_modules=1, num_branches=2, block_type="BASIC", num_blocks=(1, 1), num_channels=(8, 16), fuse_method="SUM"),
-    stage3=dict(num_modules=1, num_branches=3, block_type="BASIC", num_blocks=(1, 1, 1), num_channels=(8, 16, 32),
-                fuse_method="SUM"),
-    stage4=dict(num_modules=1, num_branches=4, block_type="BASIC", num_blocks=(1, 1, 1, 1), num_channels=(8, 16, 32, 64),
-                fuse_method="SUM"),
+    stage3=dict(
+        num_modules=1, num_branches=3, block_type="BASIC", num_blocks=(1, 1, 1), num_channels=(8, 16, 32), fuse_method="SUM"
+    ),
+    stage4=dict(
+        num_modules=1,
+        num_branches=4,
+        block_type="BASIC",
+        num_blocks=(1, 1, 1, 1),
+        num_channels=(8, 16, 32, 64),
+        fuse_method="SUM",
+    ),
 )
 
 
 class InputNormalization(nn.Module):
     """(x - mean) / std with ImageNet's statistics, or the identity."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, mode: str = "imagenet"):
         super().__init__()
@@ -72,7 +84,9 @@ def resnet_stages(name: str, output_stride: int = 8, weights_path: str | None = 
 
     if not (name.startswith("resnet") or name == "test_resnet"):
         raise ConfigError(f"model.backbone must be a timm ResNet (resnet18, resnet50, test_resnet), got {name!r}.")
-    network = timm.create_model(name, num_classes=0, global_pool="", output_stride=output_stride, **timm_weights(weights_path))
+    network: Any = timm.create_model(
+        name, num_classes=0, global_pool="", output_stride=output_stride, **timm_weights(weights_path)
+    )
     stem = nn.Sequential(network.conv1, network.bn1, network.act1, network.maxpool)
     stages = nn.ModuleList([nn.Sequential(stem, network.layer1), network.layer2, network.layer3, network.layer4])
     channels = [info["num_chs"] for info in network.feature_info if info["module"].startswith("layer")]
@@ -84,13 +98,15 @@ def hrnet_features(name: str, weights_path: str | None = None) -> tuple[nn.Modul
     import timm
     from timm.models.hrnet import HighResolutionNetFeatures
 
+    network: Any
     if name == "hrnet_tiny":
         if weights_path:
             raise ConfigError("model.backbone=hrnet_tiny has no pretrained weights; set model.weights_path=null.")
         network = HighResolutionNetFeatures(HRNET_TINY, feature_location="", out_indices=(1, 2, 3, 4))
     elif name.startswith("hrnet"):
-        network = timm.create_model(name, features_only=True, feature_location="", out_indices=(1, 2, 3, 4),
-                                    **timm_weights(weights_path))
+        network = timm.create_model(
+            name, features_only=True, feature_location="", out_indices=(1, 2, 3, 4), **timm_weights(weights_path)
+        )
     else:
         raise ConfigError(f"model.backbone must be an HRNet (hrnet_w18, hrnet_w18_small, hrnet_tiny), got {name!r}.")
     return network, list(network.feature_info.channels())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -37,12 +38,13 @@ class MultiTaskNet(nn.Module, abc.ABC):
     task_names: tuple[str, ...] = ()
 
     @abc.abstractmethod
-    def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        """``{task: logits}`` for the requested tasks (all by default), computing nothing else.
-        A network reading several inputs (the datamodule's ``input_keys``) takes them in that order
-        before ``tasks``, e.g. ``forward(context, body, tasks=None)``."""
+    def forward(self, *inputs: Any, **options: Any) -> dict[str, torch.Tensor]:
+        """``forward(*inputs, tasks=None)``: ``{task: logits}`` for the requested tasks (all by
+        default), computing nothing else. The inputs are the datamodule's ``input_keys`` in order:
+        ``forward(image, tasks=None)`` for most networks, ``forward(context, body, tasks=None)``
+        for EMOTIC's."""
 
-    def representation(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    def representation(self, *inputs: Any, **options: Any) -> dict[str, torch.Tensor]:
         """Optional: the shared features Z the task heads read (``forward = heads(representation)``).
         Needed by the "-UB" strategies, which use dL_k/dZ instead of dL_k/dW."""
         raise TypeError(f"{type(self).__name__} does not expose a shared representation (needed by the -UB strategies).")
@@ -95,7 +97,7 @@ class MultiTaskNet(nn.Module, abc.ABC):
         return self._cached(("path", task), lambda: _unique(p for m in self.path_modules(task) for p in m.parameters()))
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        def compute():
+        def compute() -> list[nn.Parameter]:
             counts: dict[int, int] = {}
             for task in self.task_names:
                 for p in self.path_parameters(task):
@@ -146,25 +148,29 @@ class SeparateNetworks(MultiTaskNet):
         self.members = nn.ModuleDict(members)
         self.task_names = tuple(members)
 
+    def member(self, task: str) -> MultiTaskNet:
+        """Task ``task``'s network."""
+        return cast(MultiTaskNet, self.members[task])
+
     def forward(self, *inputs: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Each requested task from its own network, all reading the same inputs (one or several)."""
-        return {t: self.members[t](*inputs, tasks=[t])[t] for t in self._check_tasks(tasks)}
+        return {t: self.member(t)(*inputs, tasks=[t])[t] for t in self._check_tasks(tasks)}
 
     def path_modules(self, task: str) -> list[nn.Module]:
         return [self.members[task]]
 
     def auxiliary_loss(self, task: str) -> torch.Tensor | None:
-        return self.members[task].auxiliary_loss(task)
+        return self.member(task).auxiliary_loss(task)
 
     def deep_supervision(self, task: str) -> list[torch.Tensor]:
-        return self.members[task].deep_supervision(task)
+        return self.member(task).deep_supervision(task)
 
     def set_training_progress(self, fraction: float) -> None:
-        for member in self.members.values():
-            member.set_training_progress(fraction)
+        for task in self.task_names:
+            self.member(task).set_training_progress(fraction)
 
     def routing_statistics(self) -> dict[str, float]:
-        return {k: v for member in self.members.values() for k, v in member.routing_statistics().items()}
+        return {k: v for task in self.task_names for k, v in self.member(task).routing_statistics().items()}
 
     def backbone_parameters(self) -> list[nn.Parameter]:
-        return [p for member in self.members.values() for p in member.backbone_parameters()]
+        return [p for task in self.task_names for p in self.member(task).backbone_parameters()]

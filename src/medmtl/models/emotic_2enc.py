@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,18 +38,20 @@ def resnet_encoder(name: str, weights: str | None, option: str, role: str) -> tu
     """A timm ResNet with global average pooling and no classifier; weights from a local file."""
     import timm
 
-    encoder = timm.create_model(name, pretrained=False, num_classes=0)
+    encoder: Any = timm.create_model(name, pretrained=False, num_classes=0)
     if weights:
         path = resolve_weights_file(weights, option=f"{option}=null")
         state = {k.removeprefix("module."): v for k, v in load_state_dict(path).items()}
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         missing, unexpected = encoder.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ConfigError(f"{path} does not fit a {name} {role} encoder: {len(missing)} weights missing (e.g. "
-                              f"{missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}).")
+            raise ConfigError(
+                f"{path} does not fit a {name} {role} encoder: {len(missing)} weights missing (e.g. "
+                f"{missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})."
+            )
     else:
         log.warning("EMOTIC %s encoder starts from scratch (%s is not set; the paper pre-trains it).", role, option)
-    return encoder, encoder.num_features
+    return encoder, int(encoder.num_features)
 
 
 class EmoticTwoEncoder(MultiTaskNet):
@@ -56,9 +59,16 @@ class EmoticTwoEncoder(MultiTaskNet):
     context_weights, body_weights (local files, null = scratch); fusion_width (256); dropout (0.5);
     input_normalization (``imagenet`` | ``none``)."""
 
-    def __init__(self, tasks: Sequence[Task], backbone: str = "resnet18", context_weights: str | None = None,
-                 body_weights: str | None = None, fusion_width: int = 256, dropout: float = 0.5,
-                 input_normalization: str = "imagenet"):
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        backbone: str = "resnet18",
+        context_weights: str | None = None,
+        body_weights: str | None = None,
+        fusion_width: int = 256,
+        dropout: float = 0.5,
+        input_normalization: str = "imagenet",
+    ):
         super().__init__()
         dense = [t.name for t in tasks if t.is_dense]
         if dense:
@@ -68,17 +78,25 @@ class EmoticTwoEncoder(MultiTaskNet):
         self.normalize = InputNormalization(input_normalization)
         self.context_encoder, context_features = resnet_encoder(backbone, context_weights, "model.context_weights", "context")
         self.body_encoder, body_features = resnet_encoder(backbone, body_weights, "model.body_weights", "body")
-        self.fusion = nn.Sequential(nn.Linear(context_features + body_features, fusion_width), nn.BatchNorm1d(fusion_width),
-                                    nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.fusion = nn.Sequential(
+            nn.Linear(context_features + body_features, fusion_width),
+            nn.BatchNorm1d(fusion_width),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+        )
         self.heads_by_task = nn.ModuleDict({t.name: linear_head(fusion_width, t) for t in tasks})
 
-    def representation(self, context: torch.Tensor, body: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    def representation(
+        self, context: torch.Tensor, body: torch.Tensor, tasks: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
         features = torch.cat([self.context_encoder(self.normalize(context)), self.body_encoder(self.normalize(body))], dim=1)
         return {"fused": self.fusion(features)}
 
     def heads(self, shared: dict[str, torch.Tensor], tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        return {name: shape_output(self.heads_by_task[name](shared["fused"]), self.task_by_name[name])
-                for name in self._check_tasks(tasks)}
+        return {
+            name: shape_output(self.heads_by_task[name](shared["fused"]), self.task_by_name[name])
+            for name in self._check_tasks(tasks)
+        }
 
     def forward(self, context: torch.Tensor, body: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         return self.heads(self.representation(context, body, tasks), tasks)

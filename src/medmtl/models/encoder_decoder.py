@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmtl.errors import ConfigError
+from medmtl.models.backbones import InputNormalization
 from medmtl.models.base import MultiTaskNet
 from medmtl.models.heads import conv_head, linear_head, shape_output
-from medmtl.models.backbones import InputNormalization
 from medmtl.tasks import Task
 
 
@@ -49,8 +49,7 @@ class EncoderDecoderNet(MultiTaskNet):
         dense = [t for t in tasks if t.is_dense]
         self.task_by_name = {t.name: t for t in tasks}
         self.dense_heads = nn.ModuleDict({t.name: conv_head(decoded_channels, t) for t in dense})
-        self.classifiers = nn.ModuleDict(
-            {t.name: linear_head(bottleneck_channels, t, dropout) for t in tasks if not t.is_dense})
+        self.classifiers = nn.ModuleDict({t.name: linear_head(bottleneck_channels, t, dropout) for t in tasks if not t.is_dense})
 
     def _apply_head_prior(self, head_prior: float | None) -> None:
         """Dense heads start at foreground probability ``head_prior``: bias = log(p / (1 - p))
@@ -60,7 +59,9 @@ class EncoderDecoderNet(MultiTaskNet):
         if not 0.0 < head_prior < 1.0:
             raise ConfigError(f"head_prior must be in (0, 1), got {head_prior}.")
         for head in self.dense_heads.values():
-            nn.init.constant_(head.bias, math.log(head_prior / (1.0 - head_prior)))
+            bias = head.bias
+            assert isinstance(bias, torch.Tensor)  # conv_head's 1x1 convolution has a bias
+            nn.init.constant_(bias, math.log(head_prior / (1.0 - head_prior)))
 
     def representation(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """The shared representation the heads read: the bottleneck (classifiers) and, when a
@@ -71,7 +72,7 @@ class EncoderDecoderNet(MultiTaskNet):
             raise ConfigError(f"{type(self).__name__} needs image sides divisible by {m}, got {tuple(image.shape[-2:])}.")
         features = self.encoder(self.input_normalization(image))
         shared = {"bottleneck": features[-1]}
-        if any(t in self.dense_heads for t in tasks):
+        if self.decoder is not None and any(t in self.dense_heads for t in tasks):
             shared["decoded"] = self.decoder(features)
         return shared
 
@@ -101,6 +102,6 @@ class EncoderDecoderNet(MultiTaskNet):
     def path_modules(self, task: str) -> list[nn.Module]:
         if task in self.classifiers:
             return [self.encoder, self.classifiers[task]]
-        if task in self.dense_heads:
+        if task in self.dense_heads and self.decoder is not None:
             return [self.encoder, self.decoder, self.dense_heads[task]]
         raise KeyError(f"{type(self).__name__} has no task {task!r}; it has {list(self.task_names)}.")

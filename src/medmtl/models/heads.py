@@ -41,8 +41,11 @@ def shape_output(output: torch.Tensor, task: Task) -> torch.Tensor:
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 3, dilation: int = 1) -> nn.Sequential:
     padding = dilation * (kernel // 2)
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, padding=padding, dilation=dilation, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel, padding=padding, dilation=dilation, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
 
 
 class ASPP(nn.Module):
@@ -50,8 +53,9 @@ class ASPP(nn.Module):
 
     def __init__(self, in_channels: int, width: int = 256, rates: Sequence[int] = (6, 12, 18)):
         super().__init__()
-        self.branches = nn.ModuleList([conv_bn_relu(in_channels, width, 1)]
-                                      + [conv_bn_relu(in_channels, width, 3, r) for r in rates])
+        self.branches = nn.ModuleList(
+            [conv_bn_relu(in_channels, width, 1)] + [conv_bn_relu(in_channels, width, 3, r) for r in rates]
+        )
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, width, 1, bias=False), nn.ReLU(inplace=True))
         self.project = conv_bn_relu(width * (len(rates) + 2), width, 1)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +43,12 @@ from medmtl.tasks import Task
 
 def separable(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
     """Depthwise 3x3 (dilated) + pointwise 1x1, batch norm, ReLU."""
-    return nn.Sequential(nn.Conv2d(cin, cin, 3, padding=dilation, dilation=dilation, groups=cin, bias=False),
-                         nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cin, 3, padding=dilation, dilation=dilation, groups=cin, bias=False),
+        nn.Conv2d(cin, cout, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
 
 
 def pointwise(cin: int, cout: int) -> nn.Sequential:
@@ -97,7 +102,7 @@ def top_p_mask(scores: torch.Tensor, p: float, of: str = "raw") -> torch.Tensor:
     q = scores if of == "raw" else scores / scores.sum(dim=1, keepdim=True)
     sorted_q, order = q.sort(dim=1, descending=True)
     before = sorted_q.cumsum(dim=1) - sorted_q  # mass of the experts ranked above
-    keep_sorted = before < p - 1e-12             # an expert is kept while the mass above it is < p
+    keep_sorted = before < p - 1e-12  # an expert is kept while the mass above it is < p
     return torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
 
 
@@ -109,11 +114,26 @@ class MoEDeepLabV3Plus(MultiTaskNet):
     (``imagenet`` with ImageNet weights, Roy 2025 | ``none``); top_p_scores (``raw`` | ``normalised``,
     see :func:`top_p_mask`)."""
 
-    def __init__(self, tasks: Sequence[Task], backbone: str = "resnet50", n_experts: int = 3, top_p: float = 0.8,
-                 dense_fraction: float = 0.5, aspp_channels: int = 256, decoder_channels: int = 256,
-                 classifier_channels: int = 256, l1_weight: float = 0.01, balance_weight: float = 0.01,
-                 entropy_weight: float = 0.01, entropy_of: str = "sample", weights_path: str | None = None,
-                 input_normalization: str = "imagenet", top_p_scores: str = "raw"):
+    top_p_active: torch.Tensor
+
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        backbone: str = "resnet50",
+        n_experts: int = 3,
+        top_p: float = 0.8,
+        dense_fraction: float = 0.5,
+        aspp_channels: int = 256,
+        decoder_channels: int = 256,
+        classifier_channels: int = 256,
+        l1_weight: float = 0.01,
+        balance_weight: float = 0.01,
+        entropy_weight: float = 0.01,
+        entropy_of: str = "sample",
+        weights_path: str | None = None,
+        input_normalization: str = "imagenet",
+        top_p_scores: str = "raw",
+    ):
         super().__init__()
         import timm
 
@@ -129,13 +149,16 @@ class MoEDeepLabV3Plus(MultiTaskNet):
         self.weights = {"l1": l1_weight, "balance": balance_weight, "entropy": entropy_weight}
         self.entropy_of, self.top_p_scores = entropy_of, top_p_scores
         self.input_normalization = InputNormalization(input_normalization)
-        self.backbone = timm.create_model(backbone, features_only=True, output_stride=16, out_indices=(1, 4),
-                                          **timm_weights(weights_path))
-        low_channels, high_channels = self.backbone.feature_info.channels()
+        network: Any = timm.create_model(
+            backbone, features_only=True, output_stride=16, out_indices=(1, 4), **timm_weights(weights_path)
+        )
+        self.backbone = network
+        low_channels, high_channels = network.feature_info.channels()
         dense = [t for t in tasks if t.is_dense]
         self.aspp = SeparableASPP(high_channels, aspp_channels) if dense else None
         self.experts = nn.ModuleDict()
         for task in tasks:
+            members: list[nn.Module]
             if task.is_dense:
                 members = [SegmentationExpert(aspp_channels, low_channels, decoder_channels, task) for _ in range(n_experts)]
             else:
@@ -168,8 +191,9 @@ class MoEDeepLabV3Plus(MultiTaskNet):
             entropy = -(q * q.clamp_min(1e-12).log()).sum(dim=1).mean()
         else:
             entropy = -(usage * usage.clamp_min(1e-12).log()).sum()
-        self._auxiliary[name] = (self.weights["l1"] * scores.abs().mean() + self.weights["balance"] * balance
-                                 - self.weights["entropy"] * entropy)
+        self._auxiliary[name] = (
+            self.weights["l1"] * scores.abs().mean() + self.weights["balance"] * balance - self.weights["entropy"] * entropy
+        )
         if not self.training:
             self._kept.setdefault(name, []).append(float(kept.sum(dim=1).mean()))
         return weights
@@ -191,7 +215,7 @@ class MoEDeepLabV3Plus(MultiTaskNet):
         low, high = self.backbone(self.input_normalization(image))
         self._input_size = tuple(image.shape[-2:])  # the dense heads up-sample to it
         shared = {"low": low, "high": high}
-        if any(t in self.dense_tasks for t in tasks):
+        if self.aspp is not None and any(t in self.dense_tasks for t in tasks):
             shared["aspp"] = self.aspp(high)
         return shared
 
@@ -203,13 +227,18 @@ class MoEDeepLabV3Plus(MultiTaskNet):
         for name in tasks:
             weights = self._route(name, torch.sigmoid(self.gates[name](pooled)))
             if name in self.dense_tasks:
-                expert_outputs = torch.stack([e(shared["aspp"], shared["low"]) for e in self.experts[name]], dim=1)  # (B, E, C, h, w)
+                expert_outputs = torch.stack(
+                    [e(shared["aspp"], shared["low"]) for e in self.experts_of(name)], dim=1
+                )  # (B, E, C, h, w)
                 mixed = (weights[:, :, None, None, None] * expert_outputs).sum(dim=1)
                 outputs[name] = shape_output(upsample_to(mixed, size), self.task_by_name[name])
             else:
-                expert_outputs = torch.stack([e(shared["high"]) for e in self.experts[name]], dim=1)  # (B, E, C)
+                expert_outputs = torch.stack([e(shared["high"]) for e in self.experts_of(name)], dim=1)  # (B, E, C)
                 outputs[name] = shape_output((weights[:, :, None] * expert_outputs).sum(dim=1), self.task_by_name[name])
         return outputs
+
+    def experts_of(self, task: str) -> nn.ModuleList:
+        return cast(nn.ModuleList, self.experts[task])
 
     def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         return self.heads(self.representation(image, tasks), tasks)
@@ -217,7 +246,7 @@ class MoEDeepLabV3Plus(MultiTaskNet):
     def path_modules(self, task: str) -> list[nn.Module]:
         if task not in self.experts:
             raise KeyError(f"MoEDeepLabV3Plus has no task {task!r}; it has {list(self.task_names)}.")
-        shared = [self.backbone] + ([self.aspp] if task in self.dense_tasks else [])
+        shared = [self.backbone] + ([self.aspp] if self.aspp is not None and task in self.dense_tasks else [])
         return shared + [self.experts[task], self.gates[task]]
 
     def backbone_parameters(self) -> list[nn.Parameter]:

@@ -21,6 +21,7 @@ The shared representation of the "-UB" strategies is the shared backbone's (u_j,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +35,14 @@ from medmtl.tasks import Task
 
 def attention_layer(in_channels: int, channels: int) -> nn.Sequential:
     middle = max(1, channels // 4)
-    return nn.Sequential(nn.Conv2d(in_channels, middle, 1), nn.BatchNorm2d(middle), nn.ReLU(inplace=True),
-                         nn.Conv2d(middle, channels, 1), nn.BatchNorm2d(channels), nn.Sigmoid())
+    return nn.Sequential(
+        nn.Conv2d(in_channels, middle, 1),
+        nn.BatchNorm2d(middle),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(middle, channels, 1),
+        nn.BatchNorm2d(channels),
+        nn.Sigmoid(),
+    )
 
 
 class Bottleneck(nn.Module):
@@ -45,9 +52,15 @@ class Bottleneck(nn.Module):
         super().__init__()
         middle = max(1, out_channels // 4)
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, middle, 1, bias=False), nn.BatchNorm2d(middle), nn.ReLU(inplace=True),
-            nn.Conv2d(middle, middle, 3, padding=1, bias=False), nn.BatchNorm2d(middle), nn.ReLU(inplace=True),
-            nn.Conv2d(middle, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+            nn.Conv2d(in_channels, middle, 1, bias=False),
+            nn.BatchNorm2d(middle),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(middle, middle, 3, padding=1, bias=False),
+            nn.BatchNorm2d(middle),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(middle, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
         self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,19 +71,33 @@ class MTAN(DenseSceneNet):
     """Args: tasks; backbone (timm ResNet: resnet18 in Hervella et al. 2024, resnet50 in the
     survey); aspp_width; output_stride; weights_path; input_normalization."""
 
-    def __init__(self, tasks: Sequence[Task], backbone: str = "resnet18", aspp_width: int = 256, output_stride: int = 8,
-                 weights_path: str | None = None, input_normalization: str = "imagenet"):
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        backbone: str = "resnet18",
+        aspp_width: int = 256,
+        output_stride: int = 8,
+        weights_path: str | None = None,
+        input_normalization: str = "imagenet",
+    ):
         super().__init__(tasks, input_normalization)
         stages, channels = resnet_stages(backbone, output_stride, weights_path)
         # each stage split into "all blocks but the last" (u) and "the last block" (p)
-        self.stem = stages[0][0]
-        layers = [stages[0][1], *stages[1:]]
-        self.stage_bodies = nn.ModuleList([layer[:-1] for layer in layers])
-        self.stage_tails = nn.ModuleList([layer[-1] for layer in layers])
+        first = cast(nn.Sequential, stages[0])
+        self.stem = first[0]
+        layers = [first[1], *stages[1:]]
+        self.stage_bodies = nn.ModuleList([cast(nn.Sequential, layer)[:-1] for layer in layers])
+        self.stage_tails = nn.ModuleList([cast(nn.Sequential, layer)[-1] for layer in layers])
         body_channels = [self._body_channels(layer, c) for layer, c in zip(layers, channels)]
-        self.attention = nn.ModuleDict({t.name: nn.ModuleList(
-            [attention_layer(body_channels[0], channels[0])]
-            + [attention_layer(body_channels[j] + channels[j], channels[j]) for j in range(1, 4)]) for t in tasks})
+        self.attention = nn.ModuleDict(
+            {
+                t.name: nn.ModuleList(
+                    [attention_layer(body_channels[0], channels[0])]
+                    + [attention_layer(body_channels[j] + channels[j], channels[j]) for j in range(1, 4)]
+                )
+                for t in tasks
+            }
+        )
         self.carriers = nn.ModuleList([Bottleneck(channels[j], channels[j + 1]) for j in range(3)])
         self.heads_by_task = nn.ModuleDict({t.name: ASPPHead(channels[-1], t, aspp_width) for t in tasks})
 
@@ -99,7 +126,7 @@ class MTAN(DenseSceneNet):
         logits = {}
         for name in tasks:
             attended = None
-            for j, layer in enumerate(self.attention[name]):
+            for j, layer in enumerate(cast(nn.ModuleList, self.attention[name])):
                 u, p = shared[f"u{j}"], shared[f"p{j}"]
                 if attended is None:
                     mask = layer(u)

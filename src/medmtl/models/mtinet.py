@@ -25,6 +25,7 @@ parameters than the 27 M of the survey's Table V on HRNet-18 (``metrics.json`` r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +42,13 @@ class MTINet(DenseSceneNet):
     """Args: tasks; backbone (hrnet_w18, hrnet_w18_small, hrnet_tiny); weights_path;
     input_normalization."""
 
-    def __init__(self, tasks: Sequence[Task], backbone: str = "hrnet_w18", weights_path: str | None = None,
-                 input_normalization: str = "imagenet"):
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        backbone: str = "hrnet_w18",
+        weights_path: str | None = None,
+        input_normalization: str = "imagenet",
+    ):
         super().__init__(tasks, input_normalization)
         self.backbone, channels = hrnet_features(backbone, weights_path)
         names = [t.name for t in tasks]
@@ -50,13 +56,17 @@ class MTINet(DenseSceneNet):
         # scale s reads x_s and, below the coarsest scale, every task's features of scale s+1
         inputs = [channels[s] + (n * channels[s + 1] if s < 3 else 0) for s in range(4)]
         self.initial_features = nn.ModuleList(
-            [nn.ModuleDict({name: task_features(inputs[s], channels[s]) for name in names}) for s in range(4)])
+            [nn.ModuleDict({name: task_features(inputs[s], channels[s]) for name in names}) for s in range(4)]
+        )
         self.initial_predictions = nn.ModuleList(
-            [nn.ModuleDict({t.name: conv_head(channels[s], t) for t in tasks}) for s in range(4)])
+            [nn.ModuleDict({t.name: conv_head(channels[s], t) for t in tasks}) for s in range(4)]
+        )
         self.distillation = nn.ModuleList(
-            [nn.ModuleDict({name: Distillation(name, names, channels[s]) for name in names}) for s in range(4)])
-        self.final = nn.ModuleDict({t.name: nn.Sequential(conv_bn_relu(sum(channels), channels[0]), conv_head(channels[0], t))
-                                    for t in tasks})
+            [nn.ModuleDict({name: Distillation(name, names, channels[s]) for name in names}) for s in range(4)]
+        )
+        self.final = nn.ModuleDict(
+            {t.name: nn.Sequential(conv_bn_relu(sum(channels), channels[0]), conv_head(channels[0], t)) for t in tasks}
+        )
 
     def representation(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         self._input_size = tuple(image.shape[-2:])
@@ -70,25 +80,37 @@ class MTINet(DenseSceneNet):
         for s in reversed(range(4)):
             x = shared[f"x{s}"]
             if coarser is not None:
-                up = [F.interpolate(coarser[name], size=x.shape[-2:], mode="bilinear", align_corners=False) for name in self.task_names]
+                up = [
+                    F.interpolate(coarser[name], size=x.shape[-2:], mode="bilinear", align_corners=False)
+                    for name in self.task_names
+                ]
                 x = torch.cat([x, *up], dim=1)
-            initial = {name: layer(x) for name, layer in self.initial_features[s].items()}
+            initial = {name: layer(x) for name, layer in cast(nn.ModuleDict, self.initial_features[s]).items()}
             for name in tasks:
-                intermediate[name].append(self.initial_predictions[s][name](initial[name]))
-                distilled[name].append(self.distillation[s][name](initial))
+                intermediate[name].append(cast(nn.ModuleDict, self.initial_predictions[s])[name](initial[name]))
+                distilled[name].append(cast(nn.ModuleDict, self.distillation[s])[name](initial))
             coarser = initial
         self.keep_intermediate(intermediate, self._input_size, tasks)
         logits = {}
         for name in tasks:
             finest = distilled[name][-1]
-            joined = torch.cat([F.interpolate(f, size=finest.shape[-2:], mode="bilinear", align_corners=False)
-                                for f in reversed(distilled[name])], dim=1)
+            joined = torch.cat(
+                [
+                    F.interpolate(f, size=finest.shape[-2:], mode="bilinear", align_corners=False)
+                    for f in reversed(distilled[name])
+                ],
+                dim=1,
+            )
             logits[name] = self.final[name](joined)
         return self.finish(logits, self._input_size)
 
     def path_modules(self, task: str) -> list[nn.Module]:
         self._check_tasks([task])
-        own = [m for s in range(4) for m in (self.initial_predictions[s][task], self.distillation[s][task])]
+        own = [
+            m
+            for s in range(4)
+            for m in (cast(nn.ModuleDict, self.initial_predictions[s])[task], cast(nn.ModuleDict, self.distillation[s])[task])
+        ]
         return [self.backbone, self.initial_features, *own, self.final[task]]
 
     def backbone_parameters(self) -> list[nn.Parameter]:

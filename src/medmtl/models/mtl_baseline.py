@@ -26,8 +26,15 @@ class MTLBaseline(DenseSceneNet):
     hrnet_w18, hrnet_tiny); aspp_width (256);
     output_stride (8); weights_path (local backbone weights); input_normalization."""
 
-    def __init__(self, tasks: Sequence[Task], backbone: str = "resnet50", aspp_width: int = 256, output_stride: int = 8,
-                 weights_path: str | None = None, input_normalization: str = "imagenet"):
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        backbone: str = "resnet50",
+        aspp_width: int = 256,
+        output_stride: int = 8,
+        weights_path: str | None = None,
+        input_normalization: str = "imagenet",
+    ):
         super().__init__(tasks, input_normalization)
         self.backbone, channels = dense_features(backbone, output_stride, weights_path)
         self.heads_by_task = nn.ModuleDict({t.name: ASPPHead(channels, t, aspp_width) for t in tasks})

@@ -51,8 +51,15 @@ class PADNet(DenseSceneNet):
     """Args: tasks; backbone (a timm ResNet, dilated, or an HRNet: hrnet_w18 / hrnet_tiny); width
     (channels of the task heads, 256); output_stride (ResNet); weights_path; input_normalization."""
 
-    def __init__(self, tasks: Sequence[Task], backbone: str = "resnet50", width: int = 256, output_stride: int = 8,
-                 weights_path: str | None = None, input_normalization: str = "imagenet"):
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        backbone: str = "resnet50",
+        width: int = 256,
+        output_stride: int = 8,
+        weights_path: str | None = None,
+        input_normalization: str = "imagenet",
+    ):
         super().__init__(tasks, input_normalization)
         self.backbone, in_channels = dense_features(backbone, output_stride, weights_path)
         names = [t.name for t in tasks]

@@ -12,6 +12,7 @@ nothing is downloaded (smp's ``encoder_weights`` stays ``None``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from medmtl.errors import ConfigError
 from medmtl.models.encoder_decoder import EncoderDecoderNet
@@ -21,12 +22,12 @@ from medmtl.tasks import Task
 
 class Res34UNet(EncoderDecoderNet):
     """Args:
-        tasks: the task set (image-level tasks: classifier on the deepest encoder feature; dense: 1x1 conv).
-        backbone: an smp ResNet encoder (``resnet34``; ``resnet18`` for quick tests).
-        decoder_channels: widths of the five decoder blocks (smp's default 256, 128, 64, 32, 16).
-        dropout: before each classifier.
-        pretrained: load ``weights_path`` (a torchvision ResNet state dict) into the encoder.
-        head_prior: initial foreground probability of the dense heads (see ``UNetVGG16``).
+    tasks: the task set (image-level tasks: classifier on the deepest encoder feature; dense: 1x1 conv).
+    backbone: an smp ResNet encoder (``resnet34``; ``resnet18`` for quick tests).
+    decoder_channels: widths of the five decoder blocks (smp's default 256, 128, 64, 32, 16).
+    dropout: before each classifier.
+    pretrained: load ``weights_path`` (a torchvision ResNet state dict) into the encoder.
+    head_prior: initial foreground probability of the dense heads (see ``UNetVGG16``).
     """
 
     input_multiple = 32
@@ -47,12 +48,14 @@ class Res34UNet(EncoderDecoderNet):
 
         if not backbone.startswith("resnet"):
             raise ConfigError(f"Res34UNet takes an smp ResNet encoder (resnet18/34/50...), got {backbone!r}.")
-        unet = smp.Unet(backbone, encoder_weights=None, in_channels=in_channels, classes=1,
-                        decoder_channels=tuple(decoder_channels))
-        self.encoder = unet.encoder
+        unet = smp.Unet(
+            backbone, encoder_weights=None, in_channels=in_channels, classes=1, decoder_channels=tuple(decoder_channels)
+        )
+        self.encoder: Any = unet.encoder
         self.decoder = unet.decoder if any(t.is_dense for t in tasks) else None
-        self._build_heads(tasks, bottleneck_channels=self.encoder.out_channels[-1],
-                          decoded_channels=decoder_channels[-1], dropout=dropout)
+        self._build_heads(
+            tasks, bottleneck_channels=int(self.encoder.out_channels[-1]), decoded_channels=decoder_channels[-1], dropout=dropout
+        )
         self._apply_head_prior(head_prior)
         if pretrained:
             if not weights_path:

@@ -11,6 +11,7 @@ Nothing is downloaded: ``weights_path`` is a local torchvision ResNet state dict
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from medmtl.errors import ConfigError
 from medmtl.models.encoder_decoder import EncoderDecoderNet
@@ -20,29 +21,37 @@ from medmtl.tasks import Task
 
 class ResNetClassifier(EncoderDecoderNet):
     """Args:
-        tasks: image-level tasks (binary, multiclass, multilabel).
-        backbone: an smp ResNet encoder (``resnet50`` in Roy 2025; ``resnet18`` for tests).
-        dropout: before each classifier.
-        weights_path: a torchvision ResNet state dict file loaded into the encoder, or null.
-        input_normalization: ``imagenet`` (ImageNet's channel statistics, with ImageNet weights) or ``none``.
+    tasks: image-level tasks (binary, multiclass, multilabel).
+    backbone: an smp ResNet encoder (``resnet50`` in Roy 2025; ``resnet18`` for tests).
+    dropout: before each classifier.
+    weights_path: a torchvision ResNet state dict file loaded into the encoder, or null.
+    input_normalization: ``imagenet`` (ImageNet's channel statistics, with ImageNet weights) or ``none``.
     """
 
     classifier_pool = "avg"  # global pooling takes any input size
 
-    def __init__(self, tasks: Sequence[Task], backbone: str = "resnet50", dropout: float = 0.0,
-                 weights_path: str | None = None, in_channels: int = 3,
-                 input_normalization: str = "imagenet"):
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        backbone: str = "resnet50",
+        dropout: float = 0.0,
+        weights_path: str | None = None,
+        in_channels: int = 3,
+        input_normalization: str = "imagenet",
+    ):
         super().__init__(input_normalization)
         import segmentation_models_pytorch as smp
 
         dense = [t.name for t in tasks if t.is_dense]
         if dense:
-            raise ConfigError(f"ResNetClassifier has no decoder for the pixel-level tasks {dense}; "
-                             f"keep the image-level tasks only (e.g. data.tasks) or use model=deeplabv3p.")
+            raise ConfigError(
+                f"ResNetClassifier has no decoder for the pixel-level tasks {dense}; "
+                f"keep the image-level tasks only (e.g. data.tasks) or use model=deeplabv3p."
+            )
         if not backbone.startswith("resnet"):
             raise ConfigError(f"ResNetClassifier takes an smp ResNet encoder (resnet18/34/50...), got {backbone!r}.")
-        self.encoder = smp.encoders.get_encoder(backbone, in_channels=in_channels, depth=5, weights=None)
+        self.encoder: Any = smp.encoders.get_encoder(backbone, in_channels=in_channels, depth=5, weights=None)
         self.decoder = None
-        self._build_heads(tasks, bottleneck_channels=self.encoder.out_channels[-1], decoded_channels=0, dropout=dropout)
+        self._build_heads(tasks, bottleneck_channels=int(self.encoder.out_channels[-1]), decoded_channels=0, dropout=dropout)
         if weights_path:
             load_torchvision_resnet(self.encoder, weights_path, option="model.weights_path=null")

@@ -21,8 +21,10 @@ class DenseSceneNet(MultiTaskNet):
         super().__init__()
         image_level = [t.name for t in tasks if not t.is_dense]
         if image_level:
-            raise ConfigError(f"{type(self).__name__} predicts per pixel; the image-level tasks {image_level} need another "
-                              "model (e.g. model=unet_vgg16 or model=umedpt).")
+            raise ConfigError(
+                f"{type(self).__name__} predicts per pixel; the image-level tasks {image_level} need another "
+                "model (e.g. model=unet_vgg16 or model=umedpt)."
+            )
         self.task_names = tuple(t.name for t in tasks)
         self.task_by_name = {t.name: t for t in tasks}
         self.normalize = InputNormalization(input_normalization)
@@ -35,12 +37,15 @@ class DenseSceneNet(MultiTaskNet):
         """Task logits up-sampled to the input ``size`` and shaped per task."""
         return {name: shape_output(upsample_to(value, size), self.task_by_name[name]) for name, value in logits.items()}
 
-    def keep_intermediate(self, predictions: Mapping[str, Sequence[torch.Tensor]], size: Sequence[int],
-                          tasks: Sequence[str]) -> None:
+    def keep_intermediate(
+        self, predictions: Mapping[str, Sequence[torch.Tensor]], size: Sequence[int], tasks: Sequence[str]
+    ) -> None:
         """Store the requested tasks' intermediate predictions (deep supervision) of this forward."""
-        self._intermediate = {name: [shape_output(upsample_to(p, size), self.task_by_name[name]) for p in values]
-                              for name, values in predictions.items() if name in tasks}
+        self._intermediate = {
+            name: [shape_output(upsample_to(p, size), self.task_by_name[name]) for p in values]
+            for name, values in predictions.items()
+            if name in tasks
+        }
 
     def deep_supervision(self, task: str) -> list[torch.Tensor]:
         return self._intermediate.get(task, [])
-

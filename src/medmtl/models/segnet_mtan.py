@@ -24,6 +24,7 @@ The shared representation of the "-UB" strategies is the shared SegNet's feature
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +53,14 @@ def conv3(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 def attention(in_channels: int, channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, channels, 1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
-                         nn.Conv2d(channels, channels, 1), nn.BatchNorm2d(channels), nn.Sigmoid())
+    return nn.Sequential(
+        nn.Conv2d(in_channels, channels, 1),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(channels, channels, 1),
+        nn.BatchNorm2d(channels),
+        nn.Sigmoid(),
+    )
 
 
 class SegNetMTAN(DenseSceneNet):
@@ -70,20 +77,26 @@ class SegNetMTAN(DenseSceneNet):
         # decoder level i (fine index) maps c[i] (after unpooling) to c[i - 1] (c[0] at the finest level)
         out = [c[0]] + c[:4]
         self.decoder_first = nn.ModuleList([conv3(c[i], out[i]) for i in range(5)])
-        self.decoder_rest = nn.ModuleList([nn.Sequential(*[conv3(out[i], out[i]) for _ in range(CONVS[i] - 1)]) for i in range(5)])
+        self.decoder_rest = nn.ModuleList(
+            [nn.Sequential(*[conv3(out[i], out[i]) for _ in range(CONVS[i] - 1)]) for i in range(5)]
+        )
         self.encoder_carry = nn.ModuleList([conv3(c[i], c[min(i + 1, 4)]) for i in range(5)])
         self.decoder_carry = nn.ModuleList([conv3(c[i], out[i]) if i < 4 else conv3(c[4], c[4]) for i in range(5)])
-        self.encoder_attention = nn.ModuleDict({t.name: nn.ModuleList(
-            [attention(c[0], c[0])] + [attention(2 * c[i], c[i]) for i in range(1, 5)]) for t in tasks})
+        self.encoder_attention = nn.ModuleDict(
+            {t.name: nn.ModuleList([attention(c[0], c[0])] + [attention(2 * c[i], c[i]) for i in range(1, 5)]) for t in tasks}
+        )
         decoder_in = [c[i] + (out[i] if i < 4 else c[4]) for i in range(5)]
-        self.decoder_attention = nn.ModuleDict({t.name: nn.ModuleList(
-            [attention(decoder_in[i], out[i]) for i in range(5)]) for t in tasks})
-        self.heads_by_task = nn.ModuleDict({t.name: nn.Sequential(nn.Conv2d(c[0], c[0], 3, padding=1), nn.Conv2d(c[0], t.channels, 1))
-                                            for t in tasks})
+        self.decoder_attention = nn.ModuleDict(
+            {t.name: nn.ModuleList([attention(decoder_in[i], out[i]) for i in range(5)]) for t in tasks}
+        )
+        self.heads_by_task = nn.ModuleDict(
+            {t.name: nn.Sequential(nn.Conv2d(c[0], c[0], 3, padding=1), nn.Conv2d(c[0], t.channels, 1)) for t in tasks}
+        )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_normal_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def representation(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         if image.shape[-1] % self.input_multiple or image.shape[-2] % self.input_multiple:
@@ -108,20 +121,30 @@ class SegNetMTAN(DenseSceneNet):
         tasks = self._check_tasks(tasks)
         logits = {}
         for name in tasks:
-            carried = None
-            for i, layer in enumerate(self.encoder_attention[name]):
+            carried: torch.Tensor | None = None
+            for i, layer in enumerate(cast(nn.ModuleList, self.encoder_attention[name])):
                 first = shared[f"e{i}_first"]
                 mask = layer(first if carried is None else torch.cat([first, carried], dim=1))
                 carried = F.max_pool2d(self.encoder_carry[i](mask * shared[f"e{i}"]), 2, stride=2)
+            assert carried is not None  # five encoder levels
             attended = carried
             for i in reversed(range(5)):
                 up = F.interpolate(attended, size=shared[f"d{i}_in"].shape[-2:], mode="bilinear", align_corners=True)
-                mask = self.decoder_attention[name][i](torch.cat([shared[f"d{i}_in"], self.decoder_carry[i](up)], dim=1))
+                mask = cast(nn.ModuleList, self.decoder_attention[name])[i](
+                    torch.cat([shared[f"d{i}_in"], self.decoder_carry[i](up)], dim=1)
+                )
                 attended = mask * shared[f"d{i}"]
             logits[name] = self.heads_by_task[name](attended)
         return self.finish(logits, self._input_size)
 
     def path_modules(self, task: str) -> list[nn.Module]:
         self._check_tasks([task])
-        shared = [self.encoder_first, self.encoder_rest, self.decoder_first, self.decoder_rest, self.encoder_carry, self.decoder_carry]
+        shared = [
+            self.encoder_first,
+            self.encoder_rest,
+            self.decoder_first,
+            self.decoder_rest,
+            self.encoder_carry,
+            self.decoder_carry,
+        ]
         return shared + [self.encoder_attention[task], self.decoder_attention[task], self.heads_by_task[task]]

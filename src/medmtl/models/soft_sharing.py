@@ -22,6 +22,7 @@ from the same (ImageNet or random) backbone weights.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -56,7 +57,7 @@ class NDDRUnit(nn.Module):
             weight = torch.zeros(channels, n_tasks * channels)
             for source in range(n_tasks):
                 scale = own if source == k or n_tasks == 1 else other
-                weight[:, source * channels:(source + 1) * channels] = torch.eye(channels) * scale
+                weight[:, source * channels : (source + 1) * channels] = torch.eye(channels) * scale
             conv.weight.data.copy_(weight[:, :, None, None])
             self.fuse.append(nn.Sequential(conv, nn.BatchNorm2d(channels), nn.ReLU(inplace=True)))
 
@@ -69,12 +70,20 @@ class SoftSharingNet(DenseSceneNet):
     """Args: tasks; backbone (timm ResNet); aspp_width; output_stride; weights_path;
     input_normalization. Subclasses choose the fusion unit."""
 
-    unit = CrossStitchUnit
+    unit: type[nn.Module] = CrossStitchUnit
 
-    def __init__(self, tasks: Sequence[Task], backbone: str = "resnet50", aspp_width: int = 256, output_stride: int = 8,
-                 weights_path: str | None = None, input_normalization: str = "imagenet"):
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        backbone: str = "resnet50",
+        aspp_width: int = 256,
+        output_stride: int = 8,
+        weights_path: str | None = None,
+        input_normalization: str = "imagenet",
+    ):
         super().__init__(tasks, input_normalization)
-        networks, channels = {}, None
+        networks: dict[str, nn.Module] = {}
+        channels: list[int] = []
         for task in tasks:
             stages, channels = resnet_stages(backbone, output_stride, weights_path)
             networks[task.name] = stages
@@ -88,7 +97,7 @@ class SoftSharingNet(DenseSceneNet):
         x = self.normalize(image)
         features = [x] * len(self.task_names)
         for stage, unit in enumerate(self.units):
-            features = unit([self.networks[name][stage](f) for name, f in zip(self.task_names, features)])
+            features = unit([cast(nn.ModuleList, self.networks[name])[stage](f) for name, f in zip(self.task_names, features)])
         return dict(zip(self.task_names, features))
 
     def heads(self, shared: dict[str, torch.Tensor], tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,11 +55,15 @@ def replace_norms(module: nn.Module, norm: str) -> int:
             replaced += 1
         elif isinstance(child, nn.LayerNorm) and norm == "layernorm_noaffine":
             if child.elementwise_affine:  # in place, so that subclasses (channels-first variants) keep their forward
-                child.weight, child.bias, child.elementwise_affine = None, None, False
+                child.register_parameter("weight", None)
+                child.register_parameter("bias", None)
+                child.elementwise_affine = False
                 replaced += 1
         elif isinstance(child, nn.modules.batchnorm._BatchNorm):
-            raise ConfigError(f"norm={norm!r} cannot replace {type(child).__name__} (batch norm fused with "
-                             "its activation); choose an encoder with plain BatchNorm2d, or norm=batchnorm.")
+            raise ConfigError(
+                f"norm={norm!r} cannot replace {type(child).__name__} (batch norm fused with "
+                "its activation); choose an encoder with plain BatchNorm2d, or norm=batchnorm."
+            )
         else:
             replaced += replace_norms(child, norm)
     return replaced
@@ -72,8 +77,11 @@ class PixelDecoder(nn.Module):
         self.blocks = nn.ModuleList()
         incoming = channels[-1]
         for skip in reversed(channels[:-1]):
-            self.blocks.append(nn.Sequential(nn.Conv2d(incoming + skip, width, 3, padding=1, bias=False),
-                                             make_norm(width, norm), nn.ReLU(inplace=True)))
+            self.blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(incoming + skip, width, 3, padding=1, bias=False), make_norm(width, norm), nn.ReLU(inplace=True)
+                )
+            )
             incoming = width
         self.out_channels = incoming
 
@@ -112,32 +120,40 @@ class ClassificationHead(nn.Module):
 
 class UMedPT(MultiTaskNet):
     """Args:
-        tasks: the task set (image-level kinds get a linear head, dense kinds the shared decoder).
-        backbone: a timm model name (``resnet50``, ``swin_tiny_patch4_window7_224``, ``test_resnet``).
-        norm: ``layernorm_noaffine`` | ``affine`` | ``batchnorm`` (see the module docstring).
-        decoder_width: channels of the decoder blocks.
-        weights_path: a local timm/torch state dict for the encoder (nothing is downloaded).
+    tasks: the task set (image-level kinds get a linear head, dense kinds the shared decoder).
+    backbone: a timm model name (``resnet50``, ``swin_tiny_patch4_window7_224``, ``test_resnet``).
+    norm: ``layernorm_noaffine`` | ``affine`` | ``batchnorm`` (see the module docstring).
+    decoder_width: channels of the decoder blocks.
+    weights_path: a local timm/torch state dict for the encoder (nothing is downloaded).
     """
 
-    def __init__(self, tasks: Sequence[Task], backbone: str = "resnet50", norm: str = "layernorm_noaffine",
-                 decoder_width: int = 64, weights_path: str | None = None):
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        backbone: str = "resnet50",
+        norm: str = "layernorm_noaffine",
+        decoder_width: int = 64,
+        weights_path: str | None = None,
+    ):
         super().__init__()
         import timm
 
         if norm not in NORMS:
             raise ConfigError(f"model.norm must be one of {NORMS}, got {norm!r}.")
         self.task_names = tuple(t.name for t in tasks)
-        self.encoder = timm.create_model(backbone, features_only=True, **timm_weights(weights_path))
+        encoder: Any = timm.create_model(backbone, features_only=True, **timm_weights(weights_path))
         if norm != "batchnorm":
-            replace_norms(self.encoder, norm)
-        channels = self.encoder.feature_info.channels()
+            replace_norms(encoder, norm)
+        self.encoder = encoder
+        channels = encoder.feature_info.channels()
         dense = [t for t in tasks if t.is_dense]
-        self.decoder = PixelDecoder(channels, decoder_width, norm) if dense else None
+        decoder = PixelDecoder(channels, decoder_width, norm) if dense else None
+        self.decoder = decoder
         self.task_by_name = {t.name: t for t in tasks}
-        self.dense_heads = nn.ModuleDict({t.name: conv_head(self.decoder.out_channels, t) for t in dense})
-        self.classifiers = nn.ModuleDict({
-            t.name: ClassificationHead(channels[-1], t, bool(t.metadata.get("is_3d")))
-            for t in tasks if not t.is_dense})
+        self.dense_heads = nn.ModuleDict({t.name: conv_head(decoder.out_channels, t) for t in dense} if decoder else {})
+        self.classifiers = nn.ModuleDict(
+            {t.name: ClassificationHead(channels[-1], t, bool(t.metadata.get("is_3d"))) for t in tasks if not t.is_dense}
+        )
         self.volumetric = {t.name for t in tasks if t.metadata.get("is_3d")}
         if self.volumetric & {t.name for t in dense}:
             raise ConfigError("3D segmentation tasks are not supported (3D volumes are embedded slice by slice).")
@@ -165,7 +181,7 @@ class UMedPT(MultiTaskNet):
             return outputs
         features = self._features(image)
         embedding = features[-1].mean(dim=(-2, -1))
-        decoded = self.decoder(features) if any(t in self.dense_heads for t in tasks) else None
+        decoded = self.decoder(features) if self.decoder is not None and any(t in self.dense_heads for t in tasks) else None
         for name in tasks:
             if name in self.volumetric:
                 raise ConfigError(f"Task {name!r} takes 3D volumes (B, D, 3, H, W); this batch holds 2D images.")
@@ -179,6 +195,6 @@ class UMedPT(MultiTaskNet):
     def path_modules(self, task: str) -> list[nn.Module]:
         if task in self.classifiers:
             return [self.encoder, self.classifiers[task]]
-        if task in self.dense_heads:
+        if task in self.dense_heads and self.decoder is not None:
             return [self.encoder, self.decoder, self.dense_heads[task]]
         raise KeyError(f"UMedPT has no task {task!r}; it has {list(self.task_names)}.")

@@ -83,9 +83,7 @@ class UNetDecoder(nn.Module):
         super().__init__()
         c1, c2, c3, c4, c5 = channels
         # Output widths follow the reference: each block halves towards the next skip's width.
-        self.blocks = nn.ModuleList(
-            [UpBlock(c5 + c4, c3), UpBlock(c3 + c3, c2), UpBlock(c2 + c2, c1), UpBlock(c1 + c1, c1)]
-        )
+        self.blocks = nn.ModuleList([UpBlock(c5 + c4, c3), UpBlock(c3 + c3, c2), UpBlock(c2 + c2, c1), UpBlock(c1 + c1, c1)])
         self.out_channels = c1
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
@@ -151,7 +149,8 @@ class UNetVGG16(EncoderDecoderNet):
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def load_encoder_weights(self, weights_path: str) -> None:
         """Copy a torchvision VGG-BN ``features`` state into the encoder, layer by layer in order."""

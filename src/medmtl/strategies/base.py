@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -26,7 +26,8 @@ from medmtl.errors import ConfigError
 from medmtl.models.base import MultiTaskNet
 from medmtl.tasks import Task
 
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+#: builds an optimizer from parameters, or from parameter groups (dicts with "params" and options)
+OptimizerFactory = Callable[[Iterable[nn.Parameter] | Iterable[dict[str, Any]]], torch.optim.Optimizer]
 Batch = Mapping[str, torch.Tensor]
 
 
@@ -87,9 +88,7 @@ class Strategy(nn.Module, abc.ABC):
         """Called once by the module with the task set, before optimizers exist: create per-task
         parameters (learnable weights) and buffers (statistics) here."""
 
-    def configure_optimizers(
-        self, model: MultiTaskNet, optimizer_factory: OptimizerFactory
-    ) -> list[torch.optim.Optimizer]:
+    def configure_optimizers(self, model: MultiTaskNet, optimizer_factory: OptimizerFactory) -> list[torch.optim.Optimizer]:
         return [optimizer_factory(list(model.parameters()) + list(self.parameters()))]
 
     def task_optimizer_index(self, task: str) -> int | None:

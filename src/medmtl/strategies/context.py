@@ -17,12 +17,19 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from medmtl.models.base import MultiTaskNet
 from medmtl.nonfinite import GuardedOptimizer, NonFiniteGuard
 from medmtl.tasks import Task, compute_losses
 
 
-def network_losses(model, tasks: Sequence[Task], outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor],
-                   names: Sequence[str] | None = None, deep_supervision: bool = True) -> dict[str, torch.Tensor]:
+def network_losses(
+    model,
+    tasks: Sequence[Task],
+    outputs: Mapping[str, torch.Tensor],
+    batch: Mapping[str, torch.Tensor],
+    names: Sequence[str] | None = None,
+    deep_supervision: bool = True,
+) -> dict[str, torch.Tensor]:
     """Losses of the tasks in ``names`` (all by default) that have labelled samples in ``batch``,
     each with the network's own terms for that task: its auxiliary loss for the last forward (the
     MoE gate losses) and, with ``deep_supervision``, the task loss of every intermediate prediction
@@ -52,11 +59,19 @@ class TrainingContext:
     own terms and the non-finite ``guard`` are the same code for both.
     """
 
-    def __init__(self, model, tasks: Sequence[Task], optimizers: Callable[[], Sequence[torch.optim.Optimizer]],
-                 backward: Callable[..., None], clip_gradients: Callable[[torch.optim.Optimizer], None],
-                 task_batch: Callable[[str], Mapping[str, torch.Tensor]], guard: NonFiniteGuard | None = None,
-                 input_keys: Sequence[str] = ("image",)):
-        self.model, self.tasks = model, list(tasks)
+    def __init__(
+        self,
+        model,
+        tasks: Sequence[Task],
+        optimizers: Callable[[], Sequence[torch.optim.Optimizer]],
+        backward: Callable[..., None],
+        clip_gradients: Callable[[torch.optim.Optimizer], None],
+        task_batch: Callable[[str], Mapping[str, torch.Tensor]],
+        guard: NonFiniteGuard | None = None,
+        input_keys: Sequence[str] = ("image",),
+    ):
+        self.model: MultiTaskNet = model
+        self.tasks: Sequence[Task] = list(tasks)
         self._optimizers, self._backward, self._clip, self._task_batch = optimizers, backward, clip_gradients, task_batch
         self.guard = guard
         self.input_keys = tuple(input_keys)
@@ -101,9 +116,16 @@ class PlainContext(TrainingContext):
     """:class:`TrainingContext` in plain PyTorch: ``Tensor.backward``, the given optimizers,
     global-norm clipping at ``clip_norm``, and ``task_batches`` (task -> iterator of batches)."""
 
-    def __init__(self, model, tasks: Sequence[Task], optimizers: Sequence[torch.optim.Optimizer],
-                 clip_norm: float | None = None, task_batches: Mapping[str, Iterator] | None = None,
-                 guard: NonFiniteGuard | None = None, input_keys: Sequence[str] = ("image",)):
+    def __init__(
+        self,
+        model,
+        tasks: Sequence[Task],
+        optimizers: Sequence[torch.optim.Optimizer],
+        clip_norm: float | None = None,
+        task_batches: Mapping[str, Iterator] | None = None,
+        guard: NonFiniteGuard | None = None,
+        input_keys: Sequence[str] = ("image",),
+    ):
         streams = dict(task_batches or {})
 
         def task_batch(task):
@@ -112,5 +134,13 @@ class PlainContext(TrainingContext):
             return next(streams[task])
 
         optimizers = list(optimizers)
-        super().__init__(model, tasks, lambda: optimizers, lambda loss, **kwargs: loss.backward(**kwargs),
-                         lambda optimizer: clip_by_global_norm(optimizer, clip_norm), task_batch, guard, input_keys)
+        super().__init__(
+            model,
+            tasks,
+            lambda: optimizers,
+            lambda loss, **kwargs: loss.backward(**kwargs),
+            lambda optimizer: clip_by_global_norm(optimizer, clip_norm),
+            task_batch,
+            guard,
+            input_keys,
+        )

@@ -22,6 +22,9 @@ from medmtl.strategies.weighted_sum import WeightedSum
 
 
 class DynamicTaskPrioritization(WeightedSum):
+    gammas: torch.Tensor
+    kappa: torch.Tensor
+
     def __init__(self, gamma: float | Mapping[str, float] = 1.0, ema: float = 0.9, clip: float = 1e-3):
         super().__init__()
         self.gamma, self.ema, self.clip = gamma, ema, clip

@@ -14,6 +14,10 @@ from medmtl.strategies.weighted_sum import WeightedSum
 
 
 class DynamicWeightAverage(WeightedSum):
+    loss_sum: torch.Tensor
+    loss_count: torch.Tensor
+    history: torch.Tensor
+
     def __init__(self, temperature: float = 2.0):
         super().__init__()
         self.temperature = temperature

@@ -12,10 +12,10 @@ from medmtl.strategies.weighted_sum import WeightedSum
 
 class FixedWeights(WeightedSum):
     """Args:
-        weights: task -> c_k. A name that is not a task of the data is an error (a typo would
-            otherwise leave the intended task at the default).
-        default_weight: c_k of the tasks ``weights`` does not name; ``None`` makes a missing task
-            an error instead (every weight written out).
+    weights: task -> c_k. A name that is not a task of the data is an error (a typo would
+        otherwise leave the intended task at the default).
+    default_weight: c_k of the tasks ``weights`` does not name; ``None`` makes a missing task
+        an error instead (every weight written out).
     """
 
     def __init__(self, weights: Mapping[str, float] | None = None, default_weight: float | None = 1.0):
@@ -30,9 +30,11 @@ class FixedWeights(WeightedSum):
         if unknown:
             raise ConfigError(f"optim.strategy.weights names {unknown}, which are not tasks of this data: {task_names}.")
         if missing and self.default_weight is None:
-            raise ConfigError(f"optim.strategy.weights must name every task of {task_names} "
-                             f"(default_weight is null): missing {missing}.")
-        self.weights = {k: self.configured.get(k, self.default_weight) for k in task_names}
+            raise ConfigError(
+                f"optim.strategy.weights must name every task of {task_names} (default_weight is null): missing {missing}."
+            )
+        fallback = 1.0 if self.default_weight is None else self.default_weight  # unused when every task is named
+        self.weights = {k: float(self.configured.get(k, fallback)) for k in task_names}
 
     def weighted_total(self, losses):
         return torch.stack([self.weights[k] * v for k, v in losses.items()]).sum()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -40,13 +41,16 @@ from torch import nn
 from medmtl.errors import ConfigError
 from medmtl.strategies.base import Batch, StepContext, Strategy
 
+if TYPE_CHECKING:
+    from torchjd.autogram import Engine
+
 MODES = ("jacobian", "gramian", "representation")
 
 
 JACOBIAN_METHODS = ("batched", "loop")
 
 
-def task_jacobian(losses: torch.Tensor, params: Sequence[nn.Parameter], method: str = "loop") -> torch.Tensor:
+def task_jacobian(losses: torch.Tensor, params: Sequence[torch.Tensor], method: str = "loop") -> torch.Tensor:
     """(T, n) matrix whose row k is dL_k/dparams; the graph is retained.
 
     ``batched``: one ``autograd.grad`` call with ``is_grads_batched=True`` (vmap over the T
@@ -57,16 +61,18 @@ def task_jacobian(losses: torch.Tensor, params: Sequence[nn.Parameter], method: 
     params = list(params)
     if method == "batched":
         eye = torch.eye(t, dtype=losses.dtype, device=losses.device)
-        grads = torch.autograd.grad(losses, params, grad_outputs=eye, is_grads_batched=True,
-                                    retain_graph=True, allow_unused=True)
-        per_param = [g.reshape(t, -1) if g is not None else None for g in grads]
+        grads = torch.autograd.grad(losses, params, grad_outputs=eye, is_grads_batched=True, retain_graph=True, allow_unused=True)
+        per_param: list[torch.Tensor | None] = [g.reshape(t, -1) if g is not None else None for g in grads]
     elif method == "loop":
         rows = [torch.autograd.grad(losses[k], params, retain_graph=True, allow_unused=True) for k in range(t)]
         per_param = []
         for i, p in enumerate(params):
             column = [rows[k][i] for k in range(t)]
-            per_param.append(None if all(g is None for g in column) else torch.stack(
-                [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g in column]))
+            per_param.append(
+                torch.stack([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g in column])
+                if any(g is not None for g in column)
+                else None
+            )
     else:
         raise ConfigError(f"jacobian method must be one of {JACOBIAN_METHODS}, got {method!r}.")
     return torch.cat([g if g is not None else losses.new_zeros(t, p.numel()) for g, p in zip(per_param, params)], dim=1)
@@ -106,11 +112,12 @@ class GradientCombination(Strategy):
         if mode == "gramian" and self.needs_jacobian:
             raise ConfigError(f"{type(self).__name__} needs the Jacobian itself: use mode=jacobian.")
         self.mode = mode
-        self._engine = None
+        self._engine: Engine | None = None
 
     @abc.abstractmethod
-    def combination_weights(self, gramian: torch.Tensor, losses: torch.Tensor,
-                            jacobian: torch.Tensor | None = None) -> torch.Tensor:
+    def combination_weights(
+        self, gramian: torch.Tensor, losses: torch.Tensor, jacobian: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Weights a (T,) of the shared update sum_k a_k g_k."""
 
     def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
@@ -159,7 +166,9 @@ class GradientCombination(Strategy):
         heads = [p for n in names for p in model.head_parameters(n)]
         ctx.backward(stacked.sum(), inputs=heads)
         # sum_i <Z_i, c_i> has gradient J_Z^T c through the shared layers: a^T J_Z pulled back to W
-        surrogate = sum((shared[k] * c.view_as(shared[k])).sum() for k, c in zip(keys, combined.split([detached[k].numel() for k in keys])))
+        surrogate = sum(
+            (shared[k] * c.view_as(shared[k])).sum() for k, c in zip(keys, combined.split([detached[k].numel() for k in keys]))
+        )
         ctx.backward(surrogate)
         ctx.clip_gradients(optimizer)
         optimizer.step()
@@ -167,6 +176,7 @@ class GradientCombination(Strategy):
         return logged | {f"weight/{n}": w for n, w in zip(names, weights.detach().float())}
 
     def _gramian(self, model, losses: torch.Tensor) -> torch.Tensor:
+        assert self._engine is not None  # made by _ensure_engine before the forward
         return self._engine.compute_gramian(losses)
 
     def _ensure_engine(self, model) -> None:

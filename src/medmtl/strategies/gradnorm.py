@@ -21,6 +21,8 @@ second parameter group of the same optimizer).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -30,7 +32,10 @@ from medmtl.strategies.gradient_combination import task_jacobian
 
 
 class GradNorm(Strategy):
+    initial_losses: torch.Tensor
+
     supports_fp16_scaler = False
+
     def __init__(self, alpha: float = 1.5, weights_lr: float | None = None):
         super().__init__()
         self.alpha = alpha
@@ -45,7 +50,10 @@ class GradNorm(Strategy):
     def configure_optimizers(self, model: MultiTaskNet, optimizer_factory: OptimizerFactory):
         if self.weights_lr is None:
             return [optimizer_factory(list(model.parameters()) + [self.task_weights])]
-        groups = [{"params": list(model.parameters())}, {"params": [self.task_weights], "lr": self.weights_lr}]
+        groups: list[dict[str, Any]] = [
+            {"params": list(model.parameters())},
+            {"params": [self.task_weights], "lr": self.weights_lr},
+        ]
         return [optimizer_factory(groups)]
 
     def weight_gradient(self, losses: torch.Tensor, gradient_norms: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -34,8 +34,9 @@ WEIGHTINGS = {
 class JacobianAggregator(GradientCombination):
     """``aggregator``: a key of :data:`WEIGHTINGS`; ``options``: keyword arguments of its torchjd class."""
 
-    def __init__(self, aggregator: str, mode: str = "jacobian", options: dict[str, Any] | None = None,
-                 jacobian_method: str = "loop"):
+    def __init__(
+        self, aggregator: str, mode: str = "jacobian", options: dict[str, Any] | None = None, jacobian_method: str = "loop"
+    ):
         if aggregator not in WEIGHTINGS:
             raise ConfigError(f"optim.strategy.aggregator must be one of {sorted(WEIGHTINGS)}, got {aggregator!r}.")
         self.class_name, self.needs_jacobian = WEIGHTINGS[aggregator]
@@ -74,7 +75,7 @@ class JacobianAggregator(GradientCombination):
         width = 3 + max((len(r) - 3 for r in rows), default=0)
         state = torch.full((len(rows), width), float("nan"), dtype=torch.float64)
         for i, row in enumerate(rows):
-            state[i, :len(row)] = torch.tensor(row, dtype=torch.float64)
+            state[i, : len(row)] = torch.tensor(row, dtype=torch.float64)
         return state
 
     def set_extra_state(self, state: torch.Tensor) -> None:
@@ -83,7 +84,7 @@ class JacobianAggregator(GradientCombination):
             solver = self.weighting(n_tasks).weighting
             solver.step = row[1]
             solver.normalization_factor = np.array([row[2]])
-            solver.prvs_alpha = np.array(row[3:3 + n_tasks], dtype=np.float64)
+            solver.prvs_alpha = np.array(row[3 : 3 + n_tasks], dtype=np.float64)
             if solver.step > 0:
                 # torchjd builds its convex problem on the first step only (step == 0); a restored
                 # solver is past it. Private torchjd method: exercised by tests/test_gradient_combination.py

@@ -47,9 +47,17 @@ class MultiAdaptive(torch.optim.Optimizer):
     gradient: its moments decay) and is only handed over with ``step_counter: global``.
     """
 
-    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, bias_correction: str = "standard",
-                 eps_placement: str = "inside", step_counter: str = "global"):
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        bias_correction: str = "standard",
+        eps_placement: str = "inside",
+        step_counter: str = "global",
+    ):
         if bias_correction not in ("standard", "printed"):
             raise ConfigError(f"bias_correction must be standard or printed, got {bias_correction!r}.")
         if eps_placement not in ("inside", "adam"):
@@ -57,10 +65,16 @@ class MultiAdaptive(torch.optim.Optimizer):
         if step_counter not in ("global", "per_task"):
             raise ConfigError(f"step_counter must be global or per_task, got {step_counter!r}.")
         self.step_counter = step_counter
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        bias_correction=bias_correction, eps_placement=eps_placement)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            bias_correction=bias_correction,
+            eps_placement=eps_placement,
+        )
         super().__init__(params, defaults)
-        self.task_gradients: dict[str, dict[torch.nn.Parameter, torch.Tensor]] = {}
+        self.task_gradients: dict[str, dict[torch.nn.Parameter, torch.Tensor | None]] = {}
 
     def pending_gradients(self) -> list[torch.Tensor]:
         """The per-task gradients the next ``step`` applies (checked by :mod:`medmtl.nonfinite`)."""
@@ -144,8 +158,9 @@ class MultiAdaptiveOptimization(Strategy):
         del stacked
         (optimizer,) = ctx.optimizers()
         inner = getattr(optimizer, "optimizer", optimizer)  # Lightning wraps optimizers
+        assert isinstance(inner, MultiAdaptive)  # configure_optimizers refused anything else
         sizes = [p.numel() for p in params]
-        gradients = {}
+        gradients: dict[str, dict[torch.nn.Parameter, torch.Tensor | None]] = {}
         for row, name in zip(jacobian, names):
             on_path = {id(p) for p in model.path_parameters(name)}
             chunks = row.split(sizes)
@@ -156,4 +171,4 @@ class MultiAdaptiveOptimization(Strategy):
                     gradients[task.name] = {p: None for p in model.path_parameters(task.name)}
         inner.task_gradients = gradients
         optimizer.step()
-        return self.detached(losses) | {"loss/total": sum(losses.values()).detach()}
+        return self.detached(losses) | {"loss/total": torch.stack(list(losses.values())).sum().detach()}

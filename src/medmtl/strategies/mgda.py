@@ -80,8 +80,9 @@ def exact_min_norm_weights(gramian: torch.Tensor, tolerance: float = 1e-12) -> t
     return weights
 
 
-def min_norm_weights(gramian: torch.Tensor, max_iterations: int = 250, tolerance: float = 1e-6,
-                     solver: str = "exact") -> torch.Tensor:
+def min_norm_weights(
+    gramian: torch.Tensor, max_iterations: int = 250, tolerance: float = 1e-6, solver: str = "exact"
+) -> torch.Tensor:
     """min_w w^T G w on the simplex; ``frank_wolfe`` is Sener & Koltun's Algorithm 2."""
     if solver == "exact":
         return exact_min_norm_weights(gramian)
@@ -119,9 +120,16 @@ def gradient_normalizers(gramian: torch.Tensor, losses: torch.Tensor, normalizat
 
 
 class MGDA(GradientCombination):
-    def __init__(self, mode: str = "jacobian", normalization: str = "none", rescale: bool = False,
-                 max_iterations: int = 250, tolerance: float = 1e-6, jacobian_method: str = "loop",
-                 solver: str = "exact"):
+    def __init__(
+        self,
+        mode: str = "jacobian",
+        normalization: str = "none",
+        rescale: bool = False,
+        max_iterations: int = 250,
+        tolerance: float = 1e-6,
+        jacobian_method: str = "loop",
+        solver: str = "exact",
+    ):
         super().__init__(mode, jacobian_method)
         if solver not in SOLVERS:
             raise ConfigError(f"optim.strategy.solver must be one of {SOLVERS}, got {solver!r}.")

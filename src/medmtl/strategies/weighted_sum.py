@@ -27,8 +27,9 @@ class WeightedSum(Strategy):
     def weighted_total(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The scalar to back-propagate."""
 
-    def observe(self, ctx: StepContext, batch: Batch, outputs: Mapping[str, torch.Tensor],
-                losses: Mapping[str, torch.Tensor]) -> None:
+    def observe(
+        self, ctx: StepContext, batch: Batch, outputs: Mapping[str, torch.Tensor], losses: Mapping[str, torch.Tensor]
+    ) -> None:
         """Hook for strategies that keep statistics (of losses, of task performance)."""
 
     def weights_to_log(self) -> dict[str, torch.Tensor]:

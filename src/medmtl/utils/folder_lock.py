@@ -36,8 +36,12 @@ _HELD: dict[Path, IO[str]] = {}
 
 
 def _holder() -> dict[str, object]:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "command": " ".join(sys.argv)[:300]}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(sys.argv)[:300],
+    }
 
 
 def _describe(handle: IO[str]) -> str:
@@ -57,7 +61,7 @@ def acquire(folder: str | Path, what: str = "run folder") -> None:
     if folder in _HELD or fcntl is None:
         return
     folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / LOCK_FILE, "a+")
+    handle = open(folder / LOCK_FILE, "a+")  # noqa: SIM115 (held open for the process: the lock lives as long as the handle)
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

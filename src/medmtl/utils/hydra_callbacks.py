@@ -46,7 +46,10 @@ def _task_overrides(multirun_yaml: Path) -> list[str] | None:
 class FolderGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run_dir = Path(str(config.hydra.run.dir))
-        with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):  # what Hydra sets next; the digest resolves paths from it
+        with (
+            read_write(config.hydra.runtime),
+            open_dict(config.hydra.runtime),
+        ):  # what Hydra sets next; the digest resolves paths from it
             config.hydra.runtime.output_dir = str(run_dir.absolute())
         HydraConfig.instance().set_config(config)
         try:

@@ -49,7 +49,7 @@ def write_predictions(path: Path, predictions: Mapping[str, np.ndarray]) -> None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in predictions.items()})
+    np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in predictions.items()})  # type: ignore[arg-type]  # numpy stubs: **arrays
     os.replace(tmp, path)
 
 

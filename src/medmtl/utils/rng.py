@@ -16,10 +16,16 @@ import torch
 
 def collect_rng_states() -> dict[str, Any]:
     """Plain containers and tensors only, so that ``torch.load(weights_only=True)`` reads them."""
-    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     states: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached_gaussian)),
+        "numpy": (
+            name,
+            torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            int(position),
+            int(has_gauss),
+            float(cached_gaussian),
+        ),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -40,8 +40,11 @@ def config_digest(cfg: DictConfig) -> str:
 
     The keys are dropped before resolving, so that the digest can be taken before Hydra has set
     up its run-time values (``${hydra:runtime.output_dir}`` lives in ``paths``)."""
-    identity = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-                for key in cfg if key not in NOT_IDENTITY}
+    identity = {
+        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        for key in cfg
+        if key not in NOT_IDENTITY
+    }
     text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

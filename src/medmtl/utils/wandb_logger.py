@@ -55,8 +55,12 @@ def resolve_mode(mode: str, save_dir: str | os.PathLike = ".", connect_timeout: 
     if mode == "online":
         server = os.environ.get("WANDB_BASE_URL", DEFAULT_SERVER)
         if not server_reachable(server, connect_timeout):
-            log.warning("W&B server %s not reachable within %g s: logging offline; sync later with "
-                        "`wandb sync %s`.", server, connect_timeout, Path(save_dir) / "wandb" / "offline-run-*")
+            log.warning(
+                "W&B server %s not reachable within %g s: logging offline; sync later with `wandb sync %s`.",
+                server,
+                connect_timeout,
+                Path(save_dir) / "wandb" / "offline-run-*",
+            )
             return "offline"
     return mode
 
