@@ -308,3 +308,15 @@ def test_nash_mtl_solver_state_survives_a_checkpoint():
     for expected, resumed, _ in after:
         torch.testing.assert_close(resumed, expected)
     assert not torch.allclose(after[0][2], after[0][0]), "a fresh solver gave the same weights: the test checks nothing"
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0])
+def test_fairgrad_weights_solve_the_alpha_fairness_equation(alpha):
+    """Ban & Ji 2024, Eq. 4: the weights w > 0 satisfy G w = w^(-1/alpha) element-wise."""
+    for seed in range(3):
+        jacobian = random_jacobian(4, n=9, seed=seed)
+        gramian = jacobian @ jacobian.T
+        strategy = JacobianAggregator("fairgrad", options={"alpha": alpha})
+        w = strategy.combination_weights(gramian, torch.ones(4, dtype=torch.float64)).to(torch.float64)
+        assert (w > 0).all()
+        torch.testing.assert_close(gramian @ w, w ** (-1 / alpha), rtol=1e-4, atol=1e-6)

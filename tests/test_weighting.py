@@ -113,3 +113,23 @@ def test_dtp_weights_follow_the_focal_formula_on_smoothed_kpis():
     assert weights[0].item() == pytest.approx(-((1 - kappa_glaucoma) ** 2) * math.log(kappa_glaucoma))
     assert weights[1].item() == pytest.approx(-(1e-3) * math.log(1 - 1e-3))  # kappa clipped at 1 - 1e-3
     assert weights[2] > weights[0] > weights[1], "the hardest task must get the largest weight"
+
+
+def test_random_loss_weighting_draws_softmax_normal_weights_per_iteration():
+    """Lin et al. 2022: w = softmax(lambda), lambda ~ N(0, I_T), redrawn at every iteration, for every
+    task of the set (an absent task's draw is left out, the others' unchanged)."""
+    from medmtl.strategies.random_weighting import RandomLossWeighting
+
+    names = ["glaucoma", "od", "oc", "fovea"]
+    strategy = RandomLossWeighting()
+    strategy.setup(names)
+    losses = {n: torch.tensor(float(i + 1), dtype=torch.float64) for i, n in enumerate(names)}
+    torch.manual_seed(5)
+    first = strategy.weighted_total(losses)
+    second = strategy.weighted_total({k: v for k, v in losses.items() if k != "oc"})
+    torch.manual_seed(5)
+    w1 = torch.softmax(torch.randn(4, dtype=torch.float64), dim=0)
+    w2 = torch.softmax(torch.randn(4, dtype=torch.float64), dim=0)
+    torch.testing.assert_close(first, (w1 * torch.tensor([1.0, 2, 3, 4], dtype=torch.float64)).sum())
+    torch.testing.assert_close(second, w2[0] * 1 + w2[1] * 2 + w2[3] * 4)
+    assert not torch.allclose(w1, w2)

@@ -28,6 +28,7 @@ WEIGHTINGS = {
     "pcgrad": ("PCGradWeighting", False),
     "mean": ("MeanWeighting", False),
     "nash_mtl": ("NashMTL", True),
+    "fairgrad": ("FairGradWeighting", False),
 }
 
 
@@ -55,6 +56,8 @@ class JacobianAggregator(GradientCombination):
             options = dict(self.options)
             if self.aggregator_name == "cagrad":
                 options.setdefault("c", 0.5)  # the CAGrad paper's default
+            if self.aggregator_name == "fairgrad":
+                options.setdefault("alpha", 1.0)  # proportional fairness, FairGrad's main setting
             if self.aggregator_name == "nash_mtl":
                 options["n_tasks"] = n_tasks
             self._weightings[n_tasks] = getattr(aggregation, self.class_name)(**options)
