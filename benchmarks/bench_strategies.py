@@ -102,14 +102,13 @@ def build(
     setting: str = "refuge",
     backbone: str = "resnet18",
 ):
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
+    from medmtl.catalogue import compose_train
     from medmtl.models import build_model
 
     overrides = [f"optim={name}"] + ([f"optim.strategy.mode={mode}"] if mode else []) + list(extra or [])
-    with initialize_config_dir(config_dir=str(HERE.parent / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_train(overrides)
     tasks, factory, input_keys = setting_tasks_and_model(setting, width, backbone, dropout)
     strategy = instantiate(cfg.optim.strategy)
     strategy.setup([t.name for t in tasks])

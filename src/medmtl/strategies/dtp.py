@@ -58,8 +58,7 @@ class DynamicTaskPrioritization(WeightedSum):
         return -((1 - kappa) ** self.gammas) * torch.log(kappa)
 
     def weighted_total(self, losses):
-        weights = self.task_weights()
-        return torch.stack([weights[self.task_names.index(k)].to(v.dtype) * v for k, v in losses.items()]).sum()
+        return self.combine(self.task_weights(), losses)
 
     def weights_to_log(self):
-        return {f"weight/{k}": w for k, w in zip(self.task_names, self.task_weights().float())}
+        return self.weights_by_task(self.task_weights())

@@ -47,8 +47,7 @@ class DynamicWeightAverage(WeightedSum):
         return len(self.task_names) * torch.softmax(ratio / self.temperature, dim=0)
 
     def weighted_total(self, losses):
-        weights = self.current_weights()
-        return torch.stack([weights[self.task_names.index(k)].to(v.dtype) * v for k, v in losses.items()]).sum()
+        return self.combine(self.current_weights(), losses)
 
     def on_train_epoch_end(self, epoch: int) -> None:
         """Push this epoch's mean losses (a task unseen this epoch keeps its previous mean)."""
@@ -58,4 +57,4 @@ class DynamicWeightAverage(WeightedSum):
         self.loss_count.zero_()
 
     def weights_to_log(self):
-        return {f"weight/{k}": w for k, w in zip(self.task_names, self.current_weights().float())}
+        return self.weights_by_task(self.current_weights())

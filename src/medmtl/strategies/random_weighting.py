@@ -26,11 +26,8 @@ class RandomLossWeighting(WeightedSum):
         return torch.softmax(torch.randn(len(self.task_names), dtype=torch.float64), dim=0).to(device)
 
     def weighted_total(self, losses):
-        weights = self.draw(next(iter(losses.values())).device)
-        self._last = weights
-        return torch.stack([weights[self.task_names.index(k)].to(v.dtype) * v for k, v in losses.items()]).sum()
+        self._last = self.draw(next(iter(losses.values())).device)
+        return self.combine(self._last, losses)
 
     def weights_to_log(self):
-        if self._last is None:
-            return {}
-        return {f"weight/{k}": w for k, w in zip(self.task_names, self._last.float())}
+        return {} if self._last is None else self.weights_by_task(self._last)

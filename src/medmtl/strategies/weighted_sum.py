@@ -23,6 +23,9 @@ from medmtl.strategies.base import Batch, StepContext, Strategy
 class WeightedSum(Strategy):
     """Base: subclasses give ``weighted_total(losses)``."""
 
+    #: the task set (set by ``setup`` in the strategies that weight by task)
+    task_names: list[str]
+
     @abc.abstractmethod
     def weighted_total(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The scalar to back-propagate."""
@@ -34,6 +37,15 @@ class WeightedSum(Strategy):
 
     def weights_to_log(self) -> dict[str, torch.Tensor]:
         return {}
+
+    def combine(self, weights: torch.Tensor, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """sum_k w_k L_k over the present tasks, ``weights`` indexed like ``self.task_names`` (the
+        whole task set, so that a task's weight does not depend on which others are present)."""
+        return torch.stack([weights[self.task_names.index(k)].to(v.dtype) * v for k, v in losses.items()]).sum()
+
+    def weights_by_task(self, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``weight/<task>`` entries to log."""
+        return {f"weight/{k}": w for k, w in zip(self.task_names, weights.float())}
 
     def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
         outputs = ctx.forward(batch)
