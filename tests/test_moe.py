@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from helpers import compose_train, options, quiet_trainer
 from medmtl.data.idrid import idrid_tasks
 from medmtl.data.idrid_synthetic import SyntheticIdridDataModule
+from medmtl.errors import WeightsNotFoundError
 from medmtl.models.moe_deeplabv3p import MoEDeepLabV3Plus, top_p_mask
 from medmtl.module import MultiTaskModule, with_backbone_lr
 
@@ -192,7 +193,7 @@ def test_backbone_weights_load_from_a_bare_file_name_in_the_torch_cache(tmp_path
     assert len(loaded) > 10
     for name, value in loaded.items():
         torch.testing.assert_close(value, theirs[name], msg=name)
-    with pytest.raises(Exception, match="model.weights_path=null"):
+    with pytest.raises(WeightsNotFoundError, match="model.weights_path=null"):
         _model(weights_path="absent.pth")
 
 
