@@ -462,3 +462,17 @@ def test_w_and_b_with_a_key_but_no_server_logs_offline_and_says_how_to_sync(tmp_
     assert result.returncode == 0, result.stderr[-2000:]
     assert "not reachable within 3 s: logging offline; sync later with `wandb sync" in result.stdout + result.stderr
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+
+
+def test_a_plateau_scheduler_steps_on_the_validation_loss(tmp_path):
+    """ReduceLROnPlateau needs the monitored value at each epoch end (it crashed with a bare step())."""
+    folder = tmp_path / "run"
+    scheduler = [
+        "+optim.scheduler._target_=torch.optim.lr_scheduler.ReduceLROnPlateau",
+        "+optim.scheduler._partial_=true",
+        "+optim.scheduler.patience=0",
+        "+optim.scheduler.factor=0.5",
+    ]
+    result = run("train.py", [*TINY, "optim=vanilla", "trainer.max_epochs=3", *scheduler, f"hydra.run.dir={folder}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (folder / "metrics.json").is_file()
