@@ -36,6 +36,17 @@ def random_batch(seed: int = 0, size: int = 32, n: int = 2, dtype=torch.float64)
     }
 
 
+def per_task_gradients(model, batch, tasks, params):
+    """Reference: one full backward per task (what the strategy must NOT do, but must equal)."""
+    rows = []
+    for task in tasks:
+        model.zero_grad(set_to_none=True)
+        loss = task.compute_loss(model(batch["image"])[task.name], batch)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)]))
+    return torch.stack(rows)
+
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF = PROJECT_ROOT / "conf"
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"

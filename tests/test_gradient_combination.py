@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchjd.aggregation as jd
 
-from helpers import PlainContext, random_batch, tiny_unet
+from helpers import PlainContext, per_task_gradients, random_batch, tiny_unet
 from medmtl.strategies import MGDA, JacobianAggregator, PCGrad
 from medmtl.strategies.gradient_combination import task_jacobian
 from medmtl.strategies.mgda import min_norm_weights
@@ -178,17 +178,6 @@ def test_permutation_invariance(name):
     torch.testing.assert_close(update, permuted, rtol=1e-3, atol=1e-5)
 
 
-def per_task_gradients(model, batch, tasks, params):
-    """Reference: one full backward per task (what the strategy must NOT do, but must equal)."""
-    rows = []
-    for task in tasks:
-        model.zero_grad(set_to_none=True)
-        loss = task.compute_loss(model(batch["image"])[task.name], batch)
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)]))
-    return torch.stack(rows)
-
-
 @pytest.mark.parametrize("mode", ["jacobian", "gramian"])
 def test_update_is_the_weighted_jacobian_and_heads_get_their_own_gradient(mode):
     tasks = refuge_tasks()
@@ -320,3 +309,97 @@ def test_fairgrad_weights_solve_the_alpha_fairness_equation(alpha):
         w = strategy.combination_weights(gramian, torch.ones(4, dtype=torch.float64)).to(torch.float64)
         assert (w > 0).all()
         torch.testing.assert_close(gramian @ w, w ** (-1 / alpha), rtol=1e-4, atol=1e-6)
+
+
+def shared_updates(strategy, jacobians, names=("a", "b", "c")):
+    """The update our strategy writes for each Jacobian in turn, one seed per step."""
+    updates = []
+    for step, jacobian in enumerate(jacobians):
+        torch.manual_seed(step)
+        update, _ = strategy.shared_update(jacobian, torch.ones(jacobian.shape[0], dtype=jacobian.dtype), list(names))
+        updates.append(update)
+    return updates
+
+
+TORCHJD_AGGREGATORS = {
+    "config": lambda: jd.ConFIG(),
+    "graddrop": lambda: jd.GradDrop(),
+    "random": lambda: jd.Random(),
+    "gradvac": lambda: jd.GradVac(beta=0.5),
+    "pcd": lambda: jd.PCD(tau=0.02, beta=0.999),
+    "excess_mtl": lambda: jd.ExcessMTL(robust_step_size=1.0),
+}
+STATEFUL = {"gradvac": {"beta": 0.5}, "pcd": {}, "excess_mtl": {"n_warmup_steps": 2}}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHJD_AGGREGATORS))
+def test_wrapped_aggregator_gives_torchjds_update_step_after_step(name):
+    """Same Jacobians, same seeds: our update equals torchjd's aggregator applied to J, over several
+    steps (the stateful ones carry their statistics from one step to the next)."""
+    generator = torch.Generator().manual_seed(1)
+    jacobians = [torch.randn(3, 20, generator=generator, dtype=torch.float64) for _ in range(4)]
+    strategy = JacobianAggregator(name)
+    strategy.setup(["a", "b", "c"])
+    reference = TORCHJD_AGGREGATORS[name]()
+    theirs = []
+    for step, jacobian in enumerate(jacobians):
+        torch.manual_seed(step)
+        theirs.append(reference(jacobian))
+    for ours, expected in zip(shared_updates(strategy, jacobians), theirs):
+        torch.testing.assert_close(ours, expected.to(torch.float64), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(STATEFUL) + ["cr_mogm"])
+def test_stateful_aggregator_state_survives_a_checkpoint(name):
+    """A strategy restored from the state dict after three steps continues with the updates of the
+    uninterrupted one; a fresh one does not (so the check has teeth)."""
+    generator = torch.Generator().manual_seed(2)
+    jacobians = [torch.randn(3, 20, generator=generator, dtype=torch.float64) for _ in range(6)]
+    if name == "cr_mogm":
+        jacobians = [j * (1 + 3 * k) for k, j in enumerate(jacobians)]  # weights that change with the step
+
+    def make():
+        if name == "cr_mogm":
+            strategy = JacobianAggregator("imtl_g", cr_mogm_alpha=0.8)
+        else:
+            strategy = JacobianAggregator(name, options=STATEFUL[name])
+        strategy.setup(["a", "b", "c"])
+        return strategy
+
+    running = make()
+    shared_updates(running, jacobians[:3])
+    restored, fresh = make(), make()
+    restored.load_state_dict(copy.deepcopy(running.state_dict()))
+    expected = shared_updates(running, jacobians[3:])
+    for ours, theirs in zip(shared_updates(restored, jacobians[3:]), expected):
+        torch.testing.assert_close(ours, theirs)
+    assert not torch.allclose(shared_updates(fresh, jacobians[3:])[0], expected[0]), "a fresh state gave the same update"
+
+
+def test_cr_mogm_averages_the_wrapped_weights_by_hand():
+    """Zhou et al. 2022: lambda_t = alpha lambda_{t-1} + (1 - alpha) lambda-hat_t, lambda_1 = lambda-hat_1."""
+    generator = torch.Generator().manual_seed(3)
+    jacobians = [torch.randn(3, 8, generator=generator, dtype=torch.float64) * (k + 1) for k in range(3)]
+    smoothed = JacobianAggregator("imtl_g", cr_mogm_alpha=0.7)
+    smoothed.setup(["a", "b", "c"])
+    previous = None
+    for jacobian in jacobians:
+        gramian = jacobian @ jacobian.T
+        raw = jd.IMTLGWeighting()(gramian)
+        expected = raw if previous is None else 0.7 * previous + 0.3 * raw
+        torch.testing.assert_close(smoothed.combination_weights(gramian, None, jacobian, names=["a", "b", "c"]), expected)
+        previous = expected
+
+
+def test_pcd_puts_the_primary_task_first():
+    """PCD reads row 0 of the Gramian as the primary objective: with primary_task = "b" our weights
+    are torchjd's on the Gramian permuted to (b, a, c), permuted back."""
+    jacobian = random_jacobian(3, n=10, seed=4)
+    gramian = jacobian @ jacobian.T
+    strategy = JacobianAggregator("pcd", primary_task="b")
+    strategy.setup(["a", "b", "c"])
+    ours = strategy.combination_weights(gramian, None, jacobian, names=["a", "b", "c"])
+    order = [1, 0, 2]
+    theirs = jd.PCDWeighting()(gramian[order][:, order])
+    torch.testing.assert_close(ours[order], theirs)
+    assert not torch.allclose(ours, jd.PCDWeighting()(gramian)), "the permutation changed nothing: the test checks nothing"

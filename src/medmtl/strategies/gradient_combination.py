@@ -25,6 +25,8 @@ Heads always receive their own task's gradient only (a backward of sum_k L_k res
 head parameters: head k depends on L_k alone). Tasks absent from the batch are left out of J.
 
 Aggregators that need J itself (Nash-MTL) set ``needs_jacobian`` and run in ``jacobian`` mode.
+Subclasses may transform the losses before J is taken (``transform_losses``: IMTL's learned
+scales); a strategy's own parameters then receive the gradient of the sum of the transformed losses.
 With DDP, gradients from ``autograd.grad`` are not all-reduced: these strategies are
 single-device for now (docs/contributing.md, "Traps of the stack").
 """
@@ -116,9 +118,33 @@ class GradientCombination(Strategy):
 
     @abc.abstractmethod
     def combination_weights(
-        self, gramian: torch.Tensor, losses: torch.Tensor, jacobian: torch.Tensor | None = None
+        self,
+        gramian: torch.Tensor,
+        losses: torch.Tensor,
+        jacobian: torch.Tensor | None = None,
+        names: Sequence[str] | None = None,
     ) -> torch.Tensor:
-        """Weights a (T,) of the shared update sum_k a_k g_k."""
+        """Weights a (T,) of the shared update sum_k a_k g_k (``names``: the present tasks, in the
+        order of the rows)."""
+
+    def shared_update(
+        self, jacobian: torch.Tensor, losses: torch.Tensor, names: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The update of the shared parameters (or of the representation) from the task Jacobian
+        and the weights to log: a^T J here; aggregators that are not a combination of the rows
+        (GradDrop) override it and log no weights."""
+        weights = self.combination_weights(gramian_of(jacobian), losses, jacobian, names=names)
+        return weights.to(jacobian.dtype) @ jacobian, weights
+
+    def transform_losses(self, stacked: torch.Tensor, names: list[str]) -> torch.Tensor:
+        """The losses whose Jacobian is combined (identity here)."""
+        return stacked
+
+    def head_inputs(self, model, names: list[str]) -> list[torch.Tensor]:
+        """What the backward of the summed losses reaches: the present tasks' heads (each depends on
+        its own loss alone) and the strategy's own learnable parameters."""
+        own = [p for p in self.parameters() if p.requires_grad]
+        return [p for n in names for p in model.head_parameters(n)] + own
 
     def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
         if self.mode == "representation":
@@ -128,24 +154,31 @@ class GradientCombination(Strategy):
         if found is None:
             return {}
         losses, names, stacked = found
+        stacked = self.transform_losses(stacked, names)
         model = ctx.model
         shared = model.shared_parameters()
-        heads = [p for n in names for p in model.head_parameters(n)]
+        heads = self.head_inputs(model, names)
         (optimizer,) = ctx.optimizers()
         optimizer.zero_grad(set_to_none=True)
         if self.mode == "jacobian":
-            jacobian = task_jacobian(stacked, shared, self.jacobian_method)
-            weights = self.combination_weights(gramian_of(jacobian), stacked.detach().float(), jacobian.detach())
-            write_flat_gradient(shared, weights.to(jacobian.dtype) @ jacobian)
+            jacobian = task_jacobian(stacked, shared, self.jacobian_method).detach()
+            update, weights = self.shared_update(jacobian, stacked.detach().float(), names)
+            write_flat_gradient(shared, update)
             ctx.backward(stacked.sum(), inputs=heads)
         else:
             gramian = self._gramian(model, stacked)
-            weights = self.combination_weights(gramian.detach().float(), stacked.detach().float())
+            weights = self.combination_weights(gramian.detach().float(), stacked.detach().float(), names=names)
             ctx.backward(stacked @ weights.to(stacked.dtype), inputs=shared, retain_graph=True)
             ctx.backward(stacked.sum(), inputs=heads)
         ctx.clip_gradients(optimizer)
         optimizer.step()
-        logged = self.detached(losses) | {"loss/total": stacked.sum().detach()}
+        return self.logged(losses, stacked, names, weights)
+
+    @staticmethod
+    def logged(losses, stacked: torch.Tensor, names: list[str], weights: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        logged = Strategy.detached(losses) | {"loss/total": stacked.sum().detach()}
+        if weights is None:
+            return logged
         return logged | {f"weight/{n}": w for n, w in zip(names, weights.detach().float())}
 
     def _representation_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
@@ -156,15 +189,13 @@ class GradientCombination(Strategy):
         if not losses:
             return {}
         names = list(losses)
-        stacked = torch.stack([losses[n] for n in names])
+        stacked = self.transform_losses(torch.stack([losses[n] for n in names]), names)
         keys = list(detached)
-        jacobian = task_jacobian(stacked, [detached[k] for k in keys], self.jacobian_method)
-        weights = self.combination_weights(gramian_of(jacobian), stacked.detach().float(), jacobian.detach())
-        combined = (weights.to(jacobian.dtype) @ jacobian).detach()
+        jacobian = task_jacobian(stacked, [detached[k] for k in keys], self.jacobian_method).detach()
+        combined, weights = self.shared_update(jacobian, stacked.detach().float(), names)
         (optimizer,) = ctx.optimizers()
         optimizer.zero_grad(set_to_none=True)
-        heads = [p for n in names for p in model.head_parameters(n)]
-        ctx.backward(stacked.sum(), inputs=heads)
+        ctx.backward(stacked.sum(), inputs=self.head_inputs(model, names))
         # sum_i <Z_i, c_i> has gradient J_Z^T c through the shared layers: a^T J_Z pulled back to W
         surrogate = sum(
             (shared[k] * c.view_as(shared[k])).sum() for k, c in zip(keys, combined.split([detached[k].numel() for k in keys]))
@@ -172,8 +203,7 @@ class GradientCombination(Strategy):
         ctx.backward(surrogate)
         ctx.clip_gradients(optimizer)
         optimizer.step()
-        logged = self.detached(losses) | {"loss/total": stacked.sum().detach()}
-        return logged | {f"weight/{n}": w for n, w in zip(names, weights.detach().float())}
+        return self.logged(losses, stacked, names, weights)
 
     def _gramian(self, model, losses: torch.Tensor) -> torch.Tensor:
         assert self._engine is not None  # made by _ensure_engine before the forward

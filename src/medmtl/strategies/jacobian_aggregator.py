@@ -1,104 +1,243 @@
 """Any Jacobian aggregator of ``torchjd`` as a strategy (``optim=jd_<name>``).
 
 torchjd implements and tests CAGrad, Nash-MTL, IMTL-G, Aligned-MTL, UPGrad, DualProj, MGDA,
-PCGrad, ... as *weightings*: functions of the Gramian G = J J^T (or, for Nash-MTL, of J) that
-return the weights a of the update sum_k a_k g_k. This one class plugs any of them into
-:class:`~medmtl.strategies.gradient_combination.GradientCombination`, which computes J or G
-efficiently and applies the weights; no aggregator is re-implemented here.
+PCGrad, FairGrad, GradVac, PCD, ExcessMTL, ... as *weightings*: functions of the Gramian G = J J^T
+(or of J itself: Nash-MTL, ExcessMTL) that return the weights a of the update sum_k a_k g_k, and
+ConFIG and GradDrop as *aggregators* of J whose update is not such a combination. This one class
+plugs any of them into :class:`~medmtl.strategies.gradient_combination.GradientCombination`, which
+computes J or G efficiently and applies the result; no aggregator is re-implemented here.
+
+Stateful ones (Nash-MTL, GradVac, PCD, ExcessMTL, and any weighting wrapped in CR-MOGM's weight
+average, ``cr_mogm_alpha``) keep one instance per set of present tasks, so that partial labels never
+mix the statistics of different task sets; their state is in the strategy's extra state, hence in
+every checkpoint, so that a resumed run computes the weights an uninterrupted one does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from medmtl.errors import ConfigError
 from medmtl.strategies.gradient_combination import GradientCombination
 
-#: name -> (torchjd weighting class name, needs the Jacobian itself)
-WEIGHTINGS = {
-    "upgrad": ("UPGradWeighting", False),
-    "imtl_g": ("IMTLGWeighting", False),
-    "aligned_mtl": ("AlignedMTLWeighting", False),
-    "cagrad": ("CAGradWeighting", False),
-    "dualproj": ("DualProjWeighting", False),
-    "mgda": ("MGDAWeighting", False),
-    "pcgrad": ("PCGradWeighting", False),
-    "mean": ("MeanWeighting", False),
-    "nash_mtl": ("NashMTL", True),
-    "fairgrad": ("FairGradWeighting", False),
+#: name -> (torchjd class name, what it reads: "gramian", "jacobian" (a weighting of J) or
+#: "aggregator" (maps J to the update itself))
+AGGREGATORS = {
+    "upgrad": ("UPGradWeighting", "gramian"),
+    "imtl_g": ("IMTLGWeighting", "gramian"),
+    "aligned_mtl": ("AlignedMTLWeighting", "gramian"),
+    "cagrad": ("CAGradWeighting", "gramian"),
+    "dualproj": ("DualProjWeighting", "gramian"),
+    "mgda": ("MGDAWeighting", "gramian"),
+    "pcgrad": ("PCGradWeighting", "gramian"),
+    "mean": ("MeanWeighting", "gramian"),
+    "fairgrad": ("FairGradWeighting", "gramian"),
+    "gradvac": ("GradVacWeighting", "gramian"),
+    "pcd": ("PCDWeighting", "gramian"),
+    "random": ("RandomWeighting", "gramian"),
+    "nash_mtl": ("NashMTL", "jacobian"),
+    "excess_mtl": ("ExcessMTLWeighting", "jacobian"),
+    "config": ("ConFIG", "aggregator"),
+    "graddrop": ("GradDrop", "aggregator"),
 }
+#: the paper defaults torchjd does not set itself
+DEFAULT_OPTIONS = {"cagrad": {"c": 0.5}, "fairgrad": {"alpha": 1.0}}
+#: integer counters torchjd keeps as plain attributes rather than buffers
+COUNTERS = ("_n_steps",)
+
+
+def weighting_state(weighting: nn.Module) -> dict[str, torch.Tensor | None]:
+    """The state of a stateful torchjd weighting (an ``nn.Module``): its buffers, None ones included,
+    and its integer counters, keyed by ``<submodule path>.<name>``."""
+    state: dict[str, torch.Tensor | None] = {}
+    for path, module in weighting.named_modules():
+        prefix = f"{path}." if path else ""
+        for name, buffer in module._buffers.items():
+            state[prefix + name] = None if buffer is None else buffer.detach().clone()
+        for name in COUNTERS:
+            value = module.__dict__.get(name)
+            if isinstance(value, int):
+                state[prefix + name] = torch.tensor(value)
+    return state
+
+
+def restore_weighting_state(weighting: nn.Module, state: dict[str, torch.Tensor | None], stat: torch.Tensor) -> None:
+    """Put ``state`` back into a fresh ``weighting`` about to be called on ``stat``. torchjd sizes
+    its state for the input on the first call (a private key of shape, dtype and device): one call
+    on ``stat``, with the random generators restored after it, lets it do so; the saved values then
+    replace what that call computed."""
+    devices = [stat.device.index or 0] if stat.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        weighting(stat)
+    for key, value in state.items():
+        path, _, name = key.rpartition(".")
+        module = weighting.get_submodule(path)
+        if name in COUNTERS and name not in module._buffers:
+            setattr(module, name, int(value.item()) if value is not None else 0)
+        else:
+            module.register_buffer(name, None if value is None else value.to(stat.device))
 
 
 class JacobianAggregator(GradientCombination):
-    """``aggregator``: a key of :data:`WEIGHTINGS`; ``options``: keyword arguments of its torchjd class."""
+    """``aggregator``: a key of :data:`AGGREGATORS`; ``options``: keyword arguments of its torchjd
+    class; ``cr_mogm_alpha``: wrap the weighting in CR-MOGM's moving average of the weights
+    (Zhou et al. 2022), lambda_t = alpha lambda_{t-1} + (1 - alpha) lambda-hat_t (null: off);
+    ``primary_task``: PCD's primary objective (default: the task set's first)."""
 
     def __init__(
-        self, aggregator: str, mode: str = "jacobian", options: dict[str, Any] | None = None, jacobian_method: str = "loop"
+        self,
+        aggregator: str,
+        mode: str = "jacobian",
+        options: dict[str, Any] | None = None,
+        jacobian_method: str = "loop",
+        cr_mogm_alpha: float | None = None,
+        primary_task: str | None = None,
     ):
-        if aggregator not in WEIGHTINGS:
-            raise ConfigError(f"optim.strategy.aggregator must be one of {sorted(WEIGHTINGS)}, got {aggregator!r}.")
-        self.class_name, self.needs_jacobian = WEIGHTINGS[aggregator]
+        if aggregator not in AGGREGATORS:
+            raise ConfigError(f"optim.strategy.aggregator must be one of {sorted(AGGREGATORS)}, got {aggregator!r}.")
+        self.class_name, self.reads = AGGREGATORS[aggregator]
+        self.needs_jacobian = self.reads != "gramian"
+        if cr_mogm_alpha is not None and aggregator in ("config", "graddrop", "nash_mtl"):
+            raise ConfigError(f"optim.strategy.cr_mogm_alpha averages torchjd weightings; not available for {aggregator}.")
         super().__init__(mode, jacobian_method)
         self.aggregator_name = aggregator
-        self.options = dict(options or {})
-        self._weightings: dict[int, Any] = {}
+        self.options = DEFAULT_OPTIONS.get(aggregator, {}) | dict(options or {})
+        self.cr_mogm_alpha = cr_mogm_alpha
+        self.primary_task = primary_task
+        self._weightings: dict[str, Any] = {}
+        self._pending: dict[str, Any] = {}
 
-    def weighting(self, n_tasks: int):
-        """The torchjd object for ``n_tasks`` present tasks. Nash-MTL is built for a fixed number
-        of tasks and keeps state between steps: with partial labels, each number of present tasks
-        gets its own instance (and state)."""
-        if n_tasks not in self._weightings:
+    def weighting(self, names: Sequence[str]):
+        """The torchjd object for the present tasks ``names`` (made on first use)."""
+        key = "|".join(names)
+        if key not in self._weightings:
             import torchjd.aggregation as aggregation
 
             options = dict(self.options)
-            if self.aggregator_name == "cagrad":
-                options.setdefault("c", 0.5)  # the CAGrad paper's default
-            if self.aggregator_name == "fairgrad":
-                options.setdefault("alpha", 1.0)  # proportional fairness, FairGrad's main setting
             if self.aggregator_name == "nash_mtl":
-                options["n_tasks"] = n_tasks
-            self._weightings[n_tasks] = getattr(aggregation, self.class_name)(**options)
-        return self._weightings[n_tasks]
-
-    def get_extra_state(self) -> torch.Tensor:
-        """Nash-MTL's solver state per task count -- step counter, Gramian normaliser and previous
-        weights alpha -- in the module's state dict, so that a resumed run computes the same
-        weights as an uninterrupted one. One float64 tensor, a row per task count
-        ``[n, step, normaliser, alpha_1..alpha_n, NaN padding]``, so that the state dict holds
-        tensors only; no rows for the stateless aggregators."""
-        rows = []
-        for n_tasks, aggregator in sorted(self._weightings.items()):
-            solver = getattr(aggregator, "weighting", None)
-            if solver is not None and hasattr(solver, "prvs_alpha"):
-                normaliser = float(np.asarray(solver.normalization_factor).reshape(-1)[0])
-                rows.append([n_tasks, float(solver.step), normaliser, *np.asarray(solver.prvs_alpha, dtype=np.float64)])
-        width = 3 + max((len(r) - 3 for r in rows), default=0)
-        state = torch.full((len(rows), width), float("nan"), dtype=torch.float64)
-        for i, row in enumerate(rows):
-            state[i, : len(row)] = torch.tensor(row, dtype=torch.float64)
-        return state
-
-    def set_extra_state(self, state: torch.Tensor) -> None:
-        for row in state.tolist():
-            n_tasks = int(row[0])
-            solver = self.weighting(n_tasks).weighting
-            solver.step = row[1]
-            solver.normalization_factor = np.array([row[2]])
-            solver.prvs_alpha = np.array(row[3 : 3 + n_tasks], dtype=np.float64)
-            if solver.step > 0:
-                # torchjd builds its convex problem on the first step only (step == 0); a restored
-                # solver is past it. Private torchjd method: exercised by tests/test_gradient_combination.py
-                solver._init_optim_problem()
+                options["n_tasks"] = len(names)
+            made = getattr(aggregation, self.class_name)(**options)
+            if self.aggregator_name == "nash_mtl":
+                made = made.weighting  # a WeightedAggregator: its public weighting maps J to weights
+            if self.cr_mogm_alpha is not None:
+                made = aggregation.CRMOGMWeighting(made, alpha=self.cr_mogm_alpha)
+            self._weightings[key] = made
+        return self._weightings[key]
 
     def setup(self, task_names: list[str]) -> None:
-        self.weighting(len(task_names))  # fail at start-up on a missing solver or a bad option
+        self.task_names = list(task_names)
+        primary = self.primary_task
+        if primary is not None and primary not in self.task_names:
+            raise ConfigError(f"optim.strategy.primary_task must be one of {self.task_names}, got {primary!r}.")
+        self.weighting(self.task_names)  # fail at start-up on a missing solver or a bad option
 
-    def combination_weights(self, gramian, losses, jacobian=None):
-        weighting = self.weighting(gramian.shape[0])
-        if self.needs_jacobian:
-            # a torchjd WeightedAggregator: its public ``weighting`` maps J to the weights
-            return weighting.weighting(jacobian)
-        return weighting(gramian)
+    def _names(self, count: int, names: Sequence[str] | None) -> list[str]:
+        return list(names) if names is not None else [f"task{k}" for k in range(count)]
+
+    def _call(self, names: list[str], stat: torch.Tensor) -> torch.Tensor:
+        """The weighting (or aggregator) of ``names`` applied to ``stat``, its saved state first put
+        back when a checkpoint was loaded."""
+        key = "|".join(names)
+        weighting = self.weighting(names)
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            if isinstance(pending, NashState):
+                pending.restore(weighting)
+            else:
+                restore_weighting_state(weighting, pending, stat)
+        return weighting(stat)
+
+    def combination_weights(self, gramian, losses, jacobian=None, names=None):
+        names = self._names(gramian.shape[0], names)
+        if self.reads == "jacobian":
+            assert jacobian is not None  # needs_jacobian: refused in gramian mode
+            return self._call(names, jacobian)
+        if self.aggregator_name == "pcd":
+            return self._primary_first(names, gramian)
+        return self._call(names, gramian)
+
+    def _primary_first(self, names: list[str], gramian: torch.Tensor) -> torch.Tensor:
+        """PCD reads the first row of G as the primary objective: the Gramian is permuted to put
+        ``primary_task`` (default: the task set's first) first, and the weights are permuted back.
+        In a batch without the primary task the first present task takes its place."""
+        primary = self.primary_task or (self.task_names[0] if hasattr(self, "task_names") else names[0])
+        first = names.index(primary) if primary in names else 0
+        order = [first] + [k for k in range(len(names)) if k != first]
+        weights = self._call([names[k] for k in order], gramian[order][:, order])
+        return torch.empty_like(weights).index_copy_(0, torch.tensor(order, device=weights.device), weights)
+
+    def shared_update(self, jacobian, losses, names):
+        if self.reads == "aggregator":
+            return self._call(list(names), jacobian).to(jacobian.dtype), None
+        return super().shared_update(jacobian, losses, names)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """Per set of present tasks, the state of a stateful weighting (no entry for stateless ones)."""
+        state: dict[str, Any] = {}
+        for key, weighting in self._weightings.items():
+            if hasattr(weighting, "prvs_alpha"):
+                state[key] = NashState.of(weighting).as_tensor()
+            elif isinstance(weighting, nn.Module) and any(b is not None for _, b in _all_buffers(weighting)):
+                state[key] = weighting_state(weighting)
+        return state | {k: v.as_tensor() if isinstance(v, NashState) else v for k, v in self._pending.items()}
+
+    def set_extra_state(self, state: dict[str, Any] | torch.Tensor) -> None:
+        if isinstance(state, torch.Tensor):  # checkpoints before per-task-set keys: Nash-MTL rows by task count
+            state = self._legacy_nash_rows(state)
+        self._pending = {}
+        for key, value in state.items():
+            self._weightings.pop(key, None)
+            self._pending[key] = NashState.from_tensor(value) if isinstance(value, torch.Tensor) else value
+
+    def _legacy_nash_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for row in rows:
+            if int(row[0]) != len(self.task_names):
+                raise ConfigError(
+                    "this checkpoint holds Nash-MTL states per number of present tasks (an older format); "
+                    "only the full task set's can be restored: resume from a newer checkpoint."
+                )
+            out["|".join(self.task_names)] = row
+        return out
+
+
+def _all_buffers(module: nn.Module):
+    for sub in module.modules():
+        yield from sub._buffers.items()
+
+
+class NashState:
+    """Nash-MTL's solver state -- step counter, Gramian normaliser, previous weights alpha -- as one
+    float64 tensor ``[n, step, normaliser, alpha_1..alpha_n]`` (tensors only in the state dict)."""
+
+    def __init__(self, row: torch.Tensor):
+        self.row = row
+
+    @classmethod
+    def of(cls, solver) -> NashState:
+        normaliser = float(np.asarray(solver.normalization_factor).reshape(-1)[0])
+        alpha = np.asarray(solver.prvs_alpha, dtype=np.float64)
+        return cls(torch.tensor([len(alpha), float(solver.step), normaliser, *alpha], dtype=torch.float64))
+
+    @classmethod
+    def from_tensor(cls, row: torch.Tensor) -> NashState:
+        return cls(row)
+
+    def as_tensor(self) -> torch.Tensor:
+        return self.row
+
+    def restore(self, solver) -> None:
+        values = self.row.tolist()
+        n_tasks = int(values[0])
+        solver.step = values[1]
+        solver.normalization_factor = np.array([values[2]])
+        solver.prvs_alpha = np.array(values[3 : 3 + n_tasks], dtype=np.float64)
+        if solver.step > 0:
+            # torchjd builds its convex problem on the first step only (step == 0); a restored
+            # solver is past it. Private torchjd method: exercised by tests/test_gradient_combination.py
+            solver._init_optim_problem()

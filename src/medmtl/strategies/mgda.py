@@ -138,7 +138,7 @@ class MGDA(GradientCombination):
         self.normalization, self.rescale = normalization, rescale
         self.max_iterations, self.tolerance, self.solver = max_iterations, tolerance, solver
 
-    def combination_weights(self, gramian, losses, jacobian=None):
+    def combination_weights(self, gramian, losses, jacobian=None, names=None):
         # a T x T problem: solved on the CPU (a GPU loop would synchronise at every iteration)
         device = gramian.device
         gramian, losses = gramian.detach().cpu().to(torch.float64), losses.detach().cpu()

@@ -42,6 +42,6 @@ class PCGrad(GradientCombination):
             raise ConfigError(f"optim.strategy.reduction must be sum or mean, got {reduction!r}.")
         self.reduction = reduction
 
-    def combination_weights(self, gramian, losses, jacobian=None):
+    def combination_weights(self, gramian, losses, jacobian=None, names=None):
         # the order is drawn from torch's global RNG: seeded runs are reproducible
         return pcgrad_weights(gramian.cpu(), reduction=self.reduction).to(gramian.device)
