@@ -2,20 +2,34 @@
 
 from medmtl.strategies.base import StepContext, Strategy
 from medmtl.strategies.dtp import DynamicTaskPrioritization
+from medmtl.strategies.dual_balancing import DualBalancing
 from medmtl.strategies.dwa import DynamicWeightAverage
+from medmtl.strategies.famo import FastAdaptiveMultitask
 from medmtl.strategies.fixed import FixedWeights
 from medmtl.strategies.ga import GradientAccumulation
 from medmtl.strategies.gradient_combination import GradientCombination
 from medmtl.strategies.gradnorm import GradNorm
+from medmtl.strategies.imtl import ImpartialLossScaling, ImpartialMTL
 from medmtl.strategies.io import IndependentOptimizers, SharedOptimizerAlternating
 from medmtl.strategies.jacobian_aggregator import JacobianAggregator
 from medmtl.strategies.mao import MultiAdaptive, MultiAdaptiveOptimization
 from medmtl.strategies.mgda import MGDA
 from medmtl.strategies.pcgrad import PCGrad
+from medmtl.strategies.random_weighting import RandomLossWeighting
+from medmtl.strategies.scale_invariant import GeometricLossStrategy, ScaleInvariantLosses
+from medmtl.strategies.stch import SmoothTchebycheff
 from medmtl.strategies.uncertainty import UncertaintyWeighting
 from medmtl.strategies.weighted_sum import EqualWeights, SingleTask, WeightedSum
 
 __all__ = [
+    "DualBalancing",
+    "FastAdaptiveMultitask",
+    "ImpartialLossScaling",
+    "ImpartialMTL",
+    "RandomLossWeighting",
+    "GeometricLossStrategy",
+    "ScaleInvariantLosses",
+    "SmoothTchebycheff",
     "DynamicTaskPrioritization",
     "DynamicWeightAverage",
     "EqualWeights",

@@ -1,0 +1,191 @@
+"""The loss-level balancing methods (GLS, SI, IMTL-L, IMTL, STCH, FAMO, DB-MTL), each against its
+paper's formula computed by hand on plain tensors or on a tiny network with one backward per task."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from helpers import PlainContext, per_task_gradients, random_batch, tiny_unet
+from medmtl.strategies import (
+    DualBalancing,
+    FastAdaptiveMultitask,
+    GeometricLossStrategy,
+    ImpartialLossScaling,
+    ImpartialMTL,
+    ScaleInvariantLosses,
+    SmoothTchebycheff,
+)
+from medmtl.tasks import refuge_tasks
+
+NAMES = ["a", "b", "c"]
+
+
+def quadratic_losses(x, scale=1.0):
+    """Three positive losses of a parameter vector; the second multiplied by ``scale``."""
+    return {"a": (x[0] - 1) ** 2 + 0.5, "b": scale * ((x[1] + x[0]) ** 2 + 0.1), "c": (x[2] * x[1] - 2) ** 2 + 1.0}
+
+
+def gradient(strategy, x, scale=1.0):
+    x = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(strategy.weighted_total(quadratic_losses(x, scale)), x)
+    return g
+
+
+X = torch.tensor([0.3, -0.7, 1.2], dtype=torch.float64)
+
+
+def test_gls_is_the_geometric_mean_and_its_direction_ignores_a_loss_scale():
+    strategy = GeometricLossStrategy(eps=0.0)
+    losses = quadratic_losses(X)
+    expected = math.prod(v.item() for v in losses.values()) ** (1 / 3)
+    assert strategy.weighted_total(losses).item() == pytest.approx(expected)
+    g1, g10 = gradient(strategy, X), gradient(strategy, X, scale=10.0)
+    # (prod_k L_k)^(1/T) with L_b -> 10 L_b is multiplied by 10^(1/3): same direction
+    torch.testing.assert_close(g10, 10 ** (1 / 3) * g1)
+
+
+def test_si_is_the_sum_of_log_losses_and_its_gradient_ignores_a_loss_scale():
+    strategy = ScaleInvariantLosses(eps=0.0)
+    losses = quadratic_losses(X)
+    assert strategy.weighted_total(losses).item() == pytest.approx(sum(math.log(v.item()) for v in losses.values()))
+    torch.testing.assert_close(gradient(strategy, X, scale=10.0), gradient(strategy, X))
+
+
+def test_imtl_l_scales_get_the_gradient_exp_s_l_minus_one():
+    """Liu et al. 2021, IMTL-L: L = sum_k e^{s_k} L_k - s_k, so dL/ds_k = e^{s_k} L_k - 1."""
+    strategy = ImpartialLossScaling()
+    strategy.setup(NAMES)
+    with torch.no_grad():
+        strategy.scales.log_scale.copy_(torch.tensor([0.2, -0.4, 0.0]))
+    losses = {"a": torch.tensor(2.0), "b": torch.tensor(0.5), "c": torch.tensor(3.0)}
+    strategy.weighted_total(losses).backward()
+    s = torch.tensor([0.2, -0.4, 0.0])
+    torch.testing.assert_close(strategy.scales.log_scale.grad, torch.exp(s) * torch.tensor([2.0, 0.5, 3.0]) - 1)
+
+
+def test_imtl_update_has_equal_projections_on_the_scaled_unit_gradients():
+    """IMTL-G's defining property (Liu et al. 2021, Eq. 4) on the gradients of the IMTL-L scaled
+    losses e^{s_k} L_k; the weights sum to 1; each head gets its scaled loss's gradient."""
+    tasks = refuge_tasks()
+    names = [t.name for t in tasks]
+    model = tiny_unet()
+    reference = copy.deepcopy(model)
+    batch = random_batch(3)
+    strategy = ImpartialMTL()
+    strategy.setup(names)
+    strategy.double()
+    s = torch.tensor([0.5, -0.3, 0.1, -1.0], dtype=torch.float64)
+    with torch.no_grad():
+        strategy.scales.log_scale.copy_(s)
+    strategy.training_step(PlainContext(model, tasks, [torch.optim.SGD(model.parameters(), lr=0.0)]), batch)
+
+    scaled = torch.exp(s).unsqueeze(1) * per_task_gradients(reference, batch, tasks, reference.shared_parameters())
+    update = torch.cat([p.grad.flatten() for p in model.shared_parameters()])
+    projections = scaled @ update / scaled.norm(dim=1)
+    torch.testing.assert_close(projections, projections.mean().expand(4), rtol=1e-5, atol=1e-10)
+    weights = torch.linalg.lstsq(scaled.T, update.unsqueeze(1)).solution.squeeze(1)
+    assert weights.sum().item() == pytest.approx(1.0, rel=1e-6)
+    for k, task in enumerate(tasks):
+        own = per_task_gradients(reference, batch, [task], reference.head_parameters(task.name))[0]
+        torch.testing.assert_close(torch.cat([p.grad.flatten() for p in model.head_parameters(task.name)]), torch.exp(s[k]) * own)
+    losses = torch.stack([t.compute_loss(reference(batch["image"])[t.name], batch) for t in tasks]).detach()
+    torch.testing.assert_close(strategy.scales.log_scale.grad, torch.exp(s) * losses - 1)
+
+
+def test_stch_warms_up_on_log_losses_then_smooths_the_max_of_nadir_normalised_logs():
+    """Lin et al. 2024, Eq. 8 with f_k - z_k = log(L_k / z_k): for mu = 1/2 and two tasks,
+    T mu log sum_k exp(2 log(L_k / z_k)) = log((L_a / z_a)^2 + (L_b / z_b)^2)."""
+    strategy = SmoothTchebycheff(mu=0.5, warmup_epochs=2, eps=0.0)
+    strategy.setup(["a", "b"])
+
+    def losses(a, b):
+        return {"a": torch.tensor(a, dtype=torch.float64), "b": torch.tensor(b, dtype=torch.float64)}
+
+    first = strategy.weighted_total(losses(9.0, 9.0))  # first warm-up epoch: not in the nadir
+    assert first.item() == pytest.approx(2 * math.log(9.0))
+    strategy.on_train_epoch_end(0)
+    strategy.weighted_total(losses(2.0, 0.5))
+    strategy.weighted_total(losses(4.0, 1.5))
+    strategy.weighted_total({"a": torch.tensor(3.0, dtype=torch.float64)})  # b absent
+    strategy.on_train_epoch_end(1)
+    z_a, z_b = 3.0, 1.0  # means over the last warm-up epoch
+    total = strategy.weighted_total(losses(1.5, 2.0))
+    assert total.item() == pytest.approx(math.log((1.5 / z_a) ** 2 + (2.0 / z_b) ** 2))
+    # small mu: the hard Tchebycheff max, T max_k log(L_k / z_k)
+    sharp = SmoothTchebycheff(mu=1e-3, warmup_epochs=1, eps=0.0)
+    sharp.setup(["a", "b"])
+    sharp.weighted_total(losses(3.0, 1.0))
+    sharp.on_train_epoch_end(0)
+    assert sharp.weighted_total(losses(1.5, 2.0)).item() == pytest.approx(2 * math.log(2.0), abs=1e-2)
+
+
+def test_famo_follows_algorithm_1_by_hand():
+    """Liu et al. 2023, Algorithm 1 with plain logit steps, two iterations on a tiny U-Net: the
+    network moves along c sum_k z_k / L_k grad L_k, and the logits along -beta (z * (delta - z.delta)
+    + gamma xi), delta the log-loss decrease measured on the same batch after the step."""
+    tasks = refuge_tasks()
+    names = [t.name for t in tasks]
+    model = tiny_unet()
+    reference = copy.deepcopy(model)
+    batch = random_batch(5)
+    lr, beta, gamma = 0.05, 0.5, 0.1
+    strategy = FastAdaptiveMultitask(beta=beta, gamma=gamma, logit_optimizer="sgd", eps=0.0)
+    strategy.setup(names)
+    strategy.double()
+    ctx = PlainContext(model, tasks, [torch.optim.SGD(model.parameters(), lr=lr)])
+
+    def task_losses(net):
+        with torch.no_grad():
+            outputs = net(batch["image"])
+            return torch.stack([t.compute_loss(outputs[t.name], batch) for t in tasks])
+
+    xi = torch.zeros(4, dtype=torch.float64)
+    params = list(reference.parameters())
+    for _ in range(2):
+        strategy.training_step(ctx, batch)
+        z = torch.softmax(xi, dim=0)
+        before = task_losses(reference)
+        weights = (z / before) / (z / before).sum()
+        direction = weights @ per_task_gradients(reference, batch, tasks, params)
+        with torch.no_grad():
+            offset = 0
+            for p in params:
+                p -= lr * direction[offset : offset + p.numel()].view_as(p)
+                offset += p.numel()
+        delta = torch.log(before) - torch.log(task_losses(reference))
+        xi = xi - beta * (z * (delta - (z * delta).sum()) + gamma * xi)
+    torch.testing.assert_close(strategy.logits, xi)
+    assert not torch.allclose(xi, torch.zeros(4, dtype=torch.float64)), "the logits never moved: the test checks nothing"
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_db_mtl_rescales_averaged_log_loss_gradients_to_the_largest_norm():
+    """Lin et al. 2023: gbar_k <- beta_t gbar_k + (1 - beta_t) grad log L_k, beta_t = beta / t^sigma,
+    shared update sum_k (max_j |gbar_j| / |gbar_k|) gbar_k; heads get grad log L_k."""
+    tasks = refuge_tasks()
+    names = [t.name for t in tasks]
+    model = tiny_unet()
+    reference = copy.deepcopy(model)
+    strategy = DualBalancing(beta=0.8, sigma=0.5, eps=0.0)
+    strategy.setup(names)
+    ctx = PlainContext(model, tasks, [torch.optim.SGD(model.parameters(), lr=0.0)])
+    shared = reference.shared_parameters()
+    average = torch.zeros(4, sum(p.numel() for p in shared), dtype=torch.float64)
+    for step, seed in enumerate((1, 2), start=1):
+        batch = random_batch(seed)
+        strategy.training_step(ctx, batch)
+        with torch.no_grad():
+            outputs = reference(batch["image"])
+            losses = torch.stack([t.compute_loss(outputs[t.name], batch) for t in tasks])
+        log_gradients = per_task_gradients(reference, batch, tasks, shared) / losses.unsqueeze(1)
+        rate = 0.8 / step**0.5
+        average = rate * average + (1 - rate) * log_gradients
+    norms = average.norm(dim=1)
+    expected = (norms.max() / norms) @ average
+    torch.testing.assert_close(torch.cat([p.grad.flatten() for p in model.shared_parameters()]), expected)
+    for k, task in enumerate(tasks):
+        own = per_task_gradients(reference, batch, [task], reference.head_parameters(task.name))[0] / losses[k]
+        torch.testing.assert_close(torch.cat([p.grad.flatten() for p in model.head_parameters(task.name)]), own)
