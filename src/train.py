@@ -22,12 +22,11 @@ from omegaconf import DictConfig  # noqa: E402
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from medmtl.entry import run_job
-    from medmtl.run import in_sweep, save_config, train
+    from medmtl.run import in_sweep, objective, save_config, train
 
     save_config(cfg)
     record = run_job(train, cfg, in_sweep=in_sweep())
-    metric = cfg.get("optimized_metric")
-    return record["test"].get(metric) if metric and record else None
+    return objective(record, cfg.get("optimized_metric"), cfg.get("optimized_split", "test"))
 
 
 if __name__ == "__main__":

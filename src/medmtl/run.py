@@ -147,6 +147,29 @@ def _test(trainer: L.Trainer, module: MultiTaskModule, datamodule, ckpt_path: st
     return {k.removeprefix("test/"): float(v) for k, v in (results[0] if results else {}).items()}
 
 
+def _validate(trainer: L.Trainer, module: MultiTaskModule, datamodule, ckpt_path: str | None) -> dict[str, float]:
+    """The validation metrics of ``ckpt_path`` (the objective of tuning: the test split is never
+    read). Refused without a validation split."""
+    if not datamodule.has_validation:
+        raise ConfigError("optimized_split=validation needs a validation split (this data config has none).")
+    if ckpt_path:
+        check_fits(ckpt_path, module.state_dict())
+    results = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    return {k.removeprefix("val/"): float(v) for k, v in (results[0] if results else {}).items()}
+
+
+def objective(record: dict[str, Any] | None, metric: str | None, split: str = "test") -> float | None:
+    """The value a Hydra sweeper optimises: ``record[split][metric]``. For tuning
+    (``split="validation"``) a metric the run did not compute is an error, not a silent None."""
+    if not metric or not record:
+        return None
+    values = record.get(split) or {}
+    if split == "validation" and metric not in values:
+        raise ConfigError(f"optimized_metric={metric!r} is not among the validation metrics {sorted(values)}.")
+    value = values.get(metric)
+    return None if value is None else float(value)
+
+
 def _flops(module: MultiTaskModule, datamodule) -> int:
     """FLOPs of one sample through every task (:func:`medmtl.models.flops_per_sample`), from the
     first batch of each evaluation loader: one loader serves every task, or (datasets whose tasks
@@ -223,6 +246,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best = selector.best_model_path if selector is not None else ""
     if per_task is not None and cfg.get("train", True):
         best = per_task.compose(trainer, cast(SeparateNetworks, module.model)) or best
+    validation_metrics = None
+    if cfg.get("optimized_split", "test") == "validation":
+        validation_metrics = _validate(trainer, module, datamodule, best or None)
     if cfg.get("test", True):
         test_metrics = _test(trainer, module, datamodule, best or None, output_dir)
     if csv_dir is not None:  # after testing: the logger's header only knows the keys it logged itself
@@ -230,6 +256,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     record = {
         "test": test_metrics,
+        "validation": validation_metrics,
         "num_parameters": module.num_parameters(),
         "flops_per_sample": _flops(module, datamodule),
         "seconds_per_iteration": timer.mean_seconds,

@@ -93,3 +93,30 @@ class FolderGuard(Callback):
         for job, record in failures:
             print(f"  {job.relative_to(sweep_dir)}: {record.get('kind')}: {record.get('message')}", file=sys.stderr)
         raise SystemExit(min(int(record.get("exit_code", 1)) for _, record in failures))
+
+
+class TuningRecord(Callback):
+    """``experiment=tune``: writes ``tuning.yaml`` into the sweep folder before the first trial --
+    the method, the objective (split, metric, direction), the budget, the sampler and its seed, the
+    search space -- so that the report states how every method was tuned."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweeper = config.hydra.sweeper
+        record = {
+            "method": config.optim.get("name"),
+            "objective": {
+                "split": config.get("optimized_split"),
+                "metric": config.get("optimized_metric"),
+                "direction": str(sweeper.direction),
+            },
+            "n_trials": int(sweeper.n_trials),
+            "sampler": str(sweeper.sampler._target_).rsplit(".", 1)[-1],
+            "sampler_seed": sweeper.sampler.get("seed"),
+            "search_space": {str(k): str(v) for k, v in (sweeper.params or {}).items()},
+            "data": str(config.data._target_).rsplit(".", 1)[-1],
+            "fold": config.data.get("fold"),
+            "seed": config.get("seed"),
+        }
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / "tuning.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(record)))

@@ -1,0 +1,86 @@
+"""Fair tuning (``experiment=tune``): every method has a search space made of real options, the
+objective comes from the validation split only, and the report states budget, space and choice."""
+
+import json
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from helpers import CONF, TINY, options, run
+from medmtl.errors import ConfigError
+from medmtl.run import objective
+
+
+def sweeper_of(optim_name):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=["experiment=tune", f"optim={optim_name}"], return_hydra_config=True)
+
+
+@pytest.mark.parametrize("optim_name", options("optim"))
+def test_every_method_has_a_search_space_of_its_own_options(optim_name):
+    from omegaconf import OmegaConf
+
+    cfg = sweeper_of(optim_name)
+    space = dict(cfg.hydra.sweeper.params)
+    assert "optim.optimizer.lr" in space, "the learning rate is tuned for every method"
+    for key in space:
+        if key.startswith("+"):  # an entry the config does not hold yet (fixed weights per task)
+            assert OmegaConf.select(cfg, key[1:]) is None
+        else:
+            assert OmegaConf.select(cfg, key, default="MISSING") != "MISSING", f"{key} is not an option of optim={optim_name}"
+    assert cfg.test is False and cfg.optimized_split == "validation"
+
+
+def test_the_tuning_objective_is_read_from_the_validation_metrics_only():
+    record = {"test": {"loss": 0.1}, "validation": {"loss": 0.7}}
+    assert objective(record, "loss", "validation") == pytest.approx(0.7)
+    assert objective(record, "loss", "test") == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="not among the validation metrics"):
+        objective(record, "auc", "validation")
+
+
+def test_a_tuning_sweep_records_its_budget_and_picks_the_best_validation_trial(tmp_path):
+    """Two trials of CAGrad on the tiny synthetic REFUGE: no trial reads the test split, Optuna's
+    best value is the lowest validation loss among the trials' own records, and the report names
+    the budget, the space and the chosen values."""
+    sweep = tmp_path / "tune" / "jd_cagrad"
+    done = run(
+        "train.py",
+        [
+            "-m",
+            "experiment=tune",
+            "optim=jd_cagrad",
+            "trainer=cpu",
+            *(o for o in TINY if not o.startswith("experiment=")),
+            "trainer.max_epochs=2",
+            "hydra.sweeper.n_trials=3",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    setup = yaml.safe_load((sweep / "tuning.yaml").read_text())
+    assert setup["n_trials"] == 3 and setup["objective"] == {"split": "validation", "metric": "loss", "direction": "minimize"}
+    assert set(setup["search_space"]) == {"optim.optimizer.lr", "optim.strategy.options.c"}
+    records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert len(records) == 3
+    assert all(r["test"] == {} for r in records), "a tuning trial read the test split"
+    losses = [r["validation"]["loss"] for r in records]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(min(losses))
+    best_record = records[losses.index(min(losses))]
+    chosen = {o.split("=")[0]: float(o.split("=")[1]) for o in best_record["overrides"] if o.startswith("optim.")}
+    assert chosen == pytest.approx(best["best_params"])
+    assert 0.1 <= best["best_params"]["optim.strategy.options.c"] <= 0.9
+
+    report = run("tuning_report.py", [str(sweep), "--output", str(tmp_path / "tuning.md")], tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    text = (tmp_path / "tuning.md").read_text()
+    assert "| jd_cagrad | minimize validation loss | 3 | 3 | 0 |" in text
+    assert "optim=jd_cagrad optim.optimizer.lr=" in text and "interval(0.1, 0.9)" in text
+
+
+def test_the_tuning_report_refuses_a_folder_that_is_not_a_tuning_sweep(tmp_path):
+    report = run("tuning_report.py", [str(tmp_path)], tmp_path)
+    assert report.returncode == 2 and "no tuning.yaml" in report.stderr
