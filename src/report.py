@@ -1,7 +1,8 @@
 """Results tables and figures from sweeps: ``python src/report.py <multirun folder> [more folders]``.
 
 Writes ``<first sweep>/report/``: ``results.{md,tex,csv}`` (mean +/- std, best in bold, paired
-t-test marks, Delta_MTL against the baseline, every missing or failed run named), ``roc.png``,
+t-test marks, Delta_MTL against the baseline with its 95% interval, the mean rank, every missing or
+failed run named), ``roc.png``, ``pareto.png`` (two task metrics),
 ``val_loss.png``, ``overlay.png``, ``lr_metrics.png`` / ``lr_losses.png`` when the runs span
 several learning rates, and the task-balance plots of runs trained with diagnostics.
 """

@@ -195,6 +195,7 @@ def test_scene_report_ranks_declared_lower_is_better_metrics_and_draws_the_scene
     assert table.delta["vanilla"] == pytest.approx(expected)
     output = write_report([tmp_path])
     assert (output / "overlay.png").is_file()
+    assert (output / "pareto.png").is_file(), "two task metrics: the trade-off plot"
     assert "2.50 ± 0.00" in (output / "results.md").read_text()  # GFLOPs
 
 
@@ -265,3 +266,33 @@ def test_shares_are_shown_in_percent_and_errors_as_they_are():
         )
     )
     assert not any(in_percent(m) for m in ("depth_rmse", "dimensions_mae", "normals_angle_mean", "edge_odsf", "fovea_error_px"))
+
+
+def test_delta_mtl_interval_and_mean_rank_by_hand(sweep):
+    """The 95% interval is Student's over the per-fold Delta_MTL (each fold against stl's means),
+    t_{0.975, 2} = 4.3027 from a t table; mean ranks over auc, dice_od, fovea_error_px by hand."""
+    table = build_table(collect(sweep))
+    stl = [np.mean([v[i] for v in RESULTS["stl"].values()]) for i in range(3)]
+    signs = (1, 1, -1)
+    per_fold = [100 * np.mean([s * (v[i] - stl[i]) / stl[i] for i, s in enumerate(signs)]) for v in RESULTS["mtl_io"].values()]
+    half = 4.302653 * np.std(per_fold, ddof=1) / math.sqrt(3)
+    low, high = table.delta_interval["mtl_io"]
+    assert (low, high) == pytest.approx((np.mean(per_fold) - half, np.mean(per_fold) + half), rel=1e-5)
+    assert np.mean(per_fold) == pytest.approx(table.delta["mtl_io"])
+    # means: auc mtl_io .90 > vanilla .865 > stl .80; dice_od mtl_io .9167 > vanilla .905 > stl .90;
+    # fovea error (lower better): mtl_io 19 < stl 20 < vanilla 26
+    assert table.ranks == pytest.approx({"mtl_io": 1.0, "vanilla": (2 + 2 + 3) / 3, "stl": (3 + 3 + 2) / 3})
+    text = (write_report(sweep) / "results.md").read_text()
+    assert f"{table.delta['mtl_io']:+.2f} [{low:+.2f}, {high:+.2f}]" in text and "mean rank" in text
+
+
+def test_pareto_front_by_hand():
+    from medmtl.analysis.stats import pareto_front
+
+    points = {
+        "a": {"auc": 0.90, "fovea_error_px": 20.0},  # best AUC
+        "b": {"auc": 0.85, "fovea_error_px": 15.0},  # best error
+        "c": {"auc": 0.85, "fovea_error_px": 21.0},  # dominated by a and by b
+        "d": {"auc": 0.90, "fovea_error_px": 22.0},  # dominated by a (equal AUC, worse error)
+    }
+    assert sorted(pareto_front(points, ["auc", "fovea_error_px"])) == ["a", "b"]

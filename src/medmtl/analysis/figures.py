@@ -5,11 +5,13 @@
   concatenated per method; the legend gives the pooled AUC (scikit-learn).
 - :func:`plot_curves`: per method, the mean over runs of an epoch-level logged value (validation
   loss by default) with a +/- std band, read from each run's ``csv/metrics.csv``.
+- :func:`plot_pareto`: for two task metrics, every method's mean (+/- std bars) in the plane of the
+  two, the Pareto front (the methods no other beats on both) joined by a line.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -120,4 +122,41 @@ def plot_metric_curves(runs, output: str | Path, metrics: Sequence[str]) -> Path
         ax.set_title(metric, fontsize="small")
     axes[0, 0].legend(fontsize="x-small")
     fig.tight_layout()
+    return save_figure(fig, output)
+
+
+def plot_pareto(
+    means: Mapping[str, Mapping[str, float]],
+    stds: Mapping[str, Mapping[str, float]],
+    metrics: Sequence[str],
+    output: str | Path,
+    declared_lower: Collection[str] = (),
+) -> Path | None:
+    """The methods' trade-off between two task metrics (nothing drawn for another number of metrics
+    or a method lacking one)."""
+    from medmtl.analysis.stats import lower_is_better, pareto_front
+
+    points = {m: v for m, v in means.items() if all(np.isfinite(v.get(k, np.nan)) for k in metrics)}
+    if len(metrics) != 2 or len(points) < 2:
+        return None
+    x, y = metrics
+    front = pareto_front(points, metrics, declared_lower)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for method, value in sorted(points.items()):
+        on_front = method in front
+        ax.errorbar(
+            value[x],
+            value[y],
+            xerr=stds[method].get(x, 0.0),
+            yerr=stds[method].get(y, 0.0),
+            fmt="o" if on_front else "s",
+            color="C3" if on_front else "C0",
+            capsize=2,
+        )
+        ax.annotate(method, (value[x], value[y]), textcoords="offset points", xytext=(4, 4), fontsize="small")
+    ordered = sorted(front, key=lambda m: points[m][x])
+    ax.plot([points[m][x] for m in ordered], [points[m][y] for m in ordered], color="C3", lw=1, label="Pareto front")
+    ax.set_xlabel(x + (" (lower is better)" if lower_is_better(x, declared_lower) else ""))
+    ax.set_ylabel(y + (" (lower is better)" if lower_is_better(y, declared_lower) else ""))
+    ax.legend(fontsize="small")
     return save_figure(fig, output)

@@ -27,10 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medmtl.analysis.figures import plot_curves, plot_metric_curves, plot_roc
+from medmtl.analysis.figures import plot_curves, plot_metric_curves, plot_pareto, plot_roc
 from medmtl.analysis.lr_sensitivity import plot_lr_sensitivity
 from medmtl.analysis.overlays import overlay_from_runs
-from medmtl.analysis.stats import delta_mtl, lower_is_better, mean_std, paired_t_test, significance_mark
+from medmtl.analysis.stats import (
+    delta_mtl,
+    lower_is_better,
+    mean_ranks,
+    mean_std,
+    paired_t_test,
+    significance_mark,
+    t_interval,
+)
 from medmtl.analysis.task_balance import plot_per_layer, plot_per_step, read_diagnostics
 
 RESOURCE_COLUMNS = {"num_parameters": "parameters", "flops_per_sample": "GFLOPs", "seconds_per_iteration": "seconds/iteration"}
@@ -173,6 +181,12 @@ class Table:
     delta_metrics: list[str]
     missing: dict[str, list[str]]
     conflicts: list[tuple[str, str, str]] = field(default_factory=list)  # (method, metric, pair key)
+    delta_interval: dict[str, tuple[float, float]] = field(default_factory=dict)  # 95% t interval over runs
+    ranks: dict[str, float] = field(default_factory=dict)  # mean rank over the task metrics
+    declared_lower: set[str] = field(default_factory=set)
+
+    def mean(self, method: str, metric: str) -> float:
+        return mean_std(list(self.values.get((method, metric), {}).values()))[0]
 
 
 def build_table(collection: Collection, metrics: Sequence[str] | None = None, baseline: str | Sequence[str] = "stl") -> Table:
@@ -211,13 +225,38 @@ def build_table(collection: Collection, metrics: Sequence[str] | None = None, ba
                     values.get((best[metric], metric), {}), values.get((method, metric), {})
                 )
     task_metrics = delta_metrics(runs, [m for m in metrics if m not in RESOURCE_COLUMNS.values()])
-    delta = {}
+    delta, interval = {}, {}
     base = baseline_values(values, methods, [baseline] if isinstance(baseline, str) else list(baseline), task_metrics)
     if base is not None:
         for method in methods:
             mine = {m: mean_std(list(values.get((method, m), {}).values()))[0] for m in task_metrics}
             delta[method] = delta_mtl(mine, base, task_metrics, declared_lower)
-    return Table(methods, metrics, values, best, p_values, delta, task_metrics, missing, conflicts)
+            # one Delta_MTL per fold or seed (the baseline's means fixed): their mean is delta[method]
+            keys = set.intersection(*(set(values.get((method, m), {})) for m in task_metrics)) if task_metrics else set()
+            per_run = [
+                delta_mtl({m: values[(method, m)][k] for m in task_metrics}, base, task_metrics, declared_lower) for k in keys
+            ]
+            interval[method] = t_interval(per_run)
+    task_means = {method: {m: mean_std(list(values.get((method, m), {}).values()))[0] for m in task_metrics} for method in methods}
+    ranks = mean_ranks(task_means, task_metrics, declared_lower) if len(methods) > 1 else {}
+    return Table(
+        methods, metrics, values, best, p_values, delta, task_metrics, missing, conflicts, interval, ranks, declared_lower
+    )
+
+
+def _delta_text(table: Table, method: str) -> str:
+    value = table.delta.get(method, math.nan)
+    if math.isnan(value):
+        return "-"
+    low, high = table.delta_interval.get(method, (math.nan, math.nan))
+    if math.isnan(low):
+        return f"{value:+.2f}"
+    return f"{value:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def _rank_text(table: Table, method: str) -> str:
+    rank = table.ranks.get(method, math.nan)
+    return "-" if math.isnan(rank) else f"{rank:.2f}"
 
 
 def in_percent(metric: str) -> bool:
@@ -244,12 +283,14 @@ def _cell(table: Table, method: str, metric: str, bold: tuple[str, str]) -> str:
 
 
 def to_markdown(table: Table, collection: Collection) -> str:
-    header = ["method", *table.metrics] + (["Δ_MTL (%)"] if table.delta else [])
+    header = ["method", *table.metrics] + (["Δ_MTL (%) [95% CI]"] if table.delta else []) + (["mean rank"] if table.ranks else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in table.methods:
         row = [method] + [_cell(table, method, m, ("**", "**")) for m in table.metrics]
         if table.delta:
-            row.append(f"{table.delta[method]:+.2f}" if not math.isnan(table.delta[method]) else "-")
+            row.append(_delta_text(table, method))
+        if table.ranks:
+            row.append(_rank_text(table, method))
         lines.append("| " + " | ".join(row) + " |")
     lines += [
         "",
@@ -259,8 +300,11 @@ def to_markdown(table: Table, collection: Collection) -> str:
     if table.delta:
         lines += [
             f"Δ_MTL: mean relative change against the baseline over {', '.join(table.delta_metrics)} "
-            "(sign flipped where lower is better); - where a baseline value is 0."
+            "(sign flipped where lower is better); - where a baseline value is 0; in brackets the 95% "
+            "Student t interval over folds or seeds (each run against the baseline's means)."
         ]
+    if table.ranks:
+        lines += [f"Mean rank: each method's rank on {', '.join(table.delta_metrics)} (1 = best, ties averaged), averaged."]
     lines += problems(table, collection)
     return "\n".join(lines) + "\n"
 
@@ -283,8 +327,12 @@ def problems(table: Table, collection: Collection) -> list[str]:
 
 
 def to_latex(table: Table) -> str:
-    columns = "l" + "c" * (len(table.metrics) + (1 if table.delta else 0))
-    header = ["Method", *[m.replace("_", r"\_") for m in table.metrics]] + ([r"$\Delta_{MTL}$ (\%)"] if table.delta else [])
+    columns = "l" + "c" * (len(table.metrics) + (1 if table.delta else 0) + (1 if table.ranks else 0))
+    header = (
+        ["Method", *[m.replace("_", r"\_") for m in table.metrics]]
+        + ([r"$\Delta_{MTL}$ (\%) [95\% CI]"] if table.delta else [])
+        + (["Mean rank"] if table.ranks else [])
+    )
     lines = [rf"\begin{{tabular}}{{{columns}}}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
     for method in table.methods:
         cells = [_cell(table, method, m, (r"\textbf{", "}")).replace("±", r"$\pm$") for m in table.metrics]
@@ -293,7 +341,9 @@ def to_latex(table: Table) -> str:
         ]
         row = [method.replace("_", r"\_"), *cells]
         if table.delta:
-            row.append(f"{table.delta[method]:+.2f}" if not math.isnan(table.delta[method]) else "-")
+            row.append(_delta_text(table, method))
+        if table.ranks:
+            row.append(_rank_text(table, method))
         lines.append(" & ".join(row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
@@ -302,7 +352,9 @@ def to_latex(table: Table) -> str:
 def write_csv(table: Table, path: Path) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["method", "metric", "mean", "std", "n", "p_value_vs_best", "delta_mtl"])
+        writer.writerow(
+            ["method", "metric", "mean", "std", "n", "p_value_vs_best", "delta_mtl", "delta_ci_low", "delta_ci_high", "mean_rank"]
+        )
         for method in table.methods:
             for metric in table.metrics:
                 samples = list(table.values.get((method, metric), {}).values())
@@ -316,6 +368,8 @@ def write_csv(table: Table, path: Path) -> None:
                         len(samples),
                         table.p_values.get((method, metric), ""),
                         table.delta.get(method, ""),
+                        *table.delta_interval.get(method, ("", "")),
+                        table.ranks.get(method, ""),
                     ]
                 )
 
@@ -344,6 +398,12 @@ def write_report(
     plot_curves(collection.runs, output / "val_loss.png")
     plot_metric_curves(collection.runs, output / "val_metrics.png", table.delta_metrics)
     plot_lr_sensitivity(collection.runs, output)
+    if len(table.delta_metrics) == 2:
+        stds = {
+            m: {k: mean_std(list(table.values.get((m, k), {}).values()))[1] for k in table.delta_metrics} for m in table.methods
+        }
+        means = {m: {k: table.mean(m, k) for k in table.delta_metrics} for m in table.methods}
+        plot_pareto(means, stds, table.delta_metrics, output / "pareto.png", table.declared_lower)
     chosen = list(overlay_methods) if overlay_methods else _default_overlay_methods(table, baseline)
     if chosen:
         overlay_from_runs(collection.runs, chosen, output / "overlay.png")
