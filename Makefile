@@ -44,5 +44,6 @@ report: install ## tables from a sweep: make report DIR=logs/train/multiruns/<da
 bench: install ## benchmarks: strategies' time and memory relative to vanilla -> benchmarks/results/
 	$(PYTHON) benchmarks/bench_strategies.py
 	$(PYTHON) benchmarks/bench_strategies.py --setting emotic26 --size 64 --batch 8 --repeats 5
+	$(PYTHON) benchmarks/bench_many_tasks.py
 	$(PYTHON) benchmarks/bench_ga_memory.py
 	$(PYTHON) benchmarks/bench_nonfinite.py

@@ -329,7 +329,7 @@ TORCHJD_AGGREGATORS = {
     "pcd": lambda: jd.PCD(tau=0.02, beta=0.999),
     "excess_mtl": lambda: jd.ExcessMTL(robust_step_size=1.0),
 }
-STATEFUL = {"gradvac": {"beta": 0.5}, "pcd": {}, "excess_mtl": {"n_warmup_steps": 2}}
+STATEFUL = {"gradvac": {"beta": 0.5}, "pcd": {}, "excess_mtl": {"n_warmup_steps": 2}, "modo": {}, "sdmgrad": {}}
 
 
 @pytest.mark.parametrize("name", sorted(TORCHJD_AGGREGATORS))
@@ -403,3 +403,38 @@ def test_pcd_puts_the_primary_task_first():
     theirs = jd.PCDWeighting()(gramian[order][:, order])
     torch.testing.assert_close(ours[order], theirs)
     assert not torch.allclose(ours, jd.PCDWeighting()(gramian)), "the permutation changed nothing: the test checks nothing"
+
+
+@pytest.mark.parametrize(
+    ("name", "reference"), [("modo", lambda: jd.MoDoWeighting()), ("sdmgrad", lambda: jd.SDMGradWeighting())]
+)
+def test_double_sampling_weights_come_from_the_two_half_batches(name, reference):
+    """MoDo and SDMGrad: weights from torchjd's weighting of A = J_1 J_2^T (the Jacobians of the two
+    halves of the batch, by one backward per task), applied to the whole batch's gradients; two
+    iterations, so the weighting's state (its previous weights) carries over as in torchjd."""
+    tasks = refuge_tasks()
+    model = tiny_unet()
+    reference_model = copy.deepcopy(model)
+    strategy = JacobianAggregator(name)
+    strategy.setup(TASKS)
+    ctx = PlainContext(model, tasks, [torch.optim.SGD(model.parameters(), lr=0.0)])
+    weighting = reference()
+    shared = reference_model.shared_parameters()
+    for seed in (1, 2):
+        batch = random_batch(seed, n=4)
+        strategy.training_step(ctx, batch)
+        halves = [{k: v[part] for k, v in batch.items()} for part in (slice(0, 2), slice(2, 4))]
+        j1, j2 = (per_task_gradients(reference_model, half, tasks, shared) for half in halves)
+        weights = weighting(j1 @ j2.T)
+        expected = weights @ per_task_gradients(reference_model, batch, tasks, shared)
+        torch.testing.assert_close(torch.cat([p.grad.flatten() for p in model.shared_parameters()]), expected)
+
+
+def test_double_sampling_refuses_a_batch_of_one_sample():
+    strategy = JacobianAggregator("modo")
+    strategy.setup(TASKS)
+    model = tiny_unet()
+    with pytest.raises(ValueError, match="2 samples or more"):
+        strategy.training_step(
+            PlainContext(model, refuge_tasks(), [torch.optim.SGD(model.parameters(), lr=0.0)]), random_batch(1, n=1)
+        )

@@ -237,7 +237,9 @@ def build_table(collection: Collection, metrics: Sequence[str] | None = None, ba
                 delta_mtl({m: values[(method, m)][k] for m in task_metrics}, base, task_metrics, declared_lower) for k in keys
             ]
             interval[method] = t_interval(per_run)
-    task_means = {method: {m: mean_std(list(values.get((method, m), {}).values()))[0] for m in task_metrics} for method in methods}
+    task_means = {
+        method: {m: mean_std(list(values.get((method, m), {}).values()))[0] for m in task_metrics} for method in methods
+    }
     ranks = mean_ranks(task_means, task_metrics, declared_lower) if len(methods) > 1 else {}
     return Table(
         methods, metrics, values, best, p_values, delta, task_metrics, missing, conflicts, interval, ranks, declared_lower

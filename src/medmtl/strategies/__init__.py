@@ -14,6 +14,7 @@ from medmtl.strategies.io import IndependentOptimizers, SharedOptimizerAlternati
 from medmtl.strategies.jacobian_aggregator import JacobianAggregator
 from medmtl.strategies.mao import MultiAdaptive, MultiAdaptiveOptimization
 from medmtl.strategies.mgda import MGDA
+from medmtl.strategies.moco import MultiObjectiveCorrection
 from medmtl.strategies.pcgrad import PCGrad
 from medmtl.strategies.random_weighting import RandomLossWeighting
 from medmtl.strategies.scale_invariant import GeometricLossStrategy, ScaleInvariantLosses
@@ -22,6 +23,7 @@ from medmtl.strategies.uncertainty import UncertaintyWeighting
 from medmtl.strategies.weighted_sum import EqualWeights, SingleTask, WeightedSum
 
 __all__ = [
+    "MultiObjectiveCorrection",
     "DualBalancing",
     "FastAdaptiveMultitask",
     "ImpartialLossScaling",

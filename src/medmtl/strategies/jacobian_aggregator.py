@@ -3,7 +3,9 @@
 torchjd implements and tests CAGrad, Nash-MTL, IMTL-G, Aligned-MTL, UPGrad, DualProj, MGDA,
 PCGrad, FairGrad, GradVac, PCD, ExcessMTL, ... as *weightings*: functions of the Gramian G = J J^T
 (or of J itself: Nash-MTL, ExcessMTL) that return the weights a of the update sum_k a_k g_k, and
-ConFIG and GradDrop as *aggregators* of J whose update is not such a combination. This one class
+ConFIG and GradDrop as *aggregators* of J whose update is not such a combination, and MoDo and
+SDMGrad as weightings of A = J_1 J_2^T, the product of the Jacobians of two independent
+mini-batches (double sampling: an unbiased estimate of J J^T). This one class
 plugs any of them into :class:`~medmtl.strategies.gradient_combination.GradientCombination`, which
 computes J or G efficiently and applies the result; no aggregator is re-implemented here.
 
@@ -23,10 +25,12 @@ import torch
 from torch import nn
 
 from medmtl.errors import ConfigError
-from medmtl.strategies.gradient_combination import GradientCombination
+from medmtl.strategies.base import Batch, StepContext
+from medmtl.strategies.gradient_combination import GradientCombination, task_jacobian
 
-#: name -> (torchjd class name, what it reads: "gramian", "jacobian" (a weighting of J) or
-#: "aggregator" (maps J to the update itself))
+#: name -> (torchjd class name, what it reads: "gramian", "jacobian" (a weighting of J),
+#: "aggregator" (maps J to the update itself) or "cross" (J_1 J_2^T of two independent halves of
+#: the batch: the double sampling of MoDo and SDMGrad))
 AGGREGATORS = {
     "upgrad": ("UPGradWeighting", "gramian"),
     "imtl_g": ("IMTLGWeighting", "gramian"),
@@ -44,6 +48,8 @@ AGGREGATORS = {
     "excess_mtl": ("ExcessMTLWeighting", "jacobian"),
     "config": ("ConFIG", "aggregator"),
     "graddrop": ("GradDrop", "aggregator"),
+    "modo": ("MoDoWeighting", "cross"),
+    "sdmgrad": ("SDMGradWeighting", "cross"),
 }
 #: the paper defaults torchjd does not set itself
 DEFAULT_OPTIONS = {"cagrad": {"c": 0.5}, "fairgrad": {"alpha": 1.0}}
@@ -102,6 +108,8 @@ class JacobianAggregator(GradientCombination):
             raise ConfigError(f"optim.strategy.aggregator must be one of {sorted(AGGREGATORS)}, got {aggregator!r}.")
         self.class_name, self.reads = AGGREGATORS[aggregator]
         self.needs_jacobian = self.reads != "gramian"
+        if self.reads == "cross" and mode != "jacobian":
+            raise ConfigError(f"{aggregator} samples two half-batch Jacobians at W: use mode=jacobian.")
         if cr_mogm_alpha is not None and aggregator in ("config", "graddrop", "nash_mtl"):
             raise ConfigError(f"optim.strategy.cr_mogm_alpha averages torchjd weightings; not available for {aggregator}.")
         super().__init__(mode, jacobian_method)
@@ -170,6 +178,54 @@ class JacobianAggregator(GradientCombination):
         order = [first] + [k for k in range(len(names)) if k != first]
         weights = self._call([names[k] for k in order], gramian[order][:, order])
         return torch.empty_like(weights).index_copy_(0, torch.tensor(order, device=weights.device), weights)
+
+    def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
+        if self.reads == "cross":
+            return self._double_sampling_step(ctx, batch)
+        return super().training_step(ctx, batch)
+
+    def _double_sampling_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
+        """MoDo (Chen et al. 2023) and SDMGrad (Xiao et al. 2023): the weights come from
+        A = J_1 J_2^T, J_1 and J_2 the task Jacobians of the two halves of the batch (independent
+        samples, so that A estimates J J^T without the bias of one batch's Gramian), and the shared
+        update is sum_k a_k g_k with the g_k of the whole batch. The papers draw a third,
+        independent batch for the update; the whole batch is used here (no sample is wasted), a
+        documented deviation. A task without labels in both halves gets weight 0 on the shared
+        parameters in that iteration (its head still trains). Cost: 1F on the whole batch and 1F on
+        each half, T backward passes per half and one for the update; batch norm sees every sample
+        twice in its running statistics."""
+        size = ctx.inputs(batch)[0].shape[0]
+        if size < 2:
+            raise ConfigError(f"optim={self.aggregator_name} splits each batch in two: it needs batches of 2 samples or more.")
+        shared = ctx.model.shared_parameters()
+        halves = []
+        for part in (slice(0, size // 2), slice(size // 2, size)):
+            found = self.stacked_losses(ctx, {k: v[part] if v.shape[:1] == (size,) else v for k, v in batch.items()})
+            halves.append(({}, [], None) if found is None else found)
+        common = [n for n in halves[0][1] if n in halves[1][1]]
+        found = self.stacked_losses(ctx, batch)
+        if found is None:
+            return {}
+        losses, names, stacked = found
+        weights = stacked.new_zeros(len(names), dtype=torch.float32)
+        if common:
+            rows = []
+            for _, half_names, half_stacked in halves:
+                assert half_stacked is not None
+                picked = torch.stack([half_stacked[half_names.index(n)] for n in common])
+                rows.append(task_jacobian(picked, shared, self.jacobian_method).detach())
+            dtype = torch.promote_types(rows[0].dtype, torch.float32)  # as the Gramian: float32 at least
+            with torch.autocast(rows[0].device.type, enabled=False):
+                cross = rows[0].to(dtype) @ rows[1].to(dtype).T
+            chosen = self._call(common, cross)
+            weights[[names.index(n) for n in common]] = chosen.to(weights)
+        (optimizer,) = ctx.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        ctx.backward(stacked @ weights.to(stacked.dtype), inputs=shared, retain_graph=True)
+        ctx.backward(stacked.sum(), inputs=self.head_inputs(ctx.model, names))
+        ctx.clip_gradients(optimizer)
+        optimizer.step()
+        return self.logged(losses, stacked, names, weights)
 
     def shared_update(self, jacobian, losses, names):
         if self.reads == "aggregator":

@@ -1,0 +1,63 @@
+"""MoCo against its Algorithm 1 by hand, and the simplex projection against a generic solver."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from helpers import PlainContext, per_task_gradients, random_batch, tiny_unet
+from medmtl.strategies import MultiObjectiveCorrection
+from medmtl.strategies.moco import project_onto_simplex
+from medmtl.tasks import refuge_tasks
+
+
+def simplex_projection_by_solver(v: np.ndarray) -> np.ndarray:
+    """argmin ||x - v||^2 on the simplex, by SLSQP."""
+    result = minimize(
+        lambda x: ((x - v) ** 2).sum(),
+        np.full_like(v, 1 / v.size),
+        jac=lambda x: 2 * (x - v),
+        bounds=[(0, None)] * v.size,
+        constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1}],
+        method="SLSQP",
+        options={"ftol": 1e-14, "maxiter": 500},
+    )
+    return result.x
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_simplex_projection_is_the_nearest_point(seed):
+    v = np.random.default_rng(seed).normal(size=5) * 2
+    ours = project_onto_simplex(torch.tensor(v)).numpy()
+    np.testing.assert_allclose(ours, simplex_projection_by_solver(v), atol=1e-6)
+    assert ours.min() >= 0 and ours.sum() == pytest.approx(1.0)
+
+
+def test_moco_follows_algorithm_1_by_hand():
+    """Fernando et al. 2023: y_k <- y_k - beta_t (y_k - g_k), lambda <- Proj(lambda - gamma_t (Y^T Y +
+    rho I) lambda), shared update Y lambda; three iterations on different batches (weights fixed by
+    lr = 0, so each batch's gradients are taken at the same point)."""
+    tasks = refuge_tasks()
+    names = [t.name for t in tasks]
+    model = tiny_unet()
+    reference = copy.deepcopy(model)
+    beta, beta_sigma, gamma, gamma_sigma, rho = 0.6, 0.5, 0.3, 0.5, 0.1
+    strategy = MultiObjectiveCorrection(beta, beta_sigma, gamma, gamma_sigma, rho)
+    strategy.setup(names)
+    ctx = PlainContext(model, tasks, [torch.optim.SGD(model.parameters(), lr=0.0)])
+    shared = reference.shared_parameters()
+    y = torch.zeros(4, sum(p.numel() for p in shared), dtype=torch.float64)
+    weights = torch.full((4,), 0.25, dtype=torch.float64)
+    for t, seed in enumerate((1, 2, 3), start=1):
+        batch = random_batch(seed)
+        strategy.training_step(ctx, batch)
+        g = per_task_gradients(reference, batch, tasks, shared)
+        y = y - beta / t**beta_sigma * (y - g)
+        step = weights - gamma / t**gamma_sigma * (y @ y.T + rho * torch.eye(4, dtype=torch.float64)) @ weights
+        weights = torch.tensor(simplex_projection_by_solver(step.numpy()), dtype=torch.float64)
+    torch.testing.assert_close(strategy.weights, weights, atol=1e-6, rtol=1e-5)
+    expected = weights @ y
+    torch.testing.assert_close(torch.cat([p.grad.flatten() for p in model.shared_parameters()]), expected, atol=1e-8, rtol=1e-5)
+    assert not torch.allclose(weights, torch.full((4,), 0.25, dtype=torch.float64)), "the weights never moved"
