@@ -56,6 +56,7 @@ def measure(args) -> dict:
 
     from bench_strategies import resident_mb
     from medmtl.catalogue import compose_train
+    from medmtl.data.task_streams import VALIDATION
     from medmtl.models import build_model
     from medmtl.models.resnet_classifier import ResNetClassifier
     from medmtl.strategies.context import PlainContext
@@ -71,7 +72,12 @@ def measure(args) -> dict:
     g = torch.Generator().manual_seed(0)
     batch = {"image": torch.rand(args.batch, 3, args.size, args.size, generator=g)}
     batch |= {t.name: (torch.rand(args.batch, generator=g) > 0.5).float() for t in tasks}
-    ctx = PlainContext(model, tasks, optimizers, task_batches={t.name: itertools.repeat(batch) for t in tasks})
+    ctx = PlainContext(
+        model,
+        tasks,
+        optimizers,
+        task_batches={t.name: itertools.repeat(batch) for t in tasks} | {VALIDATION: itertools.repeat(batch)},
+    )
     start_mb = resident_mb()
     for _ in range(args.warmup):
         strategy.training_step(ctx, batch)

@@ -187,6 +187,7 @@ def measure(args) -> dict:
     """Runs in a child process: time one strategy, report its peak memory."""
     import torch
 
+    from medmtl.data.task_streams import VALIDATION
     from medmtl.strategies.context import PlainContext
 
     torch.set_num_threads(args.threads)
@@ -210,7 +211,11 @@ def measure(args) -> dict:
 
         # GA draws one batch per task: the same batch here, so that every strategy sees equal work
         ctx = PlainContext(
-            model, tasks, optimizers, task_batches={t.name: itertools.repeat(batch) for t in tasks}, input_keys=input_keys
+            model,
+            tasks,
+            optimizers,
+            task_batches={t.name: itertools.repeat(batch) for t in tasks} | {VALIDATION: itertools.repeat(batch)},
+            input_keys=input_keys,
         )
         step = lambda b: strategy.training_step(ctx, b)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -65,6 +65,7 @@ def test_absent_tasks_contribute_nothing_and_break_nothing(optim_name):
     import itertools
 
     from helpers import PlainContext, random_batch
+    from medmtl.data.task_streams import VALIDATION
     from medmtl.models import build_model
     from medmtl.tasks import refuge_tasks
 
@@ -82,7 +83,12 @@ def test_absent_tasks_contribute_nothing_and_break_nothing(optim_name):
     absent = {"present/oc": torch.tensor([False, False]), "present/glaucoma": torch.tensor([False, False])}
     batch = random_batch(3) | absent
     oc_head = [p.detach().clone() for p in model.head_parameters("oc")]
-    ctx = PlainContext(model, tasks, optimizers, task_batches={t.name: itertools.repeat(batch) for t in tasks})
+    ctx = PlainContext(
+        model,
+        tasks,
+        optimizers,
+        task_batches={t.name: itertools.repeat(batch) for t in tasks} | {VALIDATION: itertools.repeat(batch)},
+    )
     for _ in range(2):
         logged = strategy.training_step(ctx, batch)
     assert "loss/oc" not in logged and "loss/glaucoma" not in logged

@@ -224,6 +224,11 @@ class MultiTaskModule(L.LightningModule):
                 "(gradient accumulation over per-task batches), or data.joint_batches=true when every task is 2D "
                 "at one size."
             )
+        if stage == "fit" and self.strategy.uses_validation_batches and not datamodule.has_validation:
+            raise StrategyNotApplicable(
+                f"optim={type(self.strategy).__name__} learns its task weights on validation batches, and this data "
+                "config has no validation split."
+            )
         if stage in ("fit", "validate", "test"):
             self.evaluator = datamodule.make_evaluator()
 

@@ -6,15 +6,23 @@ separate ``train_dataloader()`` per task. Each pass over a loader is one "epoch"
 :class:`~medmtl.data.sampling.EpochSeededSampler`: pass p of task k uses epoch p (its own loader)
 or p * T + k (every task reading the training loader, so that their orders differ). The position
 (pass, batches used in it) of every task is the state to checkpoint: a resumed run replays the
-pass and skips what was used, so GA resumes exactly. A loader with another sampler restarts its
-pass after a resume.
+pass and skips what was used, so GA resumes exactly. A loader with another sampler (a validation
+loader reads in order) skips the used batches by reading them.
+
+The stream named :data:`VALIDATION` is an endless pass over the validation loader, for strategies
+that look at validation batches while training (Auto-Lambda), checkpointed the same way.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 
 from medmtl.data.sampling import EpochSeededSampler
+from medmtl.errors import ConfigError
+
+#: the name of the validation stream (not a task name: task names have no colon)
+VALIDATION = ":validation"
 
 
 class TaskBatchStreams:
@@ -29,21 +37,36 @@ class TaskBatchStreams:
             self._iterators[task] = self._endless(datamodule, task)
         return next(self._iterators[task])
 
+    def _loader(self, datamodule, task: str):
+        if task == VALIDATION:
+            loader = datamodule.val_dataloader()
+            if isinstance(loader, (list, tuple)):
+                raise ConfigError(
+                    "this strategy reads validation batches of every task at once; this dataset has one loader per task."
+                )
+            return loader
+        if datamodule.separate_task_inputs:
+            return datamodule.task_dataloader(task)
+        return datamodule.train_dataloader()
+
     def _endless(self, datamodule, task: str):
-        factory = datamodule.task_dataloader if datamodule.separate_task_inputs else None
         position = self.positions.setdefault(task, [0, 0])
-        task_index = self.task_names.index(task)
+        own_loader = task == VALIDATION or datamodule.separate_task_inputs
+        task_index = 0 if task == VALIDATION else self.task_names.index(task)
         while True:
-            loader = factory(task) if factory is not None else datamodule.train_dataloader()
+            loader = self._loader(datamodule, task)
             sampler = getattr(loader, "sampler", None)
             if isinstance(sampler, EpochSeededSampler):
-                epoch = position[0] if factory is not None else position[0] * len(self.task_names) + task_index
+                epoch = position[0] if own_loader else position[0] * len(self.task_names) + task_index
                 sampler.set_epoch(epoch)
                 sampler.skip(position[1] * loader.batch_size)
                 # the iterator draws its workers' base seed from this, not from the global RNG
                 # (a resumed run creates one more iterator than the uninterrupted one)
                 loader.generator = sampler.generator()
-            for batch in loader:
+                batches = iter(loader)
+            else:
+                batches = itertools.islice(iter(loader), position[1], None)
+            for batch in batches:
                 position[1] += 1
                 yield batch
             position[0], position[1] = position[0] + 1, 0

@@ -1,5 +1,6 @@
 """Training strategies (docs/methods.md), one module each."""
 
+from medmtl.strategies.auto_lambda import AutoLambda
 from medmtl.strategies.base import StepContext, Strategy
 from medmtl.strategies.dtp import DynamicTaskPrioritization
 from medmtl.strategies.dual_balancing import DualBalancing
@@ -23,6 +24,7 @@ from medmtl.strategies.uncertainty import UncertaintyWeighting
 from medmtl.strategies.weighted_sum import EqualWeights, SingleTask, WeightedSum
 
 __all__ = [
+    "AutoLambda",
     "MultiObjectiveCorrection",
     "DualBalancing",
     "FastAdaptiveMultitask",

@@ -83,6 +83,9 @@ class Strategy(nn.Module, abc.ABC):
     #: sets whose tasks have different datasets and inputs (MedMNIST); the others need one batch
     #: labelled for every task
     uses_task_batches: bool = False
+    #: True when the strategy reads validation batches while training (``ctx.task_batch(VALIDATION)``,
+    #: Auto-Lambda): refused for data without a validation split
+    uses_validation_batches: bool = False
 
     def setup(self, task_names: list[str]) -> None:
         """Called once by the module with the task set, before optimizers exist: create per-task

@@ -32,6 +32,7 @@ import torch
 from medmtl.errors import ConfigError
 from medmtl.models.base import MultiTaskNet
 from medmtl.strategies.base import Batch, OptimizerFactory, StepContext, Strategy
+from medmtl.strategies.own_optimizer import OwnOptimizer
 
 LOGIT_OPTIMIZERS = ("adam", "sgd")
 
@@ -50,10 +51,8 @@ class FastAdaptiveMultitask(Strategy):
         self.gamma = gamma
         self.logit_optimizer = logit_optimizer
         self.eps = eps
-        self._optimizer: torch.optim.Optimizer | None = None
-        #: the logits as the optimizer's leaf tensor (a plain tensor: not a module parameter)
-        self._leaf = torch.zeros(0)
-        self._pending_state: dict[str, Any] | None = None
+        kind = torch.optim.Adam if logit_optimizer == "adam" else torch.optim.SGD
+        self.logit_optimizer_state = OwnOptimizer(lambda params: kind(params, lr=beta, weight_decay=gamma))
 
     def setup(self, task_names: list[str]) -> None:
         self.task_names = list(task_names)
@@ -62,27 +61,11 @@ class FastAdaptiveMultitask(Strategy):
     def configure_optimizers(self, model: MultiTaskNet, optimizer_factory: OptimizerFactory):
         return [optimizer_factory(list(model.parameters()))]
 
-    def logit_step(self) -> torch.optim.Optimizer:
-        """The logits' own optimizer (made on first use, on the logits' device)."""
-        if self._optimizer is None:
-            self._leaf = self.logits.detach().clone().requires_grad_()
-            if self.logit_optimizer == "adam":
-                self._optimizer = torch.optim.Adam([self._leaf], lr=self.beta, weight_decay=self.gamma)
-            else:
-                self._optimizer = torch.optim.SGD([self._leaf], lr=self.beta, weight_decay=self.gamma)
-            if self._pending_state is not None:
-                self._optimizer.load_state_dict(self._pending_state)
-                self._pending_state = None
-        return self._optimizer
-
     def get_extra_state(self) -> dict[str, Any]:
-        if self._optimizer is not None:
-            return self._optimizer.state_dict()
-        return self._pending_state or {}
+        return self.logit_optimizer_state.state_dict()
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        self._optimizer = None
-        self._pending_state = state or None
+        self.logit_optimizer_state.load_state_dict(state)
 
     def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
         found = self.stacked_losses(ctx, batch)
@@ -109,14 +92,7 @@ class FastAdaptiveMultitask(Strategy):
 
     def update_logits(self, index: torch.Tensor, delta: torch.Tensor) -> None:
         """One step of the logits on d(z^T delta)/dxi (zero for the absent tasks)."""
-        optimizer = self.logit_step()
-        leaf = self._leaf
-        with torch.no_grad():
-            leaf.copy_(self.logits)
         z = torch.softmax(self.logits[index].float(), dim=0)
-        gradient = torch.zeros_like(leaf)
-        gradient[index] = (z * (delta - (z * delta).sum())).to(leaf)
-        leaf.grad = gradient
-        optimizer.step()
-        with torch.no_grad():
-            self.logits.copy_(leaf)
+        gradient = torch.zeros_like(self.logits)
+        gradient[index] = (z * (delta - (z * delta).sum())).to(gradient)
+        self.logit_optimizer_state.step(self.logits, gradient)
