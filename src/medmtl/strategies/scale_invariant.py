@@ -21,39 +21,37 @@ import torch
 from medmtl.strategies.weighted_sum import WeightedSum
 
 
-def _log_losses(losses, eps: float) -> torch.Tensor:
-    return torch.log(torch.stack(list(losses.values())) + eps)
+class LogLossStrategy(WeightedSum):
+    """Shared: ``eps`` and the effective weights dL/dL_k of the last iteration, logged."""
+
+    def __init__(self, eps: float = 1e-8):
+        super().__init__()
+        self.eps = eps
+        self._last: dict[str, torch.Tensor] = {}
+
+    def log_losses(self, losses) -> torch.Tensor:
+        return torch.log(torch.stack(list(losses.values())) + self.eps)
+
+    def remember(self, effective_weights) -> None:
+        self._last = {f"weight/{k}": w.detach().float() for k, w in effective_weights.items()}
+
+    def weights_to_log(self):
+        return self._last
 
 
-class GeometricLossStrategy(WeightedSum):
+class GeometricLossStrategy(LogLossStrategy):
     """``gls``: the geometric mean of the present tasks' losses."""
 
-    def __init__(self, eps: float = 1e-8):
-        super().__init__()
-        self.eps = eps
-        self._last: dict[str, torch.Tensor] = {}
-
     def weighted_total(self, losses):
-        total = torch.exp(_log_losses(losses, self.eps).mean())
+        total = torch.exp(self.log_losses(losses).mean())
         # the effective weight of task k, dL/dL_k = L / (T (L_k + eps))
-        self._last = {f"weight/{k}": (total / (len(losses) * (v + self.eps))).detach().float() for k, v in losses.items()}
+        self.remember({k: total / (len(losses) * (v + self.eps)) for k, v in losses.items()})
         return total
 
-    def weights_to_log(self):
-        return self._last
 
-
-class ScaleInvariantLosses(WeightedSum):
+class ScaleInvariantLosses(LogLossStrategy):
     """``si``: the sum of the log losses."""
 
-    def __init__(self, eps: float = 1e-8):
-        super().__init__()
-        self.eps = eps
-        self._last: dict[str, torch.Tensor] = {}
-
     def weighted_total(self, losses):
-        self._last = {f"weight/{k}": (1.0 / (v + self.eps)).detach().float() for k, v in losses.items()}
-        return _log_losses(losses, self.eps).sum()
-
-    def weights_to_log(self):
-        return self._last
+        self.remember({k: 1.0 / (v + self.eps) for k, v in losses.items()})
+        return self.log_losses(losses).sum()
