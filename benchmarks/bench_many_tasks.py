@@ -120,6 +120,7 @@ def plot(results: dict, counts, output: Path) -> None:
     for ax, label in zip(axes, ("seconds per iteration", "peak memory growth (MB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.minorticks_off()
         ax.set_xticks(counts, [str(t) for t in counts])
         ax.set_xlabel("number of tasks T")
         ax.set_ylabel(label)
