@@ -66,7 +66,7 @@ def test_imtl_l_scales_get_the_gradient_exp_s_l_minus_one():
 
 
 def test_imtl_update_has_equal_projections_on_the_scaled_unit_gradients():
-    """IMTL-G's defining property (Liu et al. 2021, Eq. 4) on the gradients of the IMTL-L scaled
+    """IMTL-G's defining property (Liu et al. 2021: equal projections on every unit gradient) on the gradients of the IMTL-L scaled
     losses e^{s_k} L_k; the weights sum to 1; each head gets its scaled loss's gradient."""
     tasks = refuge_tasks()
     names = [t.name for t in tasks]
@@ -95,7 +95,7 @@ def test_imtl_update_has_equal_projections_on_the_scaled_unit_gradients():
 
 
 def test_stch_warms_up_on_log_losses_then_smooths_the_max_of_nadir_normalised_logs():
-    """Lin et al. 2024, Eq. 8 with f_k - z_k = log(L_k / z_k): for mu = 1/2 and two tasks,
+    """Lin et al. 2024, smooth Tchebycheff with f_k - z_k = log(L_k / z_k): for mu = 1/2 and two tasks,
     T mu log sum_k exp(2 log(L_k / z_k)) = log((L_a / z_a)^2 + (L_b / z_b)^2)."""
     strategy = SmoothTchebycheff(mu=0.5, warmup_epochs=2, eps=0.0)
     strategy.setup(["a", "b"])

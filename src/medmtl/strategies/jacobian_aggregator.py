@@ -13,6 +13,11 @@ Stateful ones (Nash-MTL, GradVac, PCD, ExcessMTL, and any weighting wrapped in C
 average, ``cr_mogm_alpha``) keep one instance per set of present tasks, so that partial labels never
 mix the statistics of different task sets; their state is in the strategy's extra state, hence in
 every checkpoint, so that a resumed run computes the weights an uninterrupted one does.
+
+Cost: that of the mode (``jacobian``: one forward, T backward passes, a T x |W| Jacobian; see
+:mod:`~medmtl.strategies.gradient_combination`) plus the aggregator's T x T problem; ExcessMTL
+keeps another T x |W| (its squared-gradient sums); MoDo and SDMGrad one forward of the batch and
+of each half, T backward passes per half and one for the update.
 """
 
 from __future__ import annotations
