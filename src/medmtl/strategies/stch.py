@@ -1,7 +1,7 @@
 """``stch``: smooth Tchebycheff scalarisation (Lin et al. 2024, ICML), loss level.
 
 The Tchebycheff scalarisation max_k lambda_k (f_k - z_k) optimises the worst-off task relative to
-a reference point z; its smooth version (the smooth Tchebycheff scalarisation of the paper) is
+a reference point z; its smooth version is
 
     g_mu(theta) = mu log sum_k exp( lambda_k (f_k(theta) - z_k) / mu ),
 
