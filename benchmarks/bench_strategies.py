@@ -12,6 +12,8 @@ strategy runs in its own process so that its peak memory (max resident set size 
 allocated on CUDA) is its own. Targets (issue "every training strategy"):
 
 - exact-Jacobian methods <= 1.1 x the cost of T backward passes, i.e. (1 + 2T) / 3 x vanilla;
+- double sampling (MoDo, SDMGrad) <= 1.1 x (2T + 4) / 3 (the batch and its two halves forward, T
+  backward passes per half, one for the update);
 - MTL-IO <= 1.05 x T x vanilla.
 
 torchjd's own training path for the same aggregators (``torchjd.autojac.backward`` followed by
@@ -288,6 +290,9 @@ def target_for(name: str, t: int, profiles: dict, mode: str | None = None) -> tu
     mode = mode or (profile.mode if profile is not None else None)
     if mode == "representation":
         return "<= 1.3", 1.3
+    if profile is not None and profile.double_sampling:
+        # forwards: the batch and its two halves (2F); backwards: T per half (T full ones) and the update's
+        return f"<= 1.1 x (2x{t}+4)/3", 1.1 * (2 * t + 4) / 3
     if mode == "jacobian":
         return f"<= 1.1 x (1+2x{t})/3", 1.1 * (1 + 2 * t) / 3
     if name == "mtl_io":

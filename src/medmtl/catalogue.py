@@ -45,6 +45,8 @@ class StrategyProfile:
     needs_jacobian: bool
     #: one network per task (``stl``)
     separate_networks: bool
+    #: weights from the Jacobians of the batch's two halves (MoDo, SDMGrad)
+    double_sampling: bool = False
 
     @property
     def combines_gradients(self) -> bool:
@@ -64,4 +66,5 @@ def strategy_profile(name: str) -> StrategyProfile:
         strategy.mode if combines else None,
         bool(getattr(strategy, "needs_jacobian", False)),
         bool(strategy.separate_networks),
+        getattr(strategy, "reads", None) == "cross",
     )
