@@ -66,8 +66,9 @@ def test_imtl_l_scales_get_the_gradient_exp_s_l_minus_one():
 
 
 def test_imtl_update_has_equal_projections_on_the_scaled_unit_gradients():
-    """IMTL-G's defining property (Liu et al. 2021: equal projections on every unit gradient) on the gradients of the IMTL-L scaled
-    losses e^{s_k} L_k; the weights sum to 1; each head gets its scaled loss's gradient."""
+    """IMTL-G's defining property (Liu et al. 2021: equal projections on every unit gradient) on
+    the gradients of the IMTL-L scaled losses e^{s_k} L_k; the weights sum to 1; each head gets its
+    scaled loss's gradient."""
     tasks = refuge_tasks()
     names = [t.name for t in tasks]
     model = tiny_unet()
