@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 
 from helpers import compose_train, fit_briefly, options
 from medmtl.data.nyudv2_synthetic import SyntheticNYUDv2DataModule
-from medmtl.module import MultiTaskModule
+from medmtl.module import MultiTaskModule, StrategyNotApplicable
 
 SCENE_MODELS = ["mtl_baseline", "cross_stitch", "nddr_cnn", "mtan", "segnet_mtan", "padnet", "mtinet"]
 FAMILIES = ["vanilla", "pcgrad", "mgda_ub", "mtl_io", "stl"]
@@ -19,21 +19,28 @@ def nyud_root(tmp_path_factory):
     return tmp_path_factory.mktemp("nyud") / "twin"
 
 
-def fit(root, model_name: str, optim_name: str, tmp_path, test: bool = False):
+def fit(root, model_name: str, optim_name: str, tmp_path, test: bool = False, val_fraction: float | None = None):
+    """``val_fraction``: default none, as the papers' NYUDv2 protocol, except for a strategy that
+    reads validation batches (Auto-Lambda): one of the four training images, and batches of one
+    image so that the three left still make two iterations."""
     cfg = compose_train([f"model={model_name}", "preset=tiny", f"optim={optim_name}"])
+    strategy = instantiate(cfg.optim.strategy)
+    if val_fraction is None:
+        val_fraction = 0.25 if strategy.uses_validation_batches else 0.0
     dm = SyntheticNYUDv2DataModule(
         str(root),
         layout="nyud_mt",
         synthetic={"n_train": 4, "n_val": 2, "size": [32, 64]},
         tasks=["semseg", "depth", "normals", "edge"],
-        batch_size=2,
+        batch_size=1 if val_fraction else 2,
         eval_batch_size=2,
         augment="survey",
+        val_fraction=val_fraction,
     )
     torch.manual_seed(0)
     module = MultiTaskModule(
         model=instantiate(cfg.model),
-        strategy=instantiate(cfg.optim.strategy),
+        strategy=strategy,
         tasks=dm.tasks,
         optimizer=instantiate(cfg.optim.optimizer),
         input_keys=dm.input_keys,
@@ -54,6 +61,11 @@ def test_every_strategy_trains_mtan_on_four_scene_tasks(optim_name, nyud_root, t
 def test_every_scene_architecture_trains_with_each_strategy_family(model_name, optim_name, nyud_root, tmp_path):
     """Equal weights on every network by default; the other families in the slow run (CI runs both)."""
     fit(nyud_root, model_name, optim_name, tmp_path)
+
+
+def test_a_strategy_that_reads_validation_batches_is_refused_without_a_validation_split(nyud_root, tmp_path):
+    with pytest.raises(StrategyNotApplicable, match="validation batches, and this data config has no validation split"):
+        fit(nyud_root, "mtl_baseline", "auto_lambda", tmp_path, val_fraction=0.0)
 
 
 def test_the_test_stage_reports_dataset_level_scene_metrics(nyud_root, tmp_path):
