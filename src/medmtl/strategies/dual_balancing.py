@@ -27,7 +27,7 @@ import torch
 
 from medmtl.errors import ConfigError
 from medmtl.strategies.base import Batch, StepContext
-from medmtl.strategies.gradient_combination import task_jacobian, write_flat_gradient
+from medmtl.strategies.gradient_combination import task_jacobian
 from medmtl.strategies.tracked_gradients import TrackedTaskGradients
 
 
@@ -54,11 +54,6 @@ class DualBalancing(TrackedTaskGradients):
         average = self.track(jacobian, index, self.beta / steps**self.sigma)
         norms = average.norm(dim=1)
         scale = norms.max() / norms.clamp_min(self.eps)
-        (optimizer,) = ctx.optimizers()
-        optimizer.zero_grad(set_to_none=True)
-        write_flat_gradient(shared, scale @ average)
-        ctx.backward(log_losses.sum(), inputs=[p for n in names for p in model.head_parameters(n)])
-        ctx.clip_gradients(optimizer)
-        optimizer.step()
+        self.step(ctx, scale @ average, log_losses.sum(), names)
         logged = self.detached(losses) | {"loss/total": log_losses.sum().detach()}
         return logged | {f"weight/{n}": w for n, w in zip(names, scale.float())}

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from medmtl.strategies.base import Batch, StepContext
-from medmtl.strategies.gradient_combination import gramian_of, task_jacobian, write_flat_gradient
+from medmtl.strategies.gradient_combination import gramian_of, task_jacobian
 from medmtl.strategies.tracked_gradients import TrackedTaskGradients
 
 
@@ -85,11 +85,6 @@ class MultiObjectiveCorrection(TrackedTaskGradients):
             current - step * (gramian + self.rho * torch.eye(len(names), dtype=gramian.dtype, device=gramian.device)) @ current
         )
         self.weights[index] = updated
-        (optimizer,) = ctx.optimizers()
-        optimizer.zero_grad(set_to_none=True)
-        write_flat_gradient(shared, updated.to(tracked.dtype) @ tracked)
-        ctx.backward(stacked.sum(), inputs=[p for n in names for p in model.head_parameters(n)])
-        ctx.clip_gradients(optimizer)
-        optimizer.step()
+        self.step(ctx, updated.to(tracked.dtype) @ tracked, stacked.sum(), names)
         logged = self.detached(losses) | {"loss/total": stacked.sum().detach()}
         return logged | {f"weight/{n}": w for n, w in zip(names, updated.float())}

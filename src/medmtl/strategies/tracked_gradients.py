@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from medmtl.errors import ConfigError
-from medmtl.strategies.base import Strategy
-from medmtl.strategies.gradient_combination import JACOBIAN_METHODS
+from medmtl.strategies.base import StepContext, Strategy
+from medmtl.strategies.gradient_combination import JACOBIAN_METHODS, write_flat_gradient
 
 
 class TrackedTaskGradients(Strategy):
@@ -58,3 +58,15 @@ class TrackedTaskGradients(Strategy):
         """Add one to the present tasks' counts; returns their counts t (from 1)."""
         self.updates[index] += 1
         return self.updates[index]
+
+    @staticmethod
+    def step(ctx: StepContext, update: torch.Tensor, head_total: torch.Tensor, names: list[str]) -> None:
+        """One optimizer step: ``update`` written into the shared parameters' gradient, the present
+        tasks' heads getting the gradient of ``head_total`` (each head depends on its own loss)."""
+        model = ctx.model
+        (optimizer,) = ctx.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        write_flat_gradient(model.shared_parameters(), update)
+        ctx.backward(head_total, inputs=[p for n in names for p in model.head_parameters(n)])
+        ctx.clip_gradients(optimizer)
+        optimizer.step()
