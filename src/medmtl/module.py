@@ -30,6 +30,7 @@ import torch
 from lightning.fabric.utilities import move_data_to_device
 
 from medmtl.data.task_streams import TaskBatchStreams
+from medmtl.distributed import GradientSync, Reducer, innermost_optimizer
 from medmtl.errors import ConfigError, NonFiniteError
 from medmtl.models import build_model, count_parameters
 from medmtl.models.base import MultiTaskNet
@@ -144,6 +145,7 @@ class MultiTaskModule(L.LightningModule):
         self.evaluator = None
         self.test_predictions: dict | None = None
         self.task_streams = TaskBatchStreams([t.name for t in self.tasks])  # GA's per-task loaders
+        self.sync = GradientSync(Reducer())  # replaced in setup, once the process group exists
         self._evaluation_losses: dict[str, tuple[float, float]] = {}  # task -> (sum of losses x samples, samples)
 
     # ----- the StepContext offered to strategies -------------------------------------------
@@ -176,7 +178,7 @@ class MultiTaskModule(L.LightningModule):
 
     def clip_gradients_of(self, optimizer) -> None:
         if self.gradient_clip_val:
-            optimizer = getattr(optimizer, "unwrapped", optimizer)
+            optimizer = innermost_optimizer(optimizer)
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
 
     def _learning_rates(self) -> list[float]:
@@ -195,6 +197,7 @@ class MultiTaskModule(L.LightningModule):
             self.task_batch,
             self.nonfinite,
             self.input_keys,
+            self.sync,
         )
 
     # ----- Lightning hooks -----------------------------------------------------------------
@@ -211,8 +214,10 @@ class MultiTaskModule(L.LightningModule):
         return optimizers if schedulers is None else (optimizers, schedulers)
 
     def setup(self, stage: str) -> None:
+        self.sync = GradientSync(Reducer())
         if stage == "fit" and self._trainer is not None:
             check_precision(str(self.trainer.precision), self.strategy)
+            self.strategy.check_distributed(self.sync.reducer.world_size)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is None:
             return

@@ -12,7 +12,8 @@
 Each is "higher is better" and in [0, 1], as DTP needs; the regression ones are our choice (the
 survey leaves KPIs for regression tasks open), documented here and in the docs.
 
-Computed on the samples labelled for the task, without gradient.
+Computed on the samples labelled for the task, without gradient, from sums (``kpi_statistics``)
+so that a distributed step gets the union's KPI by adding the ranks' statistics.
 """
 
 from __future__ import annotations
@@ -32,47 +33,73 @@ def _labelled(task: Task, output: torch.Tensor, target: torch.Tensor, batch: Map
     return output[mask], target[mask]
 
 
-def _dice(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _dice_sum(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over samples of the per-sample Dice (1 when prediction and target are both empty)."""
     prediction, target = prediction.flatten(1), target.flatten(1)
     denominator = prediction.sum(1) + target.sum(1)
     overlap = 2 * (prediction * target).sum(1)
-    return torch.where(denominator > 0, overlap / denominator.clamp_min(1e-12), torch.ones_like(denominator)).mean()
+    return torch.where(denominator > 0, overlap / denominator.clamp_min(1e-12), torch.ones_like(denominator)).sum()
+
+
+def _count(mask_or_tensor: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(float(mask_or_tensor.numel()), device=mask_or_tensor.device)
 
 
 @torch.no_grad()
-def task_kpi(task: Task, output: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+def kpi_statistics(task: Task, output: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    """(numerator, denominator) whose ratio :func:`kpi_from_statistics` turns into the KPI; both
+    are sums over samples or pixels, so the statistics of several batches (or of the ranks of a
+    distributed step) add up to those of their union. None when nothing is labelled."""
     output, target = _labelled(task, output.float(), batch[task.target_key].float(), batch)
     if output.shape[0] == 0:
         return None
     if task.kind in ("semantic", "depth", "normals"):
-        return _dense_kpi(task, output, target)
+        return _dense_statistics(task, output, target)
     if task.kind == "multiclass":
-        return (output.argmax(dim=1).float() == target.reshape(-1)).float().mean()
-    if task.kind == "regression":
-        return (1.0 - (output - target).abs().mean() / target.abs().mean().clamp_min(1e-12)).clamp_min(0.0)
+        correct = output.argmax(dim=1).float() == target.reshape(-1)
+        return torch.stack([correct.float().sum(), _count(correct)])
+    if task.kind == "regression":  # ratio: sum |error| / sum |target|
+        return torch.stack([(output - target).abs().sum(), target.abs().sum()])
     probability = torch.sigmoid(output)
     if task.kind in ("binary", "multilabel"):
-        return ((probability > 0.5).float() == target).float().mean()
-    if task.kind == "segmentation":
-        return _dice((probability > 0.5).float(), target)
-    if task.kind == "edge":
-        return _dice((probability > 0.5).float(), target)
-    return _dice(probability, target)
+        correct = (probability > 0.5).float() == target
+        return torch.stack([correct.float().sum(), _count(correct)])
+    samples = torch.tensor(float(output.shape[0]), device=output.device)
+    if task.kind in ("segmentation", "edge"):
+        return torch.stack([_dice_sum((probability > 0.5).float(), target), samples])
+    return torch.stack([_dice_sum(probability, target), samples])
 
 
-def _dense_kpi(task: Task, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+def kpi_from_statistics(task: Task, statistics: torch.Tensor) -> torch.Tensor:
+    """The KPI in [0, 1] from (numerator, denominator) (module docstring)."""
+    numerator, denominator = statistics[0], statistics[1]
+    ratio = numerator / denominator.clamp_min(1e-12)
+    if task.kind in ("regression", "depth"):
+        return (1.0 - ratio).clamp_min(0.0)
+    if task.kind == "normals":
+        return 1.0 - ratio / 180.0
+    return ratio
+
+
+def task_kpi(task: Task, output: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    statistics = kpi_statistics(task, output, batch)
+    return None if statistics is None else kpi_from_statistics(task, statistics)
+
+
+def _dense_statistics(task: Task, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
     from medmtl.metrics.scene import normal_angles
 
     if task.kind == "semantic":
         labelled = torch.ne(target, -1 if task.ignore_index is None else task.ignore_index)
         if not bool(labelled.any()):
             return None
-        return (output.argmax(dim=1) == target.long())[labelled].float().mean()
+        correct = (output.argmax(dim=1) == target.long())[labelled]
+        return torch.stack([correct.float().sum(), _count(correct)])
     if task.kind == "depth":
         valid = target > 0
         if not bool(valid.any()):
             return None
-        relative = ((output - target).abs() / target.clamp_min(1e-6))[valid].mean()
-        return (1.0 - relative).clamp_min(0.0)
+        relative = ((output - target).abs() / target.clamp_min(1e-6))[valid]
+        return torch.stack([relative.sum(), _count(relative)])
     angles = normal_angles(output, target)
-    return 1.0 - angles.mean() / 180.0 if angles.numel() else None
+    return torch.stack([angles.sum(), _count(angles)]) if angles.numel() else None

@@ -106,17 +106,16 @@ class AutoLambda(WeightedSum):
         alpha = float(self.virtual_lr if self.virtual_lr is not None else group["lr"])
         decay = float(group.get("weight_decay", 0.0))
         total = (self.weights[index].to(stacked.dtype) * stacked).sum()
-        gradients = torch.autograd.grad(total, params, allow_unused=True)
+        gradients = ctx.gradients(total, params)
         with torch.no_grad():
             for p, g in zip(params, gradients):
-                p.sub_(alpha * ((g if g is not None else 0.0) + decay * p))
+                p.sub_(alpha * (g + decay * p))
         primary = list(self.primary or self.task_names)
         validation_losses = ctx.losses(ctx.forward(validation), validation, primary)
         if not validation_losses:
             model.load_state_dict(saved)
             return None
-        raw = torch.autograd.grad(torch.stack(list(validation_losses.values())).sum(), params, allow_unused=True)
-        direction = [d if d is not None else torch.zeros_like(p) for d, p in zip(raw, params)]
+        direction = ctx.gradients(torch.stack(list(validation_losses.values())).sum(), params)
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(d.double()) for d in direction]))
         eps = self.finite_difference / float(norm.clamp_min(1e-12))
         shifted = []

@@ -59,7 +59,28 @@ class StepContext(Protocol):
         """The optimizers returned by ``configure_optimizers``, in the same order."""
 
     def clip_gradients(self, optimizer: torch.optim.Optimizer) -> None:
-        """Clip the gradients of ``optimizer``'s parameters when clipping is configured."""
+        """Clip the gradients of ``optimizer``'s parameters when clipping is configured (the
+        union's gradients under DDP)."""
+
+    # --- data parallelism (:mod:`medmtl.distributed`); identities on one process ---
+    @property
+    def world_size(self) -> int:
+        """Processes training together (1 without DDP)."""
+
+    def global_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Average over the ranks of a parameter gradient or Jacobian of the losses: the union's."""
+
+    def global_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over the ranks of statistics that add up over samples."""
+
+    def gradients(self, loss: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The union's d loss / d params (zeros where unused), the graph kept."""
+
+    def agree(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's value of a random draw the strategy makes itself."""
+
+    def mark_global(self, params: Sequence[torch.Tensor]) -> None:
+        """The ``.grad`` of ``params`` were written from reduced quantities: not averaged again."""
 
 
 class Strategy(nn.Module, abc.ABC):
@@ -105,6 +126,9 @@ class Strategy(nn.Module, abc.ABC):
 
     def on_train_epoch_end(self, epoch: int) -> None:
         """Hook for epoch-level state (loss histories)."""
+
+    def check_distributed(self, world_size: int) -> None:
+        """Refuse, in one sentence, a configuration that cannot be exact on ``world_size`` ranks."""
 
     @staticmethod
     def stacked_losses(ctx: StepContext, batch: Batch) -> tuple[dict[str, torch.Tensor], list[str], torch.Tensor] | None:

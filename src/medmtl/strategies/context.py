@@ -8,7 +8,9 @@ in plain PyTorch for benchmarks, notebooks and tests that drive a strategy direc
 (:func:`network_losses`: MoE gate losses, deep supervision). With a ``guard``
 (:class:`~medmtl.nonfinite.NonFiniteGuard`) the losses and optimizer steps are checked for
 non-finite values as in the Lightning module (the caller runs ``begin_iteration`` /
-``end_iteration`` around each step).
+``end_iteration`` around each step). With a distributed ``reducer``
+(:class:`~medmtl.distributed.Reducer`) the losses, the optimizers' gradients and whatever a
+strategy reduces through ``global_mean`` are the union's over the ranks (:mod:`medmtl.distributed`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from medmtl.distributed import GradientSync, Reducer, SynchronizedOptimizer, optimizer_parameters
 from medmtl.models.base import MultiTaskNet
 from medmtl.nonfinite import GuardedOptimizer, NonFiniteGuard
 from medmtl.tasks import Task, compute_losses
@@ -69,12 +72,51 @@ class TrainingContext:
         task_batch: Callable[[str], Mapping[str, torch.Tensor]],
         guard: NonFiniteGuard | None = None,
         input_keys: Sequence[str] = ("image",),
+        sync: GradientSync | None = None,
     ):
         self.model: MultiTaskNet = model
         self.tasks: Sequence[Task] = list(tasks)
         self._optimizers, self._backward, self._clip, self._task_batch = optimizers, backward, clip_gradients, task_batch
         self.guard = guard
         self.input_keys = tuple(input_keys)
+        self.sync = sync if sync is not None else GradientSync(Reducer())
+
+    @property
+    def reducer(self) -> Reducer:
+        return self.sync.reducer
+
+    @property
+    def world_size(self) -> int:
+        """Processes training together (1 without DDP)."""
+        return self.reducer.world_size
+
+    def global_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The average over ranks of a parameter gradient or Jacobian of the local losses: the
+        union's (identity on one process)."""
+        return self.reducer.mean(tensor)
+
+    def global_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum over ranks (statistics that add up over samples: KPI numerators and counts)."""
+        return self.reducer.sum(tensor)
+
+    def agree(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's value of a random draw, on every rank."""
+        return self.reducer.agree(tensor)
+
+    def gradients(self, loss: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """d loss / d params (zeros where unused; the graph is kept), averaged over the ranks in one
+        reduction: the union's gradient."""
+        raw = torch.autograd.grad(loss, list(params), retain_graph=True, allow_unused=True)
+        grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(raw, params)]
+        if not self.reducer.distributed:
+            return grads
+        flat = self.global_mean(torch.cat([g.reshape(-1) for g in grads]))
+        return [chunk.view_as(p) for chunk, p in zip(flat.split([p.numel() for p in params]), params)]
+
+    def mark_global(self, params) -> None:
+        """``params``' ``.grad`` already hold the union's gradient (written from a reduced
+        Jacobian): the optimizer step does not average them again."""
+        self.sync.mark_global(params)
 
     def inputs(self, batch):
         return tuple(batch[key] for key in self.input_keys)
@@ -84,6 +126,8 @@ class TrainingContext:
 
     def losses(self, outputs, batch, tasks=None):
         losses = network_losses(self.model, self.tasks, outputs, batch, tasks)
+        if self.reducer.distributed:
+            losses = self._global_losses(losses, outputs, batch, tasks)
         if self.guard is not None:
             self.guard.record_losses(losses)
         return losses
@@ -91,24 +135,39 @@ class TrainingContext:
     def backward(self, loss, **kwargs):
         self._backward(loss, **kwargs)
 
+    def _global_losses(self, losses, outputs, batch, tasks):
+        """The union's losses (:meth:`medmtl.distributed.Reducer.global_losses`): every rank
+        asks for the same tasks, those forwarded here."""
+        asked = [t for t in self.tasks if t.name in outputs and (tasks is None or t.name in tasks)]
+        counts = {}
+        for task in asked:
+            if task.name in losses:
+                mask = task.present(batch)
+                counts[task.name] = int(outputs[task.name].shape[0] if mask is None else mask.bool().sum())
+        zero = {t.name: outputs[t.name].sum() * 0.0 for t in asked}
+        return self.reducer.global_losses(losses, counts, [t.name for t in asked], zero)
+
     def optimizers(self):
         optimizers = list(self._optimizers())
-        if self.guard is None:
-            return optimizers
-        return [GuardedOptimizer(optimizer, self.guard) for optimizer in optimizers]
+        if self.guard is not None:
+            optimizers = [GuardedOptimizer(optimizer, self.guard) for optimizer in optimizers]
+        if self.reducer.distributed:
+            optimizers = [SynchronizedOptimizer(optimizer, self.sync) for optimizer in optimizers]
+        return optimizers
 
     def task_batch(self, task):
         return self._task_batch(task)
 
     def clip_gradients(self, optimizer):
+        if isinstance(optimizer, SynchronizedOptimizer):
+            optimizer.synchronize()  # clip the union's gradient, not the local one
         self._clip(optimizer)
 
 
 def clip_by_global_norm(optimizer, max_norm: float | None) -> None:
     """Clip the gradients of ``optimizer``'s parameters to a global norm of ``max_norm`` (None: no-op)."""
     if max_norm:
-        optimizer = getattr(optimizer, "optimizer", optimizer)
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        params = [p for p in optimizer_parameters(optimizer) if p.grad is not None]
         torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
@@ -125,6 +184,7 @@ class PlainContext(TrainingContext):
         task_batches: Mapping[str, Iterator] | None = None,
         guard: NonFiniteGuard | None = None,
         input_keys: Sequence[str] = ("image",),
+        reducer: Reducer | None = None,
     ):
         streams = dict(task_batches or {})
 
@@ -143,4 +203,5 @@ class PlainContext(TrainingContext):
             task_batch,
             guard,
             input_keys,
+            GradientSync(reducer or Reducer()),
         )

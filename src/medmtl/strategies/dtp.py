@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import torch
 
 from medmtl.errors import ConfigError
-from medmtl.metrics.kpi import task_kpi
+from medmtl.metrics.kpi import kpi_from_statistics, kpi_statistics
 from medmtl.strategies.base import Batch, StepContext
 from medmtl.strategies.weighted_sum import WeightedSum
 
@@ -42,14 +42,20 @@ class DynamicTaskPrioritization(WeightedSum):
         self.register_buffer("kappa", torch.full((len(task_names),), float("nan"), dtype=torch.float64))
 
     def observe(self, ctx: StepContext, batch: Batch, outputs, losses) -> None:
+        """kappa_k <- ema kappa_k + (1 - ema) KPI_k(batch); under DDP the KPI of the union of the
+        ranks' batches (their statistics summed)."""
+        statistics = torch.zeros(len(self.task_names), 2, dtype=torch.float64, device=self.kappa.device)
         for task in ctx.tasks:
-            if task.name not in outputs:
+            if task.name in outputs:
+                found = kpi_statistics(task, outputs[task.name], batch)
+                if found is not None:
+                    statistics[self.task_names.index(task.name)] = found.to(statistics)
+        statistics = ctx.global_sum(statistics)
+        by_name = {task.name: task for task in ctx.tasks}
+        for i, name in enumerate(self.task_names):
+            if statistics[i, 1] == 0:
                 continue
-            value = task_kpi(task, outputs[task.name], batch)
-            if value is None:
-                continue
-            i = self.task_names.index(task.name)
-            value = value.to(self.kappa)
+            value = kpi_from_statistics(by_name[name], statistics[i])
             previous = self.kappa[i]
             self.kappa[i] = value if torch.isnan(previous) else self.ema * previous + (1 - self.ema) * value
 

@@ -48,7 +48,7 @@ class DualBalancing(TrackedTaskGradients):
         log_losses = torch.log(stacked + self.eps)
         model = ctx.model
         shared = model.shared_parameters()
-        jacobian = task_jacobian(log_losses, shared, self.jacobian_method).detach()
+        jacobian = ctx.global_mean(task_jacobian(log_losses, shared, self.jacobian_method).detach())
         index = self.task_index(names, jacobian.device)
         steps = self.count_updates(index).to(jacobian.dtype)
         average = self.track(jacobian, index, self.beta / steps**self.sigma)

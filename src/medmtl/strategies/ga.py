@@ -19,6 +19,8 @@ sample contributes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from medmtl.errors import ConfigError
@@ -39,18 +41,19 @@ class GradientAccumulation(Strategy):
     def setup(self, task_names: list[str]) -> None:
         self.task_names = list(task_names)
 
-    def chosen_tasks(self) -> list[str]:
+    def chosen_tasks(self, agree: Callable[[torch.Tensor], torch.Tensor] = lambda draw: draw) -> list[str]:
+        """The tasks of one step; ``agree`` makes every rank use rank 0's draw (``ctx.agree``)."""
         if self.sampler == "cyclic":
             return list(self.task_names)
         count = self.steps or len(self.task_names)
-        picks = torch.randint(len(self.task_names), (count,)).tolist()  # global RNG: seeded runs repeat
+        picks = agree(torch.randint(len(self.task_names), (count,))).tolist()  # global RNG: seeded runs repeat
         return [self.task_names[i] for i in picks]
 
     def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
         (optimizer,) = ctx.optimizers()
         optimizer.zero_grad(set_to_none=True)
         logged: dict[str, list[torch.Tensor]] = {}
-        for name in self.chosen_tasks():
+        for name in self.chosen_tasks(ctx.agree):
             task_batch = ctx.task_batch(name)
             losses = ctx.losses(ctx.forward(task_batch, [name]), task_batch, [name])
             if name not in losses:

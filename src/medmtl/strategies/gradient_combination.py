@@ -27,8 +27,13 @@ head parameters: head k depends on L_k alone). Tasks absent from the batch are l
 Aggregators that need J itself (Nash-MTL) set ``needs_jacobian`` and run in ``jacobian`` mode.
 Subclasses may transform the losses before J is taken (``transform_losses``: IMTL's learned
 scales); a strategy's own parameters then receive the gradient of the sum of the transformed losses.
-With DDP, gradients from ``autograd.grad`` are not all-reduced: these strategies are
-single-device for now (docs/contributing.md, "Traps of the stack").
+
+Under DDP (:mod:`medmtl.distributed`): ``jacobian`` mode averages J over the ranks (T x |W|
+numbers) before aggregating; ``representation`` mode reduces only the T x T Gramian of the
+representation gradients, additive over samples (G = sum_r G_r / R^2), and applies the weights
+to each rank's own J_Z; ``gramian`` mode is refused (the Gramian of the union's parameter Jacobian
+is not a function of the ranks' Gramians), as is ``representation`` mode for aggregators that read
+J_Z itself (its rows live on different ranks).
 """
 
 from __future__ import annotations
@@ -116,6 +121,25 @@ class GradientCombination(Strategy):
         self.mode = mode
         self._engine: Engine | None = None
 
+    #: the aggregation reads the Jacobian itself, not only its Gramian (refused in
+    #: representation mode under DDP)
+    def reads_jacobian(self) -> bool:
+        return self.needs_jacobian
+
+    def check_distributed(self, world_size: int) -> None:
+        if world_size == 1:
+            return
+        if self.mode == "gramian":
+            raise ConfigError(
+                "optim.strategy.mode=gramian cannot be distributed exactly (the union's Gramian is not the sum of the "
+                "ranks' Gramians of parameter Jacobians): use mode=jacobian with DDP."
+            )
+        if self.mode == "representation" and self.reads_jacobian():
+            raise ConfigError(
+                f"{type(self).__name__} reads the representation Jacobian itself, whose rows live on different ranks "
+                "under DDP: use mode=jacobian."
+            )
+
     @abc.abstractmethod
     def combination_weights(
         self,
@@ -128,12 +152,13 @@ class GradientCombination(Strategy):
         order of the rows)."""
 
     def shared_update(
-        self, jacobian: torch.Tensor, losses: torch.Tensor, names: Sequence[str]
+        self, jacobian: torch.Tensor, losses: torch.Tensor, names: Sequence[str], gramian: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The update of the shared parameters (or of the representation) from the task Jacobian
-        and the weights to log: a^T J here; aggregators that are not a combination of the rows
-        (GradDrop) override it and log no weights."""
-        weights = self.combination_weights(gramian_of(jacobian), losses, jacobian, names=names)
+        and the weights to log: a^T J here, a from ``gramian`` (default J J^T); aggregators that are
+        not a combination of the rows (GradDrop) override it and log no weights."""
+        gramian = gramian_of(jacobian) if gramian is None else gramian
+        weights = self.combination_weights(gramian, losses, jacobian, names=names)
         return weights.to(jacobian.dtype) @ jacobian, weights
 
     def transform_losses(self, stacked: torch.Tensor, names: list[str]) -> torch.Tensor:
@@ -161,9 +186,10 @@ class GradientCombination(Strategy):
         (optimizer,) = ctx.optimizers()
         optimizer.zero_grad(set_to_none=True)
         if self.mode == "jacobian":
-            jacobian = task_jacobian(stacked, shared, self.jacobian_method).detach()
+            jacobian = ctx.global_mean(task_jacobian(stacked, shared, self.jacobian_method).detach())
             update, weights = self.shared_update(jacobian, stacked.detach().float(), names)
             write_flat_gradient(shared, update)
+            ctx.mark_global(shared)
             ctx.backward(stacked.sum(), inputs=heads)
         else:
             gramian = self._gramian(model, stacked)
@@ -192,7 +218,9 @@ class GradientCombination(Strategy):
         stacked = self.transform_losses(torch.stack([losses[n] for n in names]), names)
         keys = list(detached)
         jacobian = task_jacobian(stacked, [detached[k] for k in keys], self.jacobian_method).detach()
-        combined, weights = self.shared_update(jacobian, stacked.detach().float(), names)
+        # the union's Gramian of representation gradients: sum_r G_r / R^2 (module docstring)
+        gramian = ctx.global_mean(gramian_of(jacobian)) / ctx.world_size
+        combined, weights = self.shared_update(jacobian, stacked.detach().float(), names, gramian)
         (optimizer,) = ctx.optimizers()
         optimizer.zero_grad(set_to_none=True)
         ctx.backward(stacked.sum(), inputs=self.head_inputs(model, names))

@@ -77,7 +77,7 @@ class GradNorm(Strategy):
             unset = torch.isnan(self.initial_losses[index])
             self.initial_losses[index[unset]] = stacked.detach()[unset].to(self.initial_losses)
         layer = ctx.model.last_shared_layer()
-        norms = task_jacobian(stacked, [layer]).norm(dim=1).detach()
+        norms = ctx.global_mean(task_jacobian(stacked, [layer]).detach()).norm(dim=1)
         (optimizer,) = ctx.optimizers()
         optimizer.zero_grad(set_to_none=True)
         weights = self.task_weights[index].detach().to(stacked.dtype)

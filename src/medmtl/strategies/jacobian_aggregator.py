@@ -218,7 +218,7 @@ class JacobianAggregator(GradientCombination):
             for _, half_names, half_stacked in halves:
                 assert half_stacked is not None
                 picked = torch.stack([half_stacked[half_names.index(n)] for n in common])
-                rows.append(task_jacobian(picked, shared, self.jacobian_method).detach())
+                rows.append(ctx.global_mean(task_jacobian(picked, shared, self.jacobian_method).detach()))
             dtype = torch.promote_types(rows[0].dtype, torch.float32)  # as the Gramian: float32 at least
             with torch.autocast(rows[0].device.type, enabled=False):
                 cross = rows[0].to(dtype) @ rows[1].to(dtype).T
@@ -232,10 +232,13 @@ class JacobianAggregator(GradientCombination):
         optimizer.step()
         return self.logged(losses, stacked, names, weights)
 
-    def shared_update(self, jacobian, losses, names):
+    def shared_update(self, jacobian, losses, names, gramian=None):
         if self.reads == "aggregator":
             return self._call(list(names), jacobian).to(jacobian.dtype), None
-        return super().shared_update(jacobian, losses, names)
+        return super().shared_update(jacobian, losses, names, gramian)
+
+    def reads_jacobian(self) -> bool:
+        return self.reads in ("jacobian", "aggregator")
 
     def get_extra_state(self) -> dict[str, Any]:
         """Per set of present tasks, the state of a stateful weighting (no entry for stateless ones)."""

@@ -154,7 +154,7 @@ class MultiAdaptiveOptimization(Strategy):
         losses, names, stacked = found
         model = ctx.model
         params = list(model.parameters())
-        jacobian = task_jacobian(stacked, params).detach()
+        jacobian = ctx.global_mean(task_jacobian(stacked, params).detach())
         del stacked
         (optimizer,) = ctx.optimizers()
         inner = getattr(optimizer, "optimizer", optimizer)  # Lightning wraps optimizers

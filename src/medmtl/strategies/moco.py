@@ -72,7 +72,7 @@ class MultiObjectiveCorrection(TrackedTaskGradients):
         losses, names, stacked = found
         model = ctx.model
         shared = model.shared_parameters()
-        jacobian = task_jacobian(stacked, shared, self.jacobian_method).detach()
+        jacobian = ctx.global_mean(task_jacobian(stacked, shared, self.jacobian_method).detach())
         index = self.task_index(names, jacobian.device)
         self.count_updates(index)
         self.iterations += 1

@@ -20,13 +20,18 @@ class RandomLossWeighting(WeightedSum):
     def setup(self, task_names: list[str]) -> None:
         self.task_names = list(task_names)
         self._last: torch.Tensor | None = None
+        self._next: torch.Tensor | None = None
 
     def draw(self, device: torch.device) -> torch.Tensor:
         """w = softmax(lambda), lambda ~ N(0, I_T), drawn on the CPU generator (device-independent)."""
         return torch.softmax(torch.randn(len(self.task_names), dtype=torch.float64), dim=0).to(device)
 
+    def observe(self, ctx, batch, outputs, losses) -> None:
+        self._next = ctx.agree(self.draw(next(iter(losses.values())).device))  # one draw for every rank
+
     def weighted_total(self, losses):
-        self._last = self.draw(next(iter(losses.values())).device)
+        drawn, self._next = self._next, None
+        self._last = drawn if drawn is not None else self.draw(next(iter(losses.values())).device)
         return self.combine(self._last, losses)
 
     def weights_to_log(self):

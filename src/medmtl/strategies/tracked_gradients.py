@@ -67,6 +67,7 @@ class TrackedTaskGradients(Strategy):
         (optimizer,) = ctx.optimizers()
         optimizer.zero_grad(set_to_none=True)
         write_flat_gradient(model.shared_parameters(), update)
+        ctx.mark_global(model.shared_parameters())  # made from the ranks' averaged Jacobian
         ctx.backward(head_total, inputs=[p for n in names for p in model.head_parameters(n)])
         ctx.clip_gradients(optimizer)
         optimizer.step()

@@ -1,0 +1,86 @@
+"""Data parallelism is exact: for every strategy, R = 2 gloo processes on their local batches end
+where one process ends on the union of those batches (medmtl.distributed).
+
+The reference is independent of the reductions: it is the unchanged single-process code on the
+union batch, where none of them runs. The ranks must also agree with each other bit for bit in
+what they keep (they apply the same reduced update)."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from distributed_steps import LABELLINGS, RANKS, rank_main, train_every_strategy, train_one
+from helpers import options
+
+
+@pytest.fixture(scope="module")
+def every_strategy_on_two_ranks(tmp_path_factory):
+    """(single-process states, rank states) for every strategy: the two ranks run while this
+    process computes the reference."""
+    out = tmp_path_factory.mktemp("ranks")
+    context = mp.start_processes(
+        rank_main, args=(str(out / "rendezvous"), str(out), None), nprocs=RANKS, join=False, start_method="spawn"
+    )
+    reference = train_every_strategy(None)
+    while not context.join():
+        pass
+    ranks = [torch.load(out / f"rank{r}.pt") for r in range(RANKS)]
+    return reference, ranks
+
+
+#: iterative solvers stop at their own tolerance, reached along a path that rounding changes
+SOLVER_TOLERANCE = {"jd_nash_mtl": 1e-5}
+
+
+@pytest.mark.parametrize("labels", LABELLINGS)
+@pytest.mark.parametrize("optim_name", options("optim"))
+def test_two_ranks_take_the_single_process_step_on_the_union_batch(optim_name, labels, every_strategy_on_two_ranks):
+    """Three iterations (with the end-of-epoch hook after each); ``partial``: a task labelled on
+    one rank only and ranks with different numbers of labelled samples."""
+    reference, ranks = every_strategy_on_two_ranks
+    key = (labels, optim_name)
+    single, first, second = reference[key], ranks[0][key], ranks[1][key]
+    assert single.keys() == first.keys() == second.keys()
+    moved = [k for k in single if k.startswith("model.") and not torch.equal(single[k], initial_weights(optim_name)[k])]
+    assert moved, "the reference trained nothing: the comparison would be empty"
+    for name in single:
+        atol = SOLVER_TOLERANCE.get(optim_name, 1e-9)
+        torch.testing.assert_close(first[name], single[name], rtol=1e-7, atol=atol, equal_nan=True, msg=name)
+        torch.testing.assert_close(second[name], first[name], rtol=0, atol=0, equal_nan=True, msg=name)
+
+
+@functools.cache
+def initial_weights(optim_name: str) -> dict[str, torch.Tensor]:
+    """The network before training: what "moved" is measured from (same construction)."""
+    return train_one(optim_name, None, iterations=0)
+
+
+def test_a_local_loss_is_the_union_value_with_a_gradient_that_averages_to_the_union_gradient():
+    """Reducer.global_losses on two simulated ranks by hand: rank A has 3 labelled samples with
+    mean loss 2x, rank B 1 with loss 6x; the union's mean is (3 * 2x + 6x) / 4 = 3x and its
+    derivative 3; the ranks' derivatives (s_r dL_r: 2 * 3/4 * 2 = 3 and 2 * 1/4 * 6 = 3) average to 3."""
+    from medmtl.distributed import Reducer
+
+    class TwoRanks(Reducer):
+        def __init__(self, other):
+            super().__init__()
+            self.world_size, self.other = 2, other
+
+        def _all_reduce(self, tensor, op=None):
+            return tensor.detach() + self.other
+
+    x = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    rank_a = {"t": 2 * x}
+    other_b = torch.tensor([[1 * 6 * 1.5], [1.0]], dtype=torch.float64)
+    (value_a,) = TwoRanks(other_b).global_losses(rank_a, {"t": 3}, ["t"], {"t": x * 0}).values()
+    other_a = torch.tensor([[3 * 2 * 1.5], [3.0]], dtype=torch.float64)
+    (value_b,) = TwoRanks(other_a).global_losses({"t": 6 * x}, {"t": 1}, ["t"], {"t": x * 0}).values()
+    assert value_a.item() == pytest.approx(3 * 1.5) and value_b.item() == pytest.approx(3 * 1.5)
+    (grad_a,) = torch.autograd.grad(value_a, x)
+    (grad_b,) = torch.autograd.grad(value_b, x)
+    assert grad_a.item() == pytest.approx(3.0) and grad_b.item() == pytest.approx(3.0)
+    assert ((grad_a + grad_b) / 2).item() == pytest.approx(3.0)
