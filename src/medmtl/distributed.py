@@ -40,6 +40,14 @@ import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy
 
 
+def is_primary_process() -> bool:
+    """True on global rank 0, the one that writes the run folder's files (known from the
+    launcher's environment, before the process group exists: RANK, LOCAL_RANK, SLURM_PROCID)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 def _initialised() -> bool:
     return dist.is_available() and dist.is_initialized()
 

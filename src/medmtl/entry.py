@@ -63,9 +63,12 @@ def read_failure(output_dir: Path) -> dict | None:
 
 def run_job(function: Callable, cfg, in_sweep: bool) -> object:
     """``function(cfg)`` with the error handling of the module docstring."""
+    from medmtl.distributed import is_primary_process
     from medmtl.errors import find_user_error, one_sentence
 
     output_dir = Path(cfg.paths.output_dir)
+    if not is_primary_process():  # under DDP the folder's records are rank 0's
+        return function(cfg)
     (output_dir / FAILURE_FILE).unlink(missing_ok=True)  # a rerun that succeeds leaves no stale record
     try:
         return function(cfg)

@@ -20,6 +20,7 @@ so that the evaluators, model selection and the checkpoints never see one.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -30,8 +31,9 @@ import torch
 from lightning.fabric.utilities import move_data_to_device
 
 from medmtl.data.task_streams import TaskBatchStreams
-from medmtl.distributed import GradientSync, Reducer, innermost_optimizer
+from medmtl.distributed import GradientSync, Reducer, broadcast_buffers, innermost_optimizer
 from medmtl.errors import ConfigError, NonFiniteError
+from medmtl.metrics.gather import gather_evaluator
 from medmtl.models import build_model, count_parameters
 from medmtl.models.base import MultiTaskNet
 from medmtl.nonfinite import NonFiniteGuard, first_nonfinite, learning_rates
@@ -39,6 +41,8 @@ from medmtl.strategies.base import Strategy
 from medmtl.strategies.context import TrainingContext, network_losses
 from medmtl.tasks import Task
 from medmtl.utils.rng import collect_rng_states, restore_rng_states
+
+log = logging.getLogger(__name__)
 
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
@@ -290,9 +294,6 @@ class MultiTaskModule(L.LightningModule):
             )
         losses = self.losses(outputs, batch, labelled, deep_supervision=False)
         batch_size = self._batch_size(batch)
-        self.log_dict(
-            {f"{stage}/loss/{k}": v for k, v in losses.items()}, on_epoch=True, batch_size=batch_size, add_dataloader_idx=False
-        )
         for task, loss in losses.items():
             mask = self.task_by_name[task].present(batch)
             count = float(batch_size if mask is None else mask.sum())
@@ -304,14 +305,16 @@ class MultiTaskModule(L.LightningModule):
     def _evaluation_epoch_end(self, stage: str) -> None:
         """``<stage>/loss`` = sum over tasks of each task's mean loss over its labelled samples
         (model selection monitors ``val/loss``, as Pascal et al. 2022: the summed validation loss)."""
-        if self._evaluation_losses:
-            means = {task: total / seen for task, (total, seen) in self._evaluation_losses.items() if seen}
+        totals = self._gathered_evaluation_losses()
+        if totals:
+            means = {task: total / seen for task, (total, seen) in totals.items() if seen}
             bad = [task for task, value in means.items() if not math.isfinite(value)]
             if bad:
                 raise NonFiniteError(
                     f"The {stage} loss of task {bad[0]!r} is NaN or infinite (epoch {self.current_epoch}) "
                     "although its outputs are finite: check that task's targets."
                 )
+            self.log_dict({f"{stage}/loss/{task}": value for task, value in means.items()})
             self.log(f"{stage}/loss", sum(means.values()), prog_bar=stage == "val")
         self._evaluation_losses = {}
         routing = self.model.routing_statistics()
@@ -319,15 +322,31 @@ class MultiTaskModule(L.LightningModule):
             self.log_dict({f"{stage}/experts/{task}": value for task, value in routing.items()})
         if self.evaluator is None:
             return
+        gather_evaluator(self.evaluator, self.sync.reducer)
         metrics = self.evaluator.compute()
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, prog_bar=False)
         if stage == "test":
             self.test_predictions = self.evaluator.predictions()
         self.evaluator.reset()
 
-    def on_validation_epoch_start(self) -> None:
+    def _gathered_evaluation_losses(self) -> dict[str, tuple[float, float]]:
+        """task -> (sum of loss x samples, samples) over every rank's shard (exact under DDP:
+        the shards do not overlap)."""
+        totals: dict[str, tuple[float, float]] = {}
+        for rank_losses in self.sync.reducer.gather_objects(self._evaluation_losses):
+            for task, (total, seen) in rank_losses.items():
+                before = totals.get(task, (0.0, 0.0))
+                totals[task] = (before[0] + total, before[1] + seen)
+        return totals
+
+    def _start_evaluation(self) -> None:
+        """Every rank evaluates rank 0's network (its batch norm statistics: as DDP's broadcast)."""
+        broadcast_buffers(self.model, self.sync.reducer)
         if self.evaluator is not None:
             self.evaluator.reset()
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_evaluation()
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluation_step("val", batch)
@@ -336,8 +355,7 @@ class MultiTaskModule(L.LightningModule):
         self._evaluation_epoch_end("val")
 
     def on_test_epoch_start(self) -> None:
-        if self.evaluator is not None:
-            self.evaluator.reset()
+        self._start_evaluation()
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluation_step("test", batch)
@@ -358,14 +376,34 @@ class MultiTaskModule(L.LightningModule):
         checkpoint["medmtl_iterations"] = self.iterations
         checkpoint["medmtl_rng_states"] = collect_rng_states()
         checkpoint["medmtl_task_positions"] = self.task_streams.state_dict()
+        reducer = self.sync.reducer
+        if reducer.distributed:  # every rank's own random states and loader positions (rank 0 writes the file)
+            checkpoint["medmtl_rank_states"] = reducer.gather_objects(
+                {"rng": checkpoint["medmtl_rng_states"], "task_positions": checkpoint["medmtl_task_positions"]}
+            )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Iteration counter, global random states (exact resume; see :mod:`medmtl.utils.rng`) and
-        the per-task loader positions of GA."""
+        the per-task loader positions of GA; under DDP, this rank's own. A checkpoint of another
+        number of ranks resumes with rank 0's states (a warning says so: not an exact continuation)."""
         self.iterations = int(checkpoint.get("medmtl_iterations", 0))
-        if "medmtl_rng_states" in checkpoint:
-            restore_rng_states(checkpoint["medmtl_rng_states"])
-        self.task_streams.load_state_dict(checkpoint.get("medmtl_task_positions", {}))
+        states = {"rng": checkpoint.get("medmtl_rng_states"), "task_positions": checkpoint.get("medmtl_task_positions", {})}
+        per_rank = checkpoint.get("medmtl_rank_states")
+        reducer = Reducer()
+        if per_rank is not None or reducer.distributed:
+            ranks = len(per_rank) if per_rank is not None else 1
+            if ranks == reducer.world_size and per_rank is not None:
+                states = per_rank[reducer.rank]
+            else:
+                log.warning(
+                    "This checkpoint was written by %d process(es) and is resumed by %d: every rank continues from "
+                    "rank 0's random states and loader positions (not an exact continuation).",
+                    ranks,
+                    reducer.world_size,
+                )
+        if states["rng"] is not None:
+            restore_rng_states(states["rng"])
+        self.task_streams.load_state_dict(states["task_positions"])
 
     def num_parameters(self) -> int:
         return count_parameters(self.model)

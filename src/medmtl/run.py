@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medmtl.callbacks import IterationTimer
 from medmtl.checkpoints import AtomicCheckpointIO, check_fits
+from medmtl.distributed import is_primary_process
 from medmtl.errors import ConfigError
 from medmtl.models.base import SeparateNetworks
 from medmtl.module import MultiTaskModule, with_decoupled_weight_decay
@@ -141,7 +142,7 @@ def _test(trainer: L.Trainer, module: MultiTaskModule, datamodule, ckpt_path: st
     if ckpt_path:
         check_fits(ckpt_path, module.state_dict())
     results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    if module.test_predictions is not None:
+    if module.test_predictions is not None and is_primary_process():
         write_predictions(output_dir / "predictions.npz", module.test_predictions)
         _log_examples_to_wandb(trainer.loggers, module.test_predictions)
     return {k.removeprefix("test/"): float(v) for k, v in (results[0] if results else {}).items()}
@@ -207,14 +208,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     holds another configuration's run, or that another process is writing, is refused.
     """
     output_dir = Path(cfg.paths.output_dir)
-    folder_lock.acquire(output_dir, "run folder")
+    primary = is_primary_process()  # under DDP, rank 0 owns the folder; the other ranks only train
+    if primary:
+        folder_lock.acquire(output_dir, "run folder")  # (re-entrant: train.py's Hydra callback took it)
     digest = config_digest(cfg)
     finished = check_reused_folder(output_dir, digest)
     if finished is not None and cfg.get("skip_finished", True):
         log.info("Skipping %s: it holds a finished run of this config (skip_finished=false to rerun).", output_dir)
         print(f"skipped (finished before): {output_dir}")
         return finished
-    record_identity(output_dir, digest)
+    if primary:
+        record_identity(output_dir, digest)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     check_data_before_training(datamodule, test=cfg.get("test", True))
@@ -285,10 +289,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "device": str(module.device),
         "torch": torch.__version__,
     }
-    write_metrics_json(output_dir / "metrics.json", record)
-    summary = {f"test/{k}": v for k, v in test_metrics.items()}
-    summary |= {"parameters": record["num_parameters"], "s/iteration": record["seconds_per_iteration"] or float("nan")}
-    print_summary(f"{record['strategy']} | {record['model']} | {record['data']} -> {output_dir}", summary)
+    if primary:
+        write_metrics_json(output_dir / "metrics.json", record)
+        summary = {f"test/{k}": v for k, v in test_metrics.items()}
+        summary |= {"parameters": record["num_parameters"], "s/iteration": record["seconds_per_iteration"] or float("nan")}
+        print_summary(f"{record['strategy']} | {record['model']} | {record['data']} -> {output_dir}", summary)
     _finish_wandb(loggers)
     return record
 
@@ -423,4 +428,5 @@ def _finish_wandb(loggers: list[Any]) -> None:
 
 def save_config(cfg: DictConfig) -> None:
     """The resolved config next to Hydra's own ``.hydra/config.yaml`` (which keeps interpolations)."""
-    atomic_write_text(Path(cfg.paths.output_dir) / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if is_primary_process():
+        atomic_write_text(Path(cfg.paths.output_dir) / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))

@@ -85,13 +85,13 @@ class SplitLoaders:
     pin_memory: bool = False
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        from medmtl.data.sampling import EpochSeededSampler
+        from medmtl.data.sampling import EpochSeededSampler, evaluation_sampler
 
         dataset = self.datasets[split]
         return DataLoader(
             dataset,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else None,
+            sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else evaluation_sampler(len(dataset)),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

@@ -42,7 +42,7 @@ from medmtl.data.contract import MultiTaskDataModule, SplitLoaders
 from medmtl.data.errors import DatasetError
 from medmtl.data.idrid_layout import LESIONS, IdridSample, scan_idrid
 from medmtl.data.images import check_point_inside, read_binary_mask, read_rgb
-from medmtl.data.sampling import EpochSeededSampler, SampleKey, split_key
+from medmtl.data.sampling import EpochSeededSampler, SampleKey, evaluation_sampler, split_key
 from medmtl.errors import ConfigError
 from medmtl.tasks import Task
 
@@ -286,7 +286,7 @@ class IdridDataModule(SplitLoaders, MultiTaskDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else None,
+            sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else evaluation_sampler(len(dataset)),
             num_workers=self.num_workers,
         )
 

@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 from medmtl import losses
 from medmtl.data.contract import MultiTaskDataModule
 from medmtl.data.errors import DatasetError
-from medmtl.data.sampling import EpochSeededSampler, SampleKey, split_key
+from medmtl.data.sampling import EpochSeededSampler, SampleKey, evaluation_sampler, split_key
 from medmtl.data.weak_augmentation import WeakAugmentation
 from medmtl.errors import ConfigError
 from medmtl.tasks import Task
@@ -392,7 +392,12 @@ class MedMNISTDataModule(MultiTaskDataModule):
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         return [
-            DataLoader(self.datasets[flag][split], batch_size=self.eval_batch_size, num_workers=self.num_workers)
+            DataLoader(
+                self.datasets[flag][split],
+                batch_size=self.eval_batch_size,
+                num_workers=self.num_workers,
+                sampler=evaluation_sampler(len(self.datasets[flag][split])),
+            )
             for flag in self.flags
         ]
 

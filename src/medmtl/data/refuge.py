@@ -28,7 +28,7 @@ from medmtl.data.heatmap import gaussian_heatmap, scaled_variance
 from medmtl.data.images import decode_refuge_mask
 from medmtl.data.refuge_cache import ensure_cache
 from medmtl.data.refuge_layout import RefugeSample, scan_refuge
-from medmtl.data.sampling import EpochSeededSampler, SampleKey, split_key
+from medmtl.data.sampling import EpochSeededSampler, SampleKey, evaluation_sampler, split_key
 from medmtl.errors import ConfigError
 from medmtl.metrics.refuge import RefugeEvaluator
 from medmtl.postprocess import vertical_cup_to_disc_ratio
@@ -201,7 +201,7 @@ class RefugeDataModule(SplitLoaders, MultiTaskDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else None,
+            sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else evaluation_sampler(len(dataset)),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

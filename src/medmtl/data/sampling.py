@@ -9,6 +9,12 @@ augmentation seed per sample, and yields ``(index, augmentation_seed)`` keys; a 
 accepts such keys (:func:`split_key`) reseeds its transform before augmenting the sample. The
 result does not depend on the number of DataLoader workers either.
 
+Under data parallelism (``trainer=ddp``, Lightning's own sampler replacement off) each rank keeps
+every R-th key of the same pass, from its rank on, after truncating the pass to a multiple of R:
+batch j of rank r is then samples (j B + i) R + r, i < B, of the permutation, and the union of the
+ranks' batch j is batch j of one process with batches of R x B. Evaluation shards
+(:func:`evaluation_sampler`) are not padded: each sample is evaluated once, on one rank.
+
 Lightning calls ``set_epoch`` before every training epoch (also on the first epoch after a
 resume). The endless per-task loaders of gradient accumulation set it to their pass number and,
 after a resume, ``skip`` the keys the checkpointed pass had already used. A sampler whose epoch
@@ -20,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import Sampler
 
 #: Keys a dataset receives: a plain index, or (index, augmentation seed) from the sampler.
@@ -35,13 +42,43 @@ def split_key(key: SampleKey) -> tuple[int, int | None]:
     return int(key), None
 
 
+def data_parallel_rank() -> tuple[int, int]:
+    """(rank, number of ranks) of this process in the default process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class EvaluationShard(Sampler[int]):
+    """Indices ``rank, rank + R, ...`` of ``range(n)``, in order, without padding."""
+
+    def __init__(self, n: int, rank: int, world_size: int):
+        self.indices = list(range(rank, n, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def evaluation_sampler(n: int) -> EvaluationShard | None:
+    """This rank's shard of an evaluation split of ``n`` samples (None, in order, on one process)."""
+    rank, world_size = data_parallel_rank()
+    return EvaluationShard(n, rank, world_size) if world_size > 1 else None
+
+
 class EpochSeededSampler(Sampler[tuple[int, int]]):
-    """A shuffled pass over ``range(n)`` determined by ``(seed, epoch)``, with a seed per sample."""
+    """A shuffled pass over ``range(n)`` determined by ``(seed, epoch)``, with a seed per sample;
+    this rank's share of it under data parallelism (module docstring)."""
 
     def __init__(self, n: int, seed: int, shuffle: bool = True):
         if n <= 0:
             raise ValueError(f"EpochSeededSampler needs at least one sample, got n={n}.")
         self.n, self.seed, self.shuffle = n, int(seed), shuffle
+        self.rank, self.world_size = data_parallel_rank()
+        if n < self.world_size:
+            raise ValueError(f"{n} training samples cannot be shared by {self.world_size} ranks.")
         self.epoch: int | None = None
         self.start = 0
 
@@ -66,8 +103,16 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
         generator = self.generator()
         order = torch.randperm(self.n, generator=generator) if self.shuffle else torch.arange(self.n)
         seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=generator)
+        keys = list(zip(order.tolist(), seeds[order].tolist()))
         start, self.start = self.start, 0
-        yield from zip(order[start:].tolist(), seeds[order][start:].tolist())
+        yield from self._share(keys)[start:]
+
+    def _share(self, keys: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """This rank's keys of a pass: every R-th from its rank on, of the pass cut to a multiple of R."""
+        if self.world_size == 1:
+            return keys
+        usable = self.n - self.n % self.world_size
+        return keys[:usable][self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        return self.n
+        return self.n // self.world_size

@@ -18,6 +18,9 @@ import torch
 
 
 class BinnedAveragePrecision:
+    #: what ``reset`` creates, merged over ranks (:mod:`medmtl.metrics.gather`)
+    accumulated: tuple[str, ...] = ("positives", "negatives")
+
     def __init__(self, thresholds: int = 200):
         if thresholds < 2:
             raise ValueError(f"AUPR needs at least 2 thresholds, got {thresholds}.")

@@ -23,6 +23,9 @@ import torch
 class Evaluator(Protocol):
     TASK_METRICS: Mapping[str, str]
     LOWER_IS_BETTER: AbstractSet[str]
+    #: the attributes ``reset`` creates: what distributed evaluation gathers and merges over the
+    #: ranks (:mod:`medmtl.metrics.gather`)
+    accumulated: tuple[str, ...]
 
     def reset(self) -> None:
         """Forget what was accumulated (a new stage)."""

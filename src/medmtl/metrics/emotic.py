@@ -28,6 +28,9 @@ CATEGORY_TASKS = tuple(category_task_name(c) for c in CATEGORIES)
 
 
 class EmoticEvaluator:
+    #: what ``reset`` creates, merged over ranks (:mod:`medmtl.metrics.gather`)
+    accumulated: tuple[str, ...] = ("records",)
+
     def __init__(self, tasks: Sequence[Task]):
         names = [t.name for t in tasks]
         self.per_category = all(name in names for name in CATEGORY_TASKS)

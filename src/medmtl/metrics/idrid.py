@@ -29,6 +29,8 @@ EXAMPLE_KEYS = ("index", "image", "lesion_pred", "lesion_true", "lesion_present"
 
 
 class IdridEvaluator:
+    #: what ``reset`` creates, merged over ranks (:mod:`medmtl.metrics.gather`)
+    accumulated: tuple[str, ...] = ("correct", "overlap", "aupr", "examples", "_kept_per_set")
     LOWER_IS_BETTER: frozenset[str] = frozenset()  # accuracies, Dice, IoU, AUPR
 
     def __init__(self, tasks: Sequence[Task], aupr_thresholds: int = 200, examples_per_set: int = 2):
@@ -42,8 +44,8 @@ class IdridEvaluator:
         self.reset()
 
     def reset(self) -> None:
-        self.correct = {name: [0, 0] for name in self.grading}
-        self.overlap = {name: [0.0, 0.0, 0.0] for name in self.lesions}  # intersection, predicted, true
+        self.correct = {name: np.zeros(2, dtype=np.int64) for name in self.grading}  # right, labelled
+        self.overlap = {name: np.zeros(3) for name in self.lesions}  # intersection, predicted, true
         for metric in self.aupr.values():
             metric.reset()
         self.examples: dict[str, list] = {k: [] for k in EXAMPLE_KEYS}
@@ -76,8 +78,9 @@ class IdridEvaluator:
         metrics = {}
         for name, (right, total) in self.correct.items():
             if total:
-                metrics[f"{name}_acc"] = right / total
-        for name, (intersection, predicted, truth) in self.overlap.items():
+                metrics[f"{name}_acc"] = float(right / total)
+        for name, counts in self.overlap.items():
+            intersection, predicted, truth = (float(v) for v in counts)
             if predicted + truth == 0:
                 continue
             metrics[f"{name}_dice"] = 2 * intersection / (predicted + truth)

@@ -49,6 +49,9 @@ class MedMNISTEvaluator:
     """Collects the scores of each dataset's batches; :meth:`compute` gives ``<flag>_auc``,
     ``<flag>_acc`` and their means over the datasets."""
 
+    #: what ``reset`` creates, merged over ranks (:mod:`medmtl.metrics.gather`)
+    accumulated: tuple[str, ...] = ("scores", "labels")
+
     LOWER_IS_BETTER: frozenset[str] = frozenset()  # AUC and accuracy
 
     def __init__(self, tasks: Sequence[Task]):

@@ -63,6 +63,9 @@ class RefugeEvaluator:
     not shuffled, so every run keeps the same images.
     """
 
+    #: what ``reset`` creates, merged over ranks (:mod:`medmtl.metrics.gather`)
+    accumulated: tuple[str, ...] = ("records", "examples")
+
     #: one metric per task: the T terms of Delta_MTL (docs/methods.md)
     TASK_METRICS: Mapping[str, str] = {"glaucoma": "auc", "od": "dice_od", "oc": "dice_oc", "fovea": "fovea_error_px"}
     LOWER_IS_BETTER: AbstractSet[str] = frozenset({"fovea_error_grid", "fovea_error_px", "vcdr_mae"})

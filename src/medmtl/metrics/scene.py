@@ -58,6 +58,9 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 class SemanticMetric:
+    #: what ``reset`` creates, merged over ranks (:mod:`medmtl.metrics.gather`)
+    accumulated: tuple[str, ...] = ("confusion",)
+
     def __init__(self, num_classes: int, ignore_index: int | None):
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.reset()
@@ -83,6 +86,9 @@ class SemanticMetric:
 
 
 class DepthMetric:
+    #: what ``reset`` creates, merged over ranks (:mod:`medmtl.metrics.gather`)
+    accumulated: tuple[str, ...] = ("sums", "count")
+
     def reset(self) -> None:
         self.sums = torch.zeros(3, dtype=torch.float64)  # |e|, |e| / d, e^2
         self.count = 0
@@ -105,6 +111,9 @@ class DepthMetric:
 
 
 class NormalsMetric:
+    #: what ``reset`` creates, merged over ranks (:mod:`medmtl.metrics.gather`)
+    accumulated: tuple[str, ...] = ("histogram", "angle_sum", "count", "within")
+
     def __init__(self):
         self.reset()
 
@@ -132,6 +141,9 @@ class NormalsMetric:
 
 
 class EdgeMetric:
+    #: what ``reset`` creates, merged over ranks (:mod:`medmtl.metrics.gather`)
+    accumulated: tuple[str, ...] = ("matched_predicted", "predicted", "matched_truth", "truth")
+
     def __init__(self, thresholds: int = 50, tolerance: float = 0.0075):
         self.thresholds = (torch.arange(thresholds, dtype=torch.float64) + 0.5) / thresholds
         self.tolerance = tolerance
@@ -179,6 +191,9 @@ KIND_METRICS = {
 
 class SceneEvaluator:
     """Dataset-level metrics of the scene tasks of ``tasks`` (see the module docstring)."""
+
+    #: what ``reset`` creates, merged over ranks (:mod:`medmtl.metrics.gather`)
+    accumulated: tuple[str, ...] = ("metrics", "examples")
 
     def __init__(self, tasks: Sequence[Task], edge_thresholds: int = 50, examples: int = 4):
         self.tasks = {t.name: t for t in tasks if t.kind in SCENE_KINDS}

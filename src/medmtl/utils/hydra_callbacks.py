@@ -45,6 +45,10 @@ def _task_overrides(multirun_yaml: Path) -> list[str] | None:
 
 class FolderGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from medmtl.distributed import is_primary_process
+
+        if not is_primary_process():  # a DDP rank that Lightning started in rank 0's run folder
+            return
         run_dir = Path(str(config.hydra.run.dir))
         with (
             read_write(config.hydra.runtime),
@@ -60,7 +64,10 @@ class FolderGuard(Callback):
             _refuse(error)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        folder_lock.release(Path(str(config.hydra.run.dir)))
+        from medmtl.distributed import is_primary_process
+
+        if is_primary_process():
+            folder_lock.release(Path(str(config.hydra.run.dir)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))

@@ -1,0 +1,62 @@
+"""``trainer=ddp`` as a user runs it: two CPU processes (gloo) launched by Lightning from
+``src/train.py`` / ``src/eval.py``.
+
+- Evaluation is exact: a checkpoint tested by two ranks gets the metrics one process gets, on a
+  test split of 7 images (odd: a padded sampler would count one twice), each image once.
+- Training resumes exactly: two epochs in one go, or one epoch and a second run continuing from its
+  checkpoint, end at the same weights (GA's balanced sampler leaves each rank's per-task loaders
+  part-way through their passes: each rank's positions and random states must be restored).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import TINY, run
+
+DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+SEVEN_TEST_IMAGES = [o for o in TINY if not o.startswith("data.synthetic.n_test")] + ["data.synthetic.n_test=7"]
+
+
+def test_two_ranks_test_a_checkpoint_as_one_process_does(tmp_path):
+    folder = tmp_path / "trained"
+    trained = run("train.py", SEVEN_TEST_IMAGES + [f"hydra.run.dir={folder}", "test=false"], tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    checkpoint = folder / "checkpoints" / "last.ckpt"
+    evaluate = [o for o in SEVEN_TEST_IMAGES if not o.startswith(("experiment", "trainer"))]
+    evaluate += ["data=refuge_synthetic", f"ckpt_path={checkpoint}"]
+    records = {}
+    for name, extra in (("one", ["trainer=cpu"]), ("two", DDP)):
+        result = run("eval.py", evaluate + extra + [f"hydra.run.dir={tmp_path / name}"], tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        records[name] = json.loads((tmp_path / name / "metrics.json").read_text())["test"]
+        indices = np.load(tmp_path / name / "predictions.npz")["index"]
+        assert sorted(indices.tolist()) == list(range(7)), f"{name}: each test image once"
+    assert records["one"].keys() == records["two"].keys()
+    for metric, value in records["one"].items():
+        assert records["two"][metric] == pytest.approx(value, rel=1e-5, abs=1e-7), metric
+
+
+def test_a_ddp_run_continued_from_its_checkpoint_ends_where_the_uninterrupted_one_does(tmp_path):
+    common = TINY + DDP + ["optim=ga", "optim.strategy.sampler=balanced", "data.augment=true", "test=false"]
+    straight = run("train.py", common + ["trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'straight'}"], tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = run("train.py", common + ["trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'first'}"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoint = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    assert len(torch.load(checkpoint, weights_only=True)["medmtl_rank_states"]) == 2
+    continued = run(
+        "train.py",
+        common + ["trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'continued'}", f"ckpt_path={checkpoint}"],
+        tmp_path,
+    )
+    assert continued.returncode == 0, continued.stderr[-3000:]
+    final = torch.load(tmp_path / "continued" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    reference = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert final.keys() == reference.keys()
+    for name, tensor in reference.items():
+        torch.testing.assert_close(final[name], tensor, rtol=1e-6, atol=1e-8, msg=name)
