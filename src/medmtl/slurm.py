@@ -1,0 +1,44 @@
+"""The sbatch file a SLURM sweep submits, written without a cluster (``src/slurm_preview.py``).
+
+``hydra/launcher=slurm`` (one GPU per job) and ``hydra/launcher=slurm_ddp`` (one data-parallel run
+per job: ``trainer.devices`` tasks and GPUs on each of ``trainer.num_nodes`` nodes) submit through
+hydra-submitit-launcher, which hands its settings to submitit's SLURM executor. That executor
+refuses to exist where ``srun`` does not, so this module turns the same settings into the
+executor's sbatch parameters with submitit's own renaming (``timeout_min`` -> ``--time``,
+``mem_gb`` -> ``--mem``, ``tasks_per_node`` -> ``--ntasks-per-node``, ...) and asks submitit's own
+writer for the file. In the job, ``srun`` starts every task; each runs the Hydra job,
+and Lightning's SLURM environment gives it its rank (``SLURM_PROCID``), the node list and the
+master port, so Lightning starts no process of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from medmtl.errors import ConfigError
+
+#: settings of the launcher itself, not of sbatch
+LAUNCHER_ONLY = ("_target_", "submitit_folder", "max_num_timeout")
+
+
+def sbatch_parameters(launcher: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of submitit's sbatch writer for the launcher settings ``launcher``."""
+    from submitit.slurm.slurm import SlurmExecutor, _convert_mem
+
+    renamed = SlurmExecutor._equivalence_dict() or {}
+    parameters = {renamed.get(k, k): v for k, v in launcher.items() if k not in LAUNCHER_ONLY and v is not None}
+    if "mem" in parameters:
+        parameters["mem"] = _convert_mem(parameters["mem"])
+    return parameters
+
+
+def sbatch_script(launcher: Mapping[str, Any], command: str = "python -u -m submitit.core._submit {folder}") -> str:
+    """The sbatch file of one job with the launcher settings ``launcher`` (a resolved
+    ``hydra.launcher``)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    if "submitit" not in str(launcher.get("_target_", "")).lower() or "Slurm" not in str(launcher.get("_target_")):
+        raise ConfigError("the SLURM preview needs hydra/launcher=slurm or hydra/launcher=slurm_ddp.")
+    folder = str(launcher["submitit_folder"])
+    return _make_sbatch_string(command=command.format(folder=folder), folder=folder, **sbatch_parameters(launcher))
