@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from medmtl.entry import prepare_environment  # noqa: E402
+from medmtl.entry import prepare_environment
 
 prepare_environment()
 
