@@ -84,3 +84,64 @@ def test_a_local_loss_is_the_union_value_with_a_gradient_that_averages_to_the_un
     (grad_b,) = torch.autograd.grad(value_b, x)
     assert grad_a.item() == pytest.approx(3.0) and grad_b.item() == pytest.approx(3.0)
     assert ((grad_a + grad_b) / 2).item() == pytest.approx(3.0)
+
+
+# ----- the same equality through Lightning (the module's context, LightningOptimizer, guard) -----
+
+
+def batch_norm_free_unet(tasks):
+    """The tiny U-Net without batch statistics (picklable: the spawned ranks rebuild nothing, they
+    receive the module)."""
+    from distributed_steps import without_batch_norm
+    from medmtl.models.unet_vgg16 import UNetVGG16
+
+    return without_batch_norm(UNetVGG16(tasks, width=1 / 16, dropout=0.0))
+
+
+def fit_two_iterations(root, optim_name, tmp_path, ranks: int, batch_size: int, iterations: int = 2) -> dict[str, torch.Tensor]:
+    """Two iterations of ``trainer.fit``; rank 0's weights (the spawn launcher hands them back)."""
+    from hydra.utils import instantiate
+
+    from helpers import compose_train, quiet_trainer
+    from medmtl.data.refuge import RefugeDataModule
+    from medmtl.distributed import ExactDDPStrategy
+    from medmtl.module import MultiTaskModule
+
+    torch.manual_seed(0)
+    cfg = compose_train([f"optim={optim_name}", "optim.optimizer.lr=0.01"])  # steps large against float32 rounding
+    datamodule = RefugeDataModule(str(root), image_size=32, batch_size=batch_size, augment=False)
+    module = MultiTaskModule(
+        model=batch_norm_free_unet,
+        strategy=instantiate(cfg.optim.strategy),
+        tasks=datamodule.tasks,
+        optimizer=instantiate(cfg.optim.optimizer),
+    )
+    trainer = quiet_trainer(
+        tmp_path,
+        devices=ranks,
+        strategy=ExactDDPStrategy(start_method="spawn") if ranks > 1 else "auto",
+        use_distributed_sampler=False,
+        max_epochs=1,
+        limit_train_batches=iterations,
+        limit_val_batches=0,
+        precision="64-true",  # Adam turns float32 rounding of near-zero gradients into whole steps
+    )
+    if iterations:
+        trainer.fit(module, datamodule=datamodule)
+    return {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("optim_name", ["pcgrad", "mtl_io", "ga"])
+def test_lightning_on_two_ranks_trains_as_one_process_on_batches_twice_as_large(optim_name, refuge_root, tmp_path):
+    """The datamodule's sharded sampler makes the union of the ranks' batch j (4 samples each) the
+    one-process batch j of 8: after two iterations through Lightning the weights agree (float64;
+    PCGrad's random order is drawn alike on both ranks, MTL-IO steps four optimizers, GA reads its
+    per-task streams)."""
+    single = fit_two_iterations(refuge_root, optim_name, tmp_path / "one", ranks=1, batch_size=8)
+    double = fit_two_iterations(refuge_root, optim_name, tmp_path / "two", ranks=2, batch_size=4)
+    initial = fit_two_iterations(refuge_root, optim_name, tmp_path / "none", ranks=1, batch_size=8, iterations=0)
+    assert max(float((single[k] - initial[k]).abs().max()) for k in single) > 1e-2, "nothing trained"
+    assert single.keys() == double.keys()
+    for name, tensor in single.items():
+        # trained in float64; the spawn launcher hands rank 0's weights back in the module's float32
+        torch.testing.assert_close(double[name].float(), tensor.float(), rtol=1e-6, atol=1e-7, msg=name)

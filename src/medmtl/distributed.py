@@ -24,7 +24,8 @@ context reduces, explicitly and once, what each strategy reads:
 - **Gramians of representation gradients** (T x T; the -UB modes): additive over samples, so the
   union's Gramian is sum_r G_r / R^2 (the 1/R of the mean loss, squared).
 
-Randomness a strategy draws itself is drawn on rank 0 and broadcast (``ctx.agree``). Batch norm
+The ranks start training from rank 0's random states and draw alike from then on; what a
+strategy draws itself is drawn on rank 0 and broadcast (``ctx.agree``). Batch norm
 statistics stay local unless ``trainer.sync_batchnorm=true``; evaluation and checkpoints see rank
 0's buffers (what DDP's buffer broadcast gives). On one process every operation here is the
 identity and costs nothing.
@@ -32,6 +33,7 @@ identity and costs nothing.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -90,6 +92,18 @@ class Reducer:
         dist.broadcast(result, src=0)
         self.bytes_communicated += result.numel() * result.element_size()
         return result
+
+    def share_random_states(self) -> None:
+        """Rank 0's global random states (Python, NumPy, torch CPU and CUDA) on every rank, so
+        that the draws the ranks make alike (PCGrad's order, torchjd's random aggregators) agree
+        whatever seeded each process."""
+        if not self.distributed:
+            return
+        from medmtl.utils.rng import collect_rng_states, restore_rng_states
+
+        states: list[Any] = [collect_rng_states() if self.rank == 0 else None]
+        dist.broadcast_object_list(states, src=0)
+        restore_rng_states(states[0])
 
     def gather_objects(self, value: Any) -> list[Any]:
         """Every rank's ``value``, in rank order (pickled; for evaluation records and checkpoints)."""
@@ -214,6 +228,11 @@ class ExactDDPStrategy(DDPStrategy):
     buffers start from rank 0's."""
 
     strategy_name = "medmtl_ddp"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # the values the module logs (losses, weights, metrics) are the union's on every rank already
+        warnings.filterwarnings("ignore", message=r".*sync_dist=True.*distributed setting")
 
     def configure_ddp(self) -> None:
         from lightning.pytorch.overrides.distributed import _sync_module_states

@@ -171,9 +171,10 @@ class MultiTaskModule(L.LightningModule):
 
     def task_batch(self, task: str):
         """Next batch of ``task``'s own endless training stream (:mod:`medmtl.data.task_streams`),
-        on the module's device."""
+        on the module's device and in the trainer's precision."""
         datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning when fit gets one
-        return move_data_to_device(self.task_streams.next_batch(datamodule, task), self.device)
+        batch = move_data_to_device(self.task_streams.next_batch(datamodule, task), self.device)
+        return self.trainer.precision_plugin.convert_input(batch)  # as Lightning converts its own batches (64-true)
 
     def optimizer_list(self) -> list:
         """``self.optimizers()`` normalised to a list (Lightning returns a bare object for one)."""
@@ -263,6 +264,9 @@ class MultiTaskModule(L.LightningModule):
                 on_epoch=False,
                 batch_size=batch_size,
             )
+
+    def on_train_start(self) -> None:
+        self.sync.reducer.share_random_states()  # the ranks draw alike (docs/distributed.md)
 
     def on_train_epoch_start(self) -> None:
         max_epochs = self.trainer.max_epochs or 1
