@@ -26,7 +26,7 @@ def sbatch_parameters(launcher: Mapping[str, Any]) -> dict[str, Any]:
     """The keyword arguments of submitit's sbatch writer for the launcher settings ``launcher``."""
     from submitit.slurm.slurm import SlurmExecutor, _convert_mem
 
-    renamed: dict[str, str] = dict(SlurmExecutor._equivalence_dict() or {})
+    renamed: dict[str, str] = {str(k): str(v) for k, v in (SlurmExecutor._equivalence_dict() or {}).items()}
     parameters: dict[str, Any] = {renamed.get(k, k): v for k, v in launcher.items() if k not in LAUNCHER_ONLY and v is not None}
     if "mem" in parameters:
         parameters["mem"] = _convert_mem(parameters["mem"])
