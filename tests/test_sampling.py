@@ -44,3 +44,24 @@ def test_skip_resumes_a_pass_where_it_stopped_once():
     sampler.skip(4)
     assert list(sampler) == whole[4:]
     assert list(sampler) == whole, "skip applies to the next pass only"
+
+
+def test_the_ranks_shares_of_a_pass_make_the_one_process_batches_of_r_times_the_size():
+    """R = 3 ranks, batch B = 2, n = 20: the pass is cut to 18 keys; the ranks' shares are
+    disjoint, and the union of the ranks' batch j is batch j (6 keys) of one process."""
+    from medmtl.data.sampling import EpochSeededSampler
+
+    n, ranks, batch = 20, 3, 2
+    whole = EpochSeededSampler(n, seed=5, rank=0, world_size=1)
+    whole.set_epoch(4)
+    keys = list(whole)
+    shares = []
+    for rank in range(ranks):
+        sampler = EpochSeededSampler(n, seed=5, rank=rank, world_size=ranks)
+        sampler.set_epoch(4)
+        shares.append(list(sampler))
+        assert len(shares[-1]) == len(sampler) == n // ranks
+    assert sorted(k for share in shares for k in share) == sorted(keys[: n - n % ranks])
+    for j in range(len(shares[0]) // batch):
+        union = [k for share in shares for k in share[j * batch : (j + 1) * batch]]
+        assert sorted(union) == sorted(keys[j * batch * ranks : (j + 1) * batch * ranks])

@@ -29,6 +29,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from medmtl.errors import ConfigError
+
 #: Keys a dataset receives: a plain index, or (index, augmentation seed) from the sampler.
 SampleKey = int | tuple[int, int]
 
@@ -72,13 +74,15 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
     """A shuffled pass over ``range(n)`` determined by ``(seed, epoch)``, with a seed per sample;
     this rank's share of it under data parallelism (module docstring)."""
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True):
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int | None = None, world_size: int | None = None):
         if n <= 0:
             raise ValueError(f"EpochSeededSampler needs at least one sample, got n={n}.")
         self.n, self.seed, self.shuffle = n, int(seed), shuffle
-        self.rank, self.world_size = data_parallel_rank()
+        detected = data_parallel_rank()  # the process group's, unless given
+        self.rank = detected[0] if rank is None else rank
+        self.world_size = detected[1] if world_size is None else world_size
         if n < self.world_size:
-            raise ValueError(f"{n} training samples cannot be shared by {self.world_size} ranks.")
+            raise ConfigError(f"{n} training samples cannot be shared by {self.world_size} processes: use fewer trainer.devices.")
         self.epoch: int | None = None
         self.start = 0
 
