@@ -60,3 +60,44 @@ def test_a_ddp_run_continued_from_its_checkpoint_ends_where_the_uninterrupted_on
     assert final.keys() == reference.keys()
     for name, tensor in reference.items():
         torch.testing.assert_close(final[name], tensor, rtol=1e-6, atol=1e-8, msg=name)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_nodes_started_by_torchrun_make_one_run(tmp_path):
+    """trainer.num_nodes=2 with one process per node, each node started by its own torchrun (as a
+    cluster without SLURM would): Lightning reads the ranks from torchrun's environment; rank 0
+    writes the run folder, and the 24 training images make 24 / (4 x 2) = 3 iterations."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import PROJECT_ROOT
+
+    folder, port = tmp_path / "run", free_port()
+    overrides = TINY + ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2"]
+    overrides += ["optim=pcgrad", f"hydra.run.dir={folder}"]
+    env = {**os.environ, "MEDMTL_LOG_DIR": str(tmp_path / "logs"), "MEDMTL_DATA_DIR": str(tmp_path / "data")}
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}"]
+            + ["--master-addr=127.0.0.1", f"--master-port={port}", str(PROJECT_ROOT / "src" / "train.py"), *overrides],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    record = json.loads((folder / "metrics.json").read_text())
+    assert record["iterations"] == 3
+    assert "s/iteration" in outputs[0] and "s/iteration" not in outputs[1]  # the summary: rank 0's alone
