@@ -121,9 +121,9 @@ class GradientCombination(Strategy):
         self.mode = mode
         self._engine: Engine | None = None
 
-    #: the aggregation reads the Jacobian itself, not only its Gramian (refused in
-    #: representation mode under DDP)
     def reads_jacobian(self) -> bool:
+        """The aggregation reads the Jacobian itself, not only its Gramian (refused in
+        representation mode under DDP)."""
         return self.needs_jacobian
 
     def check_distributed(self, world_size: int) -> None:
