@@ -145,3 +145,24 @@ def test_lightning_on_two_ranks_trains_as_one_process_on_batches_twice_as_large(
     for name, tensor in single.items():
         # trained in float64; the spawn launcher hands rank 0's weights back in the module's float32
         torch.testing.assert_close(double[name].float(), tensor.float(), rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        (["optim=pcgrad", "optim.strategy.mode=gramian"], "mode=gramian cannot be distributed exactly"),
+        (["optim=jd_graddrop", "optim.strategy.mode=representation"], "use mode=jacobian"),
+        (["optim=jd_nash_mtl", "optim.strategy.mode=representation"], "use mode=jacobian"),
+    ],
+)
+def test_what_cannot_be_exact_on_several_ranks_is_refused_in_one_sentence(overrides, says):
+    from hydra.utils import instantiate
+
+    from helpers import compose_train
+    from medmtl.errors import ConfigError
+
+    strategy = instantiate(compose_train(overrides).optim.strategy)
+    strategy.setup(["a", "b"])
+    strategy.check_distributed(1)  # one process: allowed
+    with pytest.raises(ConfigError, match=says):
+        strategy.check_distributed(2)
