@@ -120,7 +120,7 @@ class Reducer:
         docstring). ``names``: the tasks asked for, in order (the same on every rank); ``counts``:
         each local loss's labelled samples; ``zero``: for each asked task, a zero that carries the
         graph (a task labelled on another rank only still takes part in every rank's backward)."""
-        if not self.distributed:
+        if not self.distributed or not names:
             return losses
         local = torch.zeros(2, len(names), dtype=torch.float64, device=next(iter(zero.values())).device)
         for i, name in enumerate(names):
