@@ -75,7 +75,9 @@ class SplitLoaders:
     shuffle)``; ``split_sizes`` from ``self.datasets``. The default ``_loader`` reads the
     datamodule's ``batch_size``, ``eval_batch_size``, ``seed``, ``num_workers`` and ``pin_memory``:
     training batches come from an :class:`~medmtl.data.sampling.EpochSeededSampler` (order and
-    augmentation draws replayed after a resume) and drop an incomplete last batch."""
+    augmentation draws replayed after a resume) and drop an incomplete last batch unless
+    ``drop_incomplete_batch`` is False; evaluation loaders read this rank's shard
+    (:func:`~medmtl.data.sampling.evaluation_sampler`)."""
 
     datasets: dict
     batch_size: int
@@ -83,6 +85,7 @@ class SplitLoaders:
     seed: int
     num_workers: int = 0
     pin_memory: bool = False
+    drop_incomplete_batch: bool = True
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         from medmtl.data.sampling import EpochSeededSampler, evaluation_sampler
@@ -95,7 +98,7 @@ class SplitLoaders:
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            drop_last=shuffle and len(dataset) > self.batch_size,
+            drop_last=shuffle and self.drop_incomplete_batch and len(dataset) > self.batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -34,7 +34,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from medmtl import losses
 from medmtl.data.cache import SampleCache, source_key
@@ -42,7 +42,7 @@ from medmtl.data.contract import MultiTaskDataModule, SplitLoaders
 from medmtl.data.errors import DatasetError
 from medmtl.data.idrid_layout import LESIONS, IdridSample, scan_idrid
 from medmtl.data.images import check_point_inside, read_binary_mask, read_rgb
-from medmtl.data.sampling import EpochSeededSampler, SampleKey, evaluation_sampler, split_key
+from medmtl.data.sampling import SampleKey, split_key
 from medmtl.errors import ConfigError
 from medmtl.tasks import Task
 
@@ -202,6 +202,9 @@ class IdridDataModule(SplitLoaders, MultiTaskDataModule):
     cache_dir (``paths.cache_dir``); skip_bad_samples (leave out, and log, grading rows whose image
     is absent instead of stopping)."""
 
+    #: every training image in every epoch (the segmentation set is small: 54 images in Roy 2025's split)
+    drop_incomplete_batch = False
+
     def __init__(
         self,
         root: str,
@@ -280,15 +283,6 @@ class IdridDataModule(SplitLoaders, MultiTaskDataModule):
                 samples, files, self.resolution, self.lesions, self.missing_mask, self.grades, transform=transform
             )
         log.info("IDRiD: %s", {k: len(v) for k, v in self.datasets.items()})
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.datasets[split]
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else evaluation_sampler(len(dataset)),
-            num_workers=self.num_workers,
-        )
 
     def make_evaluator(self):
         from medmtl.metrics.idrid import IdridEvaluator

@@ -19,7 +19,7 @@ from pathlib import Path
 import albumentations as A
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from medmtl.data.cache import SampleCache
 from medmtl.data.contract import MultiTaskDataModule, SplitLoaders
@@ -28,7 +28,7 @@ from medmtl.data.heatmap import gaussian_heatmap, scaled_variance
 from medmtl.data.images import decode_refuge_mask
 from medmtl.data.refuge_cache import ensure_cache
 from medmtl.data.refuge_layout import RefugeSample, scan_refuge
-from medmtl.data.sampling import EpochSeededSampler, SampleKey, evaluation_sampler, split_key
+from medmtl.data.sampling import SampleKey, split_key
 from medmtl.errors import ConfigError
 from medmtl.metrics.refuge import RefugeEvaluator
 from medmtl.postprocess import vertical_cup_to_disc_ratio
@@ -195,15 +195,3 @@ class RefugeDataModule(SplitLoaders, MultiTaskDataModule):
         """Pascal et al. 2022's metrics; the vCDR logistic regression is fitted on the training split's ground truth."""
         train = self.datasets["train"]
         return RefugeEvaluator(train.ground_truth_vcdr(), train.labels())
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.datasets[split]
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else evaluation_sampler(len(dataset)),
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            drop_last=split == "train" and len(self.datasets[split]) > self.batch_size,
-        )
