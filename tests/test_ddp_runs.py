@@ -29,16 +29,19 @@ def test_two_ranks_test_a_checkpoint_as_one_process_does(tmp_path):
     checkpoint = folder / "checkpoints" / "last.ckpt"
     evaluate = [o for o in SEVEN_TEST_IMAGES if not o.startswith(("experiment", "trainer"))]
     evaluate += ["data=refuge_synthetic", f"ckpt_path={checkpoint}"]
-    records = {}
+    records, predictions = {}, {}
     for name, extra in (("one", ["trainer=cpu"]), ("two", DDP)):
         result = run("eval.py", evaluate + extra + [f"hydra.run.dir={tmp_path / name}"], tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         records[name] = json.loads((tmp_path / name / "metrics.json").read_text())["test"]
-        indices = np.load(tmp_path / name / "predictions.npz")["index"]
-        assert sorted(indices.tolist()) == list(range(7)), f"{name}: each test image once"
+        predictions[name] = dict(np.load(tmp_path / name / "predictions.npz"))
+        assert predictions[name]["index"].tolist() == list(range(7)), f"{name}: each test image once, in order"
     assert records["one"].keys() == records["two"].keys()
     for metric, value in records["one"].items():
         assert records["two"][metric] == pytest.approx(value, rel=1e-5, abs=1e-7), metric
+    per_image = [k for k in predictions["one"] if not k.startswith("example_")]
+    for key in per_image:  # the per-image rows of predictions.npz, as one process writes them
+        np.testing.assert_allclose(predictions["two"][key], predictions["one"][key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 def test_a_ddp_run_continued_from_its_checkpoint_ends_where_the_uninterrupted_one_does(tmp_path):

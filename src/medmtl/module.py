@@ -33,7 +33,7 @@ from lightning.fabric.utilities import move_data_to_device
 from medmtl.data.task_streams import TaskBatchStreams
 from medmtl.distributed import GradientSync, Reducer, broadcast_buffers, innermost_optimizer
 from medmtl.errors import ConfigError, NonFiniteError
-from medmtl.metrics.gather import gather_evaluator
+from medmtl.metrics.gather import gather_evaluator, in_split_order
 from medmtl.models import build_model, count_parameters
 from medmtl.models.base import MultiTaskNet
 from medmtl.nonfinite import NonFiniteGuard, first_nonfinite, learning_rates
@@ -330,7 +330,8 @@ class MultiTaskModule(L.LightningModule):
         metrics = self.evaluator.compute()
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, prog_bar=False)
         if stage == "test":
-            self.test_predictions = self.evaluator.predictions()
+            predictions = self.evaluator.predictions()
+            self.test_predictions = in_split_order(predictions) if self.sync.reducer.distributed else predictions
         self.evaluator.reset()
 
     def _gathered_evaluation_losses(self) -> dict[str, tuple[float, float]]:

@@ -10,9 +10,10 @@ An evaluator names what ``reset`` creates in ``accumulated`` (a tuple of attribu
 rules, by type: dicts merge key by key (keys of any rank), lists concatenate in rank order (per-batch
 records, kept examples), numbers, tensors and arrays add (counters, histograms, confusion
 matrices), and objects with their own ``accumulated`` (a scene metric, a binned AUPR) merge
-attribute by attribute. Rows gathered from lists are grouped by rank, not in the split's order:
-metrics do not depend on the order, and ``predictions.npz`` keeps each row's sample index where the
-evaluator records one.
+attribute by attribute. Rows gathered from lists are grouped by rank; metrics do not depend on
+the order, and :func:`in_split_order` puts the per-sample arrays of ``predictions.npz`` back in the
+split's order where the evaluator records each sample's ``index``. Kept examples (for overlays)
+are each rank's first ones: up to R times as many as one process keeps.
 """
 
 from __future__ import annotations
@@ -57,3 +58,20 @@ def gather_evaluator(evaluator, reducer: Reducer) -> None:
     states = reducer.gather_objects(accumulated_state(evaluator))
     for name in evaluator.accumulated:
         setattr(evaluator, name, merge([state[name] for state in states]))
+
+
+def in_split_order(predictions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``predictions`` with the per-sample arrays (first dimension: one row per entry of
+    ``index``) sorted by ``index``, and the kept examples by ``example_index``: the order one
+    process writes."""
+    ordered = dict(predictions)
+    for prefix in ("", "example_"):
+        index = predictions.get(f"{prefix}index")
+        if index is None:
+            continue
+        order = np.argsort(np.asarray(index), kind="stable")
+        for key, array in predictions.items():
+            mine = key.startswith("example_") == (prefix == "example_")
+            if mine and isinstance(array, np.ndarray) and array.ndim and array.shape[0] == len(order):
+                ordered[key] = array[order]
+    return ordered
