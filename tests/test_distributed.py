@@ -76,9 +76,9 @@ def test_a_local_loss_is_the_union_value_with_a_gradient_that_averages_to_the_un
     x = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
     rank_a = {"t": 2 * x}
     other_b = torch.tensor([[1 * 6 * 1.5], [1.0]], dtype=torch.float64)
-    (value_a,) = TwoRanks(other_b).global_losses(rank_a, {"t": 3}, ["t"], {"t": x * 0}).values()
+    (value_a,) = TwoRanks(other_b).global_losses(rank_a, {"t": 3}, ["t"], lambda name: x * 0, x.device).values()
     other_a = torch.tensor([[3 * 2 * 1.5], [3.0]], dtype=torch.float64)
-    (value_b,) = TwoRanks(other_a).global_losses({"t": 6 * x}, {"t": 1}, ["t"], {"t": x * 0}).values()
+    (value_b,) = TwoRanks(other_a).global_losses({"t": 6 * x}, {"t": 1}, ["t"], lambda name: x * 0, x.device).values()
     assert value_a.item() == pytest.approx(3 * 1.5) and value_b.item() == pytest.approx(3 * 1.5)
     (grad_a,) = torch.autograd.grad(value_a, x)
     (grad_b,) = torch.autograd.grad(value_b, x)

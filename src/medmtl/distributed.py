@@ -34,7 +34,7 @@ identity and costs nothing.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -50,8 +50,11 @@ def is_primary_process() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
-def _initialised() -> bool:
-    return dist.is_available() and dist.is_initialized()
+def data_parallel_rank() -> tuple[int, int]:
+    """(rank, number of ranks) of this process in the default process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 class Reducer:
@@ -61,8 +64,7 @@ class Reducer:
     communication benchmark reports per iteration)."""
 
     def __init__(self) -> None:
-        self.world_size = dist.get_world_size() if _initialised() else 1
-        self.rank = dist.get_rank() if _initialised() else 0
+        self.rank, self.world_size = data_parallel_rank()
         self.bytes_communicated = 0
 
     @property
@@ -114,15 +116,20 @@ class Reducer:
         return gathered
 
     def global_losses(
-        self, losses: dict[str, torch.Tensor], counts: dict[str, int], names: Sequence[str], zero: dict[str, torch.Tensor]
+        self,
+        losses: dict[str, torch.Tensor],
+        counts: dict[str, int],
+        names: Sequence[str],
+        zero_of: Callable[[str], torch.Tensor],
+        device: torch.device,
     ) -> dict[str, torch.Tensor]:
         """Losses whose values are the union's and whose gradients average to the union's (module
         docstring). ``names``: the tasks asked for, in order (the same on every rank); ``counts``:
-        each local loss's labelled samples; ``zero``: for each asked task, a zero that carries the
-        graph (a task labelled on another rank only still takes part in every rank's backward)."""
+        each local loss's labelled samples; ``zero_of(task)``: a zero that carries the graph, for a
+        task labelled on another rank only (it still takes part in every rank's backward)."""
         if not self.distributed or not names:
             return losses
-        local = torch.zeros(2, len(names), dtype=torch.float64, device=next(iter(zero.values())).device)
+        local = torch.zeros(2, len(names), dtype=torch.float64, device=device)
         for i, name in enumerate(names):
             if name in losses:
                 local[0, i] = counts[name] * losses[name].detach().double()
@@ -133,12 +140,12 @@ class Reducer:
             samples = float(total[1, i])
             if samples == 0:
                 continue  # labelled on no rank: absent everywhere
-            value = (total[0, i] / samples).to(zero[name].dtype)
             if name in losses:
                 scaled = losses[name] * (self.world_size * counts[name] / samples)
-                result[name] = scaled + (value - scaled.detach())
+                result[name] = scaled + ((total[0, i] / samples).to(scaled.dtype) - scaled.detach())
             else:
-                result[name] = zero[name] + value
+                zero = zero_of(name)
+                result[name] = zero + (total[0, i] / samples).to(zero.dtype)
         return result
 
 
@@ -177,12 +184,21 @@ class GradientSync:
         self.mark_global(pending)
 
 
+def innermost_optimizer(optimizer):
+    """The optimizer under the context's wrappers (Lightning's, or torch's)."""
+    while hasattr(optimizer, "unwrapped"):
+        optimizer = optimizer.unwrapped
+    return optimizer
+
+
+def torch_optimizer(optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer under the context's wrappers and Lightning's."""
+    inner = innermost_optimizer(optimizer)
+    return getattr(inner, "optimizer", inner)
+
+
 def optimizer_parameters(optimizer) -> list[torch.Tensor]:
-    inner = optimizer
-    while hasattr(inner, "unwrapped"):
-        inner = inner.unwrapped
-    inner = getattr(inner, "optimizer", inner)
-    return [p for group in inner.param_groups for p in group["params"]]
+    return [p for group in torch_optimizer(optimizer).param_groups for p in group["params"]]
 
 
 class SynchronizedOptimizer:
@@ -194,8 +210,7 @@ class SynchronizedOptimizer:
     @property
     def optimizer(self) -> torch.optim.Optimizer:
         """The torch optimizer inside the wrappers."""
-        inner = innermost_optimizer(self.unwrapped)
-        return getattr(inner, "optimizer", inner)
+        return torch_optimizer(self.unwrapped)
 
     def synchronize(self) -> None:
         self._sync.synchronize(optimizer_parameters(self.unwrapped))
@@ -212,13 +227,6 @@ class SynchronizedOptimizer:
 
     def __getattr__(self, name: str):
         return getattr(self.unwrapped, name)
-
-
-def innermost_optimizer(optimizer):
-    """The optimizer under the context's wrappers (Lightning's, or torch's)."""
-    while hasattr(optimizer, "unwrapped"):
-        optimizer = optimizer.unwrapped
-    return optimizer
 
 
 class ExactDDPStrategy(DDPStrategy):

@@ -27,13 +27,14 @@ from functools import partial
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.fabric.utilities import move_data_to_device
 
 from medmtl.data.task_streams import TaskBatchStreams
 from medmtl.distributed import GradientSync, Reducer, broadcast_buffers, innermost_optimizer
 from medmtl.errors import ConfigError, NonFiniteError
-from medmtl.metrics.gather import gather_evaluator, in_split_order
+from medmtl.metrics.gather import gather_evaluator, in_split_order, merge
 from medmtl.models import build_model, count_parameters
 from medmtl.models.base import MultiTaskNet
 from medmtl.nonfinite import NonFiniteGuard, first_nonfinite, learning_rates
@@ -150,7 +151,7 @@ class MultiTaskModule(L.LightningModule):
         self.test_predictions: dict | None = None
         self.task_streams = TaskBatchStreams([t.name for t in self.tasks])  # GA's per-task loaders
         self.sync = GradientSync(Reducer())  # replaced in setup, once the process group exists
-        self._evaluation_losses: dict[str, tuple[float, float]] = {}  # task -> (sum of losses x samples, samples)
+        self._evaluation_losses: dict[str, np.ndarray] = {}  # task -> [sum of losses x samples, samples]
 
     # ----- the StepContext offered to strategies -------------------------------------------
     def inputs(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -301,8 +302,7 @@ class MultiTaskModule(L.LightningModule):
         for task, loss in losses.items():
             mask = self.task_by_name[task].present(batch)
             count = float(batch_size if mask is None else mask.sum())
-            total, seen = self._evaluation_losses.get(task, (0.0, 0.0))
-            self._evaluation_losses[task] = (total + float(loss) * count, seen + count)
+            self._evaluation_losses[task] = self._evaluation_losses.get(task, np.zeros(2)) + [float(loss) * count, count]
         if self.evaluator is not None:
             self.evaluator.update(outputs, batch)
 
@@ -334,15 +334,10 @@ class MultiTaskModule(L.LightningModule):
             self.test_predictions = in_split_order(predictions) if self.sync.reducer.distributed else predictions
         self.evaluator.reset()
 
-    def _gathered_evaluation_losses(self) -> dict[str, tuple[float, float]]:
-        """task -> (sum of loss x samples, samples) over every rank's shard (exact under DDP:
+    def _gathered_evaluation_losses(self) -> dict[str, np.ndarray]:
+        """task -> [sum of loss x samples, samples] over every rank's shard (exact under DDP:
         the shards do not overlap)."""
-        totals: dict[str, tuple[float, float]] = {}
-        for rank_losses in self.sync.reducer.gather_objects(self._evaluation_losses):
-            for task, (total, seen) in rank_losses.items():
-                before = totals.get(task, (0.0, 0.0))
-                totals[task] = (before[0] + total, before[1] + seen)
-        return totals
+        return merge(self.sync.reducer.gather_objects(self._evaluation_losses))
 
     def _start_evaluation(self) -> None:
         """Every rank evaluates rank 0's network (its batch norm statistics: as DDP's broadcast)."""
@@ -393,19 +388,17 @@ class MultiTaskModule(L.LightningModule):
         number of ranks resumes with rank 0's states (a warning says so: not an exact continuation)."""
         self.iterations = int(checkpoint.get("medmtl_iterations", 0))
         states = {"rng": checkpoint.get("medmtl_rng_states"), "task_positions": checkpoint.get("medmtl_task_positions", {})}
-        per_rank = checkpoint.get("medmtl_rank_states")
-        reducer = Reducer()
-        if per_rank is not None or reducer.distributed:
-            ranks = len(per_rank) if per_rank is not None else 1
-            if ranks == reducer.world_size and per_rank is not None:
-                states = per_rank[reducer.rank]
-            else:
-                log.warning(
-                    "This checkpoint was written by %d process(es) and is resumed by %d: every rank continues from "
-                    "rank 0's random states and loader positions (not an exact continuation).",
-                    ranks,
-                    reducer.world_size,
-                )
+        per_rank = checkpoint.get("medmtl_rank_states") or [states]  # one process: its own states only
+        reducer = self.sync.reducer
+        if len(per_rank) == reducer.world_size:
+            states = per_rank[reducer.rank]
+        else:
+            log.warning(
+                "This checkpoint was written by %d process(es) and is resumed by %d: every rank continues from "
+                "rank 0's random states and loader positions (not an exact continuation).",
+                len(per_rank),
+                reducer.world_size,
+            )
         if states["rng"] is not None:
             restore_rng_states(states["rng"])
         self.task_streams.load_state_dict(states["task_positions"])

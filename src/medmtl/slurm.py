@@ -38,7 +38,7 @@ def sbatch_script(launcher: Mapping[str, Any], command: str = "python -u -m subm
     ``hydra.launcher``)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    if "submitit" not in str(launcher.get("_target_", "")).lower() or "Slurm" not in str(launcher.get("_target_")):
+    if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
         raise ConfigError("the SLURM preview needs hydra/launcher=slurm or hydra/launcher=slurm_ddp.")
     folder = str(launcher["submitit_folder"])
     return _make_sbatch_string(command=command.format(folder=folder), folder=folder, **sbatch_parameters(launcher))

@@ -26,9 +26,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from medmtl.distributed import data_parallel_rank
 from medmtl.errors import ConfigError
 
 #: Keys a dataset receives: a plain index, or (index, augmentation seed) from the sampler.
@@ -42,13 +42,6 @@ def split_key(key: SampleKey) -> tuple[int, int | None]:
     if isinstance(key, tuple):
         return int(key[0]), int(key[1])
     return int(key), None
-
-
-def data_parallel_rank() -> tuple[int, int]:
-    """(rank, number of ranks) of this process in the default process group; (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class EvaluationShard(Sampler[int]):

@@ -55,9 +55,8 @@ def gather_evaluator(evaluator, reducer: Reducer) -> None:
     """Replace ``evaluator``'s accumulated state by the merge of every rank's (in place)."""
     if not reducer.distributed:
         return
-    states = reducer.gather_objects(accumulated_state(evaluator))
-    for name in evaluator.accumulated:
-        setattr(evaluator, name, merge([state[name] for state in states]))
+    for name, value in merge(reducer.gather_objects(accumulated_state(evaluator))).items():
+        setattr(evaluator, name, value)
 
 
 def in_split_order(predictions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

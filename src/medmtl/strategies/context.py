@@ -144,8 +144,9 @@ class TrainingContext:
             if task.name in losses:
                 mask = task.present(batch)
                 counts[task.name] = int(outputs[task.name].shape[0] if mask is None else mask.bool().sum())
-        zero = {t.name: outputs[t.name].sum() * 0.0 for t in asked}
-        return self.reducer.global_losses(losses, counts, [t.name for t in asked], zero)
+        names = [t.name for t in asked]
+        device = outputs[names[0]].device if names else torch.device("cpu")
+        return self.reducer.global_losses(losses, counts, names, lambda name: outputs[name].sum() * 0.0, device)
 
     def optimizers(self):
         optimizers = list(self._optimizers())
@@ -203,5 +204,5 @@ class PlainContext(TrainingContext):
             task_batch,
             guard,
             input_keys,
-            GradientSync(reducer or Reducer()),
+            GradientSync(reducer) if reducer is not None else None,
         )
