@@ -41,6 +41,8 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 #: representatives of the other gradient modes (a row each besides every strategy's default mode)
 GRAMIAN_VARIANTS = ["pcgrad", "mgda", "jd_upgrad"]
+#: aggregators timed again with torchjd's host solver (default: the device solvers)
+HOST_SOLVER_VARIANTS = ["jd_upgrad", "jd_imtl_g", "jd_cagrad", "jd_dualproj"]
 TORCHJD_REFERENCE = {"jd_upgrad": "UPGrad", "jd_imtl_g": "IMTLG", "jd_dualproj": "DualProj", "mgda": "MGDA"}
 #: our strategy -> LibMTL weighting class (and its backward kwargs), when LibMTL is installed
 LIBMTL_REFERENCE = {"pcgrad": ("PCGrad", {}), "mgda": ("MGDA", {"mgda_gn": "none"}), "jd_imtl_g": ("IMTL", {})}
@@ -196,7 +198,7 @@ def measure(args) -> dict:
     torch.manual_seed(0)
     device = torch.device(args.device)
     name = args.strategy.removeprefix("torchjd:").removeprefix("libmtl:")
-    extra = [f"optim.strategy.jacobian_method={args.jacobian_method}"] if args.jacobian_method else []
+    extra = [f"optim.strategy.{option}" for option in args.option]
     model, strategy, tasks, optimizer_factory, input_keys = build(
         name, args.width, args.mode, extra=extra, setting=args.setting, backbone=args.backbone
     )
@@ -248,7 +250,7 @@ def resident_mb() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_child(strategy: str, mode: str | None, args, jacobian_method: str | None = None) -> dict:
+def run_child(strategy: str, mode: str | None, args, options: tuple[str, ...] = ()) -> dict:
     command = [
         sys.executable,
         __file__,
@@ -276,12 +278,21 @@ def run_child(strategy: str, mode: str | None, args, jacobian_method: str | None
     ]
     if mode:
         command += ["--mode", mode]
-    if jacobian_method:
-        command += ["--jacobian-method", jacobian_method]
+    for option in options:
+        command += ["--option", option]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if result.returncode != 0:
         raise RuntimeError(f"{strategy} failed:\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def row_label(strategy: str, mode: str | None, options: tuple[str, ...]) -> str:
+    """``jd_upgrad (representation)``, ``pcgrad (batched)``, ``jd_upgrad (host solver)``..."""
+    notes = [mode] if mode else []
+    for option in options:
+        key, value = option.split("=")
+        notes.append(f"{value} solver" if key == "solver" else value)
+    return strategy + "".join(f" ({note})" for note in notes)
 
 
 def target_for(name: str, t: int, profiles: dict, mode: str | None = None) -> tuple[str, float | None]:
@@ -305,7 +316,7 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--strategy", default="vanilla")
     parser.add_argument("--mode", default=None)
-    parser.add_argument("--jacobian-method", default=None)
+    parser.add_argument("--option", action="append", default=[], help="key=value of optim.strategy (repeatable)")
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)
@@ -328,20 +339,21 @@ def main() -> None:
     profiles = discovered_strategies()
     # one network per task is not the point of a many-task timing (and would need 26 encoders pairs)
     chosen = lambda s: (not args.only or s in args.only) and not (many and s in profiles and profiles[s].separate_networks)
-    runs = [(s, None, None) for s in (args.only or profiles) if chosen(s)]
-    runs += [(s, None, "batched") for s in ("pcgrad", "jd_upgrad", "mgda_ub") if chosen(s)]
-    runs += [(s, "gramian", None) for s in GRAMIAN_VARIANTS if chosen(s)]
-    runs += [(s, "representation", None) for s in ("pcgrad", "jd_upgrad") if chosen(s)]
+    runs: list[tuple[str, str | None, tuple[str, ...]]] = [(s, None, ()) for s in (args.only or profiles) if chosen(s)]
+    runs += [(s, None, ("jacobian_method=batched",)) for s in ("pcgrad", "jd_upgrad", "mgda_ub") if chosen(s)]
+    runs += [(s, None, ("solver=host",)) for s in HOST_SOLVER_VARIANTS if chosen(s)]
+    runs += [(s, "gramian", ()) for s in GRAMIAN_VARIANTS if chosen(s)]
+    runs += [(s, "representation", ()) for s in ("pcgrad", "jd_upgrad") if chosen(s)]
     if not many:  # the torchjd and LibMTL reference rows read one image input: REFUGE only
-        runs += [(f"torchjd:{s}", None, None) for s in TORCHJD_REFERENCE if chosen(s)]
+        runs += [(f"torchjd:{s}", None, ()) for s in TORCHJD_REFERENCE if chosen(s)]
         if importlib.util.find_spec("LibMTL") is not None:
-            runs += [(f"libmtl:{s}", None, None) for s in LIBMTL_REFERENCE if chosen(s)]
+            runs += [(f"libmtl:{s}", None, ()) for s in LIBMTL_REFERENCE if chosen(s)]
         else:
             print("LibMTL is not installed (pip install LibMTL): its rows are left out.")
     results = {}
-    for strategy, mode, method in runs:
-        label = strategy + "".join(f" ({x})" for x in (mode, method) if x)
-        results[label] = run_child(strategy, mode, args, method)
+    for strategy, mode, options in runs:
+        label = row_label(strategy, mode, options)
+        results[label] = run_child(strategy, mode, args, options)
         print(f"{label:28s} {results[label]['seconds']:.4f} s  {results[label]['peak_mb']:.0f} MB", flush=True)
     base = results["vanilla"]
     memory_kind = "allocated CUDA memory" if args.device != "cpu" else "the process resident set size"

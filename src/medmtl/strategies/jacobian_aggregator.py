@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from medmtl.errors import ConfigError
+from medmtl.strategies import device_solvers
 from medmtl.strategies.base import Batch, StepContext
 from medmtl.strategies.gradient_combination import GradientCombination, task_jacobian
 
@@ -56,10 +57,26 @@ AGGREGATORS = {
     "modo": ("MoDoWeighting", "cross"),
     "sdmgrad": ("SDMGradWeighting", "cross"),
 }
+#: aggregators whose T x T problem :mod:`~medmtl.strategies.device_solvers` solves on G's device
+DEVICE_SOLVED = ("upgrad", "dualproj", "imtl_g", "cagrad")
+SOLVERS = ("auto", "device", "host")
 #: the paper defaults torchjd does not set itself
 DEFAULT_OPTIONS = {"cagrad": {"c": 0.5}, "fairgrad": {"alpha": 1.0}}
 #: integer counters torchjd keeps as plain attributes rather than buffers
 COUNTERS = ("_n_steps",)
+
+
+def device_weighting(aggregator: str, options: dict[str, Any]) -> nn.Module:
+    """The weighting of ``aggregator`` (one of :data:`DEVICE_SOLVED`) with its T x T problem solved
+    on the Gramian's device; ``options`` as torchjd's class takes them."""
+    import torchjd.aggregation as aggregation
+
+    if aggregator == "imtl_g":
+        return device_solvers.DeviceIMTLGWeighting(**options)
+    if aggregator == "cagrad":
+        return device_solvers.DeviceCAGradWeighting(**options)
+    class_name = AGGREGATORS[aggregator][0]
+    return getattr(aggregation, class_name)(**({"projector": device_solvers.DeviceDualConeProjector()} | options))
 
 
 def weighting_state(weighting: nn.Module) -> dict[str, torch.Tensor | None]:
@@ -98,7 +115,11 @@ class JacobianAggregator(GradientCombination):
     """``aggregator``: a key of :data:`AGGREGATORS`; ``options``: keyword arguments of its torchjd
     class; ``cr_mogm_alpha``: wrap the weighting in CR-MOGM's moving average of the weights
     (Zhou et al. 2022), lambda_t = alpha lambda_{t-1} + (1 - alpha) lambda-hat_t (null: off);
-    ``primary_task``: PCD's primary objective (default: the task set's first)."""
+    ``primary_task``: PCD's primary objective (default: the task set's first); ``solver``: where the
+    small T x T problem of UPGrad, DualProj, IMTL-G and CAGrad is solved -- ``device`` (on the
+    Gramian's device by face enumeration, no host round trip: :mod:`~medmtl.strategies.device_solvers`),
+    ``host`` (torchjd's own quadprog / cvxpy / Python solvers) or ``auto`` (device up to
+    :data:`~medmtl.strategies.device_solvers.MAX_TASKS` present tasks, host above)."""
 
     def __init__(
         self,
@@ -108,6 +129,7 @@ class JacobianAggregator(GradientCombination):
         jacobian_method: str = "loop",
         cr_mogm_alpha: float | None = None,
         primary_task: str | None = None,
+        solver: str = "auto",
     ):
         if aggregator not in AGGREGATORS:
             raise ConfigError(f"optim.strategy.aggregator must be one of {sorted(AGGREGATORS)}, got {aggregator!r}.")
@@ -117,8 +139,13 @@ class JacobianAggregator(GradientCombination):
             raise ConfigError(f"{aggregator} samples two half-batch Jacobians at W: use mode=jacobian.")
         if cr_mogm_alpha is not None and aggregator in ("config", "graddrop", "nash_mtl"):
             raise ConfigError(f"optim.strategy.cr_mogm_alpha averages torchjd weightings; not available for {aggregator}.")
+        if solver not in SOLVERS:
+            raise ConfigError(f"optim.strategy.solver must be one of {list(SOLVERS)}, got {solver!r}.")
+        if solver == "device" and aggregator not in DEVICE_SOLVED:
+            raise ConfigError(f"optim.strategy.solver=device exists for {list(DEVICE_SOLVED)}, not {aggregator}: use host.")
         super().__init__(mode, jacobian_method)
         self.aggregator_name = aggregator
+        self.solver = solver
         self.options = DEFAULT_OPTIONS.get(aggregator, {}) | dict(options or {})
         self.cr_mogm_alpha = cr_mogm_alpha
         self.primary_task = primary_task
@@ -134,7 +161,11 @@ class JacobianAggregator(GradientCombination):
             options = dict(self.options)
             if self.aggregator_name == "nash_mtl":
                 options["n_tasks"] = len(names)
-            made = getattr(aggregation, self.class_name)(**options)
+            made: Any
+            if self.solves_on_device(len(names)):
+                made = device_weighting(self.aggregator_name, options)
+            else:
+                made = getattr(aggregation, self.class_name)(**options)
             if self.aggregator_name == "nash_mtl":
                 made = made.weighting  # a WeightedAggregator: its public weighting maps J to weights
             if self.cr_mogm_alpha is not None:
@@ -142,7 +173,18 @@ class JacobianAggregator(GradientCombination):
             self._weightings[key] = made
         return self._weightings[key]
 
+    def solves_on_device(self, task_count: int) -> bool:
+        """Whether the weights of ``task_count`` present tasks come from the device solvers."""
+        if self.aggregator_name not in DEVICE_SOLVED or self.solver == "host":
+            return False
+        return self.solver == "device" or device_solvers.fits(task_count)
+
     def setup(self, task_names: list[str]) -> None:
+        if self.solver == "device" and not device_solvers.fits(len(task_names)):
+            raise ConfigError(
+                f"optim.strategy.solver=device enumerates 2^T faces: at most {device_solvers.MAX_TASKS} tasks, "
+                f"this run has {len(task_names)}; use solver=auto or host."
+            )
         self.task_names = list(task_names)
         primary = self.primary_task
         if primary is not None and primary not in self.task_names:
