@@ -52,6 +52,15 @@ def test_dwa_weights_follow_the_formula_after_two_epochs():
     assert total.item() == pytest.approx(2 * ea / (ea + eb) + 4 * eb / (ea + eb))
 
 
+def test_dwa_weights_never_read_a_value_on_the_host():
+    """On the meta device a Python branch on a tensor raises: the per-step weights of DWA must be
+    computed without one (on a GPU it would stall every step)."""
+    strategy = DynamicWeightAverage()
+    strategy.setup(["a", "b"])
+    strategy.to("meta")
+    assert strategy.current_weights().device.type == "meta"
+
+
 def test_dwa_history_is_in_the_state_dict():
     strategy = DynamicWeightAverage()
     strategy.setup(["a", "b"])

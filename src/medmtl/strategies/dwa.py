@@ -41,10 +41,11 @@ class DynamicWeightAverage(WeightedSum):
             self.loss_count[i] += 1
 
     def current_weights(self) -> torch.Tensor:
-        if torch.isnan(self.history).any():
-            return torch.ones(len(self.task_names), dtype=torch.float64, device=self.history.device)
+        """Equal weights until two epochs of losses exist (a ``torch.where``, not a Python branch on
+        the history: no host read of a device value at each step)."""
         ratio = self.history[1] / self.history[0]
-        return len(self.task_names) * torch.softmax(ratio / self.temperature, dim=0)
+        weights = len(self.task_names) * torch.softmax(ratio / self.temperature, dim=0)
+        return torch.where(torch.isnan(self.history).any(), torch.ones_like(weights), weights)
 
     def weighted_total(self, losses):
         return self.combine(self.current_weights(), losses)

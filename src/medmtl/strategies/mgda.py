@@ -83,12 +83,19 @@ def exact_min_norm_weights(gramian: torch.Tensor, tolerance: float = 1e-12) -> t
 def min_norm_weights(
     gramian: torch.Tensor, max_iterations: int = 250, tolerance: float = 1e-6, solver: str = "exact"
 ) -> torch.Tensor:
-    """min_w w^T G w on the simplex; ``frank_wolfe`` is Sener & Koltun's Algorithm 2."""
-    if solver == "exact":
-        return exact_min_norm_weights(gramian)
-    if solver != "frank_wolfe":
+    """min_w w^T G w on the simplex; ``frank_wolfe`` is Sener & Koltun's Algorithm 2. Both solvers
+    iterate with value-dependent stops, so they run on a host copy of G (one device-to-host copy per
+    call, not a host read per iteration); the weights come back on G's device."""
+    if solver not in SOLVERS:
         raise ConfigError(f"optim.strategy.solver must be one of {SOLVERS}, got {solver!r}.")
-    gramian = gramian.to(torch.float64)
+    host = gramian.detach().to("cpu", torch.float64)
+    if solver == "exact":
+        return exact_min_norm_weights(host).to(gramian.device)
+    return frank_wolfe_weights(host, max_iterations, tolerance).to(gramian.device)
+
+
+def frank_wolfe_weights(gramian: torch.Tensor, max_iterations: int, tolerance: float) -> torch.Tensor:
+    """Sener and Koltun's Frank-Wolfe iterations for min_w w^T G w on the simplex, from 1/T."""
     t = gramian.shape[0]
     weights = torch.full((t,), 1.0 / t, dtype=torch.float64, device=gramian.device)
     for _ in range(max_iterations):
