@@ -4,6 +4,7 @@ its own task's batch; samplers; the Lightning path with per-task loaders."""
 import copy
 import itertools
 
+import pytest
 import torch
 
 from helpers import PlainContext, random_batch, tiny_unet
@@ -66,3 +67,45 @@ def test_each_task_draws_from_its_own_loader():
     for _ in range(3):
         strategy.training_step(ctx, batch=None)
     assert counters == {k: 3 for k in TASKS}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_task_streams_make_one_loader_and_replay_each_pass_in_its_epochs_order(workers):
+    """Worker processes of a persistent loader start once per stream, not at every pass: the stream
+    re-iterates one loader; pass p still reads the sampler's epoch-p order."""
+    from torch.utils.data import DataLoader
+
+    from medmtl.data.sampling import EpochSeededSampler
+    from medmtl.data.task_streams import TaskBatchStreams
+
+    class Keys(torch.utils.data.Dataset):
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, key):
+            return torch.tensor(key[0])
+
+    class TwoTasks:
+        separate_task_inputs = True
+        made = 0
+
+        def task_dataloader(self, task):
+            TwoTasks.made += 1
+            sampler = EpochSeededSampler(6, seed=5)
+            return DataLoader(Keys(), batch_size=3, sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
+
+    streams = TaskBatchStreams(["a", "b"])
+    datamodule = TwoTasks()
+    drawn = [streams.next_batch(datamodule, "a").tolist() for _ in range(6)]  # three passes of two batches
+    streams.close()  # drops the stream, and with it the loader's worker processes
+    assert TwoTasks.made == 1
+    for epoch in range(3):
+        sampler = EpochSeededSampler(6, seed=5)
+        sampler.set_epoch(epoch)
+        order = [index for index, _ in sampler]
+        assert drawn[2 * epoch] + drawn[2 * epoch + 1] == order
+    after = EpochSeededSampler(6, seed=5)
+    after.set_epoch(3)  # a closed stream goes on where it stood: pass 3, first batch
+    assert streams.next_batch(datamodule, "a").tolist() == [index for index, _ in after][:3]
+    assert streams.state_dict() == {"a": [3, 1]}
+    streams.close()

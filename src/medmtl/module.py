@@ -269,6 +269,9 @@ class MultiTaskModule(L.LightningModule):
     def on_train_start(self) -> None:
         self.sync.reducer.share_random_states()  # the ranks draw alike (docs/distributed.md)
 
+    def on_train_end(self) -> None:
+        self.task_streams.close()  # the per-task loaders' worker processes end with training
+
     def on_train_epoch_start(self) -> None:
         max_epochs = self.trainer.max_epochs or 1
         self.model.set_training_progress(self.current_epoch / max(1, max_epochs))

@@ -53,8 +53,11 @@ class TaskBatchStreams:
         position = self.positions.setdefault(task, [0, 0])
         own_loader = task == VALIDATION or datamodule.separate_task_inputs
         task_index = 0 if task == VALIDATION else self.task_names.index(task)
+        # one loader per stream, re-iterated pass after pass: with persistent workers its worker
+        # processes start once, not at every pass (the samples' augmentation draws come from their
+        # sampler keys, not from the workers' random state, so reusing workers changes no batch)
+        loader = self._loader(datamodule, task)
         while True:
-            loader = self._loader(datamodule, task)
             sampler = getattr(loader, "sampler", None)
             if isinstance(sampler, EpochSeededSampler):
                 epoch = position[0] if own_loader else position[0] * len(self.task_names) + task_index
@@ -70,6 +73,11 @@ class TaskBatchStreams:
                 position[1] += 1
                 yield batch
             position[0], position[1] = position[0] + 1, 0
+
+    def close(self) -> None:
+        """Drop the streams (and their loaders' worker processes); the positions are kept, so the
+        next batch of a task continues where its stream stood."""
+        self._iterators = {}
 
     def state_dict(self) -> dict[str, list[int]]:
         return {task: list(p) for task, p in self.positions.items()}
