@@ -197,7 +197,7 @@ def _hold_out(samples: list[IdridSample], fraction: float, seed: int) -> tuple[l
 class IdridDataModule(SplitLoaders, MultiTaskDataModule):
     """Args: root; resolution (H, W); lesions (segmentation tasks); grades (grading tasks);
     missing_mask (``mask`` | ``negative``); val_fraction and split_seed (validation held out of
-    the training sets); batch sizes, workers; seed (training order and augmentation draws);
+    the training sets); batch sizes, workers, pin_memory; seed (training order and augmentation draws);
     augment (training augmentation); focal_gamma, focal_alpha, grading_focal (:func:`idrid_tasks`);
     cache_dir (``paths.cache_dir``); skip_bad_samples (leave out, and log, grading rows whose image
     is absent instead of stopping)."""
@@ -224,6 +224,7 @@ class IdridDataModule(SplitLoaders, MultiTaskDataModule):
         skip_bad_samples: bool = False,
         focal_alpha: float | None = None,
         grading_focal: str = "softmax",
+        pin_memory: bool = False,
     ):
         super().__init__()
         if missing_mask not in MISSING_MASK:
@@ -234,6 +235,7 @@ class IdridDataModule(SplitLoaders, MultiTaskDataModule):
         self.cache = SampleCache(cache_dir, "idrid", self.root)
         self.val_fraction, self.split_seed, self.seed = val_fraction, split_seed, seed
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.pin_memory = pin_memory
         self.tasks = idrid_tasks(self.lesions, focal_gamma, self.grades, focal_alpha, grading_focal)
         self.datasets: dict[str, IdridDataset] = {}
         self.cache_seconds = 0.0

@@ -302,6 +302,7 @@ class MedMNISTDataModule(MultiTaskDataModule):
         augment: the weak augmentation without flips on the training splits (Schafer et al. 2024).
         loss_normalization: each loss divided by its value at chance (Schafer et al. 2024).
         input_range: ``unit`` ([0, 1], Schafer et al. 2024) or ``symmetric`` ([-1, 1]).
+        pin_memory: page-locked batches (faster, asynchronous copies to a GPU).
         joint_batches: train on joint batches (one batch of every task per step, concatenated),
             so that every strategy applies; needs all tasks 2D at one size. Default: per-task
             batches, drawn by the strategy (``optim=ga``).
@@ -323,6 +324,7 @@ class MedMNISTDataModule(MultiTaskDataModule):
         augment: bool = False,
         loss_normalization: bool = True,
         input_range: str = "unit",
+        pin_memory: bool = False,
     ):
         super().__init__()
         if input_range not in INPUT_RANGES:
@@ -333,6 +335,7 @@ class MedMNISTDataModule(MultiTaskDataModule):
             raise DatasetError("MedMNIST needs at least one dataset in data.flags.")
         self.root, self.flags, self.size = Path(root), list(flags), size
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.pin_memory = pin_memory
         self.steps_per_epoch, self.verify, self.max_samples, self.seed = steps_per_epoch, verify_md5, max_samples, seed
         self.tasks = [medmnist_task(flag, loss_normalization) for flag in self.flags]
         self.datasets: dict[str, dict[str, MedMNISTDataset]] = {}
@@ -380,6 +383,8 @@ class MedMNISTDataModule(MultiTaskDataModule):
             dataset,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
             sampler=EpochSeededSampler(len(dataset), self.seed + self.flags.index(task)),
             drop_last=len(dataset) > self.batch_size,
         )
@@ -396,6 +401,7 @@ class MedMNISTDataModule(MultiTaskDataModule):
                 self.datasets[flag][split],
                 batch_size=self.eval_batch_size,
                 num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
                 sampler=evaluation_sampler(len(self.datasets[flag][split])),
             )
             for flag in self.flags
