@@ -158,7 +158,7 @@ def test_scene_backbones_load_local_weights_or_say_in_one_sentence_that_they_are
     for key, value in source.conv1.state_dict().items():
         assert torch.equal(stem_conv.state_dict()[key], value), key
     assert torch.equal(layer4[-1].conv2.weight, source.layer4[-1].conv2.weight)
-    with pytest.raises(WeightsNotFoundError, match="not_here.pth.*weights_path=null"):
+    with pytest.raises(WeightsNotFoundError, match="not_here.pth.*set model.weights_path=null to train from scratch"):
         MTLBaseline(SCENE(), backbone="test_resnet", aspp_width=8, weights_path=str(tmp_path / "not_here.pth"))
 
 

@@ -60,4 +60,4 @@ class Res34UNet(EncoderDecoderNet):
         if pretrained:
             if not weights_path:
                 raise ConfigError("pretrained=true needs model.weights_path (a torchvision ResNet state dict file).")
-            load_torchvision_resnet(self.encoder, weights_path, option="model.pretrained")
+            load_torchvision_resnet(self.encoder, weights_path, option="model.pretrained=false")

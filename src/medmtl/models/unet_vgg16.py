@@ -156,7 +156,7 @@ class UNetVGG16(EncoderDecoderNet):
         """Copy a torchvision VGG-BN ``features`` state into the encoder, layer by layer in order."""
         import torchvision
 
-        path = resolve_weights_file(weights_path, option="model.pretrained")
+        path = resolve_weights_file(weights_path, option="model.pretrained=false")
         reference = getattr(torchvision.models, TORCHVISION_ARCH[self.encoder_layout])(weights=None)
         reference.load_state_dict(load_state_dict(path))
         source = [m for m in reference.features if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]

@@ -27,7 +27,8 @@ def resolve_weights_file(path: str | os.PathLike, option: str) -> Path:
 
     Args:
         path: a path, or a bare file name looked up in the torch hub cache.
-        option: the config option that turns pretrained loading off (named in the message).
+        option: the override that turns pretrained loading off, e.g. ``model.pretrained=false``
+            (quoted in the message).
     """
     candidates = [Path(path).expanduser()]
     if not candidates[0].is_absolute() and candidates[0].parent == Path("."):
@@ -38,7 +39,7 @@ def resolve_weights_file(path: str | os.PathLike, option: str) -> Path:
     looked = " or ".join(str(c) for c in candidates)
     raise WeightsNotFoundError(
         f"Pretrained weights file not found: looked for {looked}. This machine downloads nothing; "
-        f"copy the file there (or set the path in the config), or set {option}=false to train from scratch."
+        f"copy the file there (or set the path in the config), or set {option} to train from scratch."
     )
 
 
