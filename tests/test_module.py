@@ -129,3 +129,15 @@ def test_gradient_clipping_bounds_the_update_norm():
     strategy.training_step(PlainContext(model, refuge_tasks(), [optimizer], clip_norm=1e-3), random_batch(0))
     total = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters() if p.grad is not None))
     assert total.item() == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_epoch_means_weight_each_step_by_its_batch_size_and_start_over_each_epoch():
+    from medmtl.epoch_means import EpochMeans
+
+    means = EpochMeans()
+    means.add({"loss/od": torch.tensor(1.0), "weight/od": 0.5}, batch_size=4)
+    means.add({"loss/od": torch.tensor(4.0)}, batch_size=2)
+    first = means.pop()
+    assert first["loss/od"].item() == pytest.approx((1.0 * 4 + 4.0 * 2) / 6)  # Lightning's epoch reduction
+    assert first["weight/od"].item() == pytest.approx(0.5)
+    assert means.pop() == {}

@@ -269,3 +269,33 @@ def test_without_validation_data_the_last_weights_are_tested(tmp_path):
     record = json.loads((folder / "metrics.json").read_text())
     assert record["best_checkpoint"] == "" and record["epochs"] == 2
     assert "retinopathy_acc" in record["test"]
+
+
+def test_training_values_epoch_means_equal_the_mean_of_their_steps_and_steps_follow_the_logger_cadence(tmp_path):
+    """The module keeps the training values' epoch means itself (medmtl.epoch_means): with every step
+    written, each epoch value is the mean of that epoch's step values (equal batches of 4: 24
+    training images, 6 steps); with log_every_n_steps=4 fewer step rows are written, the epoch means
+    still are."""
+    import pandas as pd
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    every = run("train.py", TINY + ["optim=vanilla", "trainer.max_epochs=2", "trainer.log_every_n_steps=1"], tmp_path / "a")
+    assert every.returncode == 0, every.stderr[-3000:]
+    (folder,) = (tmp_path / "a" / "logs" / "train" / "runs").iterdir()
+    log = pd.read_csv(folder / "csv" / "metrics.csv")
+    for name in ("loss/od", "loss/glaucoma", "loss/total"):
+        steps = log.dropna(subset=[f"train/{name}_step"])
+        epochs = log.dropna(subset=[f"train/{name}_epoch"]).set_index("epoch")[f"train/{name}_epoch"]
+        assert steps.groupby("epoch").size().tolist() == [6, 6]
+        expected = steps.groupby("epoch")[f"train/{name}_step"].mean()
+        pd.testing.assert_series_equal(epochs, expected, check_names=False, rtol=1e-5)
+    assert log.dropna(subset=["train/loss"])["train/loss"].tolist() == pytest.approx(
+        log.dropna(subset=["train/loss/total_epoch"])["train/loss/total_epoch"].tolist()
+    )
+
+    sparse = run("train.py", TINY + ["optim=vanilla", "trainer.max_epochs=2", "trainer.log_every_n_steps=4"], tmp_path / "b")
+    assert sparse.returncode == 0, sparse.stderr[-3000:]
+    (folder,) = (tmp_path / "b" / "logs" / "train" / "runs").iterdir()
+    log = pd.read_csv(folder / "csv" / "metrics.csv")
+    written = log.dropna(subset=["train/loss/od_step"])["step"].tolist()
+    assert 1 <= len(written) < 12 and log["train/loss/od_epoch"].notna().sum() == 2

@@ -33,6 +33,7 @@ from lightning.fabric.utilities import move_data_to_device
 
 from medmtl.data.task_streams import TaskBatchStreams
 from medmtl.distributed import GradientSync, Reducer, broadcast_buffers, innermost_optimizer
+from medmtl.epoch_means import EpochMeans, logger_writes_this_step
 from medmtl.errors import ConfigError, NonFiniteError
 from medmtl.metrics.gather import gather_evaluator, in_split_order, merge
 from medmtl.models import build_model, count_parameters
@@ -147,6 +148,7 @@ class MultiTaskModule(L.LightningModule):
         self.gradient_clip_val = gradient_clip_val
         self.nonfinite = NonFiniteGuard(nonfinite, max_consecutive_skips)
         self.iterations = 0
+        self.epoch_means = EpochMeans()  # the training values' epoch means (medmtl.epoch_means)
         self.evaluator = None
         self.test_predictions: dict | None = None
         self.task_streams = TaskBatchStreams([t.name for t in self.tasks])  # GA's per-task loaders
@@ -252,19 +254,14 @@ class MultiTaskModule(L.LightningModule):
         if logged:
             task_losses = [v for k, v in logged.items() if k.startswith("loss/") and k != "loss/total"]
             logged.setdefault("loss/total", torch.stack(task_losses).sum() if task_losses else torch.tensor(0.0))
-            self.log_dict(
-                {f"train/{k}": v for k, v in logged.items()}, on_step=True, on_epoch=True, batch_size=batch_size, prog_bar=False
-            )
-            self.log("train/loss", logged["loss/total"], on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
-        self.log("train/iteration", float(self.iterations), on_step=True, on_epoch=False, batch_size=batch_size)
+            self.epoch_means.add(logged, batch_size)
+        if not logger_writes_this_step(self.trainer):
+            return  # only the epoch means need this step's values (medmtl.epoch_means)
+        step_values: dict[str, torch.Tensor | float] = {f"train/{k}_step": v for k, v in logged.items()}
+        step_values["train/iteration"] = float(self.iterations)
         if self.nonfinite.mode == "skip":
-            self.log(
-                "train/skipped_updates",
-                float(self.nonfinite.skipped_updates),
-                on_step=True,
-                on_epoch=False,
-                batch_size=batch_size,
-            )
+            step_values["train/skipped_updates"] = float(self.nonfinite.skipped_updates)
+        self.log_dict(step_values, on_step=True, on_epoch=False, batch_size=batch_size)
 
     def on_train_start(self) -> None:
         self.sync.reducer.share_random_states()  # the ranks draw alike (docs/distributed.md)
@@ -277,6 +274,10 @@ class MultiTaskModule(L.LightningModule):
         self.model.set_training_progress(self.current_epoch / max(1, max_epochs))
 
     def on_train_epoch_end(self) -> None:
+        means = self.epoch_means.pop()
+        if means:
+            self.log_dict({f"train/{k}_epoch": v for k, v in means.items()}, on_step=False, on_epoch=True)
+            self.log("train/loss", means["loss/total"], on_step=False, on_epoch=True, prog_bar=True)
         self.strategy.on_train_epoch_end(self.current_epoch)
         schedulers = self.lr_schedulers()
         if schedulers is not None:
