@@ -41,10 +41,12 @@ clean-logs: ## delete logs/ (all runs!)
 report: install ## tables from a sweep: make report DIR=logs/train/multiruns/<date>
 	$(PYTHON) src/report.py $(DIR)
 
-bench: install ## benchmarks: strategies' time, memory and DDP communication relative to vanilla -> benchmarks/results/
+bench: install ## benchmarks: strategies' time and memory, DDP communication, input pipeline and framework overhead, sweep concurrency -> benchmarks/results/
 	$(PYTHON) benchmarks/bench_strategies.py
 	$(PYTHON) benchmarks/bench_strategies.py --setting emotic26 --size 64 --batch 8 --repeats 5
 	$(PYTHON) benchmarks/bench_many_tasks.py
 	$(PYTHON) benchmarks/bench_ga_memory.py
 	$(PYTHON) benchmarks/bench_nonfinite.py
 	$(PYTHON) benchmarks/bench_ddp.py
+	$(PYTHON) benchmarks/bench_throughput.py
+	$(PYTHON) benchmarks/bench_sweep_concurrency.py
