@@ -123,3 +123,8 @@ def test_strategy_solver_choice():
         JacobianAggregator("nash_mtl", solver="device")
     with pytest.raises(ConfigError, match="must be one of"):
         JacobianAggregator("upgrad", solver="gpu")
+    with pytest.raises(ConfigError, match="c > 0"):
+        JacobianAggregator("cagrad", solver="device", options={"c": 0.0})
+    mean = JacobianAggregator("cagrad", options={"c": 0.0})  # auto: the plain mean stays with torchjd
+    mean.setup(["a", "b"])
+    assert type(mean.weighting(["a", "b"])).__name__ == "CAGradWeighting"

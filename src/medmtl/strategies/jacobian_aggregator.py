@@ -147,6 +147,8 @@ class JacobianAggregator(GradientCombination):
         self.aggregator_name = aggregator
         self.solver = solver
         self.options = DEFAULT_OPTIONS.get(aggregator, {}) | dict(options or {})
+        if solver == "device" and not self._device_solvable():
+            raise ConfigError("optim.strategy.solver=device solves CAGrad for c > 0; c = 0 (the mean) needs solver=host or auto.")
         self.cr_mogm_alpha = cr_mogm_alpha
         self.primary_task = primary_task
         self._weightings: dict[str, Any] = {}
@@ -175,9 +177,13 @@ class JacobianAggregator(GradientCombination):
 
     def solves_on_device(self, task_count: int) -> bool:
         """Whether the weights of ``task_count`` present tasks come from the device solvers."""
-        if self.aggregator_name not in DEVICE_SOLVED or self.solver == "host":
+        if self.aggregator_name not in DEVICE_SOLVED or self.solver == "host" or not self._device_solvable():
             return False
         return self.solver == "device" or device_solvers.fits(task_count)
+
+    def _device_solvable(self) -> bool:
+        """CAGrad's face enumeration needs c > 0 (c = 0, the plain mean, stays with torchjd)."""
+        return self.aggregator_name != "cagrad" or float(self.options.get("c", 0.5)) > 0
 
     def setup(self, task_names: list[str]) -> None:
         if self.solver == "device" and not device_solvers.fits(len(task_names)):
