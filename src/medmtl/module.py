@@ -39,6 +39,7 @@ from medmtl.metrics.gather import gather_evaluator, in_split_order, merge
 from medmtl.models import build_model, count_parameters
 from medmtl.models.base import MultiTaskNet
 from medmtl.nonfinite import NonFiniteGuard, first_nonfinite, learning_rates
+from medmtl.speed import SpeedOptions
 from medmtl.strategies.base import Strategy
 from medmtl.strategies.context import TrainingContext, network_losses
 from medmtl.tasks import Task
@@ -118,6 +119,7 @@ class MultiTaskModule(L.LightningModule):
         input_keys: the batch entries the network reads, in order (the datamodule's ``input_keys``).
         max_consecutive_skips: with ``skip``, the run stops after this many iterations in a row
             that dropped an update.
+        speed: ``channels_last`` and ``compile`` (:mod:`medmtl.speed`), both off by default.
     """
 
     def __init__(
@@ -132,6 +134,7 @@ class MultiTaskModule(L.LightningModule):
         nonfinite: str = "stop",
         max_consecutive_skips: int = 10,
         input_keys: Sequence[str] = ("image",),
+        speed: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -141,6 +144,8 @@ class MultiTaskModule(L.LightningModule):
         self.strategy = strategy
         self.strategy.setup([t.name for t in self.tasks])
         self.model = build_model(model, self.tasks, strategy.separate_networks)
+        self.speed = SpeedOptions.of(speed)
+        self.speed.prepare(self.model)
         self.optimizer_factory = with_backbone_lr(optimizer, self.model, backbone_lr_scale) if backbone_lr_scale else optimizer
         self.scheduler_factory = scheduler
         if gradient_clip_val and not strategy.supports_gradient_clipping:
@@ -158,7 +163,7 @@ class MultiTaskModule(L.LightningModule):
     # ----- the StepContext offered to strategies -------------------------------------------
     def inputs(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """The network's inputs: the batch entries named by the datamodule's ``input_keys``."""
-        return tuple(batch[key] for key in self.input_keys)
+        return tuple(self.speed.input(batch[key]) for key in self.input_keys)
 
     def forward(self, batch: Mapping[str, torch.Tensor], tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         return self.model(*self.inputs(batch), tasks=tasks)

@@ -53,6 +53,7 @@ def build_module(cfg: DictConfig, datamodule) -> MultiTaskModule:
         nonfinite=cfg.optim.get("nonfinite", "stop"),
         max_consecutive_skips=cfg.optim.get("max_consecutive_skips", 10),
         input_keys=datamodule.input_keys,
+        speed=cfg.get("speed"),
     )
 
 

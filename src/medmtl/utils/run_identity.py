@@ -30,8 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 from medmtl.errors import RunFolderConflict
 from medmtl.utils.outputs import atomic_write_text
 
-#: Top-level keys that do not change what a run computes.
-NOT_IDENTITY = ("paths", "logger", "callbacks", "hydra", "ckpt_path", "auto_resume", "skip_finished")
+#: Top-level keys that do not change what a run computes (``speed``: the same results to rounding,
+#: so a run may be resumed with other speed options).
+NOT_IDENTITY = ("paths", "logger", "callbacks", "hydra", "ckpt_path", "auto_resume", "skip_finished", "speed")
 IDENTITY_FILE = "identity.json"
 
 

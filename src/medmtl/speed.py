@@ -1,0 +1,43 @@
+"""Speed options that keep results (``speed.*`` in the training config; docs/performance.md).
+
+- ``channels_last``: the network's weights and its image inputs in the NHWC memory format, which
+  convolutions on tensor cores prefer. The arithmetic is the same; cuDNN may order its sums
+  differently, so results agree to rounding, not bit for bit.
+- ``compile``: ``torch.compile`` of the network's forward (in place: parameter names and
+  checkpoints are unchanged). The first iterations pay the compilation (tens of seconds, more for
+  large networks); gradients through the compiled forward are the same maths, so results agree to
+  rounding. The strategies' own calls (``representation``/``heads`` of the -UB variants) stay
+  eager.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    channels_last: bool = False
+    compile: bool = False
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any] | None) -> SpeedOptions:
+        return cls(**dict(options or {}))
+
+    def prepare(self, network: nn.Module) -> None:
+        """Apply the options to ``network`` in place (before its first forward)."""
+        if self.channels_last:
+            network.to(memory_format=torch.channels_last)
+        if self.compile:
+            network.compile()
+
+    def input(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A network input in the chosen memory format (images only: 4-d floating tensors)."""
+        if self.channels_last and tensor.dim() == 4 and tensor.is_floating_point():
+            return tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
