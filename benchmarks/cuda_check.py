@@ -22,18 +22,23 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
 
-def steps(name, device, dtype, autocast, width=1 / 16, size=64):
+def steps(name, device, dtype, autocast, width=1 / 16, size=64, speed=None):
+    """Two training steps of strategy ``name`` from a fixed start; ``speed``: a
+    :class:`medmtl.speed.SpeedOptions` applied to the network and its input."""
     import torch
 
     from bench_strategies import build, random_batch
+    from medmtl.speed import SpeedOptions
     from medmtl.strategies.context import PlainContext
 
+    speed = speed or SpeedOptions()
     torch.manual_seed(0)
     model, strategy, tasks, optimizer_factory, _ = build(name, width, None, dropout=0.0)
     model.to(device=device, dtype=dtype)
+    speed.prepare(model)
     strategy.to(device=device, dtype=dtype)
     optimizers = strategy.configure_optimizers(model, optimizer_factory)
-    batch = {k: v.to(dtype) for k, v in random_batch(size, 2, device).items()}
+    batch = {k: speed.input(v.to(dtype)) for k, v in random_batch(size, 2, device).items()}
     ctx = PlainContext(model, tasks, optimizers, task_batches={t.name: itertools.repeat(batch) for t in tasks})
     initial = copy.deepcopy([p.detach() for p in model.parameters()])
     torch.manual_seed(1)
