@@ -19,6 +19,7 @@ run() {  # one measurement; a failure is reported and the others still run
     "$@" 2>&1 | tail -40 >> "$OUT/session.log" || { echo "FAILED: $*" | tee -a "$OUT/session.log"; status=1; }
 }
 run python3 benchmarks/cuda_check.py --output "$OUT/cuda_check.md"
+run python3 benchmarks/speed_check.py --device cuda --only vanilla pcgrad mgda_ub jd_upgrad mtl_io ga --output "$OUT/speed_check.md"
 run python3 benchmarks/bench_host_syncs.py --output "$OUT/host_syncs.md"
 run python3 benchmarks/bench_strategies.py --device cuda --width 1.0 --size 256 --batch 8 --repeats 10 --warmup 3 \
     --threads 8 --only vanilla pcgrad mgda mgda_ub jd_upgrad jd_imtl_g jd_cagrad jd_dualproj mtl_io ga \
