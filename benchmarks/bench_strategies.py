@@ -192,6 +192,7 @@ def measure(args) -> dict:
     import torch
 
     from medmtl.data.task_streams import VALIDATION
+    from medmtl.speed import SpeedOptions
     from medmtl.strategies.context import PlainContext
 
     torch.set_num_threads(args.threads)
@@ -203,9 +204,12 @@ def measure(args) -> dict:
         name, args.width, args.mode, extra=extra, setting=args.setting, backbone=args.backbone
     )
     model.to(device)
+    speed = SpeedOptions(**{option: True for option in args.speed})
+    speed.prepare(model)
     strategy.to(device)
     optimizers = strategy.configure_optimizers(model, optimizer_factory)
     batch = (random_person_batch if args.setting == "emotic26" else random_batch)(args.size, args.batch, device)
+    batch = {key: speed.input(value) for key, value in batch.items()}
     if args.strategy.startswith("torchjd:"):
         step = torchjd_step_factory(TORCHJD_REFERENCE[name], model, tasks, optimizers[0])
     elif args.strategy.startswith("libmtl:"):
@@ -222,6 +226,13 @@ def measure(args) -> dict:
             input_keys=input_keys,
         )
         step = lambda b: strategy.training_step(ctx, b)
+    if args.bf16:
+        plain_step = step
+
+        def step(b):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                plain_step(b)
+
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -280,6 +291,7 @@ def run_child(strategy: str, mode: str | None, args, options: tuple[str, ...] = 
         command += ["--mode", mode]
     for option in options:
         command += ["--option", option]
+    command += (["--speed", *args.speed] if args.speed else []) + (["--bf16"] if args.bf16 else [])
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if result.returncode != 0:
         raise RuntimeError(f"{strategy} failed:\n{result.stderr[-2000:]}")
@@ -327,6 +339,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="a subset of strategies")
     parser.add_argument("--setting", choices=("refuge", "emotic26"), default="refuge")
     parser.add_argument("--backbone", default="resnet18", help="emotic26: the encoders' timm ResNet")
+    parser.add_argument("--speed", nargs="*", default=[], choices=("channels_last", "compile"), help="medmtl.speed options")
+    parser.add_argument("--bf16", action="store_true", help="the steps under bf16 autocast (as trainer.precision=bf16-mixed)")
     parser.add_argument("--output", default=None, help="default: results/strategies.md (refuge), strategies_emotic26.md")
     args = parser.parse_args()
     if args.child:
@@ -367,7 +381,9 @@ def main() -> None:
             else f"U-Net VGG (width {args.width}), {args.size}x{args.size} images, batch {args.batch}, T = {t} tasks, "
         )
         + f"device {args.device}, {args.threads} threads, median of {args.repeats} after {args.warmup} warm-up "
-        f"iterations; peak memory = growth of {memory_kind} "
+        + "iterations; "
+        + "".join(f"{option}; " for option in [*args.speed, *(["bf16 autocast"] if args.bf16 else [])])
+        + f"peak memory = growth of {memory_kind} "
         "over the whole run above the model and batch (activations, gradients, optimizer states, workspace).",
         "",
         "| strategy | s / iteration | x vanilla | target | met | peak MB | x vanilla |",

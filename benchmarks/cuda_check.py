@@ -28,6 +28,7 @@ def steps(name, device, dtype, autocast, width=1 / 16, size=64, speed=None):
     import torch
 
     from bench_strategies import build, random_batch
+    from medmtl.data.task_streams import VALIDATION
     from medmtl.speed import SpeedOptions
     from medmtl.strategies.context import PlainContext
 
@@ -39,7 +40,9 @@ def steps(name, device, dtype, autocast, width=1 / 16, size=64, speed=None):
     strategy.to(device=device, dtype=dtype)
     optimizers = strategy.configure_optimizers(model, optimizer_factory)
     batch = {k: speed.input(v.to(dtype)) for k, v in random_batch(size, 2, device).items()}
-    ctx = PlainContext(model, tasks, optimizers, task_batches={t.name: itertools.repeat(batch) for t in tasks})
+    # GA draws its own per-task batches, Auto-Lambda validation batches: the same batch here
+    streams = {t.name: itertools.repeat(batch) for t in tasks} | {VALIDATION: itertools.repeat(batch)}
+    ctx = PlainContext(model, tasks, optimizers, task_batches=streams)
     initial = copy.deepcopy([p.detach() for p in model.parameters()])
     torch.manual_seed(1)
     for _ in range(2):
