@@ -84,3 +84,36 @@ def test_a_tuning_sweep_records_its_budget_and_picks_the_best_validation_trial(t
 def test_the_tuning_report_refuses_a_folder_that_is_not_a_tuning_sweep(tmp_path):
     report = run("tuning_report.py", [str(tmp_path)], tmp_path)
     assert report.returncode == 2 and "no tuning.yaml" in report.stderr
+
+
+@pytest.mark.parametrize(
+    ("sweeper", "kinds", "exit_code"),
+    [
+        ("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper", ["non-finite values", None, None], None),
+        ("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper", ["non-finite values", "crash", None], 1),
+        ("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper", ["non-finite values"] * 3, 3),
+        ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper", ["non-finite values", None, None], 3),
+    ],
+)
+def test_diverged_trials_end_a_tuning_sweep_normally_and_any_other_sweep_with_an_error(tmp_path, sweeper, kinds, exit_code):
+    """A learning-rate search meets rates that diverge: with trials left to choose from, the search
+    finished (exit 0, the diverged trials listed). A crash, a search where every trial diverged, or
+    a diverged run of a table sweep still fail the sweep."""
+    from omegaconf import OmegaConf
+
+    from medmtl.entry import write_failure
+    from medmtl.utils.hydra_callbacks import FolderGuard
+
+    for index, kind in enumerate(kinds):
+        job = tmp_path / str(index)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text("[]\n")
+        if kind is not None:
+            write_failure(job, kind, "stopped", {"crash": 1, "non-finite values": 3}[kind])
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "sweeper": {"_target_": sweeper}}})
+    if exit_code is None:
+        FolderGuard().on_multirun_end(config)
+    else:
+        with pytest.raises(SystemExit) as stopped:
+            FolderGuard().on_multirun_end(config)
+        assert stopped.value.code == exit_code

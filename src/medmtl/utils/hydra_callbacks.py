@@ -13,7 +13,9 @@ So the checks run in Hydra's ``on_run_start`` / ``on_multirun_start``:
 A refusal prints one sentence and exits with code 2, writing nothing into the folder. At the end
 of a sweep, :meth:`FolderGuard.on_multirun_end` lists the jobs that failed (their ``failure.json``)
 and exits with the lowest of their exit codes (1 = a crash, 2 = a user error, 3 = non-finite
-values), so that a script running the sweep sees that it is incomplete.
+values), so that a script running the sweep sees that it is incomplete. A tuning sweep
+(``experiment=tune``) whose only failures are diverged trials (non-finite values) and that has
+trials left to choose from is a finished search: those trials are listed, and it exits with 0.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from medmtl.errors import RunFolderConflict, UserError
+from medmtl.errors import NonFiniteError, RunFolderConflict, UserError
 from medmtl.utils import folder_lock
 from medmtl.utils.run_identity import check_reused_folder, config_digest
 
@@ -96,10 +98,25 @@ class FolderGuard(Callback):
                 failures.append((job, json.loads(path.read_text())))
         if not failures:
             return
+        if _is_tuning(config):
+            diverged = [(job, record) for job, record in failures if record.get("kind") == NonFiniteError.kind]
+            if diverged and len(diverged) == len(failures) < len(jobs):
+                # a search over learning rates is expected to meet some that diverge: Optuna recorded
+                # those trials as failed and chose among the others
+                print(f"note: {len(diverged)} of {len(jobs)} trials of {sweep_dir} diverged:", file=sys.stderr)
+                for job, record in diverged:
+                    print(f"  {job.relative_to(sweep_dir)}: {record.get('message')}", file=sys.stderr)
+                return
         print(f"error: {len(failures)} of {len(jobs)} jobs of {sweep_dir} failed:", file=sys.stderr)
         for job, record in failures:
             print(f"  {job.relative_to(sweep_dir)}: {record.get('kind')}: {record.get('message')}", file=sys.stderr)
         raise SystemExit(min(int(record.get("exit_code", 1)) for _, record in failures))
+
+
+def _is_tuning(config: DictConfig) -> bool:
+    """Whether the sweep is a hyperparameter search (``experiment=tune``: Hydra's Optuna sweeper)."""
+    target = OmegaConf.select(config, "hydra.sweeper._target_", default="") or ""
+    return "optuna" in str(target).lower()
 
 
 class TuningRecord(Callback):
