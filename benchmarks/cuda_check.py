@@ -22,9 +22,10 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
 
-def steps(name, device, dtype, autocast, width=1 / 16, size=64, speed=None):
+def steps(name, device, dtype, autocast, width=1 / 16, size=64, speed=None, extra=()):
     """Two training steps of strategy ``name`` from a fixed start; ``speed``: a
-    :class:`medmtl.speed.SpeedOptions` applied to the network and its input."""
+    :class:`medmtl.speed.SpeedOptions` applied to the network and its input; ``extra``: config
+    overrides."""
     import torch
 
     from bench_strategies import build, random_batch
@@ -34,7 +35,7 @@ def steps(name, device, dtype, autocast, width=1 / 16, size=64, speed=None):
 
     speed = speed or SpeedOptions()
     torch.manual_seed(0)
-    model, strategy, tasks, optimizer_factory, _ = build(name, width, None, dropout=0.0)
+    model, strategy, tasks, optimizer_factory, _ = build(name, width, None, dropout=0.0, extra=list(extra))
     model.to(device=device, dtype=dtype)
     speed.prepare(model)
     strategy.to(device=device, dtype=dtype)

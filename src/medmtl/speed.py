@@ -34,6 +34,11 @@ class SpeedOptions:
         if self.channels_last:
             network.to(memory_format=torch.channels_last)
         if self.compile:
+            # the strategies take several backward passes through one forward (retain_graph=True:
+            # per-task gradients, Jacobians); buffers donated to the compiled backward forbid that
+            import torch._functorch.config as functorch_config
+
+            functorch_config.donated_buffer = False
             network.compile()
 
     def input(self, tensor: torch.Tensor) -> torch.Tensor:
