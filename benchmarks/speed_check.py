@@ -28,7 +28,7 @@ TOLERANCE = 1e-8
 #: the compared columns: (option, dtype name)
 COLUMNS = (("channels_last", "float64"), ("compile", "float64"), ("compile", "float32"))
 #: plain SGD instead of each strategy's Adam (see the module docstring)
-SGD = ("optim.optimizer._target_=torch.optim.SGD", "~optim.optimizer.betas", "~optim.optimizer.eps", "optim.optimizer.lr=0.01")
+SGD = ("~optim.optimizer", "+optim.optimizer={_target_:torch.optim.SGD,_partial_:true,lr:0.01}")
 
 
 def compared(name: str, device, speed, dtype, reference) -> str:

@@ -46,10 +46,29 @@ def test_channels_last_trains_as_the_default_format(name):
     assert max((a - c).abs().max().item() for a, c in zip(eager, two_steps(name, SpeedOptions()))) == 0.0
 
 
-def test_compiled_forward_trains_as_the_eager_one():
-    eager = two_steps("pcgrad", SpeedOptions())
-    compiled = two_steps("pcgrad", SpeedOptions(compile=True))
+@pytest.mark.parametrize("name", ["vanilla", "mtl_io"])
+def test_compiled_forward_trains_as_the_eager_one(name):
+    eager = two_steps(name, SpeedOptions())
+    compiled = two_steps(name, SpeedOptions(compile=True))
     assert max((a - b).abs().max().item() for a, b in zip(eager, compiled)) < 1e-10
+
+
+def test_compile_is_refused_for_strategies_that_reuse_one_forward_for_several_backward_passes():
+    from functools import partial
+
+    from medmtl.errors import ConfigError
+    from medmtl.models.unet_vgg16 import UNetVGG16
+    from medmtl.module import MultiTaskModule
+
+    def module(strategy, speed):
+        network = partial(UNetVGG16, width=1 / 16)
+        return MultiTaskModule(network, strategy, refuge_tasks(), partial(torch.optim.SGD, lr=0.1), speed=speed)
+
+    with pytest.raises(ConfigError, match="speed.compile is refused for PCGrad"):
+        module(PCGrad(), {"compile": True})
+    module(PCGrad(mode="representation"), {"compile": True})  # its passes start at the representation
+    module(PCGrad(), {"channels_last": True})
+    module(EqualWeights(), {"compile": True})
 
 
 def test_speed_options_are_in_the_config_and_left_out_of_a_runs_identity():

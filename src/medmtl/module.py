@@ -39,7 +39,7 @@ from medmtl.metrics.gather import gather_evaluator, in_split_order, merge
 from medmtl.models import build_model, count_parameters
 from medmtl.models.base import MultiTaskNet
 from medmtl.nonfinite import NonFiniteGuard, first_nonfinite, learning_rates
-from medmtl.speed import SpeedOptions
+from medmtl.speed import SpeedOptions, check_compile
 from medmtl.strategies.base import Strategy
 from medmtl.strategies.context import TrainingContext, network_losses
 from medmtl.tasks import Task
@@ -145,6 +145,7 @@ class MultiTaskModule(L.LightningModule):
         self.strategy.setup([t.name for t in self.tasks])
         self.model = build_model(model, self.tasks, strategy.separate_networks)
         self.speed = SpeedOptions.of(speed)
+        check_compile(self.speed, strategy)
         self.speed.prepare(self.model)
         self.optimizer_factory = with_backbone_lr(optimizer, self.model, backbone_lr_scale) if backbone_lr_scale else optimizer
         self.scheduler_factory = scheduler

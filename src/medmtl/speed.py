@@ -7,7 +7,11 @@
   checkpoints are unchanged). The first iterations pay the compilation (tens of seconds, more for
   large networks); gradients through the compiled forward are the same maths, so results agree to
   rounding. The strategies' own calls (``representation``/``heads`` of the -UB variants) stay
-  eager.
+  eager. Refused for strategies that take several backward passes through one forward
+  (``Strategy.reuses_forward_graph``: the Jacobian methods, GradNorm, MAO, DB-MTL, MoCo): with
+  torch 2.14 on the CPU the compiled (inductor) backward, run again on a retained graph, gave NaN
+  in float64 and wrong float32 parameters (``benchmarks/speed_check.py``), while the eager
+  backward of the same graph is right.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from medmtl.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -46,3 +52,13 @@ class SpeedOptions:
         if self.channels_last and tensor.dim() == 4 and tensor.is_floating_point():
             return tensor.contiguous(memory_format=torch.channels_last)
         return tensor
+
+
+def check_compile(options: SpeedOptions, strategy: Any) -> None:
+    """Refuse ``speed.compile`` for a strategy that reuses one forward for several backward passes
+    (see the module docstring)."""
+    if options.compile and getattr(strategy, "reuses_forward_graph", False):
+        raise ConfigError(
+            f"speed.compile is refused for {type(strategy).__name__}: it takes several backward passes through one "
+            "forward, which the compiled backward got wrong in benchmarks/speed_check.py; train it with speed.compile=false."
+        )

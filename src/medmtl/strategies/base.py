@@ -107,6 +107,10 @@ class Strategy(nn.Module, abc.ABC):
     #: True when the strategy reads validation batches while training (``ctx.task_batch(VALIDATION)``,
     #: Auto-Lambda): refused for data without a validation split
     uses_validation_batches: bool = False
+    #: True when one forward of the network serves several backward passes (retain_graph: per-task
+    #: gradients or Jacobians of one forward); ``speed.compile`` is refused for these
+    #: (:func:`medmtl.speed.check_compile`)
+    reuses_forward_graph: bool = False
 
     def setup(self, task_names: list[str]) -> None:
         """Called once by the module with the task set, before optimizers exist: create per-task

@@ -109,6 +109,12 @@ class GradientCombination(Strategy):
     needs_jacobian: bool = False
     supports_fp16_scaler = False
 
+    @property
+    def reuses_forward_graph(self) -> bool:  # type: ignore[override]
+        """T backward passes through one forward, except in representation mode (whose passes run
+        from the heads to the representation, outside the network's forward)."""
+        return self.mode != "representation"
+
     def __init__(self, mode: str = "jacobian", jacobian_method: str = "loop"):
         super().__init__()
         if jacobian_method not in JACOBIAN_METHODS:

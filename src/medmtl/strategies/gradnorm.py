@@ -35,6 +35,7 @@ class GradNorm(Strategy):
     initial_losses: torch.Tensor
 
     supports_fp16_scaler = False
+    reuses_forward_graph = True
 
     def __init__(self, alpha: float = 1.5, weights_lr: float | None = None):
         super().__init__()

@@ -140,6 +140,7 @@ class MultiAdaptiveOptimization(Strategy):
 
     supports_fp16_scaler = False
     supports_gradient_clipping = False
+    reuses_forward_graph = True
 
     def configure_optimizers(self, model: MultiTaskNet, optimizer_factory: OptimizerFactory):
         optimizer = optimizer_factory(list(model.parameters()))

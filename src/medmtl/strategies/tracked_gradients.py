@@ -23,6 +23,7 @@ class TrackedTaskGradients(Strategy):
     updates: torch.Tensor
 
     supports_fp16_scaler = False
+    reuses_forward_graph = True
 
     def __init__(self, jacobian_method: str = "loop"):
         super().__init__()
