@@ -61,3 +61,18 @@ def test_moco_follows_algorithm_1_by_hand():
     expected = weights @ y
     torch.testing.assert_close(torch.cat([p.grad.flatten() for p in model.shared_parameters()]), expected, atol=1e-8, rtol=1e-5)
     assert not torch.allclose(weights, torch.full((4,), 0.25, dtype=torch.float64)), "the weights never moved"
+
+
+def test_moco_trains_a_float32_module_whose_buffers_were_cast():
+    """A module cast to float32 (``.to(torch.float32)``, as a float32 device check or a ``-true``
+    precision does) casts MoCo's weights too; its float64 update must still combine with them."""
+    tasks = refuge_tasks()
+    model = tiny_unet(dtype=torch.float32)
+    strategy = MultiObjectiveCorrection()
+    strategy.setup([t.name for t in tasks])
+    strategy.to(torch.float32)
+    ctx = PlainContext(model, tasks, [torch.optim.SGD(model.parameters(), lr=0.01)])
+    for seed in (1, 2):
+        strategy.training_step(ctx, random_batch(seed, dtype=torch.float32))
+    assert strategy.weights.dtype == torch.float32 and torch.isfinite(strategy.weights).all()
+    assert strategy.weights.sum().item() == pytest.approx(1.0, abs=1e-6)

@@ -79,12 +79,12 @@ class MultiObjectiveCorrection(TrackedTaskGradients):
         t = float(self.iterations)
         tracked = self.track(jacobian, index, torch.full((len(names),), 1 - self.beta / t**self.beta_sigma))
         gramian = gramian_of(tracked).to(torch.float64)
-        current = self.weights[index]
+        current = self.weights[index].to(torch.float64)  # the weights' own dtype follows the module's
         step = self.gamma / t**self.gamma_sigma
         updated = project_onto_simplex(
             current - step * (gramian + self.rho * torch.eye(len(names), dtype=gramian.dtype, device=gramian.device)) @ current
         )
-        self.weights[index] = updated
+        self.weights[index] = updated.to(self.weights.dtype)
         self.step(ctx, updated.to(tracked.dtype) @ tracked, stacked.sum(), names)
         logged = self.detached(losses) | {"loss/total": stacked.sum().detach()}
         return logged | {f"weight/{n}": w for n, w in zip(names, updated.float())}
