@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import itertools
 import sys
 import traceback
 import warnings
@@ -59,9 +58,7 @@ def synchronisations(step) -> collections.Counter:
 def strategy_step(name: str, width: float, size: int, batch_size: int):
     import torch
 
-    from bench_strategies import build, random_batch
-    from medmtl.data.task_streams import VALIDATION
-    from medmtl.strategies.context import PlainContext
+    from bench_strategies import build, random_batch, repeating_context
 
     torch.manual_seed(0)
     model, strategy, tasks, optimizer_factory, input_keys = build(name, width, None)
@@ -69,8 +66,7 @@ def strategy_step(name: str, width: float, size: int, batch_size: int):
     strategy.cuda()
     optimizers = strategy.configure_optimizers(model, optimizer_factory)
     batch = random_batch(size, batch_size, torch.device("cuda"))
-    streams = {t.name: itertools.repeat(batch) for t in tasks} | {VALIDATION: itertools.repeat(batch)}
-    ctx = PlainContext(model, tasks, optimizers, task_batches=streams, input_keys=input_keys)
+    ctx = repeating_context(model, tasks, optimizers, batch, input_keys)
     return lambda: strategy.training_step(ctx, batch)
 
 

@@ -20,7 +20,6 @@ and the growth exponent b of a fit time ~ T^b: 0 is flat, 1 is linear) and ``man
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import resource
@@ -54,12 +53,10 @@ def measure(args) -> dict:
     import torch
     from hydra.utils import instantiate
 
-    from bench_strategies import resident_mb
+    from bench_strategies import repeating_context, resident_mb
     from medmtl.catalogue import compose_train
-    from medmtl.data.task_streams import VALIDATION
     from medmtl.models import build_model
     from medmtl.models.resnet_classifier import ResNetClassifier
-    from medmtl.strategies.context import PlainContext
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -72,12 +69,7 @@ def measure(args) -> dict:
     g = torch.Generator().manual_seed(0)
     batch = {"image": torch.rand(args.batch, 3, args.size, args.size, generator=g)}
     batch |= {t.name: (torch.rand(args.batch, generator=g) > 0.5).float() for t in tasks}
-    ctx = PlainContext(
-        model,
-        tasks,
-        optimizers,
-        task_batches={t.name: itertools.repeat(batch) for t in tasks} | {VALIDATION: itertools.repeat(batch)},
-    )
+    ctx = repeating_context(model, tasks, optimizers, batch)
     start_mb = resident_mb()
     for _ in range(args.warmup):
         strategy.training_step(ctx, batch)

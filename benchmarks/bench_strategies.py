@@ -56,6 +56,20 @@ def discovered_strategies() -> dict:
     return {name: strategy_profile(name) for name in names}
 
 
+def repeating_context(model, tasks, optimizers, batch, input_keys=("image",), task_batches=None):
+    """A ``PlainContext`` whose per-task streams (GA draws its own batches) and validation stream
+    (Auto-Lambda) repeat one batch -- ``task_batches[task]`` where given -- so that every strategy
+    does the same work on the same data."""
+    import itertools
+
+    from medmtl.data.task_streams import VALIDATION
+    from medmtl.strategies.context import PlainContext
+
+    own = task_batches or {}
+    streams = {t.name: itertools.repeat(own.get(t.name, batch)) for t in tasks} | {VALIDATION: itertools.repeat(batch)}
+    return PlainContext(model, tasks, optimizers, task_batches=streams, input_keys=input_keys)
+
+
 def random_batch(size: int, batch: int, device):
     import torch
 
@@ -191,9 +205,7 @@ def measure(args) -> dict:
     """Runs in a child process: time one strategy, report its peak memory."""
     import torch
 
-    from medmtl.data.task_streams import VALIDATION
     from medmtl.speed import SpeedOptions
-    from medmtl.strategies.context import PlainContext
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -215,16 +227,7 @@ def measure(args) -> dict:
     elif args.strategy.startswith("libmtl:"):
         step = libmtl_step_factory(name, model, tasks, optimizers[0], device)
     else:
-        import itertools
-
-        # GA draws one batch per task: the same batch here, so that every strategy sees equal work
-        ctx = PlainContext(
-            model,
-            tasks,
-            optimizers,
-            task_batches={t.name: itertools.repeat(batch) for t in tasks} | {VALIDATION: itertools.repeat(batch)},
-            input_keys=input_keys,
-        )
+        ctx = repeating_context(model, tasks, optimizers, batch, input_keys)
         step = lambda b: strategy.training_step(ctx, b)
     if args.bf16:
         plain_step = step

@@ -93,40 +93,34 @@ def endless(loader):
         epoch += 1
 
 
-def loader_rate(cfg, workers: int, rounds: int, pin_memory: bool) -> tuple[float, dict]:
+def loader_rate(cfg, workers: int, rounds: int, pin_memory: bool) -> tuple[float, dict, object]:
     """Images per second the training loaders deliver over ``rounds`` rounds (a batch of each
-    loader) after the first; and the first round's batches."""
+    loader) after the first; the first round's batches; the datamodule."""
     datamodule = datamodule_of(cfg, workers, pin_memory)
     streams = {name: endless(loader) for name, loader in training_loaders(datamodule).items()}
     first = {name: next(stream) for name, stream in streams.items()}
     started, images = time.perf_counter(), 0
     for _ in range(rounds):
         images += sum(batch_size_of(next(stream), datamodule.input_keys) for stream in streams.values())
-    return images / (time.perf_counter() - started), first
+    return images / (time.perf_counter() - started), first, datamodule
 
 
-def model_and_step(cfg, tasks, input_keys, device):
-    """The configured network, and a training step of the configured strategy on per-task batches."""
-    import itertools
-
+def training_step(cfg, tasks, input_keys, batches: dict, device):
+    """A training step of the configured strategy and network on ``batches`` (one per loader: the
+    joint batch ``all``, or one per task), repeated at every call."""
     from hydra.utils import instantiate
 
-    from medmtl.data.task_streams import VALIDATION
+    from bench_strategies import repeating_context
     from medmtl.models import build_model
     from medmtl.run import _optimizer_factory
-    from medmtl.strategies.context import PlainContext
 
     strategy = instantiate(cfg.optim.strategy)
     strategy.setup([t.name for t in tasks])
     model = build_model(instantiate(cfg.model), tasks, strategy.separate_networks).to(device)
     optimizers = strategy.configure_optimizers(model, _optimizer_factory(cfg.optim))
-
-    def step(batches: dict):
-        joint = batches.get("all")
-        streams = {t.name: itertools.repeat(batches.get(t.name, joint)) for t in tasks} | {VALIDATION: itertools.repeat(joint)}
-        strategy.training_step(PlainContext(model, tasks, optimizers, task_batches=streams, input_keys=input_keys), joint)
-
-    return model, step
+    joint = batches.get("all")
+    ctx = repeating_context(model, tasks, optimizers, joint, input_keys, task_batches=batches)
+    return lambda: strategy.training_step(ctx, joint)
 
 
 def synchronize(device) -> None:
@@ -141,13 +135,13 @@ def model_rate(cfg, datamodule, batches: dict, device, steps: int) -> float:
     from lightning.fabric.utilities.apply_func import move_data_to_device
 
     batches = move_data_to_device(batches, device)
-    _, step = model_and_step(cfg, datamodule.tasks, datamodule.input_keys, device)
+    step = training_step(cfg, datamodule.tasks, datamodule.input_keys, batches, device)
     for _ in range(2):
-        step(batches)
+        step()
     synchronize(device)
     started = time.perf_counter()
     for _ in range(steps):
-        step(batches)
+        step()
     synchronize(device)
     images = sum(batch_size_of(batch, datamodule.input_keys) for batch in batches.values())
     return steps * images / (time.perf_counter() - started)
@@ -162,8 +156,7 @@ def pipeline_rows(args, device) -> list[str]:
         cfg = compose(setting, args.full, [f"paths.data_dir={args.data_dir}", f"paths.cache_dir={args.data_dir}/cache"])
         demand = None
         for workers in args.workers:
-            supply, firsts = loader_rate(cfg, workers, args.loader_batches, pin_memory=device.type == "cuda")
-            datamodule = datamodule_of(cfg, 0, False)
+            supply, firsts, datamodule = loader_rate(cfg, workers, args.loader_batches, pin_memory=device.type == "cuda")
             if demand is None:
                 demand = model_rate(cfg, datamodule, firsts, device, args.steps)
             first = next(iter(firsts.values()))
@@ -264,8 +257,7 @@ def overhead_rows(args, device) -> list[str]:
             "trainer.max_epochs=-1",
         ]
         cfg = compose("refuge", args.full, overrides + list(args.overhead_overrides))
-        datamodule = datamodule_of(cfg, 0, False)
-        _, firsts = loader_rate(cfg, 0, 1, pin_memory=False)
+        _, firsts, datamodule = loader_rate(cfg, 0, 1, pin_memory=False)
         memory = [firsts["all"]] * (args.steps + 3)
         for _ in range(args.repeats):
             results["plain PyTorch"].append(plain_seconds(cfg, datamodule, memory, device))

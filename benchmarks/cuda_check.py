@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 import sys
 from pathlib import Path
 
@@ -28,10 +27,8 @@ def steps(name, device, dtype, autocast, width=1 / 16, size=64, speed=None, extr
     overrides."""
     import torch
 
-    from bench_strategies import build, random_batch
-    from medmtl.data.task_streams import VALIDATION
+    from bench_strategies import build, random_batch, repeating_context
     from medmtl.speed import SpeedOptions
-    from medmtl.strategies.context import PlainContext
 
     speed = speed or SpeedOptions()
     torch.manual_seed(0)
@@ -41,9 +38,7 @@ def steps(name, device, dtype, autocast, width=1 / 16, size=64, speed=None, extr
     strategy.to(device=device, dtype=dtype)
     optimizers = strategy.configure_optimizers(model, optimizer_factory)
     batch = {k: speed.input(v.to(dtype)) for k, v in random_batch(size, 2, device).items()}
-    # GA draws its own per-task batches, Auto-Lambda validation batches: the same batch here
-    streams = {t.name: itertools.repeat(batch) for t in tasks} | {VALIDATION: itertools.repeat(batch)}
-    ctx = PlainContext(model, tasks, optimizers, task_batches=streams)
+    ctx = repeating_context(model, tasks, optimizers, batch)
     initial = copy.deepcopy([p.detach() for p in model.parameters()])
     torch.manual_seed(1)
     for _ in range(2):

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from medmtl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from medmtl.strategies.base import Strategy
 
 
 @dataclass(frozen=True)
@@ -54,10 +57,10 @@ class SpeedOptions:
         return tensor
 
 
-def check_compile(options: SpeedOptions, strategy: Any) -> None:
+def check_compile(options: SpeedOptions, strategy: Strategy) -> None:
     """Refuse ``speed.compile`` for a strategy that reuses one forward for several backward passes
     (see the module docstring)."""
-    if options.compile and getattr(strategy, "reuses_forward_graph", False):
+    if options.compile and strategy.reuses_forward_graph:
         raise ConfigError(
             f"speed.compile is refused for {type(strategy).__name__}: it takes several backward passes through one "
             "forward, which the compiled backward got wrong in benchmarks/speed_check.py; train it with speed.compile=false."
