@@ -202,16 +202,23 @@ class JacobianAggregator(GradientCombination):
 
     def _call(self, names: list[str], stat: torch.Tensor) -> torch.Tensor:
         """The weighting (or aggregator) of ``names`` applied to ``stat``, its saved state first put
-        back when a checkpoint was loaded."""
+        back when a checkpoint was loaded.
+
+        The weighting runs outside autocast, on ``stat`` in float32 at least: under bf16 mixed
+        precision the products a weighting forms itself (Nash-MTL's J J^T, Aligned-MTL's and
+        ConFIG's decompositions) would otherwise be taken in bf16, and Nash-MTL's hand-over to
+        numpy fails on bf16 (found on an H200 by ``benchmarks/cuda_check.py``)."""
         key = "|".join(names)
         weighting = self.weighting(names)
+        stat = stat.to(torch.promote_types(stat.dtype, torch.float32))
         pending = self._pending.pop(key, None)
         if pending is not None:
             if isinstance(pending, NashState):
                 pending.restore(weighting)
             else:
                 restore_weighting_state(weighting, pending, stat)
-        return weighting(stat)
+        with torch.autocast(stat.device.type, enabled=False):
+            return weighting(stat)
 
     def combination_weights(self, gramian, losses, jacobian=None, names=None):
         names = self._names(gramian.shape[0], names)
