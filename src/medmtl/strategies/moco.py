@@ -76,8 +76,8 @@ class MultiObjectiveCorrection(TrackedTaskGradients):
         index = self.task_index(names, jacobian.device)
         self.count_updates(index)
         self.iterations += 1
-        t = float(self.iterations)
-        tracked = self.track(jacobian, index, torch.full((len(names),), 1 - self.beta / t**self.beta_sigma))
+        t = self.iterations.to(torch.float64)  # on the module's device: no host read, no device mix
+        tracked = self.track(jacobian, index, (1 - self.beta / t**self.beta_sigma).expand(len(names)))
         gramian = gramian_of(tracked).to(torch.float64)
         current = self.weights[index].to(torch.float64)  # the weights' own dtype follows the module's
         step = self.gamma / t**self.gamma_sigma
