@@ -76,3 +76,16 @@ def test_moco_trains_a_float32_module_whose_buffers_were_cast():
         strategy.training_step(ctx, random_batch(seed, dtype=torch.float32))
     assert strategy.weights.dtype == torch.float32 and torch.isfinite(strategy.weights).all()
     assert strategy.weights.sum().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_simplex_projection_reads_nothing_from_the_device():
+    """On PyTorch's meta device any host read (``int()``, ``.item()``, a branch on a value) raises:
+    the projection in MoCo's step never makes a GPU wait."""
+    projected = project_onto_simplex(torch.empty(5, device="meta"))
+    assert projected.shape == (5,) and projected.device.type == "meta"
+
+
+@pytest.mark.parametrize("vector", [[3.0, 3.0, 3.0], [10.0, -10.0, 0.0], [0.2, 0.3, 0.5], [-1.0, -1.0, -5.0]])
+def test_simplex_projection_of_ties_points_inside_and_far_outside(vector):
+    v = np.array(vector)
+    np.testing.assert_allclose(project_onto_simplex(torch.tensor(v)).numpy(), simplex_projection_by_solver(v), atol=1e-6)

@@ -32,12 +32,14 @@ from medmtl.strategies.tracked_gradients import TrackedTaskGradients
 
 def project_onto_simplex(vector: torch.Tensor) -> torch.Tensor:
     """Euclidean projection onto {x >= 0, sum x = 1} (the sort-based algorithm of Held, Wolfe and
-    Crowder 1974, as in Duchi et al. 2008): x = max(v - theta, 0) with theta chosen so that x sums to 1."""
+    Crowder 1974, as in Duchi et al. 2008): x = max(v - theta, 0) with theta chosen so that x sums to 1.
+    The support condition u_j - (sum_{i<=j} u_i - 1) / j > 0 holds on a prefix of the sorted u, so its
+    size is the count of indices where it holds: no host read (the step never waits on a GPU)."""
     ordered, _ = torch.sort(vector, descending=True)
     cumulative = torch.cumsum(ordered, dim=0) - 1
     positions = torch.arange(1, vector.numel() + 1, device=vector.device, dtype=vector.dtype)
-    support = int((ordered - cumulative / positions > 0).nonzero().max()) + 1
-    theta = cumulative[support - 1] / support
+    support = (ordered - cumulative / positions > 0).sum().clamp_min(1)
+    theta = cumulative.gather(0, (support - 1).reshape(1)) / support.to(vector.dtype)
     return (vector - theta).clamp_min(0)
 
 
