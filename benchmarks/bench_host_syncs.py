@@ -93,11 +93,18 @@ def main() -> None:
         "| strategy | synchronisations | where (count) |",
         "|---|---:|---|",
     ]
+    failed = []
     for name in names:
-        step = strategy_step(name, args.width, args.size, args.batch)
-        for _ in range(2):
-            step()
-        where = synchronisations(step)
+        try:  # one strategy's error is reported in its row; the others still run
+            step = strategy_step(name, args.width, args.size, args.batch)
+            for _ in range(2):
+                step()
+            where = synchronisations(step)
+        except Exception as error:  # in the table and the exit status
+            failed.append(name)
+            lines.append(f"| {name} | raised | {type(error).__name__}: {(str(error).splitlines() or [''])[0][:160]} |")
+            print(lines[-1], flush=True)
+            continue
         sources = ", ".join(f"{place} ({count})" for place, count in where.most_common(6))
         lines.append(f"| {name} | {sum(where.values())} | {sources} |")
         print(lines[-1], flush=True)
@@ -105,6 +112,8 @@ def main() -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text("\n".join(lines) + "\n")
     print(f"written: {output}")
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
