@@ -85,3 +85,50 @@ def test_state_survives_a_state_dict_round_trip():
     restored.load_state_dict(strategy.state_dict())
     assert torch.equal(restored.task_weights, strategy.task_weights)
     assert torch.equal(restored.initial_losses, strategy.initial_losses)
+
+
+def test_a_weight_pushed_below_zero_is_kept_positive_and_the_set_renormalised():
+    """Chen et al. 2018 renormalise the weights to sum to T after each step; a weight that an SGD
+    step would push below zero is held at min_weight first (by hand: clamp, then scale to sum T)."""
+    tasks = refuge_tasks()
+    model = tiny_unet()
+    strategy = make()
+    start = torch.tensor([0.05, 1.5, 1.2, 1.25], dtype=torch.float64)
+    with torch.no_grad():
+        strategy.task_weights.copy_(start)
+        strategy.initial_losses.copy_(torch.tensor([0.2, 1.0, 0.9, 0.6]))
+    lr = 10.0
+    optimizer = torch.optim.SGD([{"params": list(model.parameters()), "lr": 0.0}, {"params": [strategy.task_weights], "lr": lr}])
+    strategy.training_step(PlainContext(model, tasks, [optimizer]), random_batch(5))
+    stepped = start - lr * strategy.task_weights.grad
+    assert stepped.min() < 0, "the test needs a step that crosses zero"
+    kept = stepped.clamp(min=1e-3)  # the default min_weight
+    torch.testing.assert_close(strategy.task_weights.detach(), 4 * kept / kept.sum())
+
+
+def test_weights_stay_positive_and_sum_to_t_over_many_large_steps():
+    tasks = refuge_tasks()
+    model = tiny_unet()
+    strategy = make()
+    optimizer = torch.optim.SGD([{"params": list(model.parameters()), "lr": 0.0}, {"params": [strategy.task_weights], "lr": 5.0}])
+    ctx = PlainContext(model, tasks, [optimizer])
+    for seed in range(6):
+        strategy.training_step(ctx, random_batch(seed))
+        assert strategy.task_weights.min() > 0
+        assert abs(strategy.task_weights.sum().item() - 4.0) < 1e-9
+
+
+def test_g_is_the_norm_of_the_weighted_gradient_for_any_sign_of_w():
+    """G_k = ||w_k g_k|| = |w_k| ||g_k||, so dL_grad/dw_k = sign(G_k - target_k) sign(w_k) ||g_k||."""
+    strategy = make()
+    with torch.no_grad():
+        strategy.task_weights.copy_(torch.tensor([-0.5, 1.5, 1.2, 1.8]))
+        strategy.initial_losses.copy_(torch.ones(4))
+    losses = torch.tensor([3.0, 1.0, 0.5, 0.8], dtype=torch.float64)  # task 0 far behind: G_0 < target_0
+    norms = torch.tensor([3.0, 1.0, 0.5, 2.0], dtype=torch.float64)
+    grad = strategy.weight_gradient(losses, norms, torch.arange(4))
+    w = torch.tensor([-0.5, 1.5, 1.2, 1.8], dtype=torch.float64)
+    g = w.abs() * norms
+    r = losses / losses.mean()
+    target = g.mean() * r**1.5
+    torch.testing.assert_close(grad, torch.sign(g - target) * torch.sign(w) * norms)
