@@ -122,17 +122,20 @@ def test_stch_warms_up_on_log_losses_then_smooths_the_max_of_nadir_normalised_lo
     assert sharp.weighted_total(losses(1.5, 2.0)).item() == pytest.approx(2 * math.log(2.0), abs=1e-2)
 
 
-def test_famo_follows_algorithm_1_by_hand():
+@pytest.mark.parametrize("max_norm", [0.0, 1e-3])
+def test_famo_follows_algorithm_1_by_hand(max_norm):
     """Liu et al. 2023, Algorithm 1 with plain logit steps, two iterations on a tiny U-Net: the
     network moves along c sum_k z_k / L_k grad L_k, and the logits along -beta (z * (delta - z.delta)
-    + gamma xi), delta the log-loss decrease measured on the same batch after the step."""
+    + gamma xi), delta the log-loss decrease measured on the same batch after the step. With
+    max_norm > 0 the shared parameters' part of the direction is first scaled to that norm when
+    longer (the authors' code clips it at 1.0), the heads' part is not."""
     tasks = refuge_tasks()
     names = [t.name for t in tasks]
     model = tiny_unet()
     reference = copy.deepcopy(model)
     batch = random_batch(5)
     lr, beta, gamma = 0.05, 0.5, 0.1
-    strategy = FastAdaptiveMultitask(beta=beta, gamma=gamma, logit_optimizer="sgd", eps=0.0)
+    strategy = FastAdaptiveMultitask(beta=beta, gamma=gamma, logit_optimizer="sgd", eps=0.0, max_norm=max_norm)
     strategy.setup(names)
     strategy.double()
     ctx = PlainContext(model, tasks, [torch.optim.SGD(model.parameters(), lr=lr)])
@@ -144,12 +147,17 @@ def test_famo_follows_algorithm_1_by_hand():
 
     xi = torch.zeros(4, dtype=torch.float64)
     params = list(reference.parameters())
+    shared = torch.cat([torch.full((p.numel(),), any(p is q for q in reference.shared_parameters())) for p in params])
     for _ in range(2):
         strategy.training_step(ctx, batch)
         z = torch.softmax(xi, dim=0)
         before = task_losses(reference)
         weights = (z / before) / (z / before).sum()
         direction = weights @ per_task_gradients(reference, batch, tasks, params)
+        shared_norm = direction[shared].norm()
+        if max_norm > 0:
+            assert shared_norm > max_norm, "the test needs a direction that is clipped"
+            direction[shared] *= max_norm / shared_norm
         with torch.no_grad():
             offset = 0
             for p in params:
