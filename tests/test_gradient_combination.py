@@ -438,3 +438,42 @@ def test_double_sampling_refuses_a_batch_of_one_sample():
         strategy.training_step(
             PlainContext(model, refuge_tasks(), [torch.optim.SGD(model.parameters(), lr=0.0)]), random_batch(1, n=1)
         )
+
+
+def official_excess_mtl_weights(jacobians, robust_step_size=1.0):
+    """He et al. 2024's official loop (uiuctml/ExcessMTL, its LibMTL weighting), written here from
+    that code: per task E_k = g_k^T diag(sqrt(sum of g_k^2 so far + 1e-7))^-1 g_k; the first call
+    stores E as the baseline and leaves the weights at 1; each later call multiplies the weights by
+    exp(step E / E_baseline) and rescales them to sum to T. Returned as fractions (sum 1)."""
+    weights = torch.ones(jacobians[0].shape[0], dtype=torch.float64)
+    squares, baseline, out = None, None, []
+    for jacobian in jacobians:
+        squares = jacobian**2 if squares is None else squares + jacobian**2
+        excess = ((jacobian / torch.sqrt(squares + 1e-7)) * jacobian).sum(dim=1)
+        if baseline is None:
+            baseline = excess
+        else:
+            weights = weights * torch.exp(excess / baseline * robust_step_size)
+            weights = weights / weights.sum() * len(weights)
+        out.append(weights / weights.sum())
+    return out
+
+
+def test_configured_excess_mtl_follows_the_authors_code():
+    """optim=jd_excess_mtl as configured (n_warmup_steps 1) gives the official code's updates; the
+    old setting, 0, puts far more weight on one task from its first update."""
+    from hydra.utils import instantiate
+
+    from helpers import compose_train
+
+    generator = torch.Generator().manual_seed(4)
+    scales = torch.tensor([[1.0], [3.0], [0.3]], dtype=torch.float64)
+    jacobians = [torch.randn(3, 50, generator=generator, dtype=torch.float64) * scales for _ in range(5)]
+    strategy = instantiate(compose_train(["optim=jd_excess_mtl"]).optim.strategy)
+    strategy.setup(["a", "b", "c"])
+    for ours, weights, jacobian in zip(shared_updates(strategy, jacobians), official_excess_mtl_weights(jacobians), jacobians):
+        torch.testing.assert_close(ours, weights @ jacobian, rtol=1e-6, atol=1e-9)
+    raw = JacobianAggregator("excess_mtl", options={"n_warmup_steps": 0})
+    raw.setup(["a", "b", "c"])
+    first = shared_updates(raw, jacobians[:1])[0]
+    assert (first - jacobians[0].mean(dim=0)).abs().max() > 1e-2, "n_warmup_steps 0 should differ from the authors' first step"
