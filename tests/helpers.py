@@ -147,3 +147,39 @@ def untrained_and_trained(overrides: list[str], tmp_path: Path) -> tuple[dict, d
         (metrics,) = (tmp_path / "logs" / name / "runs").glob("*/metrics.json")
         results[name] = json.loads(metrics.read_text())["test"]
     return results["untrained"], results["trained"]
+
+
+def libmtl_update(class_name: str, jacobian: torch.Tensor, **kwargs) -> torch.Tensor:
+    """The shared update LibMTL 1.1.5's weighting ``class_name`` writes for the task Jacobian
+    ``jacobian`` (T x n): its documented ``backward(losses, **kwargs)`` on the losses L_k = J_k . x
+    of one shared parameter vector x, whose task gradients are then exactly the rows of J."""
+    import types
+
+    import torch.hub
+
+    # LibMTL 1.1.5 imports torchvision.models.utils, removed from torchvision since; the one
+    # function it takes from there lives in torch.hub
+    sys.modules.setdefault(
+        "torchvision.models.utils", types.SimpleNamespace(load_state_dict_from_url=torch.hub.load_state_dict_from_url)
+    )
+    import LibMTL.weighting as weighting
+
+    x = torch.zeros(jacobian.shape[1], dtype=jacobian.dtype, requires_grad=True)
+
+    class Adapter(getattr(weighting, class_name)):
+        def __init__(self):
+            super().__init__()
+            self.task_num, self.device, self.rep_grad = jacobian.shape[0], jacobian.device, False
+
+        def get_share_params(self):
+            return [x]
+
+        def zero_grad_share_params(self):
+            if x.grad is not None:
+                x.grad.zero_()
+
+    adapter = Adapter()
+    adapter.init_param()
+    adapter.backward(jacobian @ x, **kwargs)
+    assert x.grad is not None
+    return x.grad.detach()

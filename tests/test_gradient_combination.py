@@ -477,3 +477,45 @@ def test_configured_excess_mtl_follows_the_authors_code():
     raw.setup(["a", "b", "c"])
     first = shared_updates(raw, jacobians[:1])[0]
     assert (first - jacobians[0].mean(dim=0)).abs().max() > 1e-2, "n_warmup_steps 0 should differ from the authors' first step"
+
+
+@pytest.mark.parametrize("rescale", [0, 1, 2])
+def test_cagrad_with_each_rescale_gives_libmtls_update(rescale):
+    """LibMTL 1.1.5's CAGrad (after the authors' code: g0 + c ||g0|| gw / ||gw||, divided by 1 + c^2
+    under its default rescale=1, by 1 + c under 2), run here as the reference. Its SLSQP solve and
+    float32 weights agree with our exact solve to about 1e-4; the rescale factors differ by 20% or
+    more, so the test tells them apart."""
+    from helpers import libmtl_update
+
+    generator = torch.Generator().manual_seed(6)
+    jacobian = torch.randn(3, 40, generator=generator, dtype=torch.float64)
+    jacobian[1] -= 1.2 * jacobian[0]  # conflicting gradients: CAGrad moves away from the mean
+    expected = libmtl_update("CAGrad", jacobian, calpha=0.5, rescale=rescale)
+    strategy = JacobianAggregator("cagrad", options={"c": 0.5, "rescale": rescale})
+    strategy.setup(["a", "b", "c"])
+    (ours,) = shared_updates(strategy, [jacobian])
+    torch.testing.assert_close(ours, expected.to(ours.dtype), rtol=1e-3, atol=1e-3 * expected.abs().max().item())
+
+
+def authors_aligned_mtl_update(jacobian: torch.Tensor) -> torch.Tensor:
+    """Senushkin et al. 2023 as their code and LibMTL compute it: G = J J^T = V diag(l) V^T over its
+    non-zero eigenvalues, B = sqrt(l_min) V diag(l)^(-1/2) V^T, weights B 1 (preference all ones),
+    update sum_k (B 1)_k g_k."""
+    values, vectors = torch.linalg.eigh(jacobian @ jacobian.T)
+    keep = values > values.max() * len(values) * torch.finfo(values.dtype).eps
+    values, vectors = values[keep], vectors[:, keep]
+    balance = values.min().sqrt() * vectors @ torch.diag(values.rsqrt()) @ vectors.T
+    return balance.sum(dim=1) @ jacobian
+
+
+def test_aligned_mtl_update_is_the_authors_and_uniform_preference_is_one_t_of_it():
+    generator = torch.Generator().manual_seed(7)
+    jacobian = torch.randn(4, 30, generator=generator, dtype=torch.float64) * torch.tensor(
+        [[1.0], [5.0], [0.2], [2.0]], dtype=torch.float64
+    )
+    expected = authors_aligned_mtl_update(jacobian)
+    for pref_vector, share in (("ones", 1.0), ("uniform", 0.25)):
+        strategy = JacobianAggregator("aligned_mtl", options={"pref_vector": pref_vector})
+        strategy.setup(["a", "b", "c", "d"])
+        (ours,) = shared_updates(strategy, [jacobian], names=("a", "b", "c", "d"))
+        torch.testing.assert_close(ours, share * expected, rtol=1e-7, atol=1e-10)

@@ -61,7 +61,11 @@ AGGREGATORS = {
 DEVICE_SOLVED = ("upgrad", "dualproj", "imtl_g", "cagrad")
 SOLVERS = ("auto", "device", "host")
 #: the paper defaults torchjd does not set itself
-DEFAULT_OPTIONS = {"cagrad": {"c": 0.5}, "fairgrad": {"alpha": 1.0}}
+DEFAULT_OPTIONS = {"cagrad": {"c": 0.5, "rescale": 1}, "fairgrad": {"alpha": 1.0}, "aligned_mtl": {"pref_vector": "ones"}}
+#: options read here, not by torchjd: the scale of the update that the authors' code and LibMTL use
+#: (CAGrad's ``rescale``: 0 none, 1 divide by 1 + c^2, 2 by 1 + c; Aligned-MTL's ``pref_vector``:
+#: ``ones`` as the authors' code and LibMTL, ``uniform`` as torchjd's default 1/T)
+SCALE_OPTIONS = {"cagrad": "rescale", "aligned_mtl": "pref_vector"}
 #: integer counters torchjd keeps as plain attributes rather than buffers
 COUNTERS = ("_n_steps",)
 
@@ -111,6 +115,28 @@ def restore_weighting_state(weighting: nn.Module, state: dict[str, torch.Tensor 
             module.register_buffer(name, None if value is None else value.to(stat.device))
 
 
+class ScaledWeighting(nn.Module):
+    """A torchjd weighting whose weights are multiplied by a constant ``factor`` (the update
+    sum_k a_k g_k scales with them)."""
+
+    def __init__(self, weighting: nn.Module, factor: float):
+        super().__init__()
+        self.weighting, self.factor = weighting, factor
+
+    def forward(self, stat: torch.Tensor, /) -> torch.Tensor:
+        return self.weighting(stat) * self.factor
+
+
+def update_scale(aggregator: str, options: dict[str, Any], task_count: int) -> float:
+    """The factor of :data:`SCALE_OPTIONS` for ``aggregator`` (1 for the others)."""
+    if aggregator == "cagrad":
+        c, rescale = float(options.get("c", 0.5)), options.get("rescale", 0)
+        return {0: 1.0, 1: 1 / (1 + c**2), 2: 1 / (1 + c)}[rescale]
+    if aggregator == "aligned_mtl":
+        return float(task_count) if options.get("pref_vector", "uniform") == "ones" else 1.0
+    return 1.0
+
+
 class JacobianAggregator(GradientCombination):
     """``aggregator``: a key of :data:`AGGREGATORS`; ``options``: keyword arguments of its torchjd
     class; ``cr_mogm_alpha``: wrap the weighting in CR-MOGM's moving average of the weights
@@ -147,6 +173,13 @@ class JacobianAggregator(GradientCombination):
         self.aggregator_name = aggregator
         self.solver = solver
         self.options = DEFAULT_OPTIONS.get(aggregator, {}) | dict(options or {})
+        if aggregator == "cagrad" and self.options.get("rescale") not in (0, 1, 2):
+            raise ConfigError(f"optim.strategy.options.rescale of CAGrad must be 0, 1 or 2, got {self.options.get('rescale')!r}.")
+        if aggregator == "aligned_mtl" and self.options.get("pref_vector") not in ("ones", "uniform"):
+            raise ConfigError(
+                "optim.strategy.options.pref_vector of Aligned-MTL must be ones or uniform, "
+                f"got {self.options.get('pref_vector')!r}."
+            )
         if solver == "device" and not self._device_solvable():
             raise ConfigError("optim.strategy.solver=device solves CAGrad for c > 0; c = 0 (the mean) needs solver=host or auto.")
         self.cr_mogm_alpha = cr_mogm_alpha
@@ -161,6 +194,8 @@ class JacobianAggregator(GradientCombination):
             import torchjd.aggregation as aggregation
 
             options = dict(self.options)
+            scale = update_scale(self.aggregator_name, options, len(names))
+            options.pop(SCALE_OPTIONS.get(self.aggregator_name, ""), None)
             if self.aggregator_name == "nash_mtl":
                 options["n_tasks"] = len(names)
             made: Any
@@ -170,6 +205,8 @@ class JacobianAggregator(GradientCombination):
                 made = getattr(aggregation, self.class_name)(**options)
             if self.aggregator_name == "nash_mtl":
                 made = made.weighting  # a WeightedAggregator: its public weighting maps J to weights
+            if scale != 1.0:
+                made = ScaledWeighting(made, scale)
             if self.cr_mogm_alpha is not None:
                 made = aggregation.CRMOGMWeighting(made, alpha=self.cr_mogm_alpha)
             self._weightings[key] = made
