@@ -304,7 +304,7 @@ class JacobianAggregator(GradientCombination):
         if found is None:
             return {}
         losses, names, stacked = found
-        weights = stacked.new_zeros(len(names), dtype=torch.float32)
+        weights = stacked.new_zeros(len(names), dtype=torch.promote_types(stacked.dtype, torch.float32))
         if common:
             rows = []
             for _, half_names, half_stacked in halves:
