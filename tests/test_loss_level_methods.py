@@ -171,14 +171,22 @@ def test_famo_follows_algorithm_1_by_hand(max_norm):
         torch.testing.assert_close(ours, theirs)
 
 
-def test_db_mtl_rescales_averaged_log_loss_gradients_to_the_largest_norm():
+@pytest.mark.parametrize(("beta", "sigma"), [(0.8, 0.5), (0.9, 0.0)])
+def test_db_mtl_rescales_averaged_log_loss_gradients_to_the_largest_norm(beta, sigma):
     """Lin et al. 2023: gbar_k <- beta_t gbar_k + (1 - beta_t) grad log L_k, beta_t = beta / t^sigma,
-    shared update sum_k (max_j |gbar_j| / |gbar_k|) gbar_k; heads get grad log L_k."""
+    shared update sum_k (max_j |gbar_j| / |gbar_k|) gbar_k; heads get grad log L_k. (0.9, 0) are
+    the authors' LibMTL defaults, DB_beta and DB_beta_sigma."""
+    from hydra.utils import instantiate
+
+    from helpers import compose_train
+
+    configured = instantiate(compose_train(["optim=db_mtl"]).optim.strategy)
+    assert (configured.beta, configured.sigma) == (0.9, 0.0), "the configured defaults are LibMTL's"
     tasks = refuge_tasks()
     names = [t.name for t in tasks]
     model = tiny_unet()
     reference = copy.deepcopy(model)
-    strategy = DualBalancing(beta=0.8, sigma=0.5, eps=0.0)
+    strategy = DualBalancing(beta=beta, sigma=sigma, eps=0.0)
     strategy.setup(names)
     ctx = PlainContext(model, tasks, [torch.optim.SGD(model.parameters(), lr=0.0)])
     shared = reference.shared_parameters()
@@ -190,7 +198,7 @@ def test_db_mtl_rescales_averaged_log_loss_gradients_to_the_largest_norm():
             outputs = reference(batch["image"])
             losses = torch.stack([t.compute_loss(outputs[t.name], batch) for t in tasks])
         log_gradients = per_task_gradients(reference, batch, tasks, shared) / losses.unsqueeze(1)
-        rate = 0.8 / step**0.5
+        rate = beta / step**sigma
         average = rate * average + (1 - rate) * log_gradients
     norms = average.norm(dim=1)
     expected = (norms.max() / norms) @ average

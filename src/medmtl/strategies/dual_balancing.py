@@ -12,8 +12,9 @@ Two balancing steps, one per cause of imbalance:
 
       d = sum_k ( max_j ||gbar_j|| / ||gbar_k|| ) gbar_k.
 
-Each head receives its own task's log-loss gradient. Defaults beta = 0.9, sigma = 0.5 are the
-values of the authors' experiments; sigma = 0 gives a constant EMA rate. Tasks absent from a batch
+Each head receives its own task's log-loss gradient. Defaults beta = 0.9, sigma = 0 (a constant
+EMA rate) are those of the authors' own implementation (LibMTL's ``DB_beta``, ``DB_beta_sigma``);
+sigma = 0.5, a rate decaying as 1/sqrt(t), is an option (it is MoCo's decay, not DB-MTL's). Tasks absent from a batch
 keep their average and are left out of d.
 
 Cost: T backward passes for the per-task gradients (as the Jacobian methods) and T x |W| extra
@@ -32,7 +33,7 @@ from medmtl.strategies.tracked_gradients import TrackedTaskGradients
 
 
 class DualBalancing(TrackedTaskGradients):
-    def __init__(self, beta: float = 0.9, sigma: float = 0.5, eps: float = 1e-8, jacobian_method: str = "loop"):
+    def __init__(self, beta: float = 0.9, sigma: float = 0.0, eps: float = 1e-8, jacobian_method: str = "loop"):
         super().__init__(jacobian_method)
         if not 0.0 <= beta < 1.0:
             raise ConfigError(f"optim.strategy.beta must be in [0, 1), got {beta}.")
