@@ -128,3 +128,18 @@ def test_strategy_solver_choice():
     mean = JacobianAggregator("cagrad", options={"c": 0.0})  # auto: the plain mean stays with torchjd
     mean.setup(["a", "b"])
     assert type(mean.weighting(["a", "b"])).__name__ == "CAGradWeighting"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_imtl_g_on_a_rank_deficient_float32_gramian_keeps_the_float64_weights(seed):
+    """Linearly dependent task gradients (g_4 = g_1 + g_2 / 2) give a singular Gramian; formed in
+    float32 its zero eigenvalue becomes rounding noise (~1e-7 of the largest). The weights must stay
+    those of the same gradients in float64 (torchjd's IMTL-G there), not an inverse of that noise."""
+    generator = torch.Generator().manual_seed(seed)
+    scales = torch.tensor([[1.0], [3.0], [0.1], [1.0]], dtype=torch.float64)
+    jacobian = torch.randn(4, 2000, generator=generator, dtype=torch.float64) * scales
+    jacobian[3] = jacobian[0] + 0.5 * jacobian[1]
+    exact = jd.IMTLGWeighting()(jacobian @ jacobian.T)
+    single = jacobian.float()
+    ours = DeviceIMTLGWeighting()(single @ single.T).double()
+    torch.testing.assert_close(ours, exact, rtol=0, atol=1e-4 * exact.abs().max().item())
