@@ -96,7 +96,7 @@ class AutoLambda(WeightedSum):
         if hypergradient is not None:
             self.meta_optimizer.step(self.weights, hypergradient)
 
-    def momentum_terms(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> list[torch.Tensor | float]:
+    def momentum_terms(self, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> list[torch.Tensor | float]:
         """mu b per parameter: the momentum term of the network's SGD (0 without one)."""
         momentum = float(optimizer.param_groups[0].get("momentum", 0.0) or 0.0)
         if not self.virtual_momentum or momentum == 0.0:

@@ -61,7 +61,11 @@ AGGREGATORS = {
 DEVICE_SOLVED = ("upgrad", "dualproj", "imtl_g", "cagrad")
 SOLVERS = ("auto", "device", "host")
 #: the paper defaults torchjd does not set itself
-DEFAULT_OPTIONS = {"cagrad": {"c": 0.5, "rescale": 1}, "fairgrad": {"alpha": 1.0}, "aligned_mtl": {"pref_vector": "ones"}}
+DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
+    "cagrad": {"c": 0.5, "rescale": 1},
+    "fairgrad": {"alpha": 1.0},
+    "aligned_mtl": {"pref_vector": "ones"},
+}
 #: options read here, not by torchjd: the scale of the update that the authors' code and LibMTL use
 #: (CAGrad's ``rescale``: 0 none, 1 divide by 1 + c^2, 2 by 1 + c; Aligned-MTL's ``pref_vector``:
 #: ``ones`` as the authors' code and LibMTL, ``uniform`` as torchjd's default 1/T)
