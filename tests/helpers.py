@@ -55,6 +55,10 @@ IDRID_SAMPLE = SHARED_DATA / "idrid"
 needs_idrid_sample = pytest.mark.skipif(
     not (IDRID_SAMPLE / "A. Segmentation").is_dir(), reason=f"the IDRiD sample is not at {IDRID_SAMPLE}"
 )
+MNIST_SAMPLE = SHARED_DATA / "mnist"
+needs_mnist_sample = pytest.mark.skipif(
+    not (MNIST_SAMPLE / "MNIST" / "raw").is_dir(), reason=f"the official MNIST files are not at {MNIST_SAMPLE}"
+)
 MEDMNIST_SAMPLE = SHARED_DATA / "medmnist"
 needs_medmnist_sample = pytest.mark.skipif(
     not (MEDMNIST_SAMPLE / "breastmnist.npz").is_file(), reason=f"the official MedMNIST sample files are not at {MEDMNIST_SAMPLE}"
