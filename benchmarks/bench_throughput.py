@@ -47,6 +47,9 @@ SETTINGS = {
         "small": ["data.synthetic.size=[144,192]", "model.backbone=resnet18", "model.aspp_width=64"],
     },
     # GA (Schafer et al. 2024): one batch of every task per step, each from its own dataset
+    # Sener & Koltun 2018's multi-LeNet at the paper's batch (256): a network so small that the
+    # framework's fixed cost per step would show
+    "multimnist": {"full": ["experiment=multimnist_sener2018"], "small": []},
     "medmnist": {
         "full": ["experiment=medmnist_umedpt", "model.weights_path=null", "optim=ga"],
         "small": ["model.backbone=test_resnet"],
@@ -244,7 +247,8 @@ def plain_seconds(cfg, datamodule, memory: list, device) -> float:
 
 
 def overhead_rows(args, device) -> list[str]:
-    """Framework vs plain loop on REFUGE's U-Net, the same batches and optimizer; the framework
+    """Framework vs plain loop on ``args.overhead_setting``'s network (REFUGE's U-Net by default),
+    the same batches and optimizer; the framework
     also with sparser logging and without the non-finite guard, to say where its cost goes."""
     results: dict[str, list[float]] = {"plain PyTorch": []} | {label: [] for label in FRAMEWORK_VARIANTS}
     with tempfile.TemporaryDirectory() as output:
@@ -256,13 +260,13 @@ def overhead_rows(args, device) -> list[str]:
             f"+trainer.max_steps={args.steps + 3}",
             "trainer.max_epochs=-1",
         ]
-        cfg = compose("refuge", args.full, overrides + list(args.overhead_overrides))
+        cfg = compose(args.overhead_setting, args.full, overrides + list(args.overhead_overrides))
         _, firsts, datamodule = loader_rate(cfg, 0, 1, pin_memory=False)
         memory = [firsts["all"]] * (args.steps + 3)
         for _ in range(args.repeats):
             results["plain PyTorch"].append(plain_seconds(cfg, datamodule, memory, device))
             for label, variant in FRAMEWORK_VARIANTS.items():
-                varied = compose("refuge", args.full, overrides + list(args.overhead_overrides) + variant)
+                varied = compose(args.overhead_setting, args.full, overrides + list(args.overhead_overrides) + variant)
                 results[label].append(framework_seconds(varied, datamodule, memory, device))
     plain = statistics.median(results["plain PyTorch"])
     rows = ["| loop | s / iteration (median of runs) | x plain | ms over plain |", "|---|---:|---:|---:|"]
@@ -343,6 +347,7 @@ def main() -> None:
     parser.add_argument(
         "--overhead-overrides", nargs="*", default=[], help="config overrides of the overhead comparison, e.g. model.width=0.0625"
     )
+    parser.add_argument("--overhead-setting", default="refuge", choices=list(SETTINGS), help="the overhead comparison's network")
     parser.add_argument("--epochs", type=int, default=2, help="CUDA busy fraction: training epochs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=str(HERE.parent / "data"), help="where the synthetic twins are written")
@@ -364,8 +369,8 @@ def main() -> None:
         "",
         *pipeline_rows(args, device),
         "",
-        f"## Framework overhead: vanilla U-Net VGG iteration, {args.steps} timed iterations, median of {args.repeats}"
-        + (f" ({' '.join(args.overhead_overrides)})" if args.overhead_overrides else ""),
+        f"## Framework overhead: vanilla {args.overhead_setting} iteration, {args.steps} timed iterations, "
+        f"median of {args.repeats}" + (f" ({' '.join(args.overhead_overrides)})" if args.overhead_overrides else ""),
         "",
         *overhead_rows(args, device),
     ]
