@@ -10,7 +10,8 @@ tasks and ``(B, C, H, W)`` otherwise.
 - :func:`conv_head`: a 1x1 convolution on a decoded feature map (dense tasks);
 - :class:`ASPPHead`: DeepLabV3's atrous spatial pyramid pooling (Chen et al. 2017) then a 3x3
   convolution and the 1x1 output convolution: the task-specific heads of the survey's
-  encoder-focused networks on a dilated ResNet (Vandenhende et al. 2022, section 4.1).
+  encoder-focused networks on a dilated ResNet (Vandenhende et al. 2022, section 4.1), with the
+  rates (12, 24, 36), the pooled branch's batch norm and the projection's dropout of their code.
 """
 
 from __future__ import annotations
@@ -49,15 +50,18 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 3, dilation:
 
 
 class ASPP(nn.Module):
-    """1x1 conv, three 3x3 convs dilated at ``rates``, image pooling; concatenated and projected."""
+    """DeepLabV3's atrous spatial pyramid pooling as the survey's code builds it: a 1x1 conv, three
+    3x3 convs dilated at ``rates`` and an image-pooling branch (1x1 conv), each followed by batch
+    norm and ReLU; concatenated, projected by a 1x1 conv-BN-ReLU and Dropout(``dropout``). The
+    survey's rates are (12, 24, 36) on its output-stride-8 dilated ResNets."""
 
-    def __init__(self, in_channels: int, width: int = 256, rates: Sequence[int] = (6, 12, 18)):
+    def __init__(self, in_channels: int, width: int = 256, rates: Sequence[int] = (12, 24, 36), dropout: float = 0.5):
         super().__init__()
         self.branches = nn.ModuleList(
             [conv_bn_relu(in_channels, width, 1)] + [conv_bn_relu(in_channels, width, 3, r) for r in rates]
         )
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, width, 1, bias=False), nn.ReLU(inplace=True))
-        self.project = conv_bn_relu(width * (len(rates) + 2), width, 1)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), conv_bn_relu(in_channels, width, 1))
+        self.project = nn.Sequential(conv_bn_relu(width * (len(rates) + 2), width, 1), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = F.interpolate(self.pool(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -65,9 +69,10 @@ class ASPP(nn.Module):
 
 
 class ASPPHead(nn.Sequential):
-    """ASPP -> 3x3 conv-BN-ReLU -> 1x1 conv to ``task.channels`` (DeepLabV3's head)."""
+    """ASPP -> 3x3 conv-BN-ReLU -> 1x1 conv to ``task.channels``: the survey's ``DeepLabHead``
+    (Vandenhende et al. 2022's code), rates (12, 24, 36)."""
 
-    def __init__(self, in_channels: int, task: Task, width: int = 256, rates: Sequence[int] = (6, 12, 18)):
+    def __init__(self, in_channels: int, task: Task, width: int = 256, rates: Sequence[int] = (12, 24, 36)):
         super().__init__(ASPP(in_channels, width, rates), conv_bn_relu(width, width), conv_head(width, task))
 
 

@@ -1,0 +1,68 @@
+"""The survey's networks (Vandenhende et al. 2022) against references written here from the
+survey's description and its code's layer list: parameter counts by hand, and outputs equal to a
+reference forward with the same weights."""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from medmtl.models.heads import ASPPHead
+from medmtl.tasks import Task
+
+
+def reference_deeplab_head(c: int, w: int, k: int) -> nn.ModuleDict:
+    """The survey's DeepLabHead as its code lists it: ASPP (1x1; 3x3 at 12, 24, 36; image pooling
+    1x1 -- each conv-BN-ReLU), projection 1x1 conv-BN-ReLU-Dropout(0.5), 3x3 conv-BN-ReLU, 1x1."""
+
+    def cbr(i, o, kernel, dilation=1):
+        return nn.Sequential(
+            nn.Conv2d(i, o, kernel, padding=dilation * (kernel // 2), dilation=dilation, bias=False), nn.BatchNorm2d(o), nn.ReLU()
+        )
+
+    return nn.ModuleDict(
+        {
+            "b1": cbr(c, w, 1),
+            "b12": cbr(c, w, 3, 12),
+            "b24": cbr(c, w, 3, 24),
+            "b36": cbr(c, w, 3, 36),
+            "pool": cbr(c, w, 1),
+            "project": cbr(5 * w, w, 1),
+            "conv": cbr(w, w, 3),
+            "out": nn.Conv2d(w, k, 1),
+        }
+    )
+
+
+def reference_forward(head: nn.ModuleDict, x: torch.Tensor) -> torch.Tensor:
+    pooled = head["pool"](F.adaptive_avg_pool2d(x, 1))
+    pooled = F.interpolate(pooled, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    branches = [head[name](x) for name in ("b1", "b12", "b24", "b36")] + [pooled]
+    projected = F.dropout(head["project"](torch.cat(branches, dim=1)), 0.5, training=head.training)
+    return head["out"](head["conv"](projected))
+
+
+def test_aspp_head_is_the_surveys_deeplab_head():
+    c, w, k = 12, 8, 5
+    ours = ASPPHead(c, Task("semseg", "semantic", lambda o, t: o, num_outputs=k), width=w)
+    by_hand = c * w + 2 * w + 3 * (9 * c * w + 2 * w) + (c * w + 2 * w) + (5 * w * w + 2 * w) + (9 * w * w + 2 * w) + (w * k + k)
+    assert sum(p.numel() for p in ours.parameters()) == by_hand
+    reference = reference_deeplab_head(c, w, k)
+    torch.manual_seed(0)
+    for module in list(ours.modules()) + list(reference.modules()):
+        if isinstance(module, nn.BatchNorm2d):  # statistics that are not the identity
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    ours_state = [v for k_, v in ours.state_dict().items() if "num_batches" not in k_]
+    ref_keys = [k_ for k_ in reference.state_dict() if "num_batches" not in k_]
+    # the same layers in the same order (the pooled branch after the three dilated ones in both)
+    assert [tuple(v.shape) for v in ours_state] == [tuple(reference.state_dict()[key].shape) for key in ref_keys]
+    reference.load_state_dict({**reference.state_dict(), **dict(zip(ref_keys, ours_state))})
+    ours.eval(), reference.eval()
+    x = torch.randn(2, c, 40, 40)
+    torch.testing.assert_close(ours(x), reference_forward(reference, x))
+    # training mode: the projection's Dropout(0.5) is active (the old head had none)
+    ours.train()
+    torch.manual_seed(1)
+    first = ours(x)
+    torch.manual_seed(2)
+    assert not torch.allclose(first, ours(x))
