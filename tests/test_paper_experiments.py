@@ -74,7 +74,7 @@ def test_survey_table5_arms(arm):
     cfg = compose_train(["experiment=nyudv2_survey_table5", f"nyud_arm={arm}"])
     assert list(cfg.data.tasks) == ["semseg", "depth"] and cfg.data.layout == "nyud_mt"
     assert cfg.optim.name == ("stl" if arm.startswith("stl") else "vanilla")  # uniform weights on NYUD-v2
-    assert cfg.model.backbone == ("hrnet_w18" if "hrnet" in arm or arm == "mtinet" else "resnet50")
+    assert cfg.model.backbone == ("hrnet_w18_small_v2" if "hrnet" in arm or arm == "mtinet" else "resnet50")
     assert cfg.model.weights_path is not None  # "all experiments use pre-trained ImageNet weights"
     tiny = compose_train(["experiment=nyudv2_survey_table5", f"nyud_arm={arm}", "preset=tiny"])
     assert tiny.model.weights_path is None and tiny.trainer.accelerator == "cpu"

@@ -66,3 +66,28 @@ def test_aspp_head_is_the_surveys_deeplab_head():
     first = ours(x)
     torch.manual_seed(2)
     assert not torch.allclose(first, ours(x))
+
+
+def survey_tasks():
+    from medmtl import losses
+
+    return [Task("semseg", "semantic", losses.semantic_cross_entropy, num_outputs=40), Task("depth", "depth", losses.depth_l1)]
+
+
+def test_hrnet_mtl_baseline_is_the_surveys_small_hrnet_with_its_high_resolution_heads():
+    """The survey's code configures HRNet-W18-small-v2 (stages of 1/1/3/2 modules, blocks of 2;
+    3.86 M parameters without ImageNet head) and puts a 1x1 conv-BN-ReLU-1x1 head on the 270
+    concatenated channels. Table V: 4 M for the MTL baseline, 8 M for the two single-task networks."""
+    from medmtl.models.base import SeparateNetworks
+    from medmtl.models.mtl_baseline import MTLBaseline
+
+    model = MTLBaseline(survey_tasks(), backbone="hrnet_w18_small_v2", input_normalization="none")
+    head = 270 * 270 + 270 + 2 * 270  # 1x1 conv with bias, batch norm
+    assert sum(p.numel() for p in model.heads_by_task["semseg"].parameters()) == head + 270 * 40 + 40
+    assert sum(p.numel() for p in model.heads_by_task["depth"].parameters()) == head + 270 + 1
+    total = sum(p.numel() for p in model.parameters()) / 1e6
+    assert round(total) == 4 and abs(sum(p.numel() for p in model.backbone.parameters()) / 1e6 - 3.86) < 0.005
+    single = SeparateNetworks({t.name: MTLBaseline([t], backbone="hrnet_w18_small_v2") for t in survey_tasks()})
+    assert round(sum(p.numel() for p in single.parameters()) / 1e6) == 8
+    outputs = model(torch.zeros(1, 3, 64, 96))
+    assert outputs["semseg"].shape == (1, 40, 64, 96) and outputs["depth"].shape == (1, 64, 96)

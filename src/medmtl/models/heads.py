@@ -11,7 +11,8 @@ tasks and ``(B, C, H, W)`` otherwise.
 - :class:`ASPPHead`: DeepLabV3's atrous spatial pyramid pooling (Chen et al. 2017) then a 3x3
   convolution and the 1x1 output convolution: the task-specific heads of the survey's
   encoder-focused networks on a dilated ResNet (Vandenhende et al. 2022, section 4.1), with the
-  rates (12, 24, 36), the pooled branch's batch norm and the projection's dropout of their code.
+  rates (12, 24, 36), the pooled branch's batch norm and the projection's dropout of their code;
+- :class:`HighResolutionHead`: the survey's lighter head on HRNet's concatenated branches.
 """
 
 from __future__ import annotations
@@ -74,6 +75,19 @@ class ASPPHead(nn.Sequential):
 
     def __init__(self, in_channels: int, task: Task, width: int = 256, rates: Sequence[int] = (12, 24, 36)):
         super().__init__(ASPP(in_channels, width, rates), conv_bn_relu(width, width), conv_head(width, task))
+
+
+class HighResolutionHead(nn.Sequential):
+    """The survey's head on HRNet's concatenated branches (its code's ``HighResolutionHead``):
+    1x1 conv C -> C (with bias), batch norm, ReLU, 1x1 conv to ``task.channels``."""
+
+    def __init__(self, in_channels: int, task: Task):
+        super().__init__(
+            nn.Conv2d(in_channels, in_channels, 1),
+            nn.BatchNorm2d(in_channels),
+            nn.ReLU(),
+            conv_head(in_channels, task),
+        )
 
 
 def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
