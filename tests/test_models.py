@@ -69,7 +69,8 @@ def test_missing_weights_path_is_one_clear_sentence(tmp_path, monkeypatch):
     assert "model.pretrained=false" in message and "\n" not in message
 
 
-def test_pretrained_encoder_loads_from_a_local_torchvision_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("statistics", ["batch", "running"])
+def test_pretrained_encoder_loads_from_a_local_torchvision_file(tmp_path, monkeypatch, statistics):
     torch.manual_seed(0)
     reference = torchvision.models.vgg13_bn(weights=None)
     with torch.no_grad():  # distinctive BN values, so that a copy is not confused with the defaults
@@ -80,8 +81,48 @@ def test_pretrained_encoder_loads_from_a_local_torchvision_file(tmp_path, monkey
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     torch.save(reference.state_dict(), tmp_path / "hub" / "checkpoints" / "vgg13_bn-abd245e5.pth")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    model = UNetVGG16(refuge_tasks(), pretrained=True, weights_path="vgg13_bn-abd245e5.pth")
+    model = UNetVGG16(refuge_tasks(), pretrained=True, weights_path="vgg13_bn-abd245e5.pth", norm_statistics=statistics)
     assert torch.equal(model.encoder.levels[0][0].weight, reference.features[0].weight)
     assert torch.equal(model.encoder.levels[4][3].weight, reference.features[31].weight)
     assert torch.equal(model.encoder.levels[4][4].weight, reference.features[32].weight)
-    assert torch.equal(model.encoder.levels[4][4].running_mean, reference.features[32].running_mean)
+    if statistics == "running":  # the authors' batch norm keeps none: ImageNet's are not copied
+        assert torch.equal(model.encoder.levels[4][4].running_mean, reference.features[32].running_mean)
+    else:
+        assert model.encoder.levels[4][4].running_mean is None
+
+
+def test_unet_batch_norm_is_the_authors_batch_statistics_norm():
+    """Pascal et al. 2022's code: BatchNorm2d(track_running_stats=False), validated one image at a
+    time. Evaluated here: each image normalised by its own per-channel mean and biased variance
+    (by hand for one layer), so an image's output does not depend on its evaluation batch; in
+    training the batch's statistics; no running statistics anywhere; the parameter count unchanged."""
+    from medmtl.models.unet_vgg16 import BatchStatisticsNorm, UNetVGG16
+    from medmtl.tasks import refuge_tasks
+
+    norm = BatchStatisticsNorm(3)
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+        norm.bias.copy_(torch.tensor([0.0, -1.0, 0.3]))
+    x = torch.randn(4, 3, 5, 6) * 3 + 1
+    norm.eval()
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    var = x.var(dim=(2, 3), unbiased=False, keepdim=True)
+    by_hand = (x - mean) / torch.sqrt(var + norm.eps) * norm.weight.view(1, 3, 1, 1) + norm.bias.view(1, 3, 1, 1)
+    torch.testing.assert_close(norm(x), by_hand)
+    norm.train()
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    batch = (x - mean) / torch.sqrt(var + norm.eps) * norm.weight.view(1, 3, 1, 1) + norm.bias.view(1, 3, 1, 1)
+    torch.testing.assert_close(norm(x), batch)
+
+    torch.manual_seed(0)
+    model = UNetVGG16(refuge_tasks(), width=1 / 16).eval()
+    assert not any("running" in name for name, _ in model.named_buffers())
+    images = torch.randn(3, 3, 32, 32)
+    together = model(images)
+    alone = model(images[1:2])
+    for task in together:  # float32 convolutions of other batch sizes round differently
+        torch.testing.assert_close(together[task][1:2], alone[task], rtol=1e-4, atol=1e-4)
+    running = UNetVGG16(refuge_tasks(), width=1 / 16, norm_statistics="running")
+    assert sum(p.numel() for p in running.parameters()) == sum(p.numel() for p in model.parameters())
+    assert any("running_mean" in name for name, _ in running.named_buffers())

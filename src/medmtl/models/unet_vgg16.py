@@ -11,6 +11,13 @@ multi-task network has 17,268,036 parameters and the four single-task networks 6
 counts of Pascal et al. 2022 Table 1 (17.2e6 / 61.2e6); the authors' code loads ``vgg13_bn`` weights. A
 true VGG16 layout (2, 2, 3, 3, 3 convolutions per level) is ``encoder_layout: vgg16`` (22.6e6).
 
+Batch norm (``norm_statistics``): ``batch`` (default) as the authors' code, which builds every
+batch norm with ``track_running_stats=False`` and validates one image at a time: training
+normalises with the batch's statistics, evaluation with each image's own (a batch of one, whatever
+the evaluation batch size here), and no running statistics exist. ``running`` is PyTorch's usual
+batch norm (running means and variances at evaluation); the two give different test outputs from
+the same weights.
+
 Heads and the task paths: :class:`~medmtl.models.encoder_decoder.EncoderDecoderNet`.
 """
 
@@ -32,27 +39,51 @@ CONVS_PER_LEVEL = {"vgg13": (2, 2, 2, 2, 2), "vgg16": (2, 2, 3, 3, 3)}
 TORCHVISION_ARCH = {"vgg13": "vgg13_bn", "vgg16": "vgg16_bn"}
 
 
-def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+class BatchStatisticsNorm(nn.BatchNorm2d):
+    """Batch norm without running statistics: in training the batch's mean and (biased) variance per
+    channel, in evaluation each image's own over its pixels (a batch of one), with the same affine
+    weight and bias."""
+
+    def __init__(self, num_features: int):
+        super().__init__(num_features, track_running_stats=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return super().forward(x)
+        return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
 
 
-def conv_stack(widths: Sequence[int]) -> nn.Sequential:
+#: ``norm_statistics`` -> the batch-norm class
+NORMS: dict[str, type[nn.BatchNorm2d]] = {"batch": BatchStatisticsNorm, "running": nn.BatchNorm2d}
+
+
+def conv_bn_relu(cin: int, cout: int, norm: type[nn.BatchNorm2d] = nn.BatchNorm2d) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1), norm(cout), nn.ReLU(inplace=True)]
+
+
+def conv_stack(widths: Sequence[int], norm: type[nn.BatchNorm2d] = nn.BatchNorm2d) -> nn.Sequential:
     """``len(widths) - 1`` conv-BN-ReLU layers through the given channel widths."""
     layers: list[nn.Module] = []
     for cin, cout in zip(widths[:-1], widths[1:]):
-        layers += conv_bn_relu(cin, cout)
+        layers += conv_bn_relu(cin, cout, norm)
     return nn.Sequential(*layers)
 
 
 class VGGEncoder(nn.Module):
     """Returns the feature map of every level (the last one is the bottleneck)."""
 
-    def __init__(self, channels: Sequence[int], convs_per_level: Sequence[int], in_channels: int = 3):
+    def __init__(
+        self,
+        channels: Sequence[int],
+        convs_per_level: Sequence[int],
+        in_channels: int = 3,
+        norm: type[nn.BatchNorm2d] = nn.BatchNorm2d,
+    ):
         super().__init__()
         levels = []
         cin = in_channels
         for cout, n in zip(channels, convs_per_level):
-            levels.append(conv_stack([cin] + [cout] * n))
+            levels.append(conv_stack([cin] + [cout] * n, norm))
             cin = cout
         self.levels = nn.ModuleList(levels)
 
@@ -69,9 +100,9 @@ class VGGEncoder(nn.Module):
 class UpBlock(nn.Module):
     """Bilinear x2 up-sampling, concatenation with the skip, two conv-BN-ReLU (middle = in/2)."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, norm: type[nn.BatchNorm2d] = nn.BatchNorm2d):
         super().__init__()
-        self.convs = conv_stack([in_channels, in_channels // 2, out_channels])
+        self.convs = conv_stack([in_channels, in_channels // 2, out_channels], norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
@@ -79,11 +110,13 @@ class UpBlock(nn.Module):
 
 
 class UNetDecoder(nn.Module):
-    def __init__(self, channels: Sequence[int]):
+    def __init__(self, channels: Sequence[int], norm: type[nn.BatchNorm2d] = nn.BatchNorm2d):
         super().__init__()
         c1, c2, c3, c4, c5 = channels
         # Output widths follow the reference: each block halves towards the next skip's width.
-        self.blocks = nn.ModuleList([UpBlock(c5 + c4, c3), UpBlock(c3 + c3, c2), UpBlock(c2 + c2, c1), UpBlock(c1 + c1, c1)])
+        self.blocks = nn.ModuleList(
+            [UpBlock(c5 + c4, c3, norm), UpBlock(c3 + c3, c2, norm), UpBlock(c2 + c2, c1, norm), UpBlock(c1 + c1, c1, norm)]
+        )
         self.out_channels = c1
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
@@ -110,6 +143,7 @@ class UNetVGG16(EncoderDecoderNet):
             Kaiming-uniform weights but no bias; with a zero bias every map starts at 0.5 and Adam
             needs thousands of steps to bring the background of the sparse OD/OC/fovea maps down.
             ``null`` keeps zero biases.
+        norm_statistics: ``batch`` (the authors' batch norm, module docstring) or ``running``.
     """
 
     input_multiple = 16  # four 2x2 max pools
@@ -124,16 +158,20 @@ class UNetVGG16(EncoderDecoderNet):
         weights_path: str | None = None,
         in_channels: int = 3,
         head_prior: float | None = 0.01,
+        norm_statistics: str = "batch",
     ):
         super().__init__()
+        if norm_statistics not in NORMS:
+            raise ConfigError(f"model.norm_statistics must be one of {list(NORMS)}, got {norm_statistics!r}.")
         if encoder_layout not in CONVS_PER_LEVEL:
             raise ConfigError(f"encoder_layout must be one of {list(CONVS_PER_LEVEL)}, got {encoder_layout!r}.")
         if width <= 0:
             raise ConfigError(f"width must be positive, got {width}.")
         self.encoder_layout = encoder_layout
         channels = [max(1, round(c * width)) for c in ENCODER_CHANNELS]
-        self.encoder = VGGEncoder(channels, CONVS_PER_LEVEL[encoder_layout], in_channels)
-        self.decoder = UNetDecoder(channels) if any(t.is_dense for t in tasks) else None
+        norm = NORMS[norm_statistics]
+        self.encoder = VGGEncoder(channels, CONVS_PER_LEVEL[encoder_layout], in_channels, norm)
+        self.decoder = UNetDecoder(channels, norm) if any(t.is_dense for t in tasks) else None
         self._build_heads(tasks, bottleneck_channels=channels[-1], decoded_channels=channels[0], dropout=dropout)
         self._init_weights()
         self._apply_head_prior(head_prior)
@@ -164,4 +202,5 @@ class UNetVGG16(EncoderDecoderNet):
         if len(source) != len(target):
             raise ConfigError(f"{path} has {len(source)} conv/BN layers, the encoder {len(target)}.")
         for src, dst in zip(source, target):
-            dst.load_state_dict(src.state_dict())
+            own = dst.state_dict()  # without running statistics under norm_statistics=batch
+            dst.load_state_dict({key: value for key, value in src.state_dict().items() if key in own})
