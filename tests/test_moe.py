@@ -12,7 +12,7 @@ from medmtl.data.idrid import idrid_tasks
 from medmtl.data.idrid_synthetic import SyntheticIdridDataModule
 from medmtl.errors import WeightsNotFoundError
 from medmtl.models.moe_deeplabv3p import MoEDeepLabV3Plus, top_p_mask
-from medmtl.module import MultiTaskModule, with_backbone_lr
+from medmtl.module import MultiTaskModule, with_scaled_groups
 
 TINY = dict(backbone="test_resnet", aspp_channels=8, decoder_channels=8, classifier_channels=8)
 
@@ -83,7 +83,7 @@ def test_gate_losses_are_finite_and_weighted():
 
 def test_backbone_learns_at_a_tenth_of_the_rate():
     model = _model()
-    optimizer = with_backbone_lr(partial(torch.optim.AdamW, lr=3e-4), model, 0.1)(model.parameters())
+    optimizer = with_scaled_groups(partial(torch.optim.AdamW, lr=3e-4), model, {"backbone": 0.1})(model.parameters())
     rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
     assert all(rates[id(p)] == pytest.approx(3e-5) for p in model.backbone.parameters())
     assert all(rates[id(p)] == pytest.approx(3e-4) for p in model.gates.parameters())

@@ -166,3 +166,20 @@ def test_every_experiment_says_how_it_differs_from_its_paper(name):
         header.append(line.lower())
     text = " ".join(header)
     assert "differ" in text or "not a paper table" in text, f"{name}: no list of differences in its header"
+
+
+@pytest.mark.parametrize("arm", ["cross_stitch", "nddr_cnn", "mtl_baseline"])
+def test_soft_sharing_arms_train_as_the_surveys_code(arm):
+    """The survey's configs/nyud/resnet50/{cross_stitch,nddr_cnn}.yml: SGD lr 1e-3, momentum 0.9,
+    weight decay 1e-4, the fusion units at 100 x, batch 8, 50 epochs; the other arms keep the
+    experiment's Adam setting."""
+    cfg = compose_train(["experiment=nyudv2_survey_table5", f"nyud_arm={arm}"])
+    optimizer = cfg.optim.optimizer
+    if arm == "mtl_baseline":
+        assert optimizer._target_ == "torch.optim.Adam" and cfg.data.batch_size == 6 and cfg.trainer.max_epochs == 100
+        assert cfg.optim.get("fusion_lr_scale") is None
+        return
+    assert optimizer._target_ == "torch.optim.SGD" and "betas" not in optimizer
+    assert (optimizer.lr, optimizer.momentum, optimizer.weight_decay) == (1e-3, 0.9, 1e-4)
+    assert cfg.optim.fusion_lr_scale == 100 and cfg.data.batch_size == 8 and cfg.trainer.max_epochs == 50
+    assert cfg.optim.scheduler.total_iters == 50

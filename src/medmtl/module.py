@@ -50,22 +50,28 @@ log = logging.getLogger(__name__)
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
-def with_backbone_lr(factory: Callable[..., torch.optim.Optimizer], model: MultiTaskNet, scale: float):
-    """An optimizer factory that puts the model's backbone parameters in a group at ``scale`` x the
-    learning rate (Roy 2025: backbone 3e-5, the rest 3e-4)."""
+def with_scaled_groups(factory: Callable[..., torch.optim.Optimizer], model: MultiTaskNet, scales: Mapping[str, float | None]):
+    """An optimizer factory that puts the model's parameter groups named in ``scales`` -- ``backbone``
+    (``model.backbone_parameters()``; Roy 2025: backbone 3e-5, the rest 3e-4) and ``fusion``
+    (``model.fusion_parameters()``: the survey trains cross-stitch and NDDR units at 100 x) -- at
+    ``scale`` x the learning rate; the other parameters keep it. A None scale leaves its group alone."""
+    scales = {name: scale for name, scale in scales.items() if scale}
+    if not scales:
+        return factory
     base_lr = getattr(factory, "keywords", {}).get("lr")
     if base_lr is None:
-        raise ConfigError("optim.backbone_lr_scale needs optim.optimizer.lr to be set.")
-    backbone = {id(p) for p in model.backbone_parameters()}
-    if not backbone:
-        raise ConfigError(f"optim.backbone_lr_scale: {type(model).__name__} declares no backbone parameters.")
+        raise ConfigError(f"optim.{next(iter(scales))}_lr_scale needs optim.optimizer.lr to be set.")
+    members: dict[str, set[int]] = {}
+    for name in scales:
+        members[name] = {id(p) for p in getattr(model, f"{name}_parameters")()}
+        if not members[name]:
+            raise ConfigError(f"optim.{name}_lr_scale: {type(model).__name__} declares no {name} parameters.")
 
     def build(params) -> torch.optim.Optimizer:
         params = list(params)
-        groups = [
-            {"params": [p for p in params if id(p) not in backbone]},
-            {"params": [p for p in params if id(p) in backbone], "lr": base_lr * scale},
-        ]
+        grouped = set().union(*members.values())
+        groups = [{"params": [p for p in params if id(p) not in grouped]}]
+        groups += [{"params": [p for p in params if id(p) in ids], "lr": base_lr * scales[name]} for name, ids in members.items()]
         return factory([g for g in groups if g["params"]])
 
     return build
@@ -115,6 +121,8 @@ class MultiTaskModule(L.LightningModule):
         scheduler: optional scheduler constructor, called with each optimizer; stepped per epoch.
         gradient_clip_val: max global gradient norm per optimizer step (None = no clipping).
         backbone_lr_scale: the backbone's learning rate as a fraction of the others' (None: the same).
+        fusion_lr_scale: the learning rate of the network's fusion units (cross-stitch, NDDR) as a
+            multiple of the others' (None: the same).
         nonfinite: ``stop`` | ``skip`` | ``off`` (:mod:`medmtl.nonfinite`).
         input_keys: the batch entries the network reads, in order (the datamodule's ``input_keys``).
         max_consecutive_skips: with ``skip``, the run stops after this many iterations in a row
@@ -131,6 +139,7 @@ class MultiTaskModule(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         gradient_clip_val: float | None = None,
         backbone_lr_scale: float | None = None,
+        fusion_lr_scale: float | None = None,
         nonfinite: str = "stop",
         max_consecutive_skips: int = 10,
         input_keys: Sequence[str] = ("image",),
@@ -147,7 +156,8 @@ class MultiTaskModule(L.LightningModule):
         self.speed = SpeedOptions.of(speed)
         check_compile(self.speed, strategy)
         self.speed.prepare(self.model)
-        self.optimizer_factory = with_backbone_lr(optimizer, self.model, backbone_lr_scale) if backbone_lr_scale else optimizer
+        scales = {"backbone": backbone_lr_scale, "fusion": fusion_lr_scale}
+        self.optimizer_factory = with_scaled_groups(optimizer, self.model, scales)
         self.scheduler_factory = scheduler
         if gradient_clip_val and not strategy.supports_gradient_clipping:
             raise ConfigError(f"{type(strategy).__name__} does not clip gradients: set optim.gradient_clip_val=null.")

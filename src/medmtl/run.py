@@ -50,6 +50,7 @@ def build_module(cfg: DictConfig, datamodule) -> MultiTaskModule:
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
         gradient_clip_val=cfg.optim.get("gradient_clip_val"),
         backbone_lr_scale=cfg.optim.get("backbone_lr_scale"),
+        fusion_lr_scale=cfg.optim.get("fusion_lr_scale"),
         nonfinite=cfg.optim.get("nonfinite", "stop"),
         max_consecutive_skips=cfg.optim.get("max_consecutive_skips", 10),
         input_keys=datamodule.input_keys,

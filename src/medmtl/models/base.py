@@ -77,6 +77,11 @@ class MultiTaskNet(nn.Module, abc.ABC):
         """Optional: parameters trained at ``optim.backbone_lr_scale`` x the learning rate."""
         return []
 
+    def fusion_parameters(self) -> list[nn.Parameter]:
+        """Optional: the units that mix task networks (cross-stitch, NDDR), trained at
+        ``optim.fusion_lr_scale`` x the learning rate."""
+        return []
+
     def _check_tasks(self, tasks: Sequence[str] | None) -> tuple[str, ...]:
         if tasks is None:
             return self.task_names
