@@ -21,8 +21,9 @@ def nyud_root(tmp_path_factory):
 
 def fit(root, model_name: str, optim_name: str, tmp_path, test: bool = False, val_fraction: float | None = None):
     """``val_fraction``: default none, as the papers' NYUDv2 protocol, except for a strategy that
-    reads validation batches (Auto-Lambda): one of the four training images, and batches of one
-    image so that the three left still make two iterations."""
+    reads validation batches (Auto-Lambda): a quarter of the eight training images. Batches of two
+    images (the ASPP heads' batch norm needs two per forward), four for the strategies that halve
+    each batch (MoDo, SDMGrad): every run makes two iterations or more."""
     cfg = compose_train([f"model={model_name}", "preset=tiny", f"optim={optim_name}"])
     strategy = instantiate(cfg.optim.strategy)
     if val_fraction is None:
@@ -30,9 +31,9 @@ def fit(root, model_name: str, optim_name: str, tmp_path, test: bool = False, va
     dm = SyntheticNYUDv2DataModule(
         str(root),
         layout="nyud_mt",
-        synthetic={"n_train": 4, "n_val": 2, "size": [32, 64]},
+        synthetic={"n_train": 8, "n_val": 2, "size": [32, 64]},
         tasks=["semseg", "depth", "normals", "edge"],
-        batch_size=1 if val_fraction else 2,
+        batch_size=4 if getattr(strategy, "reads", None) == "cross" else 2,
         eval_batch_size=2,
         augment="survey",
         val_fraction=val_fraction,

@@ -91,3 +91,40 @@ def test_hrnet_mtl_baseline_is_the_surveys_small_hrnet_with_its_high_resolution_
     assert round(sum(p.numel() for p in single.parameters()) / 1e6) == 8
     outputs = model(torch.zeros(1, 3, 64, 96))
     assert outputs["semseg"].shape == (1, 40, 64, 96) and outputs["depth"].shape == (1, 64, 96)
+
+
+def test_nddr_cnn_has_the_survey_codes_five_units_and_batch_norm_momentum():
+    """The survey's NDDR-CNN configuration fuses after the stem's convolution (64 channels) and
+    after each of ResNet-50's four stages (256, 512, 1024, 2048); each unit has, per task, a 1x1
+    conv T C -> C without bias and a batch norm (momentum 0.05). Cross-stitch fuses after the four
+    stages only, one weight per task pair and channel. Table V: 102 M and 80 M with two tasks."""
+    from medmtl.models.soft_sharing import NDDRCNN, CrossStitchNet
+
+    tasks = survey_tasks()
+    nddr = NDDRCNN(tasks, backbone="resnet50", input_normalization="none")
+    stages = (64, 256, 512, 1024, 2048)
+    assert [sum(p.numel() for p in unit.parameters()) for unit in nddr.units] == [2 * (2 * c * c + 2 * c) for c in stages]
+    assert all(m.momentum == 0.05 for unit in nddr.units for m in unit.modules() if isinstance(m, nn.BatchNorm2d))
+    first = nddr.units[0].fuse[0][0].weight[:, :, 0, 0]
+    torch.testing.assert_close(first, torch.cat([0.9 * torch.eye(64), 0.1 * torch.eye(64)], dim=1))
+    assert round(sum(p.numel() for p in nddr.parameters()) / 1e6) == 102
+    stitch = CrossStitchNet(tasks, backbone="resnet50", input_normalization="none")
+    assert [unit.alpha.numel() for unit in stitch.units] == [2 * 2 * c for c in stages[1:]]
+    # 79.3 M: the survey's single-task ResNet-50 pair, which cross-stitch equals, is also 79.3 M here and "80" there
+    assert abs(sum(p.numel() for p in stitch.parameters()) / 1e6 - 80) < 1
+    out = NDDRCNN(tasks, backbone="test_resnet", aspp_width=8, input_normalization="none")(torch.zeros(2, 3, 32, 48))
+    assert out["semseg"].shape == (2, 40, 32, 48)
+
+
+def test_fusion_units_learn_at_a_hundred_times_the_rate_as_in_the_surveys_code():
+    from functools import partial
+
+    from medmtl.models.soft_sharing import NDDRCNN
+    from medmtl.module import with_scaled_groups
+
+    model = NDDRCNN(survey_tasks(), backbone="test_resnet", aspp_width=8, input_normalization="none")
+    factory = with_scaled_groups(partial(torch.optim.SGD, lr=1e-3, momentum=0.9), model, {"fusion": 100, "backbone": None})
+    rates = {id(p): group["lr"] for group in factory(model.parameters()).param_groups for p in group["params"]}
+    assert all(rates[id(p)] == 0.1 for p in model.units.parameters())
+    assert all(rates[id(p)] == 1e-3 for p in [*model.networks.parameters(), *model.heads_by_task.parameters()])
+    assert len(rates) == len(list(model.parameters()))

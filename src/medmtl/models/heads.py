@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medmtl.errors import ConfigError
 from medmtl.tasks import Task
 
 
@@ -65,6 +66,11 @@ class ASPP(nn.Module):
         self.project = nn.Sequential(conv_bn_relu(width * (len(rates) + 2), width, 1), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] == 1:
+            raise ConfigError(
+                "The ASPP head's image-pooling branch has batch norm (the survey's DeepLab head), which cannot train on one "
+                "image per forward: use data.batch_size of 2 or more (4 or more with MoDo and SDMGrad, which halve each batch)."
+            )
         pooled = F.interpolate(self.pool(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
         return self.project(torch.cat([branch(x) for branch in self.branches] + [pooled], dim=1))
 
