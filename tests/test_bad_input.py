@@ -220,3 +220,43 @@ def test_medmnist_labels_outside_the_classes_and_truncated_files_are_named(tmp_p
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(DatasetError, match=r"Cannot read .*breastmnist.npz: it is truncated"):
         load_split(path, "train", "breastmnist")
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("nan label", r"val label of sample 1 is \[nan\], not a whole class number"),
+        ("fractional label", r"val label of sample 1 is \[0.5\], not a whole class number"),
+        ("float images", r"val images are float32, not uint8"),
+        ("wrong size", r"val images have shape \(32, 32\) per sample, breastmnist at 28 px has \(28, 28\)"),
+        ("colour for grey", r"val images have shape \(28, 28, 3\) per sample"),
+        ("label columns", r"val labels have shape \(4, 2\), expected \(N, 1\)"),
+    ],
+)
+def test_medmnist_values_are_checked_not_only_the_file(tmp_path, fault, message):
+    """Values that would train and test with exit 0 (a NaN or fractional label cast to class 0,
+    float images in [0, 1] divided by 255 again, another size) are refused in one sentence naming
+    the file, the split and the sample."""
+    from medmtl.data.medmnist import load_split
+    from medmtl.data.medmnist_synthetic import write_synthetic_medmnist
+
+    (path,) = write_synthetic_medmnist(tmp_path, ["breastmnist"], n=(8, 4, 4))
+    assert len(load_split(path, "val", "breastmnist", 28)[0]) == 4
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    if fault in ("nan label", "fractional label"):
+        labels = arrays["val_labels"].astype(np.float32)
+        labels[1] = np.nan if fault == "nan label" else 0.5
+        arrays["val_labels"] = labels
+    elif fault == "float images":
+        arrays["val_images"] = arrays["val_images"].astype(np.float32) / 255
+    elif fault == "wrong size":
+        arrays["val_images"] = np.zeros((4, 32, 32), dtype=np.uint8)
+    elif fault == "colour for grey":
+        arrays["val_images"] = np.zeros((4, 28, 28, 3), dtype=np.uint8)
+    else:
+        arrays["val_labels"] = np.zeros((4, 2), dtype=np.uint8)
+    np.savez(path, **arrays)
+    with pytest.raises(DatasetError, match=message) as raised:
+        load_split(path, "val", "breastmnist", 28)
+    assert "breastmnist.npz" in str(raised.value) and "\n" not in str(raised.value)

@@ -160,9 +160,33 @@ def medmnist_task(flag: str, loss_normalization: bool = True) -> Task:
     )
 
 
-def load_split(path: Path, split: str, flag: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def check_values(path: Path, split: str, flag: str, size: int, images: np.ndarray, labels: np.ndarray) -> None:
+    """The values of one split, not only the file: images of 8-bit integers (a float array would be
+    divided by 255 a second time) in the official shape of ``flag`` at ``size`` -- (N, size, size)
+    grey, (N, size, size, 3) colour, (N, size, size, size) volumes --, and labels that are finite
+    whole numbers, one row of the dataset's label count per image. One sentence naming the file,
+    the split and, for a label, the sample."""
+    info = flag_info(flag)
+    if images.dtype != np.uint8:
+        raise DatasetError(f"{path}: {split} images are {images.dtype}, not uint8 (0-255) as MedMNIST's; convert them to bytes.")
+    expected = (size,) * 3 if is_3d(flag) else (size, size) if info["n_channels"] == 1 else (size, size, 3)
+    if images.shape[1:] != expected:
+        shape = images.shape[1:]
+        raise DatasetError(f"{path}: {split} images have shape {shape} per sample, {flag} at {size} px has {expected}.")
+    width = len(info["label"]) if info["task"].startswith("multi-label") else 1
+    if labels.ndim != 2 or labels.shape[1] != width:
+        raise DatasetError(f"{path}: {split} labels have shape {labels.shape}, expected (N, {width}) for {flag}.")
+    if labels.dtype.kind == "f":
+        bad = ~np.isfinite(labels) | (labels != np.round(labels))
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            raise DatasetError(f"{path}: {split} label of sample {row} is {labels[row].tolist()}, not a whole class number.")
+
+
+def load_split(path: Path, split: str, flag: str | None = None, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One split's images and labels, checked: a readable npz with the official keys, one label
-    row per image, and (given ``flag``) labels within the dataset's classes."""
+    row per image, and (given ``flag``) labels within the dataset's classes; given ``size`` too,
+    the values and shapes of :func:`check_values`."""
     try:
         with np.load(path) as data:
             missing = [k for k in (f"{split}_images", f"{split}_labels") if k not in data.files]
@@ -173,6 +197,8 @@ def load_split(path: Path, split: str, flag: str | None = None) -> tuple[np.ndar
         raise DatasetError(f"Cannot read {path}: it is truncated or not a MedMNIST .npz file ({error}).") from None
     if len(images) != len(labels):
         raise DatasetError(f"{path}: {len(images)} {split} images but {len(labels)} labels.")
+    if flag is not None and size is not None:
+        check_values(path, split, flag, size, images, labels)
     if flag is not None and labels.size:
         info = flag_info(flag)
         n_classes = 2 if info["task"].startswith("multi-label") else len(info["label"])
@@ -363,7 +389,7 @@ class MedMNISTDataModule(MultiTaskDataModule):
             path = locate(self.root, flag, self.size)
             self.datasets[flag] = {}
             for split in SPLITS:
-                images, labels = load_split(path, split, flag)
+                images, labels = load_split(path, split, flag, self.size)
                 if self.max_samples is not None:
                     images, labels = images[: self.max_samples], labels[: self.max_samples]
                 augmentation = self.augmentation if split == "train" else None
