@@ -7,7 +7,7 @@ STAMP := .make/install.stamp
 export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 
-.PHONY: help install quickstart train test test-all lint report bench clean-logs
+.PHONY: help install quickstart train test test-all lint report bench results clean-logs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,17 @@ test-all: install ## every test, slow ones included
 
 clean-logs: ## delete logs/ (all runs!)
 	rm -rf logs
+
+# the real data of the reproductions (docs/results.md): MNIST in $(SHARED_DATA)/mnist/MNIST/raw
+SHARED_DATA ?= ../shared/data
+
+results: install ## rerun the recorded reproductions into results/ (hours on a CPU; a rerun trains only what is missing) and their reports
+	$(PYTHON) src/train.py -m experiment=multimnist_sener2018 data=multimnist data.root=$(SHARED_DATA)/mnist \
+		trainer.max_epochs=15 speed.channels_last=true hydra.sweep.dir=results/multimnist_sener2018
+	$(PYTHON) src/report.py results/multimnist_sener2018 --metrics left_acc right_acc --baseline "stl (MultiLeNet)"
+	$(PYTHON) src/train.py -m experiment=multimnist_sener2018 data=multimnist data.root=$(SHARED_DATA)/mnist \
+		speed.channels_last=true seed=0 optim=vanilla,mgda_ub,stl hydra.sweep.dir=results/multimnist_sener2018_100epochs
+	$(PYTHON) src/report.py results/multimnist_sener2018_100epochs --metrics left_acc right_acc --baseline "stl (MultiLeNet)"
 
 report: install ## tables from a sweep: make report DIR=logs/train/multiruns/<date>
 	$(PYTHON) src/report.py $(DIR)
