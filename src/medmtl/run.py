@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medmtl.callbacks import IterationTimer
 from medmtl.checkpoints import AtomicCheckpointIO, check_fits
+from medmtl.config_checks import check_config
 from medmtl.distributed import is_primary_process
 from medmtl.errors import ConfigError
 from medmtl.models.base import SeparateNetworks
@@ -209,6 +210,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     is not trained again: its record is returned (completing an interrupted sweep). A folder that
     holds another configuration's run, or that another process is writing, is refused.
     """
+    check_config(cfg)  # values Hydra cannot judge (a batch of 0, a learning rate "fast"), before anything is built
     output_dir = Path(cfg.paths.output_dir)
     primary = is_primary_process()  # under DDP, rank 0 owns the folder; the other ranks only train
     if primary:

@@ -1,0 +1,96 @@
+"""Configuration values checked once, when a run starts, before anything is built.
+
+Hydra checks that an option exists; it cannot know that ``data.batch_size=0`` or
+``optim.optimizer.lr=fast`` is meaningless, and without this pass those end deep in PyTorch,
+OpenCV or scikit-learn as a traceback. Every rule below names the key, what it must be and what it
+got, in one sentence (a :class:`~medmtl.errors.ConfigError`: exit code 2, a ``failure.json``).
+A rule applies to whichever data, model or optimizer config has the key, so a new dataset that
+reuses a key name is covered by it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from medmtl.errors import ConfigError
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_int(value: Any) -> bool:
+    return _is_int(value) and value > 0
+
+
+def _non_negative_int(value: Any) -> bool:
+    return _is_int(value) and value >= 0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
+
+
+def _positive_number(value: Any) -> bool:
+    return _number(value) and value > 0
+
+
+def _non_negative_number(value: Any) -> bool:
+    return _number(value) and value >= 0
+
+
+def _positive_size(value: Any) -> bool:
+    """A side length, or a (height, width) pair, of positive integers."""
+    if _positive_int(value):
+        return True
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(_positive_int(v) for v in value)
+
+
+#: (key, test, what it must be); a key absent from the config is not checked
+RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("data.batch_size", _positive_int, "a positive integer"),
+    ("data.eval_batch_size", _positive_int, "a positive integer"),
+    ("data.num_workers", _non_negative_int, "a whole number >= 0"),
+    ("data.image_size", _positive_size, "a positive integer (or a [height, width] pair)"),
+    ("data.resolution", _positive_size, "a [height, width] pair of positive integers"),
+    ("data.n_folds", lambda v: _is_int(v) and v >= 2, "an integer >= 2 (cross-validation needs two folds or more)"),
+    ("data.val_size", _non_negative_int, "a whole number >= 0"),
+    ("optim.optimizer.lr", _positive_number, "a positive number"),
+    ("optim.optimizer.weight_decay", _non_negative_number, "a number >= 0"),
+    ("optim.optimizer.momentum", _non_negative_number, "a number >= 0"),
+    ("trainer.max_epochs", lambda v: _positive_int(v) or v == -1, "a positive integer (or -1: no epoch limit)"),
+    ("seed", _is_int, "an integer"),
+)
+
+
+def _lookup(cfg: Mapping[str, Any], key: str) -> tuple[bool, Any]:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf lists as Python lists (the rules test plain values)."""
+    from omegaconf import ListConfig
+
+    return list(value) if isinstance(value, ListConfig) else value
+
+
+def check_config(cfg: Mapping[str, Any]) -> None:
+    """Raise one sentence for the first value that breaks a rule of :data:`RULES`, and for a CV
+    fold outside ``0 .. n_folds - 1``."""
+    for key, test, wanted in RULES:
+        present, value = _lookup(cfg, key)
+        if present and value is not None and not test(_plain(value)):
+            raise ConfigError(f"{key} must be {wanted}, got {value!r}.")
+    has_folds, n_folds = _lookup(cfg, "data.n_folds")
+    has_fold, fold = _lookup(cfg, "data.fold")
+    if has_folds and has_fold and fold is not None and not (_is_int(fold) and 0 <= fold < n_folds):
+        raise ConfigError(f"data.fold must be an integer from 0 to data.n_folds - 1 = {n_folds - 1}, got {fold!r}.")
+
+
+__all__ = ["RULES", "check_config"]

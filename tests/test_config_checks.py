@@ -1,0 +1,47 @@
+"""Configuration values are checked before anything is built: every shipped configuration passes,
+each rule refuses its bad value in one sentence naming the key, and the CLI ends such a run with exit
+code 2 and a failure record."""
+
+import json
+
+import pytest
+
+from helpers import compose_train, options, run
+from medmtl.config_checks import check_config
+from medmtl.errors import ConfigError
+
+
+@pytest.mark.parametrize("group", ["experiment", "data", "optim", "model"])
+def test_every_shipped_configuration_passes(group):
+    for name in options(group):
+        check_config(compose_train([f"{group}={name}"]))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batch_size=0", "data.batch_size must be a positive integer, got 0"),
+        ("data.eval_batch_size=-4", "data.eval_batch_size must be a positive integer, got -4"),
+        ("data.image_size=0", r"data.image_size must be a positive integer \(or a \[height, width\] pair\), got 0"),
+        ("data.n_folds=1", r"data.n_folds must be an integer >= 2"),
+        ("data.fold=5", r"data.fold must be an integer from 0 to data.n_folds - 1 = 4, got 5"),
+        ("data.num_workers=-1", "data.num_workers must be a whole number >= 0, got -1"),
+        ("optim.optimizer.lr=fast", "optim.optimizer.lr must be a positive number, got 'fast'"),
+        ("optim.optimizer.lr=0", "optim.optimizer.lr must be a positive number, got 0"),
+        ("optim.optimizer.weight_decay=-0.1", "optim.optimizer.weight_decay must be a number >= 0"),
+        ("trainer.max_epochs=0", r"trainer.max_epochs must be a positive integer \(or -1: no epoch limit\), got 0"),
+    ],
+)
+def test_each_rule_refuses_its_bad_value_in_one_sentence(override, message):
+    with pytest.raises(ConfigError, match=message) as raised:
+        check_config(compose_train([override]))
+    assert "\n" not in str(raised.value)
+
+
+def test_a_bad_value_ends_the_run_with_exit_2_and_a_failure_record(tmp_path):
+    done = run("train.py", ["data.batch_size=0", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == "error: data.batch_size must be a positive integer, got 0."
+    failure = json.loads((tmp_path / "run" / "failure.json").read_text())
+    assert failure["exit_code"] == 2 and "data.batch_size" in failure["message"]
+    assert not (tmp_path / "run" / "checkpoints").exists()
