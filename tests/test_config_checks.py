@@ -45,3 +45,16 @@ def test_a_bad_value_ends_the_run_with_exit_2_and_a_failure_record(tmp_path):
     failure = json.loads((tmp_path / "run" / "failure.json").read_text())
     assert failure["exit_code"] == 2 and "data.batch_size" in failure["message"]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_ckpt_path_last_in_a_fresh_folder_says_it_starts_from_scratch(tmp_path, caplog):
+    import logging
+
+    from medmtl.run import _resolve_ckpt_path
+
+    with caplog.at_level(logging.WARNING, logger="medmtl.run"):
+        assert _resolve_ckpt_path("last", tmp_path) is None
+    assert "holds no checkpoints/last.ckpt, so this run starts from scratch" in caplog.text
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert _resolve_ckpt_path("last", tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")

@@ -118,7 +118,10 @@ def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, auto_resume: boo
         return str(last)
     if ckpt_path != "last":
         return ckpt_path
-    return str(last) if last.is_file() else None
+    if not last.is_file():
+        log.warning("ckpt_path=last: %s holds no checkpoints/last.ckpt, so this run starts from scratch.", output_dir)
+        return None
+    return str(last)
 
 
 def _csv_log_dir(loggers: list[Any]) -> Path | None:
