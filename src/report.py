@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from medmtl.analysis.report import write_report
+from medmtl.errors import ConfigError
 
 
 def main() -> None:
@@ -37,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     try:
         output = write_report(args.sweeps, args.output, args.metrics, args.baseline, args.overlay)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     print((output / "results.md").read_text())

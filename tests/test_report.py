@@ -296,3 +296,18 @@ def test_pareto_front_by_hand():
         "d": {"auc": 0.90, "fovea_error_px": 22.0},  # dominated by a (equal AUC, worse error)
     }
     assert sorted(pareto_front(points, ["auc", "fovea_error_px"])) == ["a", "b"]
+
+
+def test_a_truncated_metrics_json_is_left_out_and_named(sweep):
+    (sweep / "0" / "metrics.json").write_text('{"test": {"auc": 0.8')
+    markdown = (write_report(sweep) / "results.md").read_text()
+    assert "unreadable metrics.json (truncated or not JSON), left out: " in markdown and str(sweep / "0") in markdown
+
+
+def test_runs_of_different_datasets_are_refused_in_one_sentence(sweep):
+    for job, data in (("0", "RefugeDataModule"), ("1", "IdridDataModule")):
+        record = json.loads((sweep / job / "metrics.json").read_text())
+        (sweep / job / "metrics.json").write_text(json.dumps(record | {"data": data}))
+    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "src" / "report.py"), str(sweep)], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "The runs come from different datasets (RefugeDataModule (1 runs), IdridDataModule (1 runs))" in result.stderr

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from medmtl.analysis.stats import (
     t_interval,
 )
 from medmtl.analysis.task_balance import plot_per_layer, plot_per_step, read_diagnostics
+from medmtl.errors import ConfigError
 
 RESOURCE_COLUMNS = {"num_parameters": "parameters", "flops_per_sample": "GFLOPs", "seconds_per_iteration": "seconds/iteration"}
 
@@ -63,11 +65,23 @@ def job_folders(sweep: Path) -> list[Path]:
     return sorted(p.parent.parent for p in Path(sweep).rglob(".hydra/overrides.yaml"))
 
 
+def read_record(path: Path) -> dict | None:
+    """A run's JSON record, or None when it is truncated or not JSON (the report then lists the
+    run as unreadable instead of stopping on it)."""
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def load_run(folder: Path) -> Run | None:
     path = folder / "metrics.json"
     if not path.is_file():
         return None
-    record = json.loads(path.read_text())
+    record = read_record(path)
+    if record is None:
+        return None
     metrics = {k: float(v) for k, v in record.get("test", {}).items() if v is not None and not k.startswith("loss")}
     for key, name in RESOURCE_COLUMNS.items():
         if record.get(key) is not None:
@@ -75,6 +89,7 @@ def load_run(folder: Path) -> Run | None:
     fold = record.get("fold")
     pair_key = f"fold {fold}" if record.get("protocol", "cv") == "cv" and fold is not None else f"seed {record.get('seed')}"
     attributes = {
+        "data": record.get("data"),
         "strategy": record.get("strategy"),
         "model": record.get("model"),
         "lr": record.get("lr"),
@@ -102,6 +117,12 @@ def collect(sweeps: str | Path | Sequence[str | Path]) -> Collection:
         for folder in job_folders(Path(sweep)):
             run = load_run(folder)
             (runs.append(run) if run is not None else failed.append(folder))
+    datasets = Counter(str(r.attributes["data"]) for r in runs if r.attributes.get("data"))  # records name it since v0.1
+    if len(datasets) > 1:
+        found = ", ".join(f"{name} ({count} runs)" for name, count in datasets.items())
+        raise ConfigError(
+            f"The runs come from different datasets ({found}): one report compares one dataset; report each separately."
+        )
     varying = [name for name in ("model", "tasks", "lr") if len({r.attributes.get(name) for r in runs}) > 1]
     arms = _arms_that_separate(runs, ("model", "tasks", "lr"))
     for run in runs:
@@ -315,9 +336,11 @@ def problems(table: Table, collection: Collection) -> list[str]:
     lines = []
     for folder in collection.failed:
         failure = folder / "failure.json"
-        if failure.is_file():
-            record = json.loads(failure.read_text())
+        record = read_record(failure) if failure.is_file() else None
+        if record is not None:
             lines.append(f"- failed ({record.get('kind')}): {folder}: {record.get('message')}")
+        elif (folder / "metrics.json").is_file():
+            lines.append(f"- unreadable metrics.json (truncated or not JSON), left out: {folder}")
         else:
             lines.append(f"- unfinished (no metrics.json, no failure record): {folder}")
     for method, keys in table.missing.items():
