@@ -58,3 +58,24 @@ def test_ckpt_path_last_in_a_fresh_folder_says_it_starts_from_scratch(tmp_path, 
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
     assert _resolve_ckpt_path("last", tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.parametrize(
+    ("precision", "accelerator", "cuda", "refused"),
+    [
+        ("16-mixed", "cpu", True, True),
+        ("16-mixed", "auto", False, True),
+        ("16-mixed", "auto", True, False),
+        ("16-mixed", "gpu", True, False),
+        ("bf16-mixed", "cpu", False, False),
+        ("32-true", "auto", False, False),
+    ],
+)
+def test_16_mixed_on_a_cpu_is_refused_rather_than_run_as_bf16(precision, accelerator, cuda, refused):
+    from medmtl.config_checks import check_precision_device
+
+    if refused:
+        with pytest.raises(ConfigError, match="needs a CUDA device"):
+            check_precision_device(precision, accelerator, cuda)
+    else:
+        check_precision_device(precision, accelerator, cuda)

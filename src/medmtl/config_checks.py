@@ -93,4 +93,16 @@ def check_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"data.fold must be an integer from 0 to data.n_folds - 1 = {n_folds - 1}, got {fold!r}.")
 
 
-__all__ = ["RULES", "check_config"]
+def check_precision_device(precision: Any, accelerator: Any, cuda_available: bool) -> None:
+    """``16-mixed`` (float16 with a gradient scaler) runs on CUDA only: on a CPU Lightning would run
+    bf16 instead while the saved configuration says 16-mixed, and the strategies the scaler cannot
+    serve would not be refused. One sentence instead."""
+    on_cpu = str(accelerator) == "cpu" or (str(accelerator) == "auto" and not cuda_available)
+    if str(precision).startswith("16") and on_cpu:
+        raise ConfigError(
+            f"trainer.precision={precision} needs a CUDA device (float16 with a gradient scaler); on a CPU use "
+            "trainer.precision=bf16-mixed, which Lightning would otherwise run in its place without saying so."
+        )
+
+
+__all__ = ["RULES", "check_config", "check_precision_device"]

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medmtl.callbacks import IterationTimer
 from medmtl.checkpoints import AtomicCheckpointIO, check_fits
-from medmtl.config_checks import check_config
+from medmtl.config_checks import check_config, check_precision_device
 from medmtl.distributed import is_primary_process
 from medmtl.errors import ConfigError
 from medmtl.models.base import SeparateNetworks
@@ -62,6 +62,7 @@ def build_module(cfg: DictConfig, datamodule) -> MultiTaskModule:
 def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any], validate: bool = True) -> L.Trainer:
     """The configured Trainer, writing checkpoints atomically (:class:`AtomicCheckpointIO`);
     without a validation split (``validate=False``) the validation loop is switched off."""
+    check_precision_device(cfg.trainer.get("precision"), cfg.trainer.get("accelerator", "auto"), torch.cuda.is_available())
     no_validation = {} if validate else {"limit_val_batches": 0, "num_sanity_val_steps": 0}
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()], **no_validation)
 
