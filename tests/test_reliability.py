@@ -414,6 +414,66 @@ def test_the_cache_lives_outside_the_data_and_follows_changed_sources(refuge_roo
     assert len(list((tmp_path / "cache").rglob(f"{sample.id}-*.npz"))) == 1, "the stale entry was kept"
 
 
+@pytest.mark.parametrize("damage", ["truncated", "rewritten"])
+def test_a_damaged_cache_entry_is_rebuilt_not_served(tmp_path, damage, caplog):
+    """An entry truncated or rewritten after it was written no longer matches its recorded SHA-256:
+    it is rebuilt (with a warning) and the rebuilt content is served."""
+    import logging
+
+    import numpy as np
+
+    from medmtl.data.cache import SampleCache, digest_file_of
+
+    cache = SampleCache(tmp_path / "cache", "toy", tmp_path / "data")
+    built = []
+
+    def build():
+        built.append(1)
+        return {"x": np.arange(1000, dtype=np.float32)}
+
+    cache.ensure([("entry", "k1", build)], "toy entries")
+    entry = cache.path("entry", "k1")
+    assert digest_file_of(entry).is_file() and len(built) == 1
+    cache.ensure([("entry", "k1", build)], "toy entries")
+    assert len(built) == 1, "an intact entry was rebuilt"
+    if damage == "truncated":
+        entry.write_bytes(entry.read_bytes()[:200])
+    else:
+        np.savez(entry, x=np.zeros(1000, dtype=np.float32))
+    with caplog.at_level(logging.WARNING, logger="medmtl.data.cache"):
+        cache.ensure([("entry", "k1", build)], "toy entries")
+    assert len(built) == 2 and "is damaged or unverified" in caplog.text
+    np.testing.assert_array_equal(SampleCache.load(entry)["x"], np.arange(1000, dtype=np.float32))
+
+
+@pytest.mark.parametrize("fault", ["file in place of the folder", "read-only folder"])
+def test_an_unwritable_cache_is_one_sentence_and_leaves_no_temporary_file(tmp_path, fault):
+    import os
+
+    import numpy as np
+
+    from medmtl.data.cache import SampleCache
+    from medmtl.errors import StorageError
+
+    if fault == "file in place of the folder":
+        (tmp_path / "cache").write_text("not a folder")
+        cache = SampleCache(tmp_path / "cache", "toy", tmp_path / "data")
+    else:
+        cache = SampleCache(tmp_path / "cache", "toy", tmp_path / "data")
+        cache.folder.mkdir(parents=True)
+        cache.folder.chmod(0o500)
+        if os.access(cache.folder, os.W_OK):  # root ignores permissions: no fault to provoke here
+            cache.folder.chmod(0o700)
+            (cache.folder / "entry-k.npz").mkdir()  # a folder where the entry's file must go
+    with pytest.raises(StorageError, match="Cannot write the cache entry .*paths.cache_dir") as raised:
+        cache.ensure([("entry", "k", lambda: {"x": np.zeros(3)})], "toy entries")
+    assert "\n" not in str(raised.value)
+    leftovers = [p for p in tmp_path.rglob("*") if ".tmp." in p.name]
+    assert not leftovers, f"temporary files left behind: {leftovers}"
+    if cache.folder.exists():
+        cache.folder.chmod(0o700)
+
+
 # ----- evaluation from the run's own configuration ---------------------------------------------------
 def test_eval_rebuilds_model_and_data_from_the_run_and_reproduces_its_test_metrics(tmp_path):
     folder = tmp_path / "run"

@@ -14,6 +14,8 @@ CheckpointError    2     a checkpoint that is missing, truncated, foreign, of an
                          model, or that holds code (checkpoints are data only)
 RunFolderConflict  2     a run or sweep folder that holds another configuration or is
                          in use by another process
+StorageError       2     a folder that cannot be written (full disk, no permission, a
+                         file where a folder belongs)
 NonFiniteError     3     a loss, gradient, weight or prediction that is NaN or infinite
 =================  ====  =========================================================
 """
@@ -63,6 +65,13 @@ class RunFolderConflict(UserError):
     """A run or sweep folder holds another configuration's run, or another process is writing it."""
 
     kind = "run folder conflict"
+
+
+class StorageError(UserError, OSError):
+    """A file or folder the run must write cannot be written: the disk is full, permission is
+    denied, or a file stands where a folder belongs."""
+
+    kind = "storage error"
 
 
 class NonFiniteError(UserError):
