@@ -264,7 +264,7 @@ def test_run_job_records_the_failure_and_exits_with_its_code(tmp_path, capsys):
     "overrides,message",
     [
         ([*TINY, "data.fold=7"], "data.fold must be in [0, 4], got 7."),
-        ([*TINY, "optim.optimizer.lr=-0.001"], "Invalid learning rate: -0.001"),
+        ([*TINY, "optim.optimizer.lr=-0.001"], "optim.optimizer.lr must be a positive number, got -0.001."),
         ([*TINY, "optim=mao", "optim.gradient_clip_val=1"], "does not clip gradients"),
         (
             [*TINY, "optim=pcgrad", "optim.strategy.mode=gramian", "callbacks=diagnostics"],

@@ -90,7 +90,7 @@ def check_config(cfg: Mapping[str, Any]) -> None:
     has_folds, n_folds = _lookup(cfg, "data.n_folds")
     has_fold, fold = _lookup(cfg, "data.fold")
     if has_folds and has_fold and fold is not None and not (_is_int(fold) and 0 <= fold < n_folds):
-        raise ConfigError(f"data.fold must be an integer from 0 to data.n_folds - 1 = {n_folds - 1}, got {fold!r}.")
+        raise ConfigError(f"data.fold must be in [0, {n_folds - 1}], got {fold!r}.")
 
 
 def check_precision_device(precision: Any, accelerator: Any, cuda_available: bool) -> None:
