@@ -328,6 +328,8 @@ TORCHJD_AGGREGATORS = {
     "gradvac": lambda: jd.GradVac(beta=0.5),
     "pcd": lambda: jd.PCD(tau=0.02, beta=0.999),
     "excess_mtl": lambda: jd.ExcessMTL(robust_step_size=1.0),
+    "krum": lambda: jd.Krum(n_byzantine=0),
+    "trimmed_mean": lambda: jd.TrimmedMean(trim_number=1),
 }
 STATEFUL = {"gradvac": {"beta": 0.5}, "pcd": {}, "excess_mtl": {"n_warmup_steps": 2}, "modo": {}, "sdmgrad": {}}
 
@@ -521,3 +523,29 @@ def test_aligned_mtl_update_is_the_authors_and_uniform_preference_is_one_t_of_it
         strategy.setup(["a", "b", "c", "d"])
         (ours,) = shared_updates(strategy, [jacobian], names=("a", "b", "c", "d"))
         torch.testing.assert_close(ours, share * expected, rtol=1e-7, atol=1e-10)
+
+
+def test_trimmed_mean_trims_fewer_when_fewer_tasks_are_present():
+    """torchjd's TrimmedMean needs 2 t + 1 rows: with two tasks present a trim of 1 becomes 0 (their
+    plain mean); with five it stays 1 (by hand: per coordinate, the middle three values averaged)."""
+    generator = torch.Generator().manual_seed(5)
+    strategy = JacobianAggregator("trimmed_mean", options={"trim_number": 1})
+    strategy.setup(["a", "b", "c", "d", "e"])
+    two = torch.randn(2, 7, generator=generator, dtype=torch.float64)
+    (ours,) = shared_updates(strategy, [two], names=("a", "b"))
+    torch.testing.assert_close(ours, two.mean(dim=0))
+    five = torch.randn(5, 7, generator=generator, dtype=torch.float64)
+    (ours,) = shared_updates(strategy, [five], names=("a", "b", "c", "d", "e"))
+    torch.testing.assert_close(ours, five.sort(dim=0).values[1:4].mean(dim=0))
+
+
+def test_krum_takes_the_mean_when_too_few_tasks_are_present_to_rank():
+    """Krum ranks gradients by their distances to the T - f - 2 nearest others: it needs f + 3 of
+    them. With two present (f = 0) the update is their mean; with four, torchjd's Krum."""
+    generator = torch.Generator().manual_seed(6)
+    strategy = JacobianAggregator("krum")
+    strategy.setup(["a", "b", "c", "d"])
+    two = torch.randn(2, 7, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(shared_updates(strategy, [two], names=("a", "b"))[0], two.mean(dim=0))
+    four = torch.randn(4, 7, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(shared_updates(strategy, [four], names=("a", "b", "c", "d"))[0], jd.Krum(n_byzantine=0)(four))

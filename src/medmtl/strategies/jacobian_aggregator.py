@@ -1,9 +1,9 @@
 """Any Jacobian aggregator of ``torchjd`` as a strategy (``optim=jd_<name>``).
 
 torchjd implements and tests CAGrad, Nash-MTL, IMTL-G, Aligned-MTL, UPGrad, DualProj, MGDA,
-PCGrad, FairGrad, GradVac, PCD, ExcessMTL, ... as *weightings*: functions of the Gramian G = J J^T
+PCGrad, FairGrad, GradVac, PCD, ExcessMTL, Krum, ... as *weightings*: functions of the Gramian G = J J^T
 (or of J itself: Nash-MTL, ExcessMTL) that return the weights a of the update sum_k a_k g_k, and
-ConFIG and GradDrop as *aggregators* of J whose update is not such a combination, and MoDo and
+ConFIG, GradDrop and TrimmedMean as *aggregators* of J whose update is not such a combination, and MoDo and
 SDMGrad as weightings of A = J_1 J_2^T, the product of the Jacobians of two independent
 mini-batches (double sampling: an unbiased estimate of J J^T). This one class
 plugs any of them into :class:`~medmtl.strategies.gradient_combination.GradientCombination`, which
@@ -52,8 +52,10 @@ AGGREGATORS = {
     "random": ("RandomWeighting", "gramian"),
     "nash_mtl": ("NashMTL", "jacobian"),
     "excess_mtl": ("ExcessMTLWeighting", "jacobian"),
+    "krum": ("KrumWeighting", "gramian"),
     "config": ("ConFIG", "aggregator"),
     "graddrop": ("GradDrop", "aggregator"),
+    "trimmed_mean": ("TrimmedMean", "aggregator"),
     "modo": ("MoDoWeighting", "cross"),
     "sdmgrad": ("SDMGradWeighting", "cross"),
 }
@@ -62,6 +64,8 @@ DEVICE_SOLVED = ("upgrad", "dualproj", "imtl_g", "cagrad")
 SOLVERS = ("auto", "device", "host")
 #: the paper defaults torchjd does not set itself
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
+    "krum": {"n_byzantine": 0, "n_selected": 1},
+    "trimmed_mean": {"trim_number": 1},
     "cagrad": {"c": 0.5, "rescale": 1},
     "fairgrad": {"alpha": 1.0},
     "aligned_mtl": {"pref_vector": "ones"},
@@ -198,6 +202,8 @@ class JacobianAggregator(GradientCombination):
             import torchjd.aggregation as aggregation
 
             options = dict(self.options)
+            if self.aggregator_name == "trimmed_mean":  # it needs 2 t + 1 rows: trim fewer when fewer tasks are present
+                options["trim_number"] = min(int(options.get("trim_number", 1)), (len(names) - 1) // 2)
             scale = update_scale(self.aggregator_name, options, len(names))
             options.pop(SCALE_OPTIONS.get(self.aggregator_name, ""), None)
             if self.aggregator_name == "nash_mtl":
@@ -205,6 +211,8 @@ class JacobianAggregator(GradientCombination):
             made: Any
             if self.solves_on_device(len(names)):
                 made = device_weighting(self.aggregator_name, options)
+            elif self.aggregator_name == "krum" and len(names) < int(options.get("n_byzantine", 0)) + 3:
+                made = aggregation.MeanWeighting()  # Krum needs f + 3 gradients: with fewer present, their mean
             else:
                 made = getattr(aggregation, self.class_name)(**options)
             if self.aggregator_name == "nash_mtl":
