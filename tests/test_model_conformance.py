@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from helpers import compose_train, options
 from medmtl.data.emotic import emotic_tasks
 from medmtl.data.idrid import idrid_tasks
+from medmtl.data.multimnist import multimnist_tasks
 from medmtl.data.nyudv2 import nyudv2_tasks
 from medmtl.models import SeparateNetworks, build_model
 from medmtl.tasks import refuge_tasks
@@ -35,10 +36,13 @@ TASK_SETS = {
     "mtinet": (SCENE, []),
     "emotic_2enc": (lambda: emotic_tasks("2task"), []),
     "emotic_2enc_26_tasks": (lambda: emotic_tasks("26task"), ["model=emotic_2enc"]),
+    "multi_lenet": (multimnist_tasks, []),
 }
 #: models that read several inputs (the datamodule's input_keys): how many
 INPUTS = {"emotic_2enc": 2, "emotic_2enc_26_tasks": 2}
 SIZE = (64, 64)
+#: models that read another image shape than 3 x SIZE
+IMAGE_SHAPES = {"multi_lenet": (1, 28, 28)}
 
 
 def build(name: str, separate: bool = False):
@@ -53,7 +57,8 @@ def build(name: str, separate: bool = False):
 
 def inputs(name: str, n: int = 2) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(1)
-    return tuple(torch.rand(n, 3, *SIZE, generator=g) for _ in range(INPUTS.get(name, 1)))
+    shape = IMAGE_SHAPES.get(name, (3, *SIZE))
+    return tuple(torch.rand(n, *shape, generator=g) for _ in range(INPUTS.get(name, 1)))
 
 
 def expected_shape(task, n: int) -> tuple:

@@ -104,16 +104,20 @@ class DeviceIMTLGWeighting(Weighting):
     a = G^+ d / (1^T G^+ d), d_i = sqrt(G_ii) (the gradient norms); a = 0 when |1^T G^+ d| < 1e-12.
     torchjd computes the same with a Python ``if`` on the sum (a host round trip on a GPU); here the
     zero case is a ``torch.where``. The pseudo-inverse is the symmetric one (eigendecomposition),
-    in float64, dropping the eigenvalues below sqrt(eps) of the Gramian's own dtype times the largest:
-    a Gramian formed in float32 carries rounding of about 1e-7 of its largest eigenvalue, so where the
-    task gradients are linearly dependent (rank-deficient G) float64's default cut-off inverted that
-    noise and gave weights off by up to 220% (against the same gradients in float64).
+    in float64, dropping the eigenvalues below min(1000 eps, sqrt(eps)) times the largest, eps that of
+    the Gramian's own dtype: a Gramian formed in float32 carries rounding of about 1e-7 of its largest
+    eigenvalue, so where the task gradients are linearly dependent (rank-deficient G) float64's default
+    cut-off inverted that noise and gave weights off by up to 220% (against the same gradients in
+    float64). The cut-off scales with the dtype's eps, not its square root: a float64 Gramian keeps
+    genuine eigenvalues far below sqrt(eps64) = 1.5e-8 of the largest (a tiny U-Net's four task
+    gradients have one at 7e-9), and IMTL-G's equal projections need them.
     """
 
     def forward(self, gramian: Tensor, /) -> Tensor:
         matrix = gramian.to(torch.float64)
         norms = matrix.diagonal().clamp_min(0.0).sqrt()
-        cutoff = torch.finfo(gramian.dtype).eps ** 0.5
+        eps = torch.finfo(gramian.dtype).eps
+        cutoff = min(1000 * eps, eps**0.5)
         direction = torch.linalg.pinv(matrix, rtol=cutoff, hermitian=True) @ norms
         total = direction.sum()
         safe = torch.where(total.abs() < 1e-12, torch.ones_like(total), total)
