@@ -549,3 +549,60 @@ def test_krum_takes_the_mean_when_too_few_tasks_are_present_to_rank():
     torch.testing.assert_close(shared_updates(strategy, [two], names=("a", "b"))[0], two.mean(dim=0))
     four = torch.randn(4, 7, generator=generator, dtype=torch.float64)
     torch.testing.assert_close(shared_updates(strategy, [four], names=("a", "b", "c", "d"))[0], jd.Krum(n_byzantine=0)(four))
+
+
+def test_graddrop_at_the_representation_gives_libmtls_update_on_the_same_draws():
+    """LibMTL 1.1.5's GradDrop (rep_grad=True), run here beside ours: the shared layers' gradient is
+    Z's update pulled back, u_b = sum_k M_k g_{k,b} with the masks from the batch-reduced,
+    activation-signed gradients and one uniform draw per feature (the same seed for both)."""
+    import sys
+    import types
+
+    import torch.hub
+
+    from medmtl.data.multimnist import multimnist_tasks
+    from medmtl.models.multi_lenet import MultiLeNet
+    from medmtl.strategies import GradientSignDropout
+
+    shim = types.SimpleNamespace(load_state_dict_from_url=torch.hub.load_state_dict_from_url)
+    sys.modules.setdefault("torchvision.models.utils", shim)  # LibMTL 1.1.5 imports a module torchvision removed
+    import LibMTL.weighting as weighting
+
+    tasks = multimnist_tasks()
+    torch.manual_seed(0)
+    ours_model = MultiLeNet(tasks, dropout="none").double()
+    theirs_model = copy.deepcopy(ours_model)
+    generator = torch.Generator().manual_seed(1)
+    batch = {
+        "image": torch.randn(6, 1, 28, 28, generator=generator, dtype=torch.float64),
+        "left": torch.randint(0, 10, (6,), generator=generator),
+        "right": torch.randint(0, 10, (6,), generator=generator),
+    }
+    strategy = GradientSignDropout()
+    strategy.setup(["left", "right"])
+    torch.manual_seed(7)
+    strategy.training_step(PlainContext(ours_model, tasks, [torch.optim.SGD(ours_model.parameters(), lr=0.0)]), batch)
+
+    class Adapter(weighting.GradDrop):
+        def __init__(self):
+            super().__init__()
+            self.task_num, self.device, self.rep_grad, self.task_name = 2, torch.device("cpu"), True, ["left", "right"]
+
+    rep = theirs_model.representation(batch["image"])["features"]
+    adapter = Adapter()
+    adapter.rep = rep
+    adapter.rep_tasks = {t: rep.detach().clone().requires_grad_() for t in ("left", "right")}
+    outputs = {t: theirs_model.heads({"features": adapter.rep_tasks[t]}, [t])[t] for t in ("left", "right")}
+    losses = torch.stack([task.compute_loss(outputs[task.name], batch) for task in tasks])
+    torch.manual_seed(7)
+    adapter.backward(losses, leak=0.0)
+    for ours, theirs in zip(ours_model.encoder.parameters(), theirs_model.encoder.parameters()):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-5, atol=1e-9)  # LibMTL stores the gradients in float32
+    for name in ("left", "right"):  # each head its own task's gradient
+        for ours, theirs in zip(ours_model.classifiers[name].parameters(), theirs_model.classifiers[name].parameters()):
+            torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-9, atol=1e-12)
+    plain = GradientSignDropout(leak=1.0)
+    plain.setup(["left", "right"])
+    summed = copy.deepcopy(ours_model)
+    plain.training_step(PlainContext(summed, tasks, [torch.optim.SGD(summed.parameters(), lr=0.0)]), batch)
+    assert not torch.allclose(summed.encoder.fc.weight.grad, ours_model.encoder.fc.weight.grad), "no gradient was dropped"

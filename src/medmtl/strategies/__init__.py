@@ -8,6 +8,7 @@ from medmtl.strategies.dwa import DynamicWeightAverage
 from medmtl.strategies.famo import FastAdaptiveMultitask
 from medmtl.strategies.fixed import FixedWeights
 from medmtl.strategies.ga import GradientAccumulation
+from medmtl.strategies.graddrop import GradientSignDropout
 from medmtl.strategies.gradient_combination import GradientCombination
 from medmtl.strategies.gradnorm import GradNorm
 from medmtl.strategies.imtl import ImpartialLossScaling, ImpartialMTL
@@ -41,6 +42,7 @@ __all__ = [
     "GradNorm",
     "GradientAccumulation",
     "GradientCombination",
+    "GradientSignDropout",
     "JacobianAggregator",
     "MGDA",
     "MultiAdaptive",

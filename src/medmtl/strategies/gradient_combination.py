@@ -167,6 +167,19 @@ class GradientCombination(Strategy):
         weights = self.combination_weights(gramian, losses, jacobian, names=names)
         return weights.to(jacobian.dtype) @ jacobian, weights
 
+    def representation_update(
+        self,
+        ctx: StepContext,
+        jacobian: torch.Tensor,
+        losses: torch.Tensor,
+        names: Sequence[str],
+        gramian: torch.Tensor,
+        representation: Sequence[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The update of the representation in ``representation`` mode: :meth:`shared_update` here;
+        a method that also reads the representation's values (GradDrop) overrides it."""
+        return self.shared_update(jacobian, losses, names, gramian)
+
     def transform_losses(self, stacked: torch.Tensor, names: list[str]) -> torch.Tensor:
         """The losses whose Jacobian is combined (identity here)."""
         return stacked
@@ -226,7 +239,8 @@ class GradientCombination(Strategy):
         jacobian = task_jacobian(stacked, [detached[k] for k in keys], self.jacobian_method).detach()
         # the union's Gramian of representation gradients: sum_r G_r / R^2 (module docstring)
         gramian = ctx.global_mean(gramian_of(jacobian)) / ctx.world_size
-        combined, weights = self.shared_update(jacobian, stacked.detach().float(), names, gramian)
+        values = [detached[k].detach() for k in keys]
+        combined, weights = self.representation_update(ctx, jacobian, stacked.detach().float(), names, gramian, values)
         (optimizer,) = ctx.optimizers()
         optimizer.zero_grad(set_to_none=True)
         ctx.backward(stacked.sum(), inputs=self.head_inputs(model, names))
