@@ -28,8 +28,8 @@ test: install ## the default (fast) test suite
 	$(PYTHON) -m pytest -m "not slow"
 
 lint: install ## ruff (lint + format check) and mypy on the package
-	$(PYTHON) -m ruff check src tests benchmarks
-	$(PYTHON) -m ruff format --check src tests benchmarks
+	$(PYTHON) -m ruff check src tests benchmarks examples
+	$(PYTHON) -m ruff format --check src tests benchmarks examples
 	$(PYTHON) -m mypy
 
 test-all: install ## every test, slow ones included

@@ -50,8 +50,8 @@ def timed_iterations(name: str, args, batch_size: int, native: bool = False) -> 
     import torch
 
     from bench_strategies import build, random_batch
-    from medmtl.data.task_streams import VALIDATION
     from medmtl.strategies.context import PlainContext
+    from medmtl.tasks import VALIDATION
 
     torch.manual_seed(0)
     model, strategy, tasks, optimizer_factory, _ = build(name, args.width, None, dropout=0.0)

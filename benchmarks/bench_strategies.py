@@ -62,8 +62,8 @@ def repeating_context(model, tasks, optimizers, batch, input_keys=("image",), ta
     does the same work on the same data."""
     import itertools
 
-    from medmtl.data.task_streams import VALIDATION
     from medmtl.strategies.context import PlainContext
+    from medmtl.tasks import VALIDATION
 
     own = task_batches or {}
     streams = {t.name: itertools.repeat(own.get(t.name, batch)) for t in tasks} | {VALIDATION: itertools.repeat(batch)}

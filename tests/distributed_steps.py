@@ -18,11 +18,10 @@ from hydra.utils import instantiate
 from torch import nn
 
 from medmtl.catalogue import compose_train, options
-from medmtl.data.task_streams import VALIDATION
 from medmtl.models import build_model
 from medmtl.models.unet_vgg16 import UNetVGG16
 from medmtl.strategies.context import PlainContext
-from medmtl.tasks import refuge_tasks
+from medmtl.tasks import VALIDATION, refuge_tasks
 
 ITERATIONS = 3
 RANKS = 2

@@ -8,9 +8,8 @@ import torch
 from torch.func import functional_call
 
 from helpers import PlainContext, random_batch, tiny_unet
-from medmtl.data.task_streams import VALIDATION
 from medmtl.strategies import AutoLambda
-from medmtl.tasks import refuge_tasks
+from medmtl.tasks import VALIDATION, refuge_tasks
 
 NAMES = ["glaucoma", "od", "oc", "fovea"]
 

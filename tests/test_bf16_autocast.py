@@ -12,11 +12,10 @@ from hydra.utils import instantiate
 
 from helpers import random_batch
 from medmtl.catalogue import compose_train, strategy_names
-from medmtl.data.task_streams import VALIDATION
 from medmtl.models import build_model
 from medmtl.models.unet_vgg16 import UNetVGG16
 from medmtl.strategies.context import PlainContext
-from medmtl.tasks import refuge_tasks
+from medmtl.tasks import VALIDATION, refuge_tasks
 
 
 @pytest.mark.parametrize("name", strategy_names())

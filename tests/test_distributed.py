@@ -104,7 +104,7 @@ def fit_two_iterations(root, optim_name, tmp_path, ranks: int, batch_size: int, 
 
     from helpers import compose_train, quiet_trainer
     from medmtl.data.refuge import RefugeDataModule
-    from medmtl.distributed import ExactDDPStrategy
+    from medmtl.lightning_ddp import ExactDDPStrategy
     from medmtl.module import MultiTaskModule
 
     torch.manual_seed(0)

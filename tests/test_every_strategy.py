@@ -65,9 +65,8 @@ def test_absent_tasks_contribute_nothing_and_break_nothing(optim_name):
     import itertools
 
     from helpers import PlainContext, random_batch
-    from medmtl.data.task_streams import VALIDATION
     from medmtl.models import build_model
-    from medmtl.tasks import refuge_tasks
+    from medmtl.tasks import VALIDATION, refuge_tasks
 
     # MAO (Algorithm 1, step_counter=global) decays every parameter at every step, labelled or not:
     # the decay is not the absent task's contribution, so it is switched off here

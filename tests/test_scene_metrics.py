@@ -9,8 +9,8 @@ import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from medmtl.data.nyudv2 import nyudv2_tasks
-from medmtl.metrics.kpi import task_kpi
 from medmtl.metrics.scene import DepthMetric, EdgeMetric, NormalsMetric, SemanticMetric
+from medmtl.strategies.kpi import task_kpi
 
 
 def rotate_about_x(vectors: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ produce the update that one process would compute on the union B = B_1 u ... u B
 ``DistributedDataParallel`` averages ``.grad`` during a backward, which is exact for one backward of
 one scalar per iteration and wrong for everything else this library does: per-task gradients from
 ``autograd.grad`` (never all-reduced), several optimizer steps per batch (MTL-IO), weights computed
-from local losses (ranks would drift apart). So the model is not wrapped (:class:`ExactDDPStrategy`
+from local losses (ranks would drift apart). So the model is not wrapped (:class:`medmtl.lightning_ddp.ExactDDPStrategy`
 keeps Lightning's process launch, process group, SLURM environment and samplers) and the training
 context reduces, explicitly and once, what each strategy reads:
 
@@ -33,21 +33,11 @@ identity and costs nothing.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch.strategies import DDPStrategy
-
-
-def is_primary_process() -> bool:
-    """True on global rank 0, the one that writes the run folder's files (known from the
-    launcher's environment, before the process group exists: RANK, LOCAL_RANK, SLURM_PROCID)."""
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def data_parallel_rank() -> tuple[int, int]:
@@ -227,26 +217,6 @@ class SynchronizedOptimizer:
 
     def __getattr__(self, name: str):
         return getattr(self.unwrapped, name)
-
-
-class ExactDDPStrategy(DDPStrategy):
-    """Lightning's DDP (process launch, process group, distributed samplers, SLURM and torchelastic
-    environments, rank-0 checkpointing) without the ``DistributedDataParallel`` wrapper: the
-    training context reduces what each multi-task strategy needs (module docstring). Parameters and
-    buffers start from rank 0's."""
-
-    strategy_name = "medmtl_ddp"
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        # the values the module logs (losses, weights, metrics) are the union's on every rank already
-        warnings.filterwarnings("ignore", message=r".*sync_dist=True.*distributed setting")
-
-    def configure_ddp(self) -> None:
-        from lightning.pytorch.overrides.distributed import _sync_module_states
-
-        assert self.model is not None
-        _sync_module_states(self.model)
 
 
 def broadcast_buffers(module: torch.nn.Module, reducer: Reducer) -> None:

@@ -63,8 +63,8 @@ def read_failure(output_dir: Path) -> dict | None:
 
 def run_job(function: Callable, cfg, in_sweep: bool) -> object:
     """``function(cfg)`` with the error handling of the module docstring."""
-    from medmtl.distributed import is_primary_process
     from medmtl.errors import find_user_error, one_sentence
+    from medmtl.lightning_ddp import is_primary_process
 
     output_dir = Path(cfg.paths.output_dir)
     if not is_primary_process():  # under DDP the folder's records are rank 0's

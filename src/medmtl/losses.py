@@ -146,6 +146,14 @@ def normals_cosine(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return _masked_mean(1.0 - cosine, _valid_normals(target))
 
 
+def normal_angles(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Angles in degrees between the normalised predictions and the targets at the valid pixels
+    ((B, 3, H, W) both; a flat tensor)."""
+    valid = target.abs().sum(dim=1) > 0
+    cosine = (F.normalize(prediction.float(), dim=1) * target.float()).sum(dim=1)
+    return torch.rad2deg(torch.acos(cosine[valid].clamp(-1.0, 1.0)))
+
+
 def normals_l1(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Sum over the three components of |n_pred - n| (n_pred normalised), averaged over valid pixels
     (the normals loss of Vandenhende et al. 2022's code)."""

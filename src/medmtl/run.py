@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from medmtl.callbacks import IterationTimer
 from medmtl.checkpoints import AtomicCheckpointIO, check_fits
 from medmtl.config_checks import check_config, check_precision_device
-from medmtl.distributed import is_primary_process
 from medmtl.errors import ConfigError
+from medmtl.lightning_ddp import is_primary_process
 from medmtl.models.base import SeparateNetworks
 from medmtl.module import MultiTaskModule, with_decoupled_weight_decay
 from medmtl.selection import SELECTIONS, PerTaskSelection

@@ -18,6 +18,10 @@ from medmtl import losses
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+#: The name of the validation stream a strategy may read while training (Auto-Lambda's
+#: ``ctx.task_batch(VALIDATION)``); not a task name: task names have no colon.
+VALIDATION = ":validation"
+
 #: Output kinds a model knows how to build a head for.
 KINDS = ("binary", "multiclass", "multilabel", "regression", "segmentation", "heatmap", "semantic", "depth", "normals", "edge")
 #: kinds predicted per pixel (a decoder or a dense head serves them)

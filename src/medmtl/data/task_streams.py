@@ -20,9 +20,7 @@ from collections.abc import Iterator, Sequence
 
 from medmtl.data.sampling import EpochSeededSampler
 from medmtl.errors import ConfigError
-
-#: the name of the validation stream (not a task name: task names have no colon)
-VALIDATION = ":validation"
+from medmtl.tasks import VALIDATION
 
 
 class TaskBatchStreams:

@@ -37,19 +37,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medmtl.losses import normal_angles
 from medmtl.tasks import Task
 
 SCENE_KINDS = ("semantic", "depth", "normals", "edge")
 ANGLE_BINS = 18000  # 0.01-degree bins over [0, 180]
 WITHIN = {"11_25": 11.25, "22_5": 22.5, "30": 30.0}
-
-
-def normal_angles(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Angles in degrees between the normalised predictions and the targets at the valid pixels
-    ((B, 3, H, W) both; a flat tensor)."""
-    valid = target.abs().sum(dim=1) > 0
-    cosine = (F.normalize(prediction.float(), dim=1) * target.float()).sum(dim=1)
-    return torch.rad2deg(torch.acos(cosine[valid].clamp(-1.0, 1.0)))
 
 
 def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:

@@ -37,11 +37,11 @@ from typing import Any
 
 import torch
 
-from medmtl.data.task_streams import VALIDATION
 from medmtl.errors import ConfigError
 from medmtl.strategies.base import Batch, StepContext
 from medmtl.strategies.own_optimizer import OwnOptimizer
 from medmtl.strategies.weighted_sum import WeightedSum
+from medmtl.tasks import VALIDATION
 
 
 class AutoLambda(WeightedSum):

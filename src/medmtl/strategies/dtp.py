@@ -1,7 +1,7 @@
 """``dtp``: dynamic task prioritization (Guo et al. 2018; survey 3.1.4).
 
 w_k = -(1 - kappa_k)^gamma_k log(kappa_k), where kappa_k in (0, 1) is task k's key performance
-indicator (``medmtl.metrics.kpi``: accuracy, Dice, soft Dice), smoothed by an exponential moving
+indicator (``medmtl.strategies.kpi``: accuracy, Dice, soft Dice), smoothed by an exponential moving
 average kappa <- ema * kappa + (1 - ema) * KPI(batch) over training batches (the survey's
 "validation-style metric"; computing it on training batches avoids an extra pass). Harder tasks
 (low kappa) get larger weights. The first observation initialises kappa; kappa is clipped to
@@ -16,8 +16,8 @@ from collections.abc import Mapping
 import torch
 
 from medmtl.errors import ConfigError
-from medmtl.metrics.kpi import kpi_from_statistics, kpi_statistics
 from medmtl.strategies.base import Batch, StepContext
+from medmtl.strategies.kpi import kpi_from_statistics, kpi_statistics
 from medmtl.strategies.weighted_sum import WeightedSum
 
 

@@ -47,7 +47,7 @@ def _task_overrides(multirun_yaml: Path) -> list[str] | None:
 
 class FolderGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from medmtl.distributed import is_primary_process
+        from medmtl.lightning_ddp import is_primary_process
 
         if not is_primary_process():  # a DDP rank that Lightning started in rank 0's run folder
             return
@@ -66,7 +66,7 @@ class FolderGuard(Callback):
             _refuse(error)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from medmtl.distributed import is_primary_process
+        from medmtl.lightning_ddp import is_primary_process
 
         if is_primary_process():
             folder_lock.release(Path(str(config.hydra.run.dir)))

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 
 import torch
 
+from medmtl.losses import normal_angles
 from medmtl.tasks import Task
 
 
@@ -87,8 +88,6 @@ def task_kpi(task: Task, output: torch.Tensor, batch: Mapping[str, torch.Tensor]
 
 
 def _dense_statistics(task: Task, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
-    from medmtl.metrics.scene import normal_angles
-
     if task.kind == "semantic":
         labelled = torch.ne(target, -1 if task.ignore_index is None else task.ignore_index)
         if not bool(labelled.any()):
