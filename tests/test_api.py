@@ -208,19 +208,48 @@ def test_bad_strategy_input_is_refused_before_any_parameter_changes():
         assert torch.equal(value, before[key]), key
 
 
-def test_example_loop_runs_and_learns():
-    """The README's example, run as a user runs it; both losses fall well below their start."""
+def run_example(*command: str) -> list[str]:
+    """An example run as a user runs it (this checkout's package, as pytest's pythonpath); its output lines."""
     result = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "examples" / "own_loop.py"), "pcgrad", "200"],
+        list(command),
         capture_output=True,
         text=True,
         check=True,
         cwd=PROJECT_ROOT,
-        env=os.environ | {"PYTHONPATH": str(PROJECT_ROOT / "src")},  # this checkout's package, as pytest's pythonpath
+        env=os.environ | {"PYTHONPATH": str(PROJECT_ROOT / "src"), "OMP_NUM_THREADS": "1"},
     )
-    last = result.stdout.strip().splitlines()[-1]
-    values = dict(part.split()[0:2] for part in last.split(": ", 1)[1].split(", "))
-    assert float(values["loss/kind"]) < 0.5 and float(values["loss/size"]) < 0.5, last  # start: ~1.1 and ~3
+    return result.stdout.strip().splitlines()
+
+
+def losses_in(line: str) -> dict[str, float]:
+    """``loss/kind 0.123, loss/size 0.456`` (after an optional ``prefix: ``) as a dict."""
+    text = line.split(": ", 1)[1] if ": " in line else line
+    return {part.split()[0]: float(part.split()[1]) for part in text.split(";")[0].split(", ")}
+
+
+def test_example_loop_runs_and_learns():
+    """examples/own_loop.py: both losses fall well below their start (about 1.1 and 3)."""
+    losses = losses_in(run_example(sys.executable, "examples/own_loop.py", "pcgrad", "200")[-1])
+    assert losses["loss/kind"] < 0.5 and losses["loss/size"] < 0.5, losses
+
+
+def test_example_lightning_module_trains_with_a_strategy():
+    """examples/own_lightning_module.py: a user's LightningModule (manual optimization) learns."""
+    losses = losses_in(run_example(sys.executable, "examples/own_lightning_module.py", "jd_upgrad", "4")[-1])
+    assert losses["loss/kind"] < 0.7 and losses["loss/size"] < 0.5, losses
+
+
+def test_example_torchrun_script_keeps_the_ranks_identical():
+    """examples/own_loop_ddp.py under torchrun with 2 processes started from different weights:
+    both ranks end with the same parameters (the checksum) and the same union losses, learned."""
+    lines = run_example(
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "examples/own_loop_ddp.py", "pcgrad", "100"
+    )
+    ranks = sorted(line for line in lines if line.startswith("rank "))
+    assert len(ranks) == 2, lines
+    assert ranks[0].split(": ", 1)[1] == ranks[1].split(": ", 1)[1], ranks
+    losses = losses_in(ranks[0])
+    assert losses["loss/kind"] < 0.5 and losses["loss/size"] < 0.5, losses
 
 
 # ----- data parallelism in the user's loop ------------------------------------------------------
