@@ -13,7 +13,7 @@ help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
-	$(PIP) install -e ".[dev,sweep,bench]"
+	$(PIP) install -e ".[experiments,dev,sweep,bench]"
 	@mkdir -p $(dir $@) && touch $@
 
 install: $(STAMP) ## install the package, PyTorch and every dependency (idempotent)
