@@ -195,7 +195,7 @@ def test_a_truncated_mat_file_and_an_absent_layout_are_one_sentence(tmp_path):
         module(tmp_path / "empty", tmp_path).prepare_data()
 
 
-def test_the_preprocessed_form_reads_its_arrays(tmp_path):
+def write_preprocessed(tmp_path):
     folder = tmp_path / "pre" / "emotic_pre"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -210,6 +210,11 @@ def test_the_preprocessed_form_reads_its_arrays(tmp_path):
         cat[:, CATEGORIES.index("Fear")] = 1
         np.save(folder / f"{split}_cat_arr.npy", cat)
         np.save(folder / f"{split}_cont_arr.npy", np.full((n, 3), 5.0, dtype=np.float32))
+    return folder
+
+
+def test_the_preprocessed_form_reads_its_arrays(tmp_path):
+    folder = write_preprocessed(tmp_path)
     dm = EmoticDataModule(str(tmp_path / "pre"), context_size=32, body_size=16, augment=False)
     assert dm.layout == "preprocessed"
     dm.setup("fit")
@@ -219,6 +224,58 @@ def test_the_preprocessed_form_reads_its_arrays(tmp_path):
     np.save(folder / "test_cont_arr.npy", np.full((5, 3), 5.0, dtype=np.float32))
     with pytest.raises(DatasetError, match="test_cont_arr.npy has shape \\(5, 3\\); expected 2 axes and 2 rows"):
         EmoticDataModule(str(tmp_path / "pre")).setup("fit")
+
+
+def spoil(key, change):
+    """Rewrite one preprocessed array of the validation split, row 1 (an array for the whole split)."""
+
+    def apply(folder):
+        path = folder / f"val_{key}_arr.npy"
+        array = np.load(path)
+        np.save(path, change(array))
+
+    return apply
+
+
+def with_row(column_values):
+    def change(array):
+        array = array.astype(np.float32)
+        array[1] = column_values
+        return array
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (
+            spoil("cat", with_row(np.where(np.arange(26) == 3, 2.0, 0.0))),
+            r"val_cat_arr.npy row 1 has category values other than 0 and 1",
+        ),
+        (spoil("cat", with_row(np.zeros(26))), r"val_cat_arr.npy row 1 has no category"),
+        (spoil("cat", with_row(np.where(np.arange(26) == 3, 0.5, 0.0))), r"val_cat_arr.npy row 1 has category values other"),
+        (spoil("cont", with_row([0.0, 5.0, 5.0])), r"val_cont_arr.npy row 1 has dimensions \[0.0, 5.0, 5.0\]"),
+        (spoil("cont", with_row([5.0, 11.0, 5.0])), r"val_cont_arr.npy row 1 has dimensions \[5.0, 11.0, 5.0\]"),
+        (spoil("cont", with_row([5.0, np.nan, 5.0])), r"val_cont_arr.npy row 1 has dimensions \[5.0, nan, 5.0\]"),
+        (spoil("context", lambda a: a.astype(np.float32) / 255), r"val_context_arr.npy holds float32 crops"),
+        (spoil("body", lambda a: a[..., :1]), r"val_body_arr.npy holds uint8 crops of shape \(128, 128, 1\)"),
+    ],
+    ids=[
+        "category_2",
+        "no_category",
+        "category_fraction",
+        "dimension_0",
+        "dimension_11",
+        "dimension_nan",
+        "float_context",
+        "grey_body",
+    ],
+)
+def test_preprocessed_values_the_mat_path_refuses_are_refused_naming_file_and_row(corrupt, message, tmp_path):
+    corrupt(write_preprocessed(tmp_path))
+    with pytest.raises(DatasetError, match=message):
+        EmoticDataModule(str(tmp_path / "pre"), context_size=32, body_size=16, augment=False).setup("fit")
 
 
 def test_synthetic_labels_follow_what_is_drawn(tmp_path):

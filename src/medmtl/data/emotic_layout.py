@@ -267,4 +267,36 @@ def read_preprocessed(root: Path, split: str) -> dict[str, np.ndarray]:
             f"{folder}: {split}_cat_arr.npy must have 26 columns and {split}_cont_arr.npy 3, found "
             f"{arrays['cat'].shape[1]} and {arrays['cont'].shape[1]}."
         )
+    _check_preprocessed_values(arrays, folder, split)
     return arrays
+
+
+def _check_preprocessed_values(arrays: dict[str, np.ndarray], folder: Path, split: str) -> None:
+    """The values the ``.mat`` path would refuse, refused here too, naming the file and the first bad
+    row: crops that are not uint8 RGB (a float array in [0, 1] would be divided by 255 again),
+    categories other than 0 / 1 or a person with none, dimensions outside 1-10 or not finite."""
+    for key in ("context", "body"):
+        crops = arrays[key]
+        if crops.dtype != np.uint8 or crops.shape[-1] != 3:
+            raise DatasetError(
+                f"{folder / f'{split}_{key}_arr.npy'} holds {crops.dtype} crops of shape {crops.shape[1:]}; the preprocessed "
+                "form stores uint8 RGB crops (0-255), as the release does."
+            )
+    categories = np.asarray(arrays["cat"], dtype=np.float64)
+    bad_value = ~np.isin(categories, (0.0, 1.0)).all(axis=1)
+    no_category = categories.sum(axis=1) == 0
+    for mask, what in ((bad_value, "category values other than 0 and 1"), (no_category, "no category")):
+        if mask.any():
+            row = int(np.flatnonzero(mask)[0])
+            raise DatasetError(
+                f"{folder / f'{split}_cat_arr.npy'} row {row} has {what} ({categories[row].tolist()}); every person "
+                "has one or more of the 26 categories, one-hot."
+            )
+    dimensions = np.asarray(arrays["cont"], dtype=np.float64)
+    bad = ~(np.isfinite(dimensions) & (dimensions >= 1) & (dimensions <= 10)).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DatasetError(
+            f"{folder / f'{split}_cont_arr.npy'} row {row} has dimensions {dimensions[row].tolist()}; valence, arousal and "
+            "dominance are finite and within 1-10."
+        )
