@@ -23,6 +23,23 @@ from medmtl.data.multimnist import multimnist_tasks
 from medmtl.models.multi_lenet import MultiLeNet
 from medmtl.tasks import VALIDATION
 
+#: one strategy per family in the default run (every strategy: the slow tests)
+FAMILIES = [
+    "vanilla",
+    "rlw",
+    "jd_random",
+    "uncertainty",
+    "famo",
+    "gradnorm",
+    "pcgrad",
+    "mgda_ub",
+    "jd_upgrad",
+    "mtl_io",
+    "mao",
+    "ga",
+    "auto_lambda",
+    "graddrop",
+]
 EXPERIMENT_STACK = ("hydra", "omegaconf", "lightning", "lightning_fabric", "pytorch_lightning", "wandb", "torchmetrics")
 
 
@@ -148,7 +165,9 @@ def api_steps(name: str, partial: bool) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("partial", [False, True], ids=["full", "partial"])
-@pytest.mark.parametrize("name", [n for n in options("optim") if n != "stl"])
+@pytest.mark.parametrize(
+    "name", [n if n in FAMILIES else pytest.param(n, marks=pytest.mark.slow) for n in options("optim") if n != "stl"]
+)
 def test_three_api_steps_on_a_users_module_equal_the_frameworks(name, partial):
     """float64, the same weights and batches (``partial``: the right digit missing from some samples)."""
     ours, framework = api_steps(name, partial), framework_steps(name, partial)
@@ -253,23 +272,6 @@ def test_example_torchrun_script_keeps_the_ranks_identical():
 
 
 # ----- data parallelism in the user's loop ------------------------------------------------------
-#: one strategy per family in the default run (every strategy: the slow test below)
-FAMILIES = [
-    "vanilla",
-    "rlw",
-    "jd_random",
-    "uncertainty",
-    "famo",
-    "gradnorm",
-    "pcgrad",
-    "mgda_ub",
-    "jd_upgrad",
-    "mtl_io",
-    "mao",
-    "ga",
-    "auto_lambda",
-    "graddrop",
-]
 
 
 def ranks_equal_the_union(names, tmp_path):

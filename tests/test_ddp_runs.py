@@ -44,6 +44,7 @@ def test_two_ranks_test_a_checkpoint_as_one_process_does(tmp_path):
         np.testing.assert_allclose(predictions["two"][key], predictions["one"][key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow
 def test_a_ddp_run_continued_from_its_checkpoint_ends_where_the_uninterrupted_one_does(tmp_path):
     common = TINY + DDP + ["optim=ga", "optim.strategy.sampler=balanced", "data.augment=true", "test=false"]
     straight = run("train.py", common + ["trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'straight'}"], tmp_path)

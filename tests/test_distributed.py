@@ -16,20 +16,52 @@ import torch.multiprocessing as mp
 from distributed_steps import LABELLINGS, RANKS, rank_main, train_every_strategy, train_one
 from helpers import options
 
+#: one strategy of each family in the default run; the others in the slow suite
+FAMILIES = (
+    "vanilla",
+    "rlw",
+    "uncertainty",
+    "dwa",
+    "dtp",
+    "famo",
+    "gradnorm",
+    "auto_lambda",
+    "pcgrad",
+    "mgda_ub",
+    "jd_upgrad",
+    "jd_nash_mtl",
+    "jd_random",
+    "jd_modo",
+    "db_mtl",
+    "graddrop",
+    "mtl_io",
+    "mao",
+    "ga",
+    "stl",
+)
 
-@pytest.fixture(scope="module")
-def every_strategy_on_two_ranks(tmp_path_factory):
-    """(single-process states, rank states) for every strategy: the two ranks run while this
-    process computes the reference."""
-    out = tmp_path_factory.mktemp("ranks")
+
+def on_two_ranks(out, names):
+    """(single-process states, rank states) for ``names``: the two ranks run while this process
+    computes the reference."""
     context = mp.start_processes(
-        rank_main, args=(str(out / "rendezvous"), str(out), None), nprocs=RANKS, join=False, start_method="spawn"
+        rank_main, args=(str(out / "rendezvous"), str(out), names), nprocs=RANKS, join=False, start_method="spawn"
     )
-    reference = train_every_strategy(None)
+    reference = train_every_strategy(None, names)
     while not context.join():
         pass
     ranks = [torch.load(out / f"rank{r}.pt") for r in range(RANKS)]
     return reference, ranks
+
+
+@pytest.fixture(scope="module")
+def family_strategies_on_two_ranks(tmp_path_factory):
+    return on_two_ranks(tmp_path_factory.mktemp("ranks"), [n for n in options("optim") if n in FAMILIES])
+
+
+@pytest.fixture(scope="module")
+def other_strategies_on_two_ranks(tmp_path_factory):
+    return on_two_ranks(tmp_path_factory.mktemp("ranks"), [n for n in options("optim") if n not in FAMILIES])
 
 
 #: iterative solvers stop at their own tolerance, reached along a path that rounding changes
@@ -37,11 +69,14 @@ SOLVER_TOLERANCE = {"jd_nash_mtl": 1e-5}
 
 
 @pytest.mark.parametrize("labels", LABELLINGS)
-@pytest.mark.parametrize("optim_name", options("optim"))
-def test_two_ranks_take_the_single_process_step_on_the_union_batch(optim_name, labels, every_strategy_on_two_ranks):
+@pytest.mark.parametrize(
+    "optim_name", [n if n in FAMILIES else pytest.param(n, marks=pytest.mark.slow) for n in options("optim")]
+)
+def test_two_ranks_take_the_single_process_step_on_the_union_batch(optim_name, labels, request):
     """Three iterations (with the end-of-epoch hook after each); ``partial``: a task labelled on
     one rank only and ranks with different numbers of labelled samples."""
-    reference, ranks = every_strategy_on_two_ranks
+    fixture = "family_strategies_on_two_ranks" if optim_name in FAMILIES else "other_strategies_on_two_ranks"
+    reference, ranks = request.getfixturevalue(fixture)
     key = (labels, optim_name)
     single, first, second = reference[key], ranks[0][key], ranks[1][key]
     assert single.keys() == first.keys() == second.keys()

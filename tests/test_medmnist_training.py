@@ -11,6 +11,7 @@ from helpers import needs_medmnist_sample as needs_real
 from helpers import run
 
 
+@pytest.mark.slow
 @needs_real
 @pytest.mark.real_data
 def test_breast_and_pneumonia_both_learn_on_the_official_files(tmp_path):
@@ -25,6 +26,7 @@ def test_breast_and_pneumonia_both_learn_on_the_official_files(tmp_path):
     assert test["breastmnist_auc"] > 0.7 and test["pneumoniamnist_auc"] > 0.85, test
 
 
+@pytest.mark.slow
 def test_the_twelve_dataset_configuration_runs_on_the_synthetic_twin(tmp_path):
     overrides = [
         "experiment=medmnist_umedpt",

@@ -140,6 +140,7 @@ def test_the_authors_dropout_drops_the_same_channels_for_the_whole_batch_unscale
     assert not torch.equal(varied, varied[:1].expand_as(varied))
 
 
+@pytest.mark.slow
 def test_a_short_run_learns_both_digits_of_the_synthetic_twin(tmp_path):
     """Chance is 10%; after the tiny preset's 30 epochs both digits are far above it."""
     overrides = ["experiment=multimnist_sener2018", "preset=tiny", "optim=vanilla", "seed=0"]

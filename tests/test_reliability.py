@@ -325,6 +325,7 @@ def test_a_diverging_run_exits_3_and_keeps_only_finite_checkpoints(tmp_path):
         assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point()), path
 
 
+@pytest.mark.slow
 def test_a_failed_job_does_not_stop_the_sweep_and_the_sweep_says_which_failed(tmp_path):
     sweep = tmp_path / "sweep"
     result = run("train.py", ["-m", *TINY, "data.fold=0,9", f"hydra.sweep.dir={sweep}"], tmp_path)
@@ -370,6 +371,7 @@ def _generate(root: str, queue) -> None:
     queue.put(sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file()))
 
 
+@pytest.mark.slow
 def test_two_processes_generating_one_synthetic_dataset_take_turns(tmp_path):
     root = tmp_path / "REFUGE"
     context = multiprocessing.get_context("spawn")
@@ -504,6 +506,7 @@ def test_eval_rebuilds_model_and_data_from_the_run_and_reproduces_its_test_metri
     assert json.loads((tmp_path / "eval2" / "metrics.json").read_text())["test"] != record["test"]
 
 
+@pytest.mark.slow
 def test_eval_refuses_a_checkpoint_of_another_model_in_one_sentence(tmp_path):
     folder = tmp_path / "run"
     assert run("train.py", TINY + [f"hydra.run.dir={folder}"], tmp_path).returncode == 0
@@ -511,6 +514,7 @@ def test_eval_refuses_a_checkpoint_of_another_model_in_one_sentence(tmp_path):
     assert result.returncode == 2 and "does not fit this model" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_w_and_b_with_a_key_but_no_server_logs_offline_and_says_how_to_sync(tmp_path, monkeypatch):
     import socket
 

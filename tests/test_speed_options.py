@@ -46,7 +46,7 @@ def test_channels_last_trains_as_the_default_format(name):
     assert max((a - c).abs().max().item() for a, c in zip(eager, two_steps(name, SpeedOptions()))) == 0.0
 
 
-@pytest.mark.parametrize("name", ["vanilla", "mtl_io"])
+@pytest.mark.parametrize("name", ["vanilla", pytest.param("mtl_io", marks=pytest.mark.slow)])
 def test_compiled_forward_trains_as_the_eager_one(name):
     eager = two_steps(name, SpeedOptions())
     compiled = two_steps(name, SpeedOptions(compile=True))

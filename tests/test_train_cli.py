@@ -87,6 +87,7 @@ def test_inspection_notebook_runs_on_a_run_folder(trained):
     assert len(namespace["panels"]) == len(namespace["predictions"]["example_index"])
 
 
+@pytest.mark.slow
 def test_a_reused_run_folder_with_another_config_is_refused_and_left_as_it_was(tmp_path):
     """One folder, one configuration: the second command (more epochs) is refused before Hydra
     writes anything there; continuing the run is a new run started from its checkpoint."""
@@ -115,7 +116,10 @@ def test_a_reused_run_folder_with_another_config_is_refused_and_left_as_it_was(t
     assert record["iterations"] == 2 * one_epoch and record["epochs"] == 2
 
 
-@pytest.mark.parametrize("optim", ["mtl_io", "pcgrad", "dwa", "ga optim.strategy.sampler=balanced"])
+@pytest.mark.parametrize(
+    "optim",
+    ["mtl_io", *(pytest.param(o, marks=pytest.mark.slow) for o in ("pcgrad", "dwa", "ga optim.strategy.sampler=balanced"))],
+)
 def test_a_run_killed_mid_epoch_resumes_to_the_same_final_metrics(tmp_path, optim):
     """kill -9 in the middle of epoch 2, rerun the same command in the same folder: the final test
     metrics equal those of an uninterrupted run (CPU, fixed seed). Dropout, augmentation, shuffling,
@@ -205,6 +209,7 @@ def test_wandb_offline_run_is_grouped_and_holds_the_test_examples(tmp_path):
     assert b"unet_vgg16-mtl_io-refuge_synthetic" in record and b"fold0" in record
 
 
+@pytest.mark.slow
 def test_idrid_table1_sweep_and_its_report_as_a_user_runs_them(tmp_path):
     """Roy 2025 Table 1 on the synthetic twin (one seed, two epochs): three networks, one table
     with their columns, and the Figs. 4-5 overlay; the classifier arm has no lesion column."""
@@ -271,6 +276,7 @@ def test_without_validation_data_the_last_weights_are_tested(tmp_path):
     assert "retinopathy_acc" in record["test"]
 
 
+@pytest.mark.slow
 def test_training_values_epoch_means_equal_the_mean_of_their_steps_and_steps_follow_the_logger_cadence(tmp_path):
     """The module keeps the training values' epoch means itself (medmtl.epoch_means): with every step
     written, each epoch value is the mean of that epoch's step values (equal batches of 4: 24

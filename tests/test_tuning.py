@@ -40,6 +40,7 @@ def test_the_tuning_objective_is_read_from_the_validation_metrics_only():
         objective(record, "auc", "validation")
 
 
+@pytest.mark.slow
 def test_a_tuning_sweep_records_its_budget_and_picks_the_best_validation_trial(tmp_path):
     """Two trials of CAGrad on the tiny synthetic REFUGE: no trial reads the test split, Optuna's
     best value is the lowest validation loss among the trials' own records, and the report names
