@@ -206,3 +206,57 @@ def test_db_mtl_rescales_averaged_log_loss_gradients_to_the_largest_norm(beta, s
     for k, task in enumerate(tasks):
         own = per_task_gradients(reference, batch, [task], reference.head_parameters(task.name))[0] / losses[k]
         torch.testing.assert_close(torch.cat([p.grad.flatten() for p in model.head_parameters(task.name)]), own)
+
+
+def test_cosmos_and_pbi_are_their_formulas_on_the_present_tasks():
+    """COSMOS: sum_k r_k L_k - lambda (r . L) / (||r|| ||L||); PBI: d_1 + theta d_2 with w = r / ||r||,
+    d_1 = L . w, d_2 = ||L - d_1 w||; r uniform (1/T over the task set), restricted to the present
+    tasks -- each written here from the papers' equations, values and gradients."""
+    from medmtl.strategies import PreferenceScalarization
+
+    x = X.clone().requires_grad_()
+    losses = quadratic_losses(x)
+    present = {k: losses[k] for k in ("a", "c")}  # task b absent from the batch
+    L = torch.stack(list(present.values()))
+    r = torch.full((2,), 1.0 / 3, dtype=torch.float64)
+    cosmos = (r * L).sum() - 0.7 * (r @ L) / (r.norm() * L.norm())
+    w = r / r.norm()
+    d1 = L @ w
+    pbi = d1 + 4.0 * (L - d1 * w).norm()
+    for strategy, expected in (
+        (PreferenceScalarization("cosmos", lambda_=0.7), cosmos),
+        (PreferenceScalarization("pbi", theta=4.0), pbi),
+    ):
+        strategy.setup(NAMES)
+        total = strategy.weighted_total(present)
+        assert total.item() == pytest.approx(expected.item(), rel=1e-12)
+        (ours,) = torch.autograd.grad(total, x, retain_graph=True)
+        (theirs,) = torch.autograd.grad(expected, x, retain_graph=True)
+        torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
+
+
+def test_a_dirichlet_preference_is_redrawn_and_bad_options_are_one_sentence():
+    from medmtl.errors import ConfigError
+    from medmtl.strategies import PreferenceScalarization
+
+    class Ctx:
+        def agree(self, tensor):
+            return tensor
+
+    strategy = PreferenceScalarization("pbi", preference="dirichlet")
+    strategy.setup(NAMES)
+    draws = []
+    for _ in range(3):
+        strategy.observe(Ctx(), None, None, quadratic_losses(X))
+        strategy.weighted_total(quadratic_losses(X))
+        draws.append(torch.stack(list(strategy.weights_to_log().values())))
+    assert all(d.sum().item() == pytest.approx(1.0, rel=1e-6) and (d > 0).all() for d in draws)
+    assert not torch.equal(draws[0], draws[1])
+    for options, message in (
+        ({"scalarizer": "tchebycheff"}, "scalarizer must be one of"),
+        ({"scalarizer": "cosmos", "lambda_": -1.0}, "must be >= 0"),
+        ({"scalarizer": "pbi", "concentration": 0.0}, "concentration must be > 0"),
+        ({"scalarizer": "pbi", "preference": "equal"}, "preference must be one of"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            PreferenceScalarization(**options)

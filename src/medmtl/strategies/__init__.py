@@ -18,6 +18,7 @@ from medmtl.strategies.mao import MultiAdaptive, MultiAdaptiveOptimization
 from medmtl.strategies.mgda import MGDA
 from medmtl.strategies.moco import MultiObjectiveCorrection
 from medmtl.strategies.pcgrad import PCGrad
+from medmtl.strategies.preference_scalarization import PreferenceScalarization
 from medmtl.strategies.random_weighting import RandomLossWeighting
 from medmtl.strategies.scale_invariant import GeometricLossStrategy, ScaleInvariantLosses
 from medmtl.strategies.stch import SmoothTchebycheff
@@ -31,6 +32,7 @@ __all__ = [
     "FastAdaptiveMultitask",
     "ImpartialLossScaling",
     "ImpartialMTL",
+    "PreferenceScalarization",
     "RandomLossWeighting",
     "GeometricLossStrategy",
     "ScaleInvariantLosses",
