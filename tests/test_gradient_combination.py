@@ -606,3 +606,35 @@ def test_graddrop_at_the_representation_gives_libmtls_update_on_the_same_draws()
     summed = copy.deepcopy(ours_model)
     plain.training_step(PlainContext(summed, tasks, [torch.optim.SGD(summed.parameters(), lr=0.0)]), batch)
     assert not torch.allclose(summed.encoder.fc.weight.grad, ours_model.encoder.fc.weight.grad), "no gradient was dropped"
+
+
+def test_layers_shared_after_the_representation_get_the_summed_losses_gradient():
+    """MTI-Net's refinements and feature propagation mix the tasks after Z (the backbone's
+    features): under MGDA-UB they must train, with the gradient of the summed losses (deep
+    supervision included), computed here by one plain backward on a copy; the backbone gets the
+    combination at Z instead."""
+    from medmtl.data.nyudv2 import nyudv2_tasks
+    from medmtl.models.mtinet import MTINet
+    from medmtl.strategies.context import network_losses
+
+    tasks = nyudv2_tasks("nyud_mt", ["semseg", "depth"])
+    torch.manual_seed(0)
+    model = MTINet(tasks, backbone="hrnet_tiny", input_normalization="none").double()
+    reference = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    batch = {
+        "image": torch.rand(2, 3, 64, 64, generator=g, dtype=torch.float64),
+        "semseg": torch.randint(-1, 40, (2, 64, 64), generator=g),
+        "depth": torch.rand(2, 64, 64, generator=g, dtype=torch.float64) + 0.5,
+    }
+    after_z = [*reference.refinement.parameters(), *reference.propagation.parameters()]
+    total = sum(network_losses(reference, tasks, reference(batch["image"]), batch).values())
+    expected = torch.autograd.grad(total, after_z)
+    strategy = MGDA(mode="representation")
+    strategy.setup([t.name for t in tasks])
+    before = [p.detach().clone() for p in [*model.refinement.parameters(), *model.propagation.parameters()]]
+    strategy.training_step(PlainContext(model, tasks, [torch.optim.SGD(model.parameters(), lr=1.0)]), batch)
+    moved = [b - a for a, b in zip([*model.refinement.parameters(), *model.propagation.parameters()], before)]
+    for step, gradient in zip(moved, expected):
+        torch.testing.assert_close(step, gradient, rtol=1e-9, atol=1e-12)
+    assert any(bool(g.abs().sum() > 0) for g in expected)

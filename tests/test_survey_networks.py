@@ -128,3 +128,60 @@ def test_fusion_units_learn_at_a_hundred_times_the_rate_as_in_the_surveys_code()
     assert all(rates[id(p)] == 0.1 for p in model.units.parameters())
     assert all(rates[id(p)] == 1e-3 for p in [*model.networks.parameters(), *model.heads_by_task.parameters()])
     assert len(rates) == len(list(model.parameters()))
+
+
+def test_mti_net_blocks_have_the_survey_codes_parameter_counts():
+    """MTI-Net's blocks counted by hand from the survey code's layer list (basic blocks with 1x1
+    projections, the FPM's task-attention and squeeze-and-excitation, spatial-attention
+    distillation, the HRNet head), on hrnet_tiny's widths 8/16/32/64 with semantic (40) + depth."""
+    from medmtl.data.nyudv2 import nyudv2_tasks
+    from medmtl.models.mtinet import MTINet
+
+    tasks = nyudv2_tasks("nyud_mt", ["semseg", "depth"])
+    model = MTINet(tasks, backbone="hrnet_tiny", input_normalization="none")
+    c, n, outputs = [8, 16, 32, 64], 2, [40, 1]
+
+    def block(i, o):  # conv3x3-BN-ReLU-conv3x3-BN (+ 1x1 conv-BN projection when i != o)
+        return 9 * i * o + 2 * o + 9 * o * o + 2 * o + ((i * o + 2 * o) if i != o else 0)
+
+    def se(ch):
+        h = max(1, ch // 16)
+        return ch * h + h + h * ch + ch
+
+    def fpm(ch):
+        s = n * ch
+        return block(s, s // 4) + block(s // 4, s // 4) + (s // 4 * s + s) + block(s, ch) + n * se(ch)
+
+    count = lambda module: sum(p.numel() for p in module.parameters())
+    inputs = [c[s] + (c[s + 1] if s < 3 else 0) for s in range(4)]
+    assert count(model.refinement) == n * sum(block(inputs[s], c[s]) + block(c[s], c[s]) for s in range(4))
+    assert count(model.propagation) == sum(fpm(c[s]) for s in (1, 2, 3))
+    assert count(model.initial_predictions) == sum(c[s] * k + k for s in range(4) for k in outputs)
+    assert count(model.distillation) == sum(n * (n - 1) * 2 * 9 * c[s] ** 2 for s in range(4))
+    total = sum(c)
+    assert count(model.final) == sum(total * total + total + 2 * total + total * k + k for k in outputs)
+
+
+def test_mti_net_feature_propagation_is_the_task_attention_written_from_the_paper():
+    """The FPM's forward written here: concat -> f -> softmax -> weighted concat -> reduction ->
+    per task SE(shared) + own features; same weights. The softmax as the authors' code groups it
+    (consecutive channels), and as the paper words it (channel j of every task) with the option."""
+    from medmtl.models.mtinet import FeaturePropagation
+
+    torch.manual_seed(0)
+    fpm = FeaturePropagation(["a", "b", "c"], 16).double().eval()
+    features = {k: torch.randn(2, 16, 5, 7, dtype=torch.float64) for k in "abc"}
+    concat = torch.cat([features[k] for k in "abc"], dim=1)  # channel j of task t at index t * 16 + j
+    logits = fpm.non_linear(concat)
+    exp = torch.exp(logits)
+    code = exp / exp.view(2, 16, 3, 5, 7).sum(dim=2).repeat_interleave(3, dim=1)  # channel i with i // 3's group
+    tasks = exp / exp.view(2, 3, 16, 5, 7).sum(dim=1).repeat(1, 3, 1, 1)  # channel j of every task
+    for grouping, weights in (("code", code), ("tasks", tasks)):
+        fpm.grouping = grouping
+        shared = fpm.reduction(weights * concat)
+        with torch.no_grad():
+            out = fpm(features)
+            for k in "abc":
+                squeeze = fpm.excitation[k].squeeze
+                gate = torch.sigmoid(squeeze[2](torch.relu(squeeze[0](shared.mean(dim=(2, 3))))))
+                torch.testing.assert_close(out[k], shared * gate[:, :, None, None] + features[k], rtol=1e-12, atol=1e-12)

@@ -19,7 +19,10 @@ the shared parameters W) and sometimes on the losses. Two ways to compute the up
   respect to the shared representation Z (``model.representation``) instead of W: one batched
   backward through the heads only gives J_Z (T x |Z|), the weights come from J_Z J_Z^T, and one
   backward through the shared layers applies (a^T J_Z) to Z. Cost close to vanilla; an upper
-  bound of the W objective rather than the exact one.
+  bound of the W objective rather than the exact one. Layers shared by the tasks but after Z
+  (MTI-Net's refinements and feature propagation, which mix the tasks' features) receive, like the
+  heads, the gradient of the summed losses: the combination applies at Z, where the paper puts it.
+  (They received nothing before, and stayed at their initial weights.)
 
 Heads always receive their own task's gradient only (a backward of sum_k L_k restricted to the
 head parameters: head k depends on L_k alone). Tasks absent from the batch are left out of J.
@@ -243,7 +246,9 @@ class GradientCombination(Strategy):
         combined, weights = self.representation_update(ctx, jacobian, stacked.detach().float(), names, gramian, values)
         (optimizer,) = ctx.optimizers()
         optimizer.zero_grad(set_to_none=True)
-        ctx.backward(stacked.sum(), inputs=self.head_inputs(model, names))
+        # the heads, and any shared layer after Z (MTI-Net's refinements and feature propagation), get
+        # the gradient of the summed losses; the layers before Z are cut off by the detached Z
+        ctx.backward(stacked.sum(), inputs=self.head_inputs(model, names) + model.shared_parameters())
         # sum_i <Z_i, c_i> has gradient J_Z^T c through the shared layers: a^T J_Z pulled back to W
         surrogate = sum(
             (shared[k] * c.view_as(shared[k])).sum() for k, c in zip(keys, combined.split([detached[k].numel() for k in keys]))
