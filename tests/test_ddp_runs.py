@@ -22,6 +22,7 @@ DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 SEVEN_TEST_IMAGES = [o for o in TINY if not o.startswith("data.synthetic.n_test")] + ["data.synthetic.n_test=7"]
 
 
+@pytest.mark.slow
 def test_two_ranks_test_a_checkpoint_as_one_process_does(tmp_path):
     folder = tmp_path / "trained"
     trained = run("train.py", SEVEN_TEST_IMAGES + [f"hydra.run.dir={folder}", "test=false"], tmp_path)
@@ -74,6 +75,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_nodes_started_by_torchrun_make_one_run(tmp_path):
     """trainer.num_nodes=2 with one process per node, each node started by its own torchrun (as a
     cluster without SLURM would): Lightning reads the ranks from torchrun's environment; rank 0

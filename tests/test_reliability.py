@@ -477,6 +477,7 @@ def test_an_unwritable_cache_is_one_sentence_and_leaves_no_temporary_file(tmp_pa
 
 
 # ----- evaluation from the run's own configuration ---------------------------------------------------
+@pytest.mark.slow
 def test_eval_rebuilds_model_and_data_from_the_run_and_reproduces_its_test_metrics(tmp_path):
     folder = tmp_path / "run"
     trained = run("train.py", TINY + [f"hydra.run.dir={folder}"], tmp_path)

@@ -118,7 +118,7 @@ def test_a_reused_run_folder_with_another_config_is_refused_and_left_as_it_was(t
 
 @pytest.mark.parametrize(
     "optim",
-    ["mtl_io", *(pytest.param(o, marks=pytest.mark.slow) for o in ("pcgrad", "dwa", "ga optim.strategy.sampler=balanced"))],
+    ["pcgrad", *(pytest.param(o, marks=pytest.mark.slow) for o in ("mtl_io", "dwa", "ga optim.strategy.sampler=balanced"))],
 )
 def test_a_run_killed_mid_epoch_resumes_to_the_same_final_metrics(tmp_path, optim):
     """kill -9 in the middle of epoch 2, rerun the same command in the same folder: the final test
@@ -168,6 +168,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_final_metrics(tmp_path, opti
         torch.testing.assert_close(final[name], tensor, rtol=1e-6, atol=1e-8, msg=name)
 
 
+@pytest.mark.slow
 def test_rerunning_an_interrupted_sweep_trains_only_the_missing_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     command = ["-m", *TINY, "optim=vanilla,mtl_io", f"hydra.sweep.dir={sweep}"]
@@ -191,6 +192,7 @@ def test_rerunning_an_interrupted_sweep_trains_only_the_missing_jobs(tmp_path):
     assert (finished / "metrics.json").read_text() == kept
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_is_grouped_and_holds_the_test_examples(tmp_path):
     env_overrides = TINY + ["logger=wandb", "logger.wandb.mode=offline", f"hydra.run.dir={tmp_path / 'run'}"]
     result = run("train.py", env_overrides, tmp_path)
