@@ -179,6 +179,12 @@ def _spoil_mtan(root, what):
     if what == "NaN depth":
         _edit_npy(train / "depth" / "0.npy", lambda depth: depth.__setitem__((2, 2), np.nan))
         return "finite"
+    if what == "normalised image":
+        _edit_npy(train / "image" / "0.npy", lambda image: image.__isub__(0.5))
+        return "normalised already"
+    if what == "missing image":
+        (train / "image" / "1.npy").unlink()
+        return "image missing: .*1.npy"
     if what == "normals outside [-1, 1]":
         _edit_npy(train / "normal" / "0.npy", lambda normals: normals.__setitem__((1, 1), 3.0))
         return "within \\[-1, 1\\]"
@@ -187,7 +193,16 @@ def _spoil_mtan(root, what):
 
 @pytest.mark.parametrize(
     "what",
-    ["missing depth", "label out of range", "depth of another size", "truncated normals", "NaN depth", "normals outside [-1, 1]"],
+    [
+        "missing depth",
+        "missing image",
+        "label out of range",
+        "depth of another size",
+        "truncated normals",
+        "NaN depth",
+        "normals outside [-1, 1]",
+        "normalised image",
+    ],
 )
 def test_malformed_mtan_files_are_named(what, tmp_path):
     import shutil
@@ -214,6 +229,10 @@ def test_nyud_mt_listing_errors_are_named(tmp_path):
     listing.write_text(listing.read_text() + "train_0000\n")
     with pytest.raises(DatasetError, match="more than once"):
         NYUDv2DataModule(str(root), tasks=["semseg", "edge"]).setup("fit")
+    listing.write_text("\ufefftrain_0000\ntrain_0001\n", encoding="utf-8")  # a BOM (Windows editors): the same ids
+    dm = NYUDv2DataModule(str(root), tasks=["semseg", "edge"])
+    dm.setup("fit")
+    assert dm.split_sizes()["train"] == 2
     listing.write_text("train_0000\nnot_there\n")
     with pytest.raises(DatasetError, match="missing: .*not_there.jpg"):
         NYUDv2DataModule(str(root), tasks=["semseg", "edge"]).setup("fit")

@@ -81,12 +81,20 @@ def scan_nyudv2(root: str | Path, layout: str, split: str, tasks: Sequence[str])
         if not folder.is_dir():
             raise DatasetError(f"NYUDv2 folder missing: {folder} (MTAN layout).")
         ids = sorted((p.stem for p in folder.glob("*.npy")), key=lambda s: (len(s), s))
+        for key in tasks:
+            labelled = {p.stem for p in (root / split / MTAN_FOLDERS[key]).glob("*.npy")}
+            orphans = sorted(labelled - set(ids), key=lambda s: (len(s), s))
+            if orphans:
+                raise DatasetError(
+                    f"NYUDv2 image missing: {folder / f'{orphans[0]}.npy'} ({len(orphans)} of the {key} files in "
+                    f"{root / split / MTAN_FOLDERS[key]} have no image; the sample would be left out)."
+                )
         return [
             NyudSample(i, split, {key: _require(root / split / MTAN_FOLDERS[key] / f"{i}.npy") for key in ("image", *tasks)})
             for i in ids
         ]
     listing = _require(root / "gt_sets" / f"{split}.txt")
-    ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    ids = [line.strip() for line in listing.read_text(encoding="utf-8-sig").splitlines() if line.strip()]  # a BOM is no id
     duplicated = sorted({i for i in ids if ids.count(i) > 1})
     if duplicated:
         raise DatasetError(f"{listing} lists the images {duplicated[:5]} more than once.")
@@ -120,6 +128,12 @@ def read_sample(sample: NyudSample, layout: str) -> dict[str, np.ndarray]:
     files = sample.files
     if layout == "mtan":
         image = _load_npy(files["image"]).astype(np.float32)
+        _check(
+            image.min(initial=0) >= 0,
+            files["image"],
+            f"the image has values down to {image.min():.3g}: the MTAN layout stores unnormalised images (in [0, 1] or "
+            "0-255), and this one looks normalised already (it would be normalised twice)",
+        )
         if image.max(initial=0) > 1.5:  # some copies store 0..255
             image = image / 255.0
     else:
