@@ -30,6 +30,50 @@ def test_every_method_has_a_search_space_of_its_own_options(optim_name):
         else:
             assert OmegaConf.select(cfg, key, default="MISSING") != "MISSING", f"{key} is not an option of optim={optim_name}"
     assert cfg.test is False and cfg.optimized_split == "validation"
+    from medmtl.config_checks import check_search_space
+
+    check_search_space(space, cfg.hydra.sweeper.n_trials)  # every shipped space can be searched
+
+
+@pytest.mark.parametrize(
+    "space, n_trials, message",
+    [
+        ({"optim.optimizer.lr": "tag(log, interval(0.0, 1e-2))"}, 10, "log scale and must start above 0"),
+        ({"optim.optimizer.lr": "tag(log, interval(-1e-3, 1e-2))"}, 10, "log scale and must start above 0"),
+        ({"optim.strategy.options.c": "interval(0.9, 0.1)"}, 10, "low >= high"),
+        ({"optim.strategy.options.c": "interval(0.5, 0.5)"}, 10, "low >= high"),
+        ({"optim.strategy.options.c": "interval(a, 0.5)"}, 10, "are not numbers"),
+        ({"optim.optimizer.lr": "tag(log, interval(1e-5, 1e-2))"}, 0, "n_trials must be a whole number of trials >= 1, got 0"),
+        ({"optim.optimizer.lr": "tag(log, interval(1e-5, 1e-2))"}, -3, "got -3"),
+    ],
+)
+def test_a_search_that_cannot_search_is_one_sentence(space, n_trials, message):
+    from medmtl.config_checks import check_search_space
+
+    with pytest.raises(ConfigError, match=message):
+        check_search_space(space, n_trials)
+
+
+def test_a_bad_search_ends_the_sweep_with_exit_2_before_any_trial(tmp_path):
+    """From the command line: one sentence, exit 2, no trial folder (Hydra only warns about a
+    callback's exception; the sweep must still stop)."""
+    sweep = tmp_path / "tune"
+    done = run(
+        "train.py",
+        [
+            "-m",
+            "experiment=tune",
+            "optim=vanilla",
+            "trainer=cpu",
+            *(o for o in TINY if not o.startswith("experiment=")),
+            "optim.optimizer.lr=tag(log, interval(0, 0.01))",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "log scale and must start above 0" in done.stderr and "Traceback" not in done.stderr
+    assert not list(sweep.glob("*/metrics.json"))
 
 
 def test_the_tuning_objective_is_read_from_the_validation_metrics_only():

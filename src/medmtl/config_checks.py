@@ -10,6 +10,7 @@ reuses a key name is covered by it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -106,3 +107,28 @@ def check_precision_device(precision: Any, accelerator: Any, cuda_available: boo
 
 
 __all__ = ["RULES", "check_config", "check_precision_device"]
+
+
+_INTERVAL = re.compile(
+    r"^\s*(?:tag\(\s*(?P<tags>[\w\s,]*?)\s*,\s*)?interval\(\s*(?P<low>[^,]+?)\s*,\s*(?P<high>[^)]+?)\s*\)\s*\)?\s*$"
+)
+
+
+def check_search_space(params: Mapping[str, Any], n_trials: Any) -> None:
+    """A tuning search (``experiment=tune``, Hydra's Optuna sweeper) that could not search: a budget
+    below one trial, an ``interval(low, high)`` with low >= high, or a ``log`` interval reaching 0 or
+    below (Optuna samples log-uniformly and cannot start at 0). One sentence naming the key."""
+    if not _positive_int(n_trials):
+        raise ConfigError(f"hydra.sweeper.n_trials must be a whole number of trials >= 1, got {n_trials!r}.")
+    for key, value in params.items():
+        match = _INTERVAL.match(str(value))
+        if match is None:
+            continue  # choice(...), range(...) and fixed values: Hydra's own parser judges them
+        try:
+            low, high = float(match["low"]), float(match["high"])
+        except ValueError:
+            raise ConfigError(f"hydra.sweeper.params.{key}: the bounds of {value} are not numbers.") from None
+        if not low < high:
+            raise ConfigError(f"hydra.sweeper.params.{key}: {value} has low >= high; write interval(low, high) with low < high.")
+        if "log" in (match["tags"] or "") and low <= 0:
+            raise ConfigError(f"hydra.sweeper.params.{key}: {value} is searched on a log scale and must start above 0.")

@@ -125,7 +125,18 @@ class TuningRecord(Callback):
     search space -- so that the report states how every method was tuned."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from medmtl.config_checks import check_search_space
+        from medmtl.errors import ConfigError
+
         sweeper = config.hydra.sweeper
+        try:  # before any trial; Hydra only warns about a callback's exception, so the sweep is ended here
+            space = dict(OmegaConf.to_container(sweeper.params or {}))  # type: ignore[arg-type]
+            command_line = (o.split("=", 1) for o in config.hydra.overrides.task if "=" in o)  # key=interval(...) sweeps too
+            space.update({key.lstrip("+~"): value for key, value in command_line})
+            check_search_space(space, sweeper.n_trials)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
         record = {
             "method": config.optim.get("name"),
             "objective": {
