@@ -185,3 +185,29 @@ def test_mti_net_feature_propagation_is_the_task_attention_written_from_the_pape
                 squeeze = fpm.excitation[k].squeeze
                 gate = torch.sigmoid(squeeze[2](torch.relu(squeeze[0](shared.mean(dim=(2, 3))))))
                 torch.testing.assert_close(out[k], shared * gate[:, :, None, None] + features[k], rtol=1e-12, atol=1e-12)
+
+
+def test_pad_net_blocks_have_the_survey_codes_parameter_counts():
+    """PAD-Net counted by hand from the survey code's layer list: per task two bottlenecks to the
+    head width (1x1 projection on the first), a 1x1 initial prediction, spatial-attention
+    distillation from every other task, two bottlenecks and a 1x1 final prediction; the HRNet
+    variant's fuse (1x1 conv C -> C with bias, BN, ReLU) after the concatenated branches."""
+    from medmtl.data.nyudv2 import nyudv2_tasks
+    from medmtl.models.padnet import PADNet
+
+    tasks = nyudv2_tasks("nyud_mt", ["semseg", "depth"])
+    model = PADNet(tasks, backbone="hrnet_tiny", width=32, input_normalization="none")
+    c, w, n, outputs = 8 + 16 + 32 + 64, 32, 2, [40, 1]
+
+    def bottleneck(i, planes):  # 1x1 i->p, 3x3 p->p, 1x1 p->4p, three BNs
+        return i * planes + 2 * planes + 9 * planes * planes + 2 * planes + planes * 4 * planes + 2 * 4 * planes
+
+    def pair(i):
+        return bottleneck(i, w // 4) + bottleneck(w, w // 4) + ((i * w + 2 * w) if i != w else 0)
+
+    count = lambda module: sum(p.numel() for p in module.parameters())
+    assert count(model.initial_features) == n * pair(c)
+    assert count(model.initial_predictions) == sum(w * k + k for k in outputs)
+    assert count(model.distillation) == n * (n - 1) * 2 * 9 * w * w
+    assert count(model.final) == sum(pair(w) + w * k + k for k in outputs)
+    assert count(model.backbone[1]) == c * c + c + 2 * c  # the fuse

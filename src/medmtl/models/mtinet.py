@@ -43,6 +43,7 @@ from torchvision.models.resnet import BasicBlock
 from medmtl.errors import ConfigError
 from medmtl.models.backbones import hrnet_features
 from medmtl.models.heads import HighResolutionHead, conv_head
+from medmtl.models.padnet import AttentionDistillation
 from medmtl.models.scene_base import DenseSceneNet
 from medmtl.tasks import Task
 
@@ -94,33 +95,6 @@ class FeaturePropagation(nn.Module):
             mask = F.softmax(self.non_linear(concat).view(b, n, c // n, h, w), dim=1).view(b, c, h, w)
         shared = self.reduction(mask * concat)
         return {task: self.excitation[task](shared) + features[task] for task in self.tasks}
-
-
-class SpatialAttention(nn.Module):
-    """conv3x3(F) * sigmoid(conv3x3'(F)), both without bias."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.attention = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x) * torch.sigmoid(self.attention(x))
-
-
-class AttentionDistillation(nn.Module):
-    """F_k + sum_{l != k} SA_{k,l}(F_l) for one task k (module docstring, step 3)."""
-
-    def __init__(self, task: str, tasks: Sequence[str], channels: int):
-        super().__init__()
-        self.task = task
-        self.attention = nn.ModuleDict({other: SpatialAttention(channels) for other in tasks if other != task})
-
-    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = features[self.task]
-        for other, block in self.attention.items():
-            out = out + block(features[other])
-        return out
 
 
 class MTINet(DenseSceneNet):
