@@ -28,4 +28,12 @@ def main(overrides: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from hydra.errors import HydraException
+
+    from medmtl.errors import ConfigError
+
+    try:
+        main(sys.argv[1:])
+    except (ConfigError, HydraException) as error:  # a bad value or an override Hydra cannot compose: exit 2
+        print("error: " + " ".join(str(error).split()), file=sys.stderr)
+        raise SystemExit(2) from None

@@ -22,9 +22,31 @@ from medmtl.errors import ConfigError
 LAUNCHER_ONLY = ("_target_", "submitit_folder", "max_num_timeout")
 
 
+#: launcher settings that count something: whole numbers >= 1 when set
+COUNTS = ("nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task", "timeout_min", "array_parallelism")
+
+
+def check_launcher(launcher: Mapping[str, Any]) -> None:
+    """One sentence for a count that sbatch would be handed as 0, -1 or "two" (``--nodes=-1``)."""
+    for key in COUNTS:
+        value = launcher.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            source = {
+                "nodes": " (trainer.num_nodes)",
+                "tasks_per_node": " (trainer.devices)",
+                "gpus_per_node": " (trainer.devices)",
+            }
+            raise ConfigError(f"hydra.launcher.{key}{source.get(key, '')} must be a whole number >= 1, got {value!r}.")
+    mem = launcher.get("mem_gb")
+    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float)) or mem <= 0):
+        raise ConfigError(f"hydra.launcher.mem_gb must be a positive number, got {mem!r}.")
+
+
 def sbatch_parameters(launcher: Mapping[str, Any]) -> dict[str, Any]:
     """The keyword arguments of submitit's sbatch writer for the launcher settings ``launcher``."""
     from submitit.slurm.slurm import SlurmExecutor, _convert_mem
+
+    check_launcher(launcher)
 
     renamed: dict[str, str] = {str(k): str(v) for k, v in (SlurmExecutor._equivalence_dict() or {}).items()}
     parameters: dict[str, Any] = {renamed.get(k, k): v for k, v in launcher.items() if k not in LAUNCHER_ONLY and v is not None}
