@@ -541,3 +541,18 @@ def test_a_plateau_scheduler_steps_on_the_validation_loss(tmp_path):
     result = run("train.py", [*TINY, "optim=vanilla", "trainer.max_epochs=3", *scheduler, f"hydra.run.dir={folder}"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (folder / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["identity.json", "metrics.json"])
+@pytest.mark.parametrize(
+    "content", [b'{"config_digest": "ab', b"\xff\xfe", b"[1, 2]"], ids=["truncated", "not_text", "not_a_record"]
+)
+def test_an_unreadable_run_record_is_one_sentence_naming_it(name, content, tmp_path):
+    """A run folder whose identity or metrics record is truncated or overwritten cannot be
+    identified: refused in one sentence naming the file (it was a JSON traceback)."""
+    from medmtl.errors import RunFolderConflict
+    from medmtl.utils.run_identity import check_reused_folder
+
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(RunFolderConflict, match=f"{name} is not readable JSON .* delete that file"):
+        check_reused_folder(tmp_path, "0123456789abcdef")

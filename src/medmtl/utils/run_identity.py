@@ -54,7 +54,16 @@ def _recorded_digest(output_dir: Path) -> str | None:
     for name in ("metrics.json", IDENTITY_FILE):
         path = output_dir / name
         if path.is_file():
-            return json.loads(path.read_text()).get("config_digest")
+            try:
+                record = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                record = None
+            if not isinstance(record, dict):
+                raise RunFolderConflict(
+                    f"{path} is not readable JSON (truncated or overwritten), so the run in {output_dir} cannot be "
+                    "identified; choose a new folder, or delete that file to train there again."
+                )
+            return record.get("config_digest")
     return None
 
 
