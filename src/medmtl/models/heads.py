@@ -83,6 +83,11 @@ class ASPPHead(nn.Sequential):
         super().__init__(ASPP(in_channels, width, rates), conv_bn_relu(width, width), conv_head(width, task))
 
 
+def projection(in_channels: int, out_channels: int) -> nn.Sequential:
+    """A residual block's identity projection: 1x1 conv (no bias) + batch norm."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+
+
 class HighResolutionHead(nn.Sequential):
     """The survey's head on HRNet's concatenated branches (its code's ``HighResolutionHead``):
     1x1 conv C -> C (with bias), batch norm, ReLU, 1x1 conv to ``task.channels``."""

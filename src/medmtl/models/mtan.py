@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmtl.models.backbones import resnet_stages
-from medmtl.models.heads import ASPPHead
+from medmtl.models.heads import ASPPHead, projection
 from medmtl.models.scene_base import DenseSceneNet
 from medmtl.tasks import Task
 
@@ -61,7 +61,7 @@ class Bottleneck(nn.Module):
             nn.Conv2d(middle, out_channels, 1, bias=False),
             nn.BatchNorm2d(out_channels),
         )
-        self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+        self.shortcut = projection(in_channels, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.body(x) + self.shortcut(x))

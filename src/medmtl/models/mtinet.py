@@ -42,7 +42,7 @@ from torchvision.models.resnet import BasicBlock
 
 from medmtl.errors import ConfigError
 from medmtl.models.backbones import hrnet_features
-from medmtl.models.heads import HighResolutionHead, conv_head
+from medmtl.models.heads import HighResolutionHead, conv_head, projection
 from medmtl.models.padnet import AttentionDistillation
 from medmtl.models.scene_base import DenseSceneNet
 from medmtl.tasks import Task
@@ -54,8 +54,7 @@ def residual_block(in_channels: int, out_channels: int) -> BasicBlock:
     """A ResNet basic block, with a 1x1 conv + BN projection of the identity when the widths differ."""
     if in_channels == out_channels:
         return BasicBlock(in_channels, out_channels)
-    projection = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
-    return BasicBlock(in_channels, out_channels, downsample=projection)
+    return BasicBlock(in_channels, out_channels, downsample=projection(in_channels, out_channels))
 
 
 class SqueezeExcitation(nn.Module):

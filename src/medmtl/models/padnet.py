@@ -27,7 +27,7 @@ from torchvision.models.resnet import Bottleneck
 
 from medmtl.errors import ConfigError
 from medmtl.models.backbones import dense_features
-from medmtl.models.heads import conv_head
+from medmtl.models.heads import conv_head, projection
 from medmtl.models.scene_base import DenseSceneNet
 from medmtl.tasks import Task
 
@@ -35,10 +35,8 @@ from medmtl.tasks import Task
 def bottleneck_pair(in_channels: int, width: int) -> nn.Sequential:
     """Two ResNet bottlenecks (width / 4 inner channels, expansion 4) to ``width`` channels, the
     first with a 1x1 conv + BN projection of the identity when ``in_channels`` differs."""
-    projection = None
-    if in_channels != width:
-        projection = nn.Sequential(nn.Conv2d(in_channels, width, 1, bias=False), nn.BatchNorm2d(width))
-    return nn.Sequential(Bottleneck(in_channels, width // 4, downsample=projection), Bottleneck(width, width // 4))
+    shortcut = projection(in_channels, width) if in_channels != width else None
+    return nn.Sequential(Bottleneck(in_channels, width // 4, downsample=shortcut), Bottleneck(width, width // 4))
 
 
 class SpatialAttention(nn.Module):
