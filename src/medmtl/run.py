@@ -256,6 +256,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     test_metrics: dict[str, float] = {}
     selector = _model_selection_callback(trainer)
     best = selector.best_model_path if selector is not None else ""
+    score = selector.best_model_score if selector is not None else None
+    best_score = float(score) if score is not None else None
     if per_task is not None and cfg.get("train", True):
         best = per_task.compose(trainer, cast(SeparateNetworks, module.model)) or best
     validation_metrics = None
@@ -285,9 +287,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "lower_is_better": sorted(module.evaluator.LOWER_IS_BETTER) if module.evaluator is not None else [],
         "n_tasks": len(module.tasks),
         "best_checkpoint": best,
-        "best_val_loss": float(selector.best_model_score)
-        if selector is not None and selector.best_model_score is not None
-        else None,
+        "best_val_loss": best_score if selector is not None and selector.monitor == "val/loss" else None,
+        "selected_on": {"monitor": selector.monitor, "mode": selector.mode, "best": best_score} if selector is not None else None,
         "best_epochs_per_task": dict(per_task.epochs) if per_task is not None else None,
         "wall_seconds": time.perf_counter() - started,
         "resumed_from": resume,

@@ -17,7 +17,8 @@ v2 does (its ordinal structure is not used: a config could add an ordinal loss l
 Samples are dicts ``{"image": (3, H, W) or (D, 3, H, W) float in [0, 1] (Schafer et al. 2024;
 ``input_range: symmetric`` gives [-1, 1]), <flag>: label, "dataset": task index}``; training samples
 get the weak augmentation without flips of :mod:`medmtl.data.weak_augmentation` (``augment``).
-Grey images are repeated to three channels so that one encoder reads every dataset; a 3D volume
+Grey images are repeated to three channels so that one encoder reads every dataset
+(``grey_channels: 1`` keeps them one channel, as Yang et al. 2023's 28-pixel baselines read them); a 3D volume
 (A, B, C) becomes its C slices through the last axis (Schafer et al. 2024), (C, 3, A, B). A batch
 holds one dataset only, so the other tasks' targets are absent and
 their losses are ``None`` (see :mod:`medmtl.tasks`). Training: every task has its own endless
@@ -41,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from medmtl import losses
 from medmtl.data.contract import MultiTaskDataModule
@@ -211,6 +212,27 @@ def load_split(path: Path, split: str, flag: str | None = None, size: int | None
     return images, labels
 
 
+def check_grey_channels(grey_channels: int, tasks: Sequence[Task], joint_batches: bool) -> int:
+    """``grey_channels`` if it can serve ``tasks``: 3, or 1 for 2D datasets whose joint batches
+    (if any) hold no colour dataset beside a grey one."""
+    if grey_channels not in (1, 3):
+        raise ConfigError(f"data.grey_channels must be 1 or 3, got {grey_channels!r}.")
+    if grey_channels == 3:
+        return 3
+    volumetric = [t.name for t in tasks if t.metadata["is_3d"]]
+    if volumetric:
+        raise ConfigError(
+            f"data.grey_channels=1 is for 2D datasets; {', '.join(volumetric)} are 3D (their slices are read as RGB)."
+        )
+    colour = {t.name for t in tasks if t.metadata["n_channels"] == 3}
+    if joint_batches and colour and len(colour) < len(tasks):
+        raise ConfigError(
+            f"data.grey_channels=1 with joint batches would concatenate one-channel grey images with the colour "
+            f"images of {', '.join(sorted(colour))}; use data.grey_channels=3."
+        )
+    return 1
+
+
 class MedMNISTDataset(Dataset):
     """One split of one dataset; see the module docstring for the sample."""
 
@@ -222,11 +244,12 @@ class MedMNISTDataset(Dataset):
         task_index: int,
         augmentation: WeakAugmentation | None = None,
         input_range: str = "unit",
+        grey_channels: int = 3,
     ):
         if len(images) != len(labels):
             raise DatasetError(f"{task.name}: {len(images)} images but {len(labels)} labels.")
         self.images, self.labels, self.task, self.task_index = images, labels, task, task_index
-        self.augmentation, self.input_range = augmentation, input_range
+        self.augmentation, self.input_range, self.grey_channels = augmentation, input_range, grey_channels
         self.volumetric = bool(task.metadata.get("is_3d"))
 
     def __len__(self) -> int:
@@ -236,8 +259,8 @@ class MedMNISTDataset(Dataset):
         x = torch.from_numpy(np.asarray(self.images[index])).float().div_(255.0)
         if self.volumetric:  # (A, B, C) -> (C, 3, A, B): slices through the last axis, each a grey image
             return x.permute(2, 0, 1).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
-        if x.dim() == 2:  # grey (H, W) -> (3, H, W)
-            return x.unsqueeze(0).expand(3, -1, -1).contiguous()
+        if x.dim() == 2:  # grey (H, W) -> (3, H, W), or (1, H, W) with grey_channels=1
+            return x.unsqueeze(0).expand(self.grey_channels, -1, -1).contiguous()
         return x.permute(2, 0, 1).contiguous()  # colour (H, W, 3)
 
     def _label(self, index: int) -> torch.Tensor:
@@ -297,6 +320,10 @@ def join_batches(batches: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch
     return joined
 
 
+def _joint_batch_of_one_task(flag: str, samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return join_batches({flag: default_collate(samples)})
+
+
 class JointBatchLoader:
     """``steps`` joint batches per epoch, each made of one batch of every task (:func:`join_batches`)."""
 
@@ -321,13 +348,18 @@ class MedMNISTDataModule(MultiTaskDataModule):
         size: image side of the files to read (28, 64, 128 or 224).
         batch_size: per task and step (Schafer et al. 2024: the same for every task).
         steps_per_epoch: optimisation steps per epoch; default: the batches of the largest
-            training set (every dataset is seen at least once per epoch).
+            training set (every dataset is seen at least once per epoch). One dataset with joint
+            batches and no ``steps_per_epoch``: an epoch is one shuffled pass over its training
+            set, the last batch partial, as in a plain training loop.
         verify_md5: check each file against the official MD5.
         max_samples: keep at most this many samples per split (quick runs); None keeps all.
         seed: fixes each task's shuffling (per epoch, :class:`EpochSeededSampler`).
         augment: the weak augmentation without flips on the training splits (Schafer et al. 2024).
         loss_normalization: each loss divided by its value at chance (Schafer et al. 2024).
         input_range: ``unit`` ([0, 1], Schafer et al. 2024) or ``symmetric`` ([-1, 1]).
+        grey_channels: 3 (grey images repeated to RGB, so one encoder reads every dataset) or 1
+            (kept one channel: Yang et al. 2023's 28-pixel baselines; 2D datasets only, and joint
+            batches only when no colour dataset joins them).
         pin_memory: page-locked batches (faster, asynchronous copies to a GPU).
         joint_batches: train on joint batches (one batch of every task per step, concatenated),
             so that every strategy applies; needs all tasks 2D at one size. Default: per-task
@@ -350,6 +382,7 @@ class MedMNISTDataModule(MultiTaskDataModule):
         augment: bool = False,
         loss_normalization: bool = True,
         input_range: str = "unit",
+        grey_channels: int = 3,
         pin_memory: bool = False,
     ):
         super().__init__()
@@ -372,6 +405,7 @@ class MedMNISTDataModule(MultiTaskDataModule):
                 f"data.joint_batches needs every task 2D at one size, but {', '.join(volumetric)} "
                 "are 3D; train this task set with optim=ga (per-task batches) instead."
             )
+        self.grey_channels = check_grey_channels(grey_channels, self.tasks, joint_batches)
         #: True when each task has its own dataset and input (one forward pass cannot serve every task)
         self.separate_task_inputs = not joint_batches
 
@@ -393,7 +427,9 @@ class MedMNISTDataModule(MultiTaskDataModule):
                 if self.max_samples is not None:
                     images, labels = images[: self.max_samples], labels[: self.max_samples]
                 augmentation = self.augmentation if split == "train" else None
-                self.datasets[flag][split] = MedMNISTDataset(images, labels, task, index, augmentation, self.input_range)
+                self.datasets[flag][split] = MedMNISTDataset(
+                    images, labels, task, index, augmentation, self.input_range, self.grey_channels
+                )
         log.info(
             "MedMNIST %s px: %s", self.size, {f: {s: len(d) for s, d in splits.items()} for f, splits in self.datasets.items()}
         )
@@ -416,10 +452,26 @@ class MedMNISTDataModule(MultiTaskDataModule):
         )
 
     def train_dataloader(self) -> DataLoader | JointBatchLoader:
+        if self.joint_batches and len(self.flags) == 1 and self.steps_per_epoch is None:
+            return self.single_task_pass()
         steps = self.steps_per_epoch or max(math.ceil(len(d["train"]) / self.batch_size) for d in self.datasets.values())
         if self.joint_batches:
             return JointBatchLoader(self, steps)
         return DataLoader(_Steps(steps), batch_size=1)
+
+    def single_task_pass(self) -> DataLoader:
+        """One task's epoch as a plain training loop has it (Yang et al. 2023): one shuffled pass
+        over its training set, the last batch partial, in the joint-batch format."""
+        (flag,) = self.flags
+        return DataLoader(
+            self.datasets[flag]["train"],
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            sampler=EpochSeededSampler(len(self.datasets[flag]["train"]), self.seed),
+            collate_fn=partial(_joint_batch_of_one_task, flag),
+        )
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         return [

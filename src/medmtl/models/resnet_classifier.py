@@ -1,9 +1,19 @@
-"""A ResNet image classifier: Roy 2025's single-task grading baseline ("ResNet-50").
+"""A ResNet image classifier: Roy 2025's single-task grading baseline ("ResNet-50") and Yang et
+al. 2023's MedMNIST baselines ("ResNet-18 (28)").
 
-A torchvision-layout ResNet (segmentation-models-pytorch's encoder, output stride 32), global
-average pooling, dropout and one linear layer per image-level task (Roy 2025 graded retinopathy
-and macular-edema risk with one such network; ``optim=stl`` gives one network per grade). Dense
-tasks are refused: this network has no decoder.
+A torchvision-layout ResNet (segmentation-models-pytorch's encoder), global average pooling,
+dropout and one linear layer per image-level task (Roy 2025 graded retinopathy and macular-edema
+risk with one such network; ``optim=stl`` gives one network per grade). Dense tasks are refused:
+this network has no decoder.
+
+``stem`` chooses the first layers:
+
+- ``imagenet`` (default): a 7x7 convolution of stride 2 and a 3x3 max pool (output stride 32);
+- ``cifar``: a 3x3 convolution of stride 1 and no max pool (output stride 8), the network of Yang
+  et al. 2023's 28-pixel MedMNIST baselines (their code adapts a CIFAR ResNet): a 28x28 image
+  reaches ``layer4`` as 4x4 instead of 1x1. Its convolutions keep PyTorch's default
+  initialisation, as in their code (torchvision's ResNet draws them He-normal, fan-out). The
+  residual stages are torchvision's in both.
 
 Nothing is downloaded: ``weights_path`` is a local torchvision ResNet state dict.
 """
@@ -13,10 +23,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from torch import nn
+
 from medmtl.errors import ConfigError
 from medmtl.models.encoder_decoder import EncoderDecoderNet
 from medmtl.models.weights import load_torchvision_resnet
 from medmtl.tasks import Task
+
+STEMS = ("imagenet", "cifar")
 
 
 class ResNetClassifier(EncoderDecoderNet):
@@ -26,6 +40,8 @@ class ResNetClassifier(EncoderDecoderNet):
     dropout: before each classifier.
     weights_path: a torchvision ResNet state dict file loaded into the encoder, or null.
     input_normalization: ``imagenet`` (ImageNet's channel statistics, with ImageNet weights) or ``none``.
+    stem: ``imagenet`` (7x7 stride-2 convolution + max pool) or ``cifar`` (3x3 stride-1
+        convolution, no max pool: Yang et al. 2023's ResNet-18 (28)).
     """
 
     classifier_pool = "avg"  # global pooling takes any input size
@@ -38,6 +54,7 @@ class ResNetClassifier(EncoderDecoderNet):
         weights_path: str | None = None,
         in_channels: int = 3,
         input_normalization: str = "imagenet",
+        stem: str = "imagenet",
     ):
         super().__init__(input_normalization)
         import segmentation_models_pytorch as smp
@@ -50,7 +67,17 @@ class ResNetClassifier(EncoderDecoderNet):
             )
         if not backbone.startswith("resnet"):
             raise ConfigError(f"ResNetClassifier takes an smp ResNet encoder (resnet18/34/50...), got {backbone!r}.")
+        if stem not in STEMS:
+            raise ConfigError(f"model.stem must be one of {STEMS}, got {stem!r}.")
         self.encoder: Any = smp.encoders.get_encoder(backbone, in_channels=in_channels, depth=5, weights=None)
+        if stem == "cifar":
+            if weights_path:
+                raise ConfigError("model.stem=cifar has no ImageNet stem to load weights into; use model.weights_path=null.")
+            self.encoder.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            self.encoder.maxpool = nn.Identity()
+            for conv in self.encoder.modules():  # their code keeps PyTorch's default initialisation
+                if isinstance(conv, nn.Conv2d):
+                    conv.reset_parameters()
         self.decoder = None
         self._build_heads(tasks, bottleneck_channels=int(self.encoder.out_channels[-1]), decoded_channels=0, dropout=dropout)
         if weights_path:
