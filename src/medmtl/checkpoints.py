@@ -88,6 +88,19 @@ def check_fits(path: str | os.PathLike, expected: Mapping[str, torch.Tensor]) ->
     return checkpoint
 
 
+def check_resumes(checkpoint: Mapping[str, Any], path: str | os.PathLike, strategy_name: str) -> None:
+    """A checkpoint resumes only the strategy that wrote it: its optimizer states, step counters and
+    strategy buffers are that strategy's (another one would fail inside torch's optimizer loading,
+    or worse, load and continue as a method that never ran). Checkpoints written before the
+    strategy was recorded are not checked."""
+    written_by = checkpoint.get("medmtl_strategy")
+    if written_by is not None and written_by != strategy_name:
+        raise CheckpointError(
+            f"{path} was written by optim={written_by} and this run trains optim={strategy_name}: a checkpoint "
+            f"resumes only the strategy that wrote it (add optim={written_by}, or train without ckpt_path)."
+        )
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's ``torch.save`` into a temporary file, renamed over the target when complete."""
 

@@ -144,9 +144,12 @@ class MultiTaskModule(L.LightningModule):
         max_consecutive_skips: int = 10,
         input_keys: Sequence[str] = ("image",),
         speed: Mapping[str, Any] | None = None,
+        strategy_name: str | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
+        #: written into every checkpoint: a checkpoint resumes only the strategy that wrote it
+        self.strategy_name = strategy_name or type(strategy).__name__
         self.tasks = list(tasks)
         self.input_keys = tuple(input_keys)
         self.task_by_name = {t.name: t for t in self.tasks}
@@ -394,6 +397,7 @@ class MultiTaskModule(L.LightningModule):
                 "infinite; the weights have diverged (lower optim.optimizer.lr)."
             )
         checkpoint["medmtl_iterations"] = self.iterations
+        checkpoint["medmtl_strategy"] = self.strategy_name
         checkpoint["medmtl_rng_states"] = collect_rng_states()
         checkpoint["medmtl_task_positions"] = self.task_streams.state_dict()
         reducer = self.sync.reducer

@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from medmtl.callbacks import IterationTimer
-from medmtl.checkpoints import AtomicCheckpointIO, check_fits
+from medmtl.checkpoints import AtomicCheckpointIO, check_fits, check_resumes
 from medmtl.config_checks import check_config, check_precision_device
 from medmtl.errors import ConfigError
 from medmtl.lightning_ddp import is_primary_process
@@ -56,6 +56,7 @@ def build_module(cfg: DictConfig, datamodule) -> MultiTaskModule:
         max_consecutive_skips=cfg.optim.get("max_consecutive_skips", 10),
         input_keys=datamodule.input_keys,
         speed=cfg.get("speed"),
+        strategy_name=cfg.optim.get("name"),
     )
 
 
@@ -248,7 +249,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("train", True):
         resume = _resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, cfg.get("auto_resume", True))
         if resume:
-            check_fits(resume, module.state_dict())
+            check_resumes(check_fits(resume, module.state_dict()), resume, module.strategy_name)
             if csv_dir is not None:
                 set_aside_before_resume(csv_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
