@@ -76,6 +76,29 @@ def test_a_bad_search_ends_the_sweep_with_exit_2_before_any_trial(tmp_path):
     assert not list(sweep.glob("*/metrics.json"))
 
 
+def test_a_search_none_of_whose_trials_completes_lists_them_and_exits_with_their_code(tmp_path):
+    """Every trial refused (an image side the U-Net cannot take): after the last trial, one line per
+    trial and exit 2, not Optuna's "No trials are completed yet" traceback."""
+    sweep = tmp_path / "tune"
+    done = run(
+        "train.py",
+        [
+            "-m",
+            "experiment=tune",
+            "optim=vanilla",
+            "trainer=cpu",
+            *(o for o in TINY if not o.startswith("experiment=")),
+            "data.image_size=30",
+            "hydra.sweeper.n_trials=2",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"every one of the 2 trials of {sweep} failed" in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.count("configuration error: UNetVGG16 needs image sides divisible by 16") == 2
+
+
 def test_the_tuning_objective_is_read_from_the_validation_metrics_only():
     record = {"test": {"loss": 0.1}, "validation": {"loss": 0.7}}
     assert objective(record, "loss", "validation") == pytest.approx(0.7)

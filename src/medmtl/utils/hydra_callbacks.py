@@ -15,7 +15,8 @@ of a sweep, :meth:`FolderGuard.on_multirun_end` lists the jobs that failed (thei
 and exits with the lowest of their exit codes (1 = a crash, 2 = a user error, 3 = non-finite
 values), so that a script running the sweep sees that it is incomplete. A tuning sweep
 (``experiment=tune``) whose only failures are diverged trials (non-finite values) and that has
-trials left to choose from is a finished search: those trials are listed, and it exits with 0.
+trials left to choose from is a finished search: those trials are listed, and it exits with 0; a
+search none of whose trials completed lists them and exits the same way, after its last trial.
 """
 
 from __future__ import annotations
@@ -107,10 +108,15 @@ class FolderGuard(Callback):
                 for job, record in diverged:
                     print(f"  {job.relative_to(sweep_dir)}: {record.get('message')}", file=sys.stderr)
                 return
-        print(f"error: {len(failures)} of {len(jobs)} jobs of {sweep_dir} failed:", file=sys.stderr)
-        for job, record in failures:
-            print(f"  {job.relative_to(sweep_dir)}: {record.get('kind')}: {record.get('message')}", file=sys.stderr)
-        raise SystemExit(min(int(record.get("exit_code", 1)) for _, record in failures))
+        _exit_listing_failures(sweep_dir, failures, f"{len(failures)} of {len(jobs)} jobs")
+
+
+def _exit_listing_failures(sweep_dir: Path, failures: list[tuple[Path, dict]], what: str) -> None:
+    """One line per failed job (its ``failure.json``), then exit with the lowest of their codes."""
+    print(f"error: {what} of {sweep_dir} failed:", file=sys.stderr)
+    for job, record in failures:
+        print(f"  {job.relative_to(sweep_dir)}: {record.get('kind')}: {record.get('message')}", file=sys.stderr)
+    raise SystemExit(min(int(record.get("exit_code", 1)) for _, record in failures))
 
 
 def _is_tuning(config: DictConfig) -> bool:
@@ -155,3 +161,21 @@ class TuningRecord(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / "tuning.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(record)))
+        self.sweep_dir, self.n_trials = sweep_dir, int(sweeper.n_trials)
+        self.failed: list[tuple[Path, dict]] = []
+        self.completed = 0
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        """After the last trial of a search none of whose trials completed: the failures, one line
+        each, and the exit code (the sweeper would otherwise end in Optuna's "No trials are
+        completed yet" traceback)."""
+        if not hasattr(self, "n_trials"):  # not a search this callback started
+            return
+        output_dir = Path(str(config.hydra.runtime.output_dir))
+        failure = output_dir / "failure.json"
+        if failure.is_file():
+            self.failed.append((output_dir, json.loads(failure.read_text())))
+        else:
+            self.completed += 1
+        if self.completed == 0 and len(self.failed) == self.n_trials:
+            _exit_listing_failures(self.sweep_dir, self.failed, f"every one of the {self.n_trials} trials")
