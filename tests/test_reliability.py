@@ -280,6 +280,77 @@ def test_run_job_records_the_failure_and_exits_with_its_code(tmp_path, capsys):
     assert read_failure(tmp_path)["kind"] == "crash"
 
 
+def test_another_ranks_failure_is_handed_to_rank_0_which_reports_it_once(tmp_path, capsys, monkeypatch):
+    """Under DDP a rank other than 0 that meets bad data writes failure.rank<r>.json and ends quietly
+    with the error's code; rank 0, which then sees only the broken connection, records and prints
+    that rank's sentence (it printed "gloo: connection closed" while the cause was in rank 1's
+    traceback). A crash of another rank is recorded too and keeps its traceback."""
+    from omegaconf import OmegaConf
+
+    import medmtl.lightning_ddp
+
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}, "trainer": {"devices": 2, "num_nodes": 1}})
+
+    def bad_shard(_):
+        raise DatasetError("Cannot decode image test/0007.jpg: truncated.")
+
+    monkeypatch.setattr(medmtl.lightning_ddp, "is_primary_process", lambda: False)
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit) as stopped:
+        run_job(bad_shard, cfg, in_sweep=False)
+    assert stopped.value.code == 2 and capsys.readouterr().err == ""
+    handed = json.loads((tmp_path / "failure.rank1.json").read_text())
+    assert handed == {"rank": 1, "kind": "data error", "message": "Cannot decode image test/0007.jpg: truncated.", "exit_code": 2}
+
+    def connection_closed(_):
+        (tmp_path / "failure.rank1.json").write_text(json.dumps(handed))  # rank 1 wrote it during the run
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer")
+
+    monkeypatch.setattr(medmtl.lightning_ddp, "is_primary_process", lambda: True)
+    with pytest.raises(SystemExit) as stopped:
+        run_job(connection_closed, cfg, in_sweep=False)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: rank 1: Cannot decode image test/0007.jpg: truncated."
+    assert read_failure(tmp_path)["message"] == "rank 1: Cannot decode image test/0007.jpg: truncated."
+
+    def rank_bug(_):
+        raise KeyError("a bug keeps its traceback")
+
+    monkeypatch.setattr(medmtl.lightning_ddp, "is_primary_process", lambda: False)
+    with pytest.raises(KeyError):
+        run_job(rank_bug, cfg, in_sweep=False)
+    assert json.loads((tmp_path / "failure.rank1.json").read_text())["kind"] == "crash"
+
+    # a single-process crash does not wait for, nor take, another rank's record
+    single = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}, "trainer": {"devices": 1, "num_nodes": 1}})
+    monkeypatch.setattr(medmtl.lightning_ddp, "is_primary_process", lambda: True)
+    with pytest.raises(RuntimeError):
+        run_job(connection_closed, single, in_sweep=False)
+    assert read_failure(tmp_path)["kind"] == "crash"
+
+
+@pytest.mark.slow
+def test_a_user_error_met_by_both_ddp_ranks_is_one_sentence_without_rank_1s_traceback(tmp_path):
+    """Two CPU processes, an image side the U-Net refuses: one "error:" line, no traceback, exit 2."""
+    done = run(
+        "train.py",
+        [
+            *TINY,
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "data.image_size=30",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        tmp_path,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
+        "error: UNetVGG16 needs image sides divisible by 16, got (30, 30)."
+    ]
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [

@@ -24,6 +24,8 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 FAILURE_FILE = "failure.json"
+#: another DDP rank's failure, handed to rank 0 (:func:`_run_other_rank`)
+RANK_FAILURE_GLOB = "failure.rank*.json"
 
 log = logging.getLogger("medmtl")
 
@@ -67,25 +69,87 @@ def run_job(function: Callable, cfg, in_sweep: bool) -> object:
     from medmtl.lightning_ddp import is_primary_process
 
     output_dir = Path(cfg.paths.output_dir)
-    if not is_primary_process():  # under DDP the folder's records are rank 0's
-        return function(cfg)
+    if not is_primary_process():
+        return _run_other_rank(function, cfg, output_dir)
     (output_dir / FAILURE_FILE).unlink(missing_ok=True)  # a rerun that succeeds leaves no stale record
+    for stale in output_dir.glob(RANK_FAILURE_GLOB):
+        stale.unlink(missing_ok=True)
     try:
         return function(cfg)
     except Exception as error:
         user_error = find_user_error(error)
-        if user_error is None:  # a bug: recorded, and its traceback kept
-            write_failure(output_dir, "crash", f"{type(error).__name__}: {one_sentence(error)}", 1)
+        if user_error is None:
+            other = _other_rank_failure(output_dir) if _several_processes(cfg) else None
+            if other is not None:  # this rank saw only the broken connection; the cause is the other rank's
+                _end_with(
+                    other["kind"], f"rank {other['rank']}: {other['message']}", other["exit_code"], output_dir, in_sweep, error
+                )
+                return None
+            write_failure(output_dir, "crash", f"{type(error).__name__}: {one_sentence(error)}", 1)  # a bug: traceback kept
             raise
-        message = one_sentence(user_error)
-        write_failure(output_dir, user_error.kind, message, user_error.exit_code)
-        log.error("%s", message)
-        print(f"error: {message}", file=sys.stderr)
-        if full_errors_wanted():
+        _end_with(user_error.kind, one_sentence(user_error), user_error.exit_code, output_dir, in_sweep, error)
+        return None
+
+
+def _end_with(kind: str, message: str, exit_code: int, output_dir: Path, in_sweep: bool, error: Exception) -> None:
+    """Rank 0's end of a failed run: ``failure.json``, one sentence, then the exit code -- or, in a
+    sweep, a return (the job's value is None); a crash of another rank keeps this rank's traceback."""
+    write_failure(output_dir, kind, message, exit_code)
+    log.error("%s", message)
+    print(f"error: {message}", file=sys.stderr)
+    if full_errors_wanted() or kind == "crash":
+        raise error
+    if in_sweep:
+        return None
+    raise SystemExit(exit_code) from None
+
+
+def _run_other_rank(function: Callable, cfg, output_dir: Path) -> object:
+    """A DDP rank other than 0: the folder's records are rank 0's, so a failure is handed to rank 0
+    in ``failure.rank<r>.json`` (rank 0 reports it when it sees only the broken connection). A user
+    error ends this rank quietly with its exit code: rank 0 states it once; a crash keeps its traceback."""
+    from medmtl.distributed import data_parallel_rank
+    from medmtl.errors import find_user_error, one_sentence
+
+    try:
+        return function(cfg)
+    except Exception as error:
+        rank = int(os.environ.get("RANK", data_parallel_rank()[0]))
+        user_error = find_user_error(error)
+        kind, code = (user_error.kind, user_error.exit_code) if user_error else ("crash", 1)
+        message = one_sentence(user_error) if user_error else f"{type(error).__name__}: {one_sentence(error)}"
+        from medmtl.utils.outputs import atomic_write_text
+
+        record = {"rank": rank, "kind": kind, "message": message, "exit_code": code}
+        atomic_write_text(output_dir / f"failure.rank{rank}.json", json.dumps(record) + "\n")
+        if user_error is None or full_errors_wanted():
             raise
-        if in_sweep:
+        log.debug("rank %d stopped: %s", rank, message)
+        raise SystemExit(code) from None
+
+
+def _several_processes(cfg) -> bool:
+    """Whether the run was configured for more than one process (``trainer.devices`` x ``num_nodes``)."""
+    trainer = cfg.get("trainer") or {}
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1) or 1
+    count = (
+        len(devices)
+        if isinstance(devices, (list, tuple)) or hasattr(devices, "__len__") and not isinstance(devices, str)
+        else devices
+    )
+    return not isinstance(count, int) or count * int(nodes) > 1  # "auto" or "-1": possibly several
+
+
+def _other_rank_failure(output_dir: Path, wait_seconds: float = 5.0) -> dict | None:
+    """The record another rank left (:func:`_run_other_rank`), waiting briefly for it to be written."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        records = sorted(output_dir.glob(RANK_FAILURE_GLOB))
+        if records:
+            return json.loads(records[0].read_text())
+        if time.monotonic() > deadline:
             return None
-        raise SystemExit(user_error.exit_code) from None
+        time.sleep(0.2)
 
 
 @contextlib.contextmanager
