@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from medmtl.callbacks import IterationTimer
 from medmtl.checkpoints import AtomicCheckpointIO, check_fits, check_resumes
 from medmtl.config_checks import check_config, check_precision_device
+from medmtl.data.preflight import check_every_sample
 from medmtl.errors import ConfigError
 from medmtl.lightning_ddp import is_primary_process
 from medmtl.models.base import SeparateNetworks
@@ -198,14 +199,19 @@ def _flops(module: MultiTaskModule, datamodule) -> int:
     return total
 
 
-def check_data_before_training(datamodule, test: bool) -> None:
+def check_data_before_training(datamodule, test: bool, data_cfg: DictConfig | None = None, cache_dir: str | None = None) -> None:
     """Read the dataset and check every split the run will need now, not after hours of training
-    (an empty test split would otherwise end the run with empty test metrics)."""
+    (an empty test split would otherwise end the run with empty test metrics), reading once every
+    sample of a split that is otherwise decoded only when drawn (:mod:`medmtl.data.preflight`)."""
     datamodule.prepare_data()
     datamodule.setup("fit")
     datamodule.check_splits("fit")
     if test:
         datamodule.check_splits("test")
+    splits = ["train", "val"] + (["test"] if test else [])
+    settings = OmegaConf.to_container(data_cfg, resolve=True) if data_cfg is not None else {}
+    workers = int(data_cfg.get("num_workers", 0) or 0) if data_cfg is not None else 0
+    check_every_sample(datamodule, splits, cache_dir, settings, num_workers=workers)  # type: ignore[arg-type]
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -230,7 +236,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         record_identity(output_dir, digest)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
-    check_data_before_training(datamodule, test=cfg.get("test", True))
+    check_data_before_training(datamodule, cfg.get("test", True), cfg.data, cfg.paths.get("cache_dir"))
     module = build_module(cfg, datamodule)
     timer = IterationTimer()
     loggers = _instantiate_group(cfg.get("logger"))

@@ -11,6 +11,9 @@ Lightning's ``prepare_data`` / ``setup`` / ``*_dataloader`` hooks it declares:
   that a stage needs into one sentence instead of a run that ends with empty metrics;
 - ``has_validation``: False when the protocol keeps no validation split (the last weights are
   then tested, nothing is selected on a validation loss);
+- ``lazily_read(split)``: the dataset of a split whose samples are decoded only when drawn, and
+  the files they read (None when ``setup`` already read and checked every sample): the run reads
+  every such sample once before training (:mod:`medmtl.data.preflight`);
 - ``separate_task_inputs``: True when each task has its own dataset and input (MedMNIST), so
   that one forward cannot serve every task; ``task_dataloader(task)`` then gives each task's own
   training loader (gradient accumulation draws from it).
@@ -19,10 +22,11 @@ Lightning's ``prepare_data`` / ``setup`` / ``*_dataloader`` hooks it declares:
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from medmtl.data.errors import DatasetError
 from medmtl.errors import ConfigError
@@ -51,6 +55,11 @@ class MultiTaskDataModule(L.LightningDataModule, abc.ABC):
     @abc.abstractmethod
     def split_sizes(self) -> dict[str, int]:
         """Samples per split (``train``, ``val``, ``test``) once ``setup`` has run."""
+
+    def lazily_read(self, split: str) -> tuple[Dataset, list[Path]] | None:
+        """``(dataset, files)`` when ``split``'s samples are decoded only when drawn; None (the
+        default) when ``setup`` read and checked every sample already."""
+        return None
 
     def task_dataloader(self, task: str) -> DataLoader:
         """One pass over ``task``'s own training data (datasets whose tasks have separate inputs)."""

@@ -205,6 +205,14 @@ class EmoticDataModule(SplitLoaders, MultiTaskDataModule):
             self.datasets[split] = EmoticDataset(count, source, self.setting, self.context_size, self.body_size, augment)
         log.info("EMOTIC (%s layout, %s setting): %s persons", layout, self.setting, self.split_sizes())
 
+    def lazily_read(self, split: str) -> tuple[Dataset, list[Path]] | None:
+        """The official layout's splits: a person's JPEG is decoded when drawn (the preprocessed
+        arrays are read and checked whole at setup)."""
+        dataset = self.datasets[split]
+        if not isinstance(dataset.source, MatSource):
+            return None
+        return dataset, sorted({self.root / str(name) for name in dataset.source.records.image})
+
     def make_evaluator(self):
         from medmtl.metrics.emotic import EmoticEvaluator
 

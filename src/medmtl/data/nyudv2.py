@@ -255,6 +255,11 @@ class NYUDv2DataModule(SplitLoaders, MultiTaskDataModule):
             self.datasets[name] = NYUDv2Dataset(samples, layout, self.task_names, self.resolution, augment)
         log.info("NYUDv2 (%s layout, %s): %s", layout, ", ".join(self.task_names), self.split_sizes())
 
+    def lazily_read(self, split: str) -> tuple[Dataset, list[Path]] | None:
+        """Every split: a sample's image and label files are read when it is drawn."""
+        dataset = self.datasets[split]
+        return dataset, [path for sample in dataset.samples for path in sample.files.values()]
+
     def make_evaluator(self):
         from medmtl.metrics.scene import SceneEvaluator
 
