@@ -49,7 +49,7 @@ LIBMTL_REFERENCE = {"pcgrad": ("PCGrad", {}), "mgda": ("MGDA", {"mgda_gn": "none
 
 
 def discovered_strategies() -> dict:
-    """Every ``conf/optim`` entry (vanilla first: the baseline) with its profile."""
+    """Every ``src/medmtl/conf/optim`` entry (vanilla first: the baseline) with its profile."""
     from medmtl.catalogue import strategy_names, strategy_profile
 
     names = sorted(strategy_names(), key=lambda n: (n != "vanilla", n))

@@ -70,7 +70,7 @@ def main() -> None:
     failures = []
     from medmtl.catalogue import strategy_names
 
-    for name in args.only or strategy_names():  # every conf/optim entry
+    for name in args.only or strategy_names():  # every src/medmtl/conf/optim entry
         try:  # one strategy's error is a failure of that row, reported; the others still run
             # the device's own generator draws other numbers than the CPU's from the same seed: a
             # strategy that draws on the device is compared with itself, run twice on CUDA

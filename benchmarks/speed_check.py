@@ -2,7 +2,7 @@
 
     python benchmarks/speed_check.py [--device cpu] [--only vanilla pcgrad ...]
 
-For every strategy (``conf/optim``): two training steps of the tiny U-Net with plain SGD (MAO: its
+For every strategy (``src/medmtl/conf/optim``): two training steps of the tiny U-Net with plain SGD (MAO: its
 own optimizer; lr 0.01:
 Adam's g / sqrt(v) would turn rounding differences into whole steps wherever a gradient component
 is near zero), eager and in the default memory format, against the same two steps with

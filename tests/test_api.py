@@ -84,6 +84,44 @@ def test_the_names_and_definitions_are_hydras():
         assert optim_config(name) == hydra, name
 
 
+def test_an_installed_wheel_builds_every_strategy_without_the_repository(tmp_path):
+    """``pip install medmtl`` (a wheel, not an editable install): the strategy definitions are package
+    data, so every name builds from the installed package alone (run from a folder outside the
+    checkout, the installed copy first on the path)."""
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(PROJECT_ROOT),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "wheel"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    wheel = next((tmp_path / "wheel").glob("medmtl-*.whl"))
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"), str(wheel)],
+        capture_output=True,
+        text=True,
+    )
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import medmtl; from medmtl.api import make_strategy, strategy_names; "
+        "assert medmtl.__file__.startswith(sys.argv[1]), medmtl.__file__; "
+        "print(len([make_strategy(n) for n in strategy_names() if n != 'stl']), len(strategy_names()))"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "site")], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(len(strategy_names()) - 1), str(len(strategy_names()))]
+
+
 # ----- the same steps as the framework --------------------------------------------------------
 class UserNet(nn.Module):
     """What a user writes: a trunk and two heads, no MultiTaskNet (MultiLeNet's layers, in another class)."""

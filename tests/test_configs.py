@@ -6,6 +6,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
 from helpers import CONF, compose_train, options
+from medmtl.catalogue import PACKAGE_CONF_DIR
 
 GROUPS = ("data", "model", "optim", "trainer", "logger", "callbacks", "experiment")
 
@@ -39,7 +40,7 @@ def test_default_composition_is_pascal_2022s_pipeline_on_synthetic_data():
 
 def test_every_optim_file_names_itself():
     for option in options("optim"):
-        text = (CONF / "optim" / f"{option}.yaml").read_text()
+        text = (PACKAGE_CONF_DIR / "optim" / f"{option}.yaml").read_text()
         assert f"name: {option}" in text, option
 
 

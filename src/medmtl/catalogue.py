@@ -1,4 +1,4 @@
-"""What the configuration offers, discovered from ``conf/``: a new ``conf/optim/<name>.yaml`` is a
+"""What the configuration offers, discovered from ``conf/``: a new ``src/medmtl/conf/optim/<name>.yaml`` is a
 new strategy for the benchmarks, the checks and the tests, with nothing else to edit.
 
 - :func:`options`: the entries of a config group (files starting with ``_`` are partial bases).
@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+#: the groups shipped in the package (the strategies: ``optim``), found by Hydra through its search path
+PACKAGE_CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
+    folders = (CONF_DIR / group, PACKAGE_CONF_DIR / group)
+    return sorted({p.stem for folder in folders for p in folder.glob("*.yaml") if not p.stem.startswith("_")})
 
 
 def strategy_names() -> list[str]:

@@ -1,6 +1,6 @@
-"""Strategies by name, outside Hydra: the same names, options and defaults as ``conf/optim``.
+"""Strategies by name, outside Hydra: the same names, options and defaults as ``medmtl/conf/optim``.
 
-``optim_config(name)`` reads ``conf/optim/<name>.yaml`` with its ``defaults`` list (the shared
+``optim_config(name)`` reads ``medmtl/conf/optim/<name>.yaml`` with its ``defaults`` list (the shared
 ``_adam`` / ``_common`` files, or the strategy it extends: ``mgda_ub`` extends ``mgda``) merged as
 Hydra merges them: a later file's keys replace an earlier one's, dictionaries key by key. A test
 holds it equal to Hydra's composition for every strategy. ``make_strategy(name, **options)``
@@ -22,12 +22,12 @@ import yaml
 from medmtl.errors import ConfigError
 from medmtl.strategies.base import Strategy
 
-#: the strategy definitions: the experiments' conf/optim (src/medmtl/api -> the repository root)
-OPTIM_DIR = Path(__file__).resolve().parents[3] / "conf" / "optim"
+#: the strategy definitions, shipped in the package (the experiments' optim group reads them too)
+OPTIM_DIR = Path(__file__).resolve().parents[1] / "conf" / "optim"
 
 
 def strategy_names() -> list[str]:
-    """Every strategy ``conf/optim`` defines (its files not starting with ``_``)."""
+    """Every strategy ``medmtl/conf/optim`` defines (its files not starting with ``_``)."""
     return sorted(p.stem for p in _optim_dir().glob("*.yaml") if not p.stem.startswith("_"))
 
 
@@ -43,7 +43,7 @@ def optim_config(name: str) -> dict[str, Any]:
 
 
 def make_strategy(name: str, **options: Any) -> Strategy:
-    """Strategy ``name`` with ``conf/optim/<name>.yaml``'s defaults, ``options`` replacing entries
+    """Strategy ``name`` with ``medmtl/conf/optim/<name>.yaml``'s defaults, ``options`` replacing entries
     of its ``strategy:`` block (e.g. ``make_strategy("jd_cagrad", options={"c": 0.4})``)."""
     spec = dict(optim_config(name)["strategy"])
     known = sorted(k for k in spec if not k.startswith("_"))
@@ -66,8 +66,8 @@ def build(spec: dict[str, Any]) -> Any:
 def _optim_dir() -> Path:
     if not OPTIM_DIR.is_dir():
         raise ConfigError(
-            f"The strategy definitions are not at {OPTIM_DIR}: install medmtl from its repository (make install, "
-            "an editable install), where conf/optim holds them."
+            f"The strategy definitions are not at {OPTIM_DIR}: this medmtl installation is incomplete "
+            "(reinstall it: pip install medmtl, or make install in a checkout)."
         )
     return OPTIM_DIR
 

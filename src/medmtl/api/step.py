@@ -43,8 +43,8 @@ from medmtl.tasks import VALIDATION, Task
 
 class MultiTaskStep:
     """Args: network (a :class:`~medmtl.api.TaskNetwork` or any ``MultiTaskNet``); tasks (their
-    names are the network's); strategy (a name from ``conf/optim`` or a built strategy); optimizer
-    (parameters -> optimizer; default: the strategy's in ``conf/optim``, Adam at 1e-4 for most);
+    names are the network's); strategy (a name from ``src/medmtl/conf/optim`` or a built strategy); optimizer
+    (parameters -> optimizer; default: the strategy's in ``src/medmtl/conf/optim``, Adam at 1e-4 for most);
     clip_norm (global gradient norm per optimizer step; default the strategy's, usually none);
     input_keys (the batch entries passed to the network, in order); task_batches /
     validation_batches (module docstring); nonfinite (``stop`` | ``skip`` | ``off``, as

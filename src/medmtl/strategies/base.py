@@ -10,7 +10,7 @@ restored from, every checkpoint with the model. ``extra_state`` covers non-tenso
 
 To add a strategy: subclass :class:`Strategy`, implement ``training_step`` (and, when it needs more
 than one optimizer or optimizes its own parameters, ``configure_optimizers``), add
-``conf/optim/<name>.yaml``. The module is not touched.
+``src/medmtl/conf/optim/<name>.yaml``. The module is not touched.
 """
 
 from __future__ import annotations
