@@ -45,6 +45,11 @@ results: install ## rerun the recorded reproductions into results/ (hours on a C
 	$(PYTHON) src/train.py -m experiment=multimnist_sener2018 data=multimnist data.root=$(SHARED_DATA)/mnist \
 		trainer.max_epochs=15 speed.channels_last=true hydra.sweep.dir=results/multimnist_sener2018
 	$(PYTHON) src/report.py results/multimnist_sener2018 --metrics left_acc right_acc --baseline "stl (MultiLeNet)"
+	$(PYTHON) src/train.py -m experiment=medmnist_yang2023 data=medmnist data.root=$(SHARED_DATA)/medmnist \
+		trainer.max_epochs=5 speed.channels_last=true yang2023_dataset=pneumoniamnist hydra.sweep.dir=results/medmnist_yang2023_pneumonia
+	$(PYTHON) src/train.py -m experiment=medmnist_yang2023 data=medmnist data.root=$(SHARED_DATA)/medmnist \
+		trainer.max_epochs=20 speed.channels_last=true yang2023_dataset=breastmnist,retinamnist hydra.sweep.dir=results/medmnist_yang2023
+	$(PYTHON) src/report.py results/medmnist_yang2023 results/medmnist_yang2023_pneumonia --metrics auc_mean acc_mean
 	$(PYTHON) src/train.py -m experiment=multimnist_sener2018 data=multimnist data.root=$(SHARED_DATA)/mnist \
 		speed.channels_last=true seed=0 optim=vanilla,mgda_ub,stl hydra.sweep.dir=results/multimnist_sener2018_100epochs
 	$(PYTHON) src/report.py results/multimnist_sener2018_100epochs --metrics left_acc right_acc --baseline "stl (MultiLeNet)"
