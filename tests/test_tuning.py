@@ -54,23 +54,18 @@ def test_a_search_that_cannot_search_is_one_sentence(space, n_trials, message):
         check_search_space(space, n_trials)
 
 
+def tiny_search(tmp_path, sweep, *overrides: str):
+    """``experiment=tune`` of vanilla on the tiny quickstart, from the command line, into ``sweep``."""
+    tiny = (o for o in TINY if not o.startswith("experiment="))
+    arguments = ["-m", "experiment=tune", "optim=vanilla", "trainer=cpu", *tiny, *overrides, f"hydra.sweep.dir={sweep}"]
+    return run("train.py", arguments, tmp_path)
+
+
 def test_a_bad_search_ends_the_sweep_with_exit_2_before_any_trial(tmp_path):
     """From the command line: one sentence, exit 2, no trial folder (Hydra only warns about a
     callback's exception; the sweep must still stop)."""
     sweep = tmp_path / "tune"
-    done = run(
-        "train.py",
-        [
-            "-m",
-            "experiment=tune",
-            "optim=vanilla",
-            "trainer=cpu",
-            *(o for o in TINY if not o.startswith("experiment=")),
-            "optim.optimizer.lr=tag(log, interval(0, 0.01))",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        tmp_path,
-    )
+    done = tiny_search(tmp_path, sweep, "optim.optimizer.lr=tag(log, interval(0, 0.01))")
     assert done.returncode == 2, done.stderr[-2000:]
     assert "log scale and must start above 0" in done.stderr and "Traceback" not in done.stderr
     assert not list(sweep.glob("*/metrics.json"))
@@ -80,20 +75,7 @@ def test_a_search_none_of_whose_trials_completes_lists_them_and_exits_with_their
     """Every trial refused (an image side the U-Net cannot take): after the last trial, one line per
     trial and exit 2, not Optuna's "No trials are completed yet" traceback."""
     sweep = tmp_path / "tune"
-    done = run(
-        "train.py",
-        [
-            "-m",
-            "experiment=tune",
-            "optim=vanilla",
-            "trainer=cpu",
-            *(o for o in TINY if not o.startswith("experiment=")),
-            "data.image_size=30",
-            "hydra.sweeper.n_trials=2",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        tmp_path,
-    )
+    done = tiny_search(tmp_path, sweep, "data.image_size=30", "hydra.sweeper.n_trials=2")
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"every one of the 2 trials of {sweep} failed" in done.stderr and "Traceback" not in done.stderr
     assert done.stderr.count("configuration error: UNetVGG16 needs image sides divisible by 16") == 2
