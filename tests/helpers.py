@@ -127,6 +127,16 @@ def run(script: str, overrides: list[str], tmp_path: Path, timeout: int = 600) -
     )
 
 
+def train_and_read_test_metrics(overrides: list[str], tmp_path: Path) -> dict[str, float]:
+    """``src/train.py`` with ``overrides`` into ``tmp_path/run``, checked to end with 0; the test
+    metrics its ``metrics.json`` records."""
+    import json
+
+    done = run("train.py", [*overrides, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
+
+
 def fit_briefly(module, datamodule, tmp_path, test: bool = False, **limits):
     """Two training iterations through Lightning (``quiet_trainer``), checked: the iteration count,
     finite weights, most parameters moved; the test stage's metrics when ``test``."""

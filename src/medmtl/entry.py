@@ -129,15 +129,14 @@ def _run_other_rank(function: Callable, cfg, output_dir: Path) -> object:
 
 
 def _several_processes(cfg) -> bool:
-    """Whether the run was configured for more than one process (``trainer.devices`` x ``num_nodes``)."""
+    """Whether the run was configured for more than one process (``trainer.devices`` x ``num_nodes``;
+    a device string such as ``auto`` may mean several)."""
     trainer = cfg.get("trainer") or {}
-    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1) or 1
-    count = (
-        len(devices)
-        if isinstance(devices, (list, tuple)) or hasattr(devices, "__len__") and not isinstance(devices, str)
-        else devices
-    )
-    return not isinstance(count, int) or count * int(nodes) > 1  # "auto" or "-1": possibly several
+    devices, nodes = trainer.get("devices", 1), int(trainer.get("num_nodes", 1) or 1)
+    if isinstance(devices, str):
+        return True
+    count = devices if isinstance(devices, int) else len(devices)
+    return count * nodes > 1
 
 
 def _other_rank_failure(output_dir: Path, wait_seconds: float = 5.0) -> dict | None:

@@ -10,14 +10,13 @@ each of their samples (without augmentation), so that a bad file ends the run be
 the reader's own sentence naming the file.
 
 Reading is paid once per content: a marker under ``<cache_dir>/preflight/`` is keyed on the
-files' paths, sizes and modification times and on the reader's settings; a later run with the
+files' paths, sizes and modification times and on the reader's settings (the sample cache's
+:func:`~medmtl.data.cache.source_key`); a later run with the
 same files and settings skips the pass, and changing a file (or a setting) checks again.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -26,19 +25,12 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from medmtl.data.cache import source_key
+
 log = logging.getLogger(__name__)
 
 #: bump when what a sample's reading checks changes
 PREFLIGHT_VERSION = 1
-
-
-def content_key(kind: str, split: str, files: Iterable[Path], settings: Mapping[str, Any]) -> str:
-    """A digest of the files' paths, sizes and modification times and of the settings."""
-    digest = hashlib.sha256(f"{PREFLIGHT_VERSION}|{kind}|{split}|{json.dumps(settings, sort_keys=True, default=str)}".encode())
-    for path in sorted(set(map(Path, files))):
-        stat = path.stat()
-        digest.update(f"|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:32]
 
 
 def _identity(sample: Any) -> Any:
@@ -61,11 +53,9 @@ def check_every_sample(
             continue
         marker = None
         if cache_dir is not None:
-            marker = (
-                Path(cache_dir)
-                / "preflight"
-                / f"{type(datamodule).__name__}-{split}-{content_key(type(datamodule).__name__, split, files, settings)}"
-            )
+            kind = type(datamodule).__name__
+            key = source_key(sorted(set(files)), kind=kind, split=split, settings=settings, preflight=PREFLIGHT_VERSION)
+            marker = Path(cache_dir) / "preflight" / f"{kind}-{split}-{key}"
             if marker.is_file():
                 continue
         started = time.perf_counter()

@@ -130,6 +130,9 @@ class TuningRecord(Callback):
     the method, the objective (split, metric, direction), the budget, the sampler and its seed, the
     search space -- so that the report states how every method was tuned."""
 
+    #: set when a search starts (on_multirun_start); None in a sweep this callback did not start
+    n_trials: int | None = None
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from medmtl.config_checks import check_search_space
         from medmtl.errors import ConfigError
@@ -169,7 +172,7 @@ class TuningRecord(Callback):
         """After the last trial of a search none of whose trials completed: the failures, one line
         each, and the exit code (the sweeper would otherwise end in Optuna's "No trials are
         completed yet" traceback)."""
-        if not hasattr(self, "n_trials"):  # not a search this callback started
+        if self.n_trials is None:  # not a search this callback started
             return
         output_dir = Path(str(config.hydra.runtime.output_dir))
         failure = output_dir / "failure.json"
