@@ -157,6 +157,24 @@ def test_delta_mtl_averages_one_declared_metric_per_task(tmp_path):
     assert table.delta["mtl_io"] == pytest.approx(100 * ((0.88 - 0.80) / 0.80 + (10.0 - 9.0) / 10.0) / 2)
 
 
+def test_delta_mtl_counts_only_the_task_metrics_among_the_shown_columns(tmp_path):
+    """A joint network on three of four tasks beside single-task runs of all four: ``--metrics`` on
+    the three gives its Delta_MTL over them (without the choice, the fourth task's absence makes it NaN)."""
+    rows = [("ga", {"a": 0.8, "b": 0.6, "c": 0.9, "d": 0.7}), ("vanilla", {"a": 0.88, "b": 0.57, "c": 0.9})]
+    for job, (strategy, aucs) in enumerate(rows):
+        folder = tmp_path / str(job)
+        _job(folder, strategy, 0, auc=0.0)
+        record = json.loads((folder / "metrics.json").read_text())
+        record["test"] = {f"{task}_auc": value for task, value in aucs.items()}
+        record["task_metrics"] = {task: f"{task}_auc" for task in aucs}
+        (folder / "metrics.json").write_text(json.dumps(record))
+    shown = ["a_auc", "b_auc", "c_auc"]
+    table = build_table(collect(tmp_path), metrics=shown, baseline="ga")
+    assert table.delta_metrics == shown
+    assert table.delta["vanilla"] == pytest.approx(100 * ((0.88 - 0.8) / 0.8 + (0.57 - 0.6) / 0.6 + 0.0) / 3)
+    assert np.isnan(build_table(collect(tmp_path), baseline="ga").delta["vanilla"])
+
+
 def test_runs_of_one_method_and_fold_never_overwrite_each_other(tmp_path):
     """Single-task runs of one strategy, one dataset each: their own metrics merge into one row,
     a metric several of them report (a mean over datasets) is left out and named."""

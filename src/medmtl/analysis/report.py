@@ -151,14 +151,16 @@ def _arms_that_separate(runs: Sequence[Run], attributes: Sequence[str]) -> list[
 def delta_metrics(runs: Sequence[Run], shown: Sequence[str]) -> list[str]:
     """The T terms of Delta_MTL: one metric per task, as the runs' evaluators declared them
     (``task_metrics`` in metrics.json: REFUGE's auc, dice_od, dice_oc, fovea_error_px), merged over
-    runs that cover different tasks (IDRiD's classifier, segmenter and multi-task network); every
-    shown task metric when the runs declare none or declare two metrics for one task."""
+    runs that cover different tasks (IDRiD's classifier, segmenter and multi-task network), kept to
+    the shown columns (``--metrics`` naming three of four tasks' metrics compares runs on those three:
+    a joint network trained on three of the tasks beside the four-task one); every shown task
+    metric when the runs declare none or declare two metrics for one task."""
     merged: dict[str, str] = {}
     for run in runs:
         for task, metric in (run.attributes.get("task_metrics") or {}).items():
             if merged.setdefault(task, metric) != metric:
                 return list(shown)
-    return list(merged.values()) if merged else list(shown)
+    return [m for m in merged.values() if m in shown] if merged else list(shown)
 
 
 def baseline_values(
