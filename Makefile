@@ -6,14 +6,15 @@ STAMP := .make/install.stamp
 # Read before Python starts: no hub access, no albumentations update check.
 export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE ?= 1
+export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: help install quickstart train test test-all lint report bench results clean-logs
+.PHONY: help install quickstart train test test-all lint docs docs-serve report bench results clean-logs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
-	$(PIP) install -e ".[experiments,dev,sweep,bench]"
+	$(PIP) install -e ".[experiments,dev,sweep,bench,docs]"
 	@mkdir -p $(dir $@) && touch $@
 
 install: $(STAMP) ## install the package, PyTorch and every dependency (idempotent)
@@ -26,6 +27,12 @@ train: install ## python src/train.py $(ARGS), e.g. make train ARGS="optim=vanil
 
 test: install ## the default (fast) test suite
 	$(PYTHON) -m pytest -m "not slow"
+
+docs: install ## the documentation site from docs/ and the docstrings, into site/ (any warning fails it)
+	$(PYTHON) -m mkdocs build --strict
+
+docs-serve: install ## serve the documentation site at http://127.0.0.1:8000 while you edit docs/
+	$(PYTHON) -m mkdocs serve
 
 lint: install ## ruff (lint + format check) and mypy on the package
 	$(PYTHON) -m ruff check src tests benchmarks examples
