@@ -20,6 +20,7 @@ from torch import nn
 from helpers import PROJECT_ROOT, PlainContext, compose_train, options
 from medmtl.api import ConfigError, MultiTaskStep, TaskNetwork, make_strategy, optim_config, strategy_names
 from medmtl.data.multimnist import multimnist_tasks
+from medmtl.errors import NonFiniteError
 from medmtl.models.multi_lenet import MultiLeNet
 from medmtl.tasks import VALIDATION
 
@@ -263,6 +264,53 @@ def test_bad_strategy_input_is_refused_before_any_parameter_changes():
         step({"left": torch.zeros(4, dtype=torch.long)})
     for key, value in net.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def nan_batches():
+    for batch in batches(False):
+        yield batch | {"image": batch["image"] * float("nan")}
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in FAMILIES else pytest.param(n, marks=pytest.mark.slow) for n in options("optim") if n != "stl"]
+)
+def test_a_nonfinite_loss_stops_the_loop_before_any_parameter_changes(name):
+    """optim.nonfinite=stop (the default): the sentence names the task's loss, and neither the
+    network's parameters nor the strategy's learnable weights took the update (NaN inputs make every
+    loss NaN; a strategy's statistics, such as DWA's loss history, may have recorded them)."""
+    torch.manual_seed(0)
+    network = user_network(MultiLeNet(multimnist_tasks(), dropout="none").double())
+    step = MultiTaskStep(
+        network,
+        multimnist_tasks(),
+        name,
+        task_batches={"left": nan_batches(), "right": nan_batches()},
+        validation_batches=nan_batches(),
+    )
+    before = [p.detach().clone() for p in [*network.parameters(), *step.strategy.parameters()]]
+    with pytest.raises(NonFiniteError, match="Training stopped at iteration 0 .*the loss of task 'left' is NaN or infinite"):
+        step(next(nan_batches()))
+    for was, now in zip(before, [*network.parameters(), *step.strategy.parameters()], strict=True):
+        assert torch.equal(was, now)
+
+
+@pytest.mark.parametrize("name", ["jd_cagrad", "jd_imtl_g", "jd_nash_mtl", "jd_fairgrad"])
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_host_solvers_hand_a_nonfinite_jacobian_to_the_guard_instead_of_failing(name, mode):
+    """Their solvers (an SVD, cvxpy, scipy) raise their own error on NaN; the guard stops in one
+    sentence, or skips the update, and no parameter changes."""
+    options = {"solver": "host"} if name in ("jd_cagrad", "jd_imtl_g") else {}
+    network = user_network(MultiLeNet(multimnist_tasks(), dropout="none").double())
+    step = MultiTaskStep(network, multimnist_tasks(), name, nonfinite=mode, **options)
+    before = [p.detach().clone() for p in network.parameters()]
+    if mode == "stop":
+        with pytest.raises(NonFiniteError, match="the loss of task 'left' is NaN or infinite"):
+            step(next(nan_batches()))
+    else:
+        step(next(nan_batches()))
+        assert step.guard.skipped_updates == 1
+    for was, now in zip(before, network.parameters(), strict=True):
+        assert torch.equal(was, now)
 
 
 def run_example(*command: str) -> list[str]:

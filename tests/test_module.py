@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 
+from medmtl.api import MultiTaskStep
 from medmtl.data.refuge import RefugeDataModule
 from medmtl.models.unet_vgg16 import UNetVGG16
 from medmtl.module import MultiTaskModule, check_precision
@@ -39,6 +40,24 @@ def test_global_step_counts_optimizer_steps_but_iterations_count_batches(refuge_
     batches = len(dm.train_dataloader())
     assert module.iterations == batches
     assert trainer.global_step == 4 * batches  # one Adam step per task per mini-batch
+
+
+def test_every_training_iteration_goes_through_the_apis_step(refuge_root, monkeypatch):
+    """One code path: the module's training step is medmtl.api.MultiTaskStep's, whose iteration and
+    epoch counters are the module's (the own-loop API and the framework cannot drift apart)."""
+    calls = []
+    original = MultiTaskStep.__call__
+
+    def counted(self, batch):
+        calls.append((self.iteration, self.epoch))
+        return original(self, batch)
+
+    monkeypatch.setattr(MultiTaskStep, "__call__", counted)
+    dm, module, trainer = make(refuge_root, EqualWeights(), max_epochs=2, enable_checkpointing=False)
+    trainer.fit(module, datamodule=dm)
+    batches = len(dm.train_dataloader())
+    assert calls == [(i, i // batches) for i in range(2 * batches)]
+    assert module.iterations == module.step.iteration == 2 * batches
 
 
 def test_checkpoint_restores_every_task_optimizer(refuge_root, tmp_path):

@@ -131,17 +131,24 @@ def _one_iteration(strategy, guard, batch, lr=1e-3):
     return model, before, buffers
 
 
-def test_stop_names_the_task_the_iteration_and_the_learning_rate():
+def test_stop_names_the_task_the_iteration_and_the_learning_rate_before_that_update():
+    """MTL-IO steps task by task: the three finite updates apply, the fovea's is refused before it
+    changes its head (a NaN target makes only the fovea loss NaN)."""
     batch = random_batch(0)
-    batch["fovea_heatmap"][0, 0, 0] = float("nan")  # a NaN target: the fovea loss is NaN
+    batch["fovea_heatmap"][0, 0, 0] = float("nan")
+    model, strategy = tiny_unet(), IndependentOptimizers()
+    optimizers = strategy.configure_optimizers(model, lambda p: torch.optim.Adam(p, lr=1e-3))
+    fovea_head = [p.detach().clone() for p in model.head_parameters("fovea")]
     guard = NonFiniteGuard("stop")
-    _one_iteration(IndependentOptimizers(), guard, batch)
+    guard.begin_iteration(7, 2, model)
     with pytest.raises(
         NonFiniteError,
         match=r"iteration 7 \(epoch 2\): the loss of task 'fovea' is NaN or infinite, "
         r"at learning rate 0.001",
     ):
-        guard.end_iteration([1e-3])
+        strategy.training_step(PlainContext(model, refuge_tasks(), optimizers, guard=guard), batch)
+    assert all(torch.equal(was, now) for was, now in zip(fovea_head, model.head_parameters("fovea"), strict=True))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_stop_names_a_non_finite_gradient_when_every_loss_is_finite():
@@ -149,11 +156,12 @@ def test_stop_names_a_non_finite_gradient_when_every_loss_is_finite():
     strategy = EqualWeights()
     (optimizer,) = strategy.configure_optimizers(model, lambda p: torch.optim.Adam(p, lr=1e-3))
     model.classifiers["glaucoma"][1].weight.register_hook(lambda g: torch.full_like(g, float("inf")))
+    before = [p.detach().clone() for p in model.parameters()]
     guard = NonFiniteGuard("stop")
     guard.begin_iteration(0, 0, model)
-    strategy.training_step(PlainContext(model, refuge_tasks(), [optimizer], guard=guard), random_batch(0))
     with pytest.raises(NonFiniteError, match=r"the gradient of the update from 'glaucoma', 'od', 'oc', 'fovea' \(learning rate"):
-        guard.end_iteration([1e-3])
+        strategy.training_step(PlainContext(model, refuge_tasks(), [optimizer], guard=guard), random_batch(0))
+    assert all(torch.equal(was, now) for was, now in zip(before, model.parameters(), strict=True))
 
 
 def test_a_finite_iteration_passes_and_off_checks_nothing():

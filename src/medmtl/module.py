@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from lightning.fabric.utilities import move_data_to_device
 
+from medmtl.api.step import MultiTaskStep
 from medmtl.data.task_streams import TaskBatchStreams
 from medmtl.distributed import GradientSync, Reducer, broadcast_buffers, innermost_optimizer
 from medmtl.epoch_means import EpochMeans, logger_writes_this_step
@@ -38,7 +39,7 @@ from medmtl.errors import ConfigError, NonFiniteError
 from medmtl.metrics.gather import gather_evaluator, in_split_order, merge
 from medmtl.models import build_model, count_parameters
 from medmtl.models.base import MultiTaskNet
-from medmtl.nonfinite import NonFiniteGuard, first_nonfinite, learning_rates
+from medmtl.nonfinite import NonFiniteGuard, first_nonfinite
 from medmtl.speed import SpeedOptions, check_compile
 from medmtl.strategies.base import Strategy
 from medmtl.strategies.context import TrainingContext, network_losses
@@ -166,7 +167,8 @@ class MultiTaskModule(L.LightningModule):
             raise ConfigError(f"{type(strategy).__name__} does not clip gradients: set optim.gradient_clip_val=null.")
         self.gradient_clip_val = gradient_clip_val
         self.nonfinite = NonFiniteGuard(nonfinite, max_consecutive_skips)
-        self.iterations = 0
+        #: every training iteration goes through the API's step (one code path with a user's own loop)
+        self.step = MultiTaskStep.over(self.model, strategy, self._training_context, self.optimizer_list, self.nonfinite)
         self.epoch_means = EpochMeans()  # the training values' epoch means (medmtl.epoch_means)
         self.evaluator = None
         self.test_predictions: dict | None = None
@@ -208,13 +210,22 @@ class MultiTaskModule(L.LightningModule):
             optimizer = innermost_optimizer(optimizer)
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
 
-    def _learning_rates(self) -> list[float]:
-        return sorted({lr for optimizer in self.optimizer_list() for lr in learning_rates(optimizer)})
+    @property
+    def iterations(self) -> int:
+        """Training iterations (mini-batches) so far, counted by the step (checkpointed)."""
+        return self.step.iteration
+
+    @iterations.setter
+    def iterations(self, value: int) -> None:
+        self.step.iteration = value
 
     @property
     def context(self) -> TrainingContext:
         """The :class:`~medmtl.strategies.context.TrainingContext` of this module: Lightning's
         ``manual_backward`` and optimizers, the module's clipping and per-task streams."""
+        return self._training_context()
+
+    def _training_context(self) -> TrainingContext:
         return TrainingContext(
             self.model,
             self.tasks,
@@ -265,10 +276,7 @@ class MultiTaskModule(L.LightningModule):
             self.evaluator = datamodule.make_evaluator()
 
     def training_step(self, batch, batch_idx: int) -> None:
-        self.nonfinite.begin_iteration(self.iterations, self.current_epoch, self.model)
-        logged = self.strategy.training_step(self.context, batch)
-        self.nonfinite.end_iteration(self._learning_rates())
-        self.iterations += 1
+        logged = self.step(batch)
         batch_size = self._batch_size(batch)
         if logged:
             task_losses = [v for k, v in logged.items() if k.startswith("loss/") and k != "loss/total"]
@@ -291,13 +299,14 @@ class MultiTaskModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         max_epochs = self.trainer.max_epochs or 1
         self.model.set_training_progress(self.current_epoch / max(1, max_epochs))
+        self.step.epoch = self.current_epoch  # Lightning's count is the truth (resumes included)
 
     def on_train_epoch_end(self) -> None:
         means = self.epoch_means.pop()
         if means:
             self.log_dict({f"train/{k}_epoch": v for k, v in means.items()}, on_step=False, on_epoch=True)
             self.log("train/loss", means["loss/total"], on_step=False, on_epoch=True, prog_bar=True)
-        self.strategy.on_train_epoch_end(self.current_epoch)
+        self.step.end_epoch()
         schedulers = self.lr_schedulers()
         if schedulers is not None:
             for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:

@@ -7,11 +7,14 @@ parameters, and for MAO the per-task gradients it was handed) to one device-side
 ``torch._foreach_norm(..., inf)`` (max |g| per tensor: a NaN or an infinity anywhere makes it
 non-finite, and a maximum cannot overflow the way a sum of squares can).
 
-- ``stop`` (default): the update is applied as usual and the flags of the iteration's losses and
-  steps stay on the device; after the iteration ONE host synchronisation reads them, and the
-  first non-finite one ends the run with :class:`~medmtl.errors.NonFiniteError`: which task's loss
-  (or which step's gradient), the iteration, the epoch and the learning rate. The weights in
-  memory may then be non-finite, but no checkpoint is written after that point.
+- ``stop`` (default): the flags of the losses stay on the device until an optimizer is about to
+  step; then ONE host synchronisation reads them with the flag of the gradients it would apply
+  (one read per optimizer step, as ``skip``: one per iteration for most strategies, T for MTL-IO),
+  and the first non-finite one ends the run with :class:`~medmtl.errors.NonFiniteError` before
+  that update: which task's loss (or which step's gradient), the iteration, the epoch and the
+  learning rate. The parameters keep the values of the last finite update (a user's own loop
+  can inspect them); losses computed after the iteration's last step (FAMO's second forward) are
+  read when the iteration ends.
 - ``skip``: each step reads its flag (one synchronisation per optimizer step, as an fp16 gradient
   scaler does) and a non-finite update is dropped (gradients cleared, optimizer not stepped); the
   floating-point buffers (batch-norm statistics) are restored to their values before the
@@ -106,6 +109,7 @@ class NonFiniteGuard:
         about = f"the gradient of the update from {', '.join(repr(t) for t in tasks) or 'no task'}"
         if self.mode == "stop":
             self._pending.append((finite, f"{about} (learning rate {_format(learning_rates(optimizer))})"))
+            self._stop_if_nonfinite(learning_rates(optimizer))
             return True
         if bool(finite):
             return True
@@ -115,15 +119,8 @@ class NonFiniteGuard:
 
     def end_iteration(self, learning_rate: Sequence[float]) -> None:
         """``stop``: one synchronisation reads the iteration's flags; ``skip``: count and restore."""
-        if self.mode == "stop" and self._pending:
-            flags = torch.stack([flag.to(self._pending[0][0].device) for flag, _ in self._pending])
-            if not bool(flags.all()):
-                first = int((~flags).nonzero()[0])
-                raise NonFiniteError(
-                    f"Training stopped at iteration {self._iteration} (epoch {self._epoch}): {self._pending[first][1]} is "
-                    f"NaN or infinite, at learning rate {_format(learning_rate)}; lower optim.optimizer.lr, clip "
-                    "gradients (optim.gradient_clip_val), or set optim.nonfinite=skip to drop such updates."
-                )
+        if self.mode == "stop":
+            self._stop_if_nonfinite(learning_rate)
         if self.mode == "skip":
             if self._skipped_now:
                 for buffer, saved in self._buffers:
@@ -138,6 +135,20 @@ class NonFiniteGuard:
                     f"iterations in a row produced non-finite losses or gradients ({self.skipped_updates} updates "
                     f"skipped in all), at learning rate {_format(learning_rate)}; lower optim.optimizer.lr."
                 )
+
+    def _stop_if_nonfinite(self, learning_rate: Sequence[float]) -> None:
+        """``stop``: one synchronisation reads the flags not read yet; the first non-finite one ends the run."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        flags = torch.stack([flag.to(pending[0][0].device) for flag, _ in pending])
+        if not bool(flags.all()):
+            first = int((~flags).nonzero()[0])
+            raise NonFiniteError(
+                f"Training stopped at iteration {self._iteration} (epoch {self._epoch}): {pending[first][1]} is "
+                f"NaN or infinite, at learning rate {_format(learning_rate)}; lower optim.optimizer.lr, clip "
+                "gradients (optim.gradient_clip_val), or set optim.nonfinite=skip to drop such updates."
+            )
 
 
 def _format(rates: Sequence[float]) -> str:

@@ -7,7 +7,9 @@
 
 The strategy object, its optimizers and the step context are the framework's own
 (:class:`~medmtl.strategies.context.PlainContext`: plain ``Tensor.backward``, global-norm clipping);
-only the Lightning hooks are not involved. Losses are given as :class:`~medmtl.tasks.Task` objects
+only the Lightning hooks are not involved. The framework's LightningModule trains through this same
+class (:meth:`MultiTaskStep.over`: its context is Lightning's ``manual_backward``, optimizers and
+per-task loader streams), so one iteration is one code path in both. Losses are given as :class:`~medmtl.tasks.Task` objects
 (a per-sample loss and where the target is in the batch), not as values: most strategies evaluate
 a task's loss more than once per iteration (MTL-IO re-forwards per task, FAMO after its step, the
 -UB strategies at the representation), and the per-sample form is what makes partial labels
@@ -26,7 +28,7 @@ Strategies that read more than the batch say so before any parameter changes: ``
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -37,7 +39,7 @@ from medmtl.errors import ConfigError
 from medmtl.models.base import MultiTaskNet
 from medmtl.nonfinite import NonFiniteGuard, learning_rates
 from medmtl.strategies.base import OptimizerFactory, Strategy
-from medmtl.strategies.context import PlainContext
+from medmtl.strategies.context import PlainContext, TrainingContext
 from medmtl.tasks import VALIDATION, Task
 
 
@@ -101,18 +103,49 @@ class MultiTaskStep:
         self.optimizers = self.strategy.configure_optimizers(network, factory)
         clip = clip_norm if clip_norm is not None else config.get("gradient_clip_val")
         self.context = PlainContext(network, self.tasks, self.optimizers, clip, streams, self.guard, input_keys, self.reducer)
+        self._current_context: Callable[[], TrainingContext] = self._plain_context
+        self._current_optimizers: Callable[[], Sequence[torch.optim.Optimizer]] = self._plain_optimizers
+        self._shares_random_states = True
         self.iteration, self.epoch = 0, 0
+
+    @classmethod
+    def over(
+        cls,
+        network: MultiTaskNet,
+        strategy: Strategy,
+        context: Callable[[], TrainingContext],
+        optimizers: Callable[[], Sequence[torch.optim.Optimizer]],
+        guard: NonFiniteGuard,
+    ) -> MultiTaskStep:
+        """The step of a strategy whose context, optimizers and guard were built elsewhere: the
+        framework's LightningModule, whose context (Lightning's ``manual_backward``, optimizers and
+        the datamodule's per-task streams) exists only once the trainer is attached, hence the
+        callables. The caller has set the strategy up and shares the ranks' random states itself
+        (at every start of training, resumes included)."""
+        step = cls.__new__(cls)
+        step.strategy, step.network, step.guard = strategy, network, guard
+        step._current_context, step._current_optimizers = context, optimizers
+        step._shares_random_states = False
+        step.iteration, step.epoch = 0, 0
+        return step
+
+    def _plain_context(self) -> TrainingContext:
+        return self.context
+
+    def _plain_optimizers(self) -> Sequence[torch.optim.Optimizer]:
+        return self.optimizers
 
     def __call__(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One iteration on ``batch``: the strategy's update of the network (and of its own weights)."""
-        missing = [key for key in self.context.input_keys if key not in batch]
+        context = self._current_context()
+        missing = [key for key in context.input_keys if key not in batch]
         if missing:
             raise KeyError(f"The batch lacks the network's inputs {missing} (input_keys); it has {sorted(batch)}.")
-        if self.iteration == 0:
+        if self.iteration == 0 and self._shares_random_states:
             self.reducer.share_random_states()
         self.guard.begin_iteration(self.iteration, self.epoch, self.network)
-        logged = self.strategy.training_step(self.context, batch)
-        self.guard.end_iteration(sorted({lr for o in self.optimizers for lr in learning_rates(o)}))
+        logged = self.strategy.training_step(context, batch)
+        self.guard.end_iteration(sorted({lr for o in self._current_optimizers() for lr in learning_rates(o)}))
         self.iteration += 1
         return logged
 

@@ -22,6 +22,7 @@ of each half, T backward passes per half and one for the update.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,6 +63,10 @@ AGGREGATORS = {
 #: aggregators whose T x T problem :mod:`~medmtl.strategies.device_solvers` solves on G's device
 DEVICE_SOLVED = ("upgrad", "dualproj", "imtl_g", "cagrad")
 SOLVERS = ("auto", "device", "host")
+#: torchjd's weightings that raise their own error on a non-finite input (an SVD that does not
+#: converge, cvxpy, scipy): without the device solvers, such an input gets NaN weights instead, and
+#: the non-finite guard (``optim.nonfinite``) stops or skips the update in one sentence
+FAIL_ON_NONFINITE = ("upgrad", "dualproj", "imtl_g", "cagrad", "nash_mtl", "fairgrad")
 #: the paper defaults torchjd does not set itself
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "krum": {"n_byzantine": 0, "n_selected": 1},
@@ -260,6 +265,9 @@ class JacobianAggregator(GradientCombination):
         key = "|".join(names)
         weighting = self.weighting(names)
         stat = stat.to(torch.promote_types(stat.dtype, torch.float32))
+        host_solved = self.aggregator_name in FAIL_ON_NONFINITE and not self.solves_on_device(len(names))
+        if host_solved and not bool(torch.isfinite(stat).all()):  # these read the host anyway: no extra round trip
+            return torch.full((len(names),), math.nan, dtype=stat.dtype, device=stat.device)
         pending = self._pending.pop(key, None)
         if pending is not None:
             if isinstance(pending, NashState):
