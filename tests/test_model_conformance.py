@@ -14,9 +14,11 @@ from medmtl.data.idrid import idrid_tasks
 from medmtl.data.multimnist import multimnist_tasks
 from medmtl.data.nyudv2 import nyudv2_tasks
 from medmtl.models import SeparateNetworks, build_model
-from medmtl.tasks import refuge_tasks
+from medmtl.tasks import mark_auxiliary, refuge_tasks
 
 SCENE = lambda: nyudv2_tasks("nyud_mt", ["semseg", "depth", "normals", "edge"])
+#: the survey's PAD-Net and MTI-Net task set: normals and edges auxiliary (initial predictions only)
+SCENE_AUXILIARY = lambda: mark_auxiliary(SCENE(), ["normals", "edge"])
 #: per model: the task set it is tested with (its papers' tasks) and extra overrides
 TASK_SETS = {
     "unet_vgg16": (refuge_tasks, []),
@@ -34,6 +36,8 @@ TASK_SETS = {
     "padnet_hrnet": (SCENE, ["model=padnet", "model.backbone=hrnet_tiny"]),
     "mtl_baseline_hrnet": (SCENE, ["model=mtl_baseline", "model.backbone=hrnet_tiny"]),
     "mtinet": (SCENE, []),
+    "padnet_auxiliary": (SCENE_AUXILIARY, ["model=padnet"]),
+    "mtinet_auxiliary": (SCENE_AUXILIARY, ["model=mtinet"]),
     "emotic_2enc": (lambda: emotic_tasks("2task"), []),
     "emotic_2enc_26_tasks": (lambda: emotic_tasks("26task"), ["model=emotic_2enc"]),
     "multi_lenet": (multimnist_tasks, []),

@@ -155,6 +155,12 @@ class MultiTaskModule(L.LightningModule):
         self.input_keys = tuple(input_keys)
         self.task_by_name = {t.name: t for t in self.tasks}
         self.strategy = strategy
+        auxiliary = [t.name for t in self.tasks if t.auxiliary]
+        if auxiliary and strategy.separate_networks:
+            raise ConfigError(
+                f"optim={self.strategy_name} trains one network per task, and the auxiliary tasks {auxiliary} only "
+                "help a network they share: drop data.auxiliary_tasks for the single-task baselines."
+            )
         self.strategy.setup([t.name for t in self.tasks])
         self.model = build_model(model, self.tasks, strategy.separate_networks)
         self.speed = SpeedOptions.of(speed)
@@ -339,8 +345,9 @@ class MultiTaskModule(L.LightningModule):
             self.evaluator.update(outputs, batch)
 
     def _evaluation_epoch_end(self, stage: str) -> None:
-        """``<stage>/loss`` = sum over tasks of each task's mean loss over its labelled samples
-        (model selection monitors ``val/loss``, as Pascal et al. 2022: the summed validation loss)."""
+        """``<stage>/loss`` = sum over the evaluated tasks of each task's mean loss over its labelled
+        samples (model selection monitors ``val/loss``, as Pascal et al. 2022: the summed validation
+        loss); an auxiliary task's is logged as ``<stage>/loss/<task>`` and left out of the sum."""
         totals = self._gathered_evaluation_losses()
         if totals:
             means = {task: total / seen for task, (total, seen) in totals.items() if seen}
@@ -351,7 +358,8 @@ class MultiTaskModule(L.LightningModule):
                     "although its outputs are finite: check that task's targets."
                 )
             self.log_dict({f"{stage}/loss/{task}": value for task, value in means.items()})
-            self.log(f"{stage}/loss", sum(means.values()), prog_bar=stage == "val")
+            scored = [value for task, value in means.items() if not self.task_by_name[task].auxiliary]
+            self.log(f"{stage}/loss", sum(scored), prog_bar=stage == "val")
         self._evaluation_losses = {}
         routing = self.model.routing_statistics()
         if routing:

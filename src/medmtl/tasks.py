@@ -8,13 +8,14 @@ yields ``None`` for that task's loss (the strategies skip it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import torch
 
 from medmtl import losses
+from medmtl.errors import ConfigError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -48,6 +49,11 @@ class Task:
             ``semantic`` task.
         ignore_index: the target value of unlabelled pixels of a ``semantic`` task.
         metadata: free-form facts about the task (e.g. its dataset, input size, 3D).
+        auxiliary: predicted and trained, never evaluated: no metrics, no Delta_MTL term, not in
+            the validation loss that selects the model (:func:`mark_auxiliary`). Any network
+            predicts it like the others; the decoder-focused ones (PAD-Net, MTI-Net) predict it
+            only as an initial prediction that feeds the distillation of the other tasks, as
+            Vandenhende et al. 2022 use normals and edges on NYUDv2.
     """
 
     name: str
@@ -57,6 +63,7 @@ class Task:
     num_outputs: int = 1
     metadata: Mapping[str, object] = field(default_factory=dict)
     ignore_index: int | None = None
+    auxiliary: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -102,6 +109,23 @@ def refuge_tasks(focal_gamma: float = 2.0) -> list[Task]:
         Task("oc", "segmentation", losses.binary_cross_entropy),
         Task("fovea", "heatmap", losses.sigmoid_l1, target_key="fovea_heatmap"),
     ]
+
+
+def mark_auxiliary(tasks: Sequence[Task], names: Sequence[str]) -> list[Task]:
+    """``tasks`` with those named in ``names`` made auxiliary (``Task.auxiliary``); a name that is
+    not a task, or every task auxiliary (nothing left to evaluate), is refused in one sentence."""
+    all_names = [t.name for t in tasks]
+    unknown = [n for n in names if n not in all_names]
+    if unknown:
+        raise ConfigError(f"data.auxiliary_tasks names {unknown}, which are not among the tasks {all_names} (data.tasks).")
+    if set(all_names) <= set(names):
+        raise ConfigError(f"data.auxiliary_tasks makes every task auxiliary ({all_names}): at least one must be evaluated.")
+    return [replace(t, auxiliary=True) if t.name in names else t for t in tasks]
+
+
+def evaluated(tasks: Sequence[Task]) -> list[Task]:
+    """The tasks that are scored (every task but the auxiliary ones)."""
+    return [t for t in tasks if not t.auxiliary]
 
 
 def compute_losses(

@@ -46,7 +46,7 @@ from medmtl.data.errors import DatasetError
 from medmtl.data.nyudv2_layout import CLASSES, LAYOUT_TASKS, LAYOUTS, NyudSample, detect_layout, read_sample, scan_nyudv2
 from medmtl.data.sampling import SampleKey, split_key
 from medmtl.errors import ConfigError
-from medmtl.tasks import Task
+from medmtl.tasks import Task, evaluated, mark_auxiliary
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,8 @@ class NYUDv2DataModule(SplitLoaders, MultiTaskDataModule):
     ``normals``, ``edge``); resolution ([H, W] or null); augment (``mtan`` | ``survey`` | ``none``);
     val_fraction and split_seed (validation held out of the training images); batch sizes,
     workers; seed (training order and augmentation draws); normals_loss (``cosine`` | ``l1``);
-    edge_positive_weight; edge_thresholds (of the odsF metric)."""
+    edge_positive_weight; edge_thresholds (of the odsF metric); auxiliary_tasks (some of ``tasks``,
+    trained and never evaluated: :func:`~medmtl.tasks.mark_auxiliary`)."""
 
     def __init__(
         self,
@@ -197,6 +198,7 @@ class NYUDv2DataModule(SplitLoaders, MultiTaskDataModule):
         edge_positive_weight: float = 0.95,
         edge_thresholds: int = 50,
         pin_memory: bool = False,
+        auxiliary_tasks: Sequence[str] = (),
     ):
         super().__init__()
         if layout not in ("auto", *LAYOUTS):
@@ -206,6 +208,7 @@ class NYUDv2DataModule(SplitLoaders, MultiTaskDataModule):
         if not 0.0 <= val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}.")
         self.root, self.layout_choice, self.task_names = Path(root).expanduser(), layout, list(tasks)
+        self.auxiliary_tasks = list(auxiliary_tasks)
         self.resolution = tuple(resolution) if resolution else None
         self.augment, self.val_fraction, self.split_seed, self.seed = augment, val_fraction, split_seed, seed
         self.batch_size, self.eval_batch_size, self.num_workers, self.pin_memory = (
@@ -222,7 +225,8 @@ class NYUDv2DataModule(SplitLoaders, MultiTaskDataModule):
     def tasks(self) -> list[Task]:  # type: ignore[override]  # read lazily: the classes depend on the layout on disk
         """The chosen tasks; the semantic classes depend on the layout (read from disk with ``auto``)."""
         if self._tasks is None:
-            self._tasks = nyudv2_tasks(self.layout, self.task_names, self.normals_loss, self.edge_positive_weight)
+            tasks = nyudv2_tasks(self.layout, self.task_names, self.normals_loss, self.edge_positive_weight)
+            self._tasks = mark_auxiliary(tasks, self.auxiliary_tasks)
         return self._tasks
 
     @property
@@ -263,4 +267,4 @@ class NYUDv2DataModule(SplitLoaders, MultiTaskDataModule):
     def make_evaluator(self):
         from medmtl.metrics.scene import SceneEvaluator
 
-        return SceneEvaluator(self.tasks, edge_thresholds=self.edge_thresholds)
+        return SceneEvaluator(evaluated(self.tasks), edge_thresholds=self.edge_thresholds)

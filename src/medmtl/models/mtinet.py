@@ -28,6 +28,11 @@ Finally each task's distilled features of the four scales go through the survey'
 parameter counts per block are tested against counts written from this description. One
 deviation, for the test-sized ``hrnet_tiny`` only: the squeeze-and-excitation keeps at least one
 hidden unit where c_s < 16 (the authors' c_s // 16 would be 0).
+
+An auxiliary task (``Task.auxiliary``: the survey's normals and edges on NYUDv2, its code's
+``AUXILARY_TASKS``) is refined, predicted and propagated at every scale like the others, but has no
+distillation and no final head: its output is its initial prediction at the finest scale, the
+coarser ones deep-supervised.
 """
 
 from __future__ import annotations
@@ -130,10 +135,11 @@ class MTINet(DenseSceneNet):
         self.initial_predictions = nn.ModuleList(
             [nn.ModuleDict({t.name: conv_head(channels[s], t) for t in tasks}) for s in range(4)]
         )
+        final = [t for t in tasks if not t.auxiliary]
         self.distillation = nn.ModuleList(
-            [nn.ModuleDict({name: AttentionDistillation(name, names, channels[s]) for name in names}) for s in range(4)]
+            [nn.ModuleDict({t.name: AttentionDistillation(t.name, names, channels[s]) for t in final}) for s in range(4)]
         )
-        self.final = nn.ModuleDict({t.name: HighResolutionHead(sum(channels), t) for t in tasks})
+        self.final = nn.ModuleDict({t.name: HighResolutionHead(sum(channels), t) for t in final})
 
     def representation(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         self._input_size = tuple(image.shape[-2:])
@@ -156,25 +162,28 @@ class MTINet(DenseSceneNet):
                 }
             for name in tasks:
                 intermediate[name].append(cast(nn.ModuleDict, self.initial_predictions[s])[name](features[name]))
-                distilled[name].append(cast(nn.ModuleDict, self.distillation[s])[name](features))
+                if name in self.final:
+                    distilled[name].append(cast(nn.ModuleDict, self.distillation[s])[name](features))
             if s > 0:
                 propagated = cast(FeaturePropagation, self.propagation[s - 1])(features)
+        finest_initial = {name: intermediate[name].pop() for name in tasks if name not in self.final}  # auxiliary
         self.keep_intermediate(intermediate, self._input_size, tasks)
-        logits = {}
-        for name in tasks:
-            scales = list(reversed(distilled[name]))  # finest first
-            finest = scales[0].shape[-2:]
-            joined = torch.cat([scales[0], *(F.interpolate(f, size=finest, mode="bilinear") for f in scales[1:])], dim=1)
-            logits[name] = self.final[name](joined)
+        logits = {name: self._final(name, distilled[name]) if name in self.final else finest_initial[name] for name in tasks}
         return self.finish(logits, self._input_size)
+
+    def _final(self, name: str, distilled: list[torch.Tensor]) -> torch.Tensor:
+        """The HRNet head on the task's distilled features of the four scales (coarsest first in ``distilled``)."""
+        scales = list(reversed(distilled))  # finest first
+        finest = scales[0].shape[-2:]
+        joined = torch.cat([scales[0], *(F.interpolate(f, size=finest, mode="bilinear") for f in scales[1:])], dim=1)
+        return self.final[name](joined)
 
     def path_modules(self, task: str) -> list[nn.Module]:
         self._check_tasks([task])
-        own = [
-            m
-            for s in range(4)
-            for m in (cast(nn.ModuleDict, self.initial_predictions[s])[task], cast(nn.ModuleDict, self.distillation[s])[task])
-        ]
+        own: list[nn.Module] = [cast(nn.ModuleDict, self.initial_predictions[s])[task] for s in range(4)]
+        if task not in self.final:  # auxiliary
+            return [self.backbone, self.refinement, self.propagation, *own]
+        own += [cast(nn.ModuleDict, self.distillation[s])[task] for s in range(4)]
         return [self.backbone, self.refinement, self.propagation, *own, self.final[task]]
 
     def backbone_parameters(self) -> list[nn.Parameter]:

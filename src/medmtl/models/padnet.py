@@ -15,6 +15,10 @@ bottlenecks, a 1x1 convolution) predicts task k from F_k^o. Every initial head l
 path (through the distillation), so those are shared parameters for the strategies; a task's
 distillation, initial-prediction and final layers are its own. With the code's weights copied in,
 the outputs equal the code's (checked in float64); the blocks' parameter counts are tested.
+
+An auxiliary task (``Task.auxiliary``: the survey's normals and edges on NYUDv2, its code's
+``AUXILARY_TASKS``) has its initial head and prediction, and its features enter every other task's
+distillation, but it has no distillation and no final head: its output is its initial prediction.
 """
 
 from __future__ import annotations
@@ -89,10 +93,11 @@ class PADNet(DenseSceneNet):
             features = nn.Sequential(features, fuse)
         self.backbone = features
         names = [t.name for t in tasks]
+        final = [t for t in tasks if not t.auxiliary]
         self.initial_features = nn.ModuleDict({t.name: bottleneck_pair(in_channels, width) for t in tasks})
         self.initial_predictions = nn.ModuleDict({t.name: conv_head(width, t) for t in tasks})
-        self.distillation = nn.ModuleDict({name: AttentionDistillation(name, names, width) for name in names})
-        self.final = nn.ModuleDict({t.name: nn.Sequential(bottleneck_pair(width, width), conv_head(width, t)) for t in tasks})
+        self.distillation = nn.ModuleDict({t.name: AttentionDistillation(t.name, names, width) for t in final})
+        self.final = nn.ModuleDict({t.name: nn.Sequential(bottleneck_pair(width, width), conv_head(width, t)) for t in final})
 
     def representation(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         self._input_size = tuple(image.shape[-2:])
@@ -101,12 +106,17 @@ class PADNet(DenseSceneNet):
     def heads(self, shared: dict[str, torch.Tensor], tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         tasks = self._check_tasks(tasks)
         initial = {name: layer(shared["features"]) for name, layer in self.initial_features.items()}  # every task's: distilled
-        self.keep_intermediate({name: [self.initial_predictions[name](initial[name])] for name in tasks}, self._input_size, tasks)
-        logits = {name: self.final[name](self.distillation[name](initial)) for name in tasks}
+        predictions = {name: self.initial_predictions[name](initial[name]) for name in tasks}
+        distilled = [name for name in tasks if name in self.final]  # an auxiliary task's output is its initial prediction
+        self.keep_intermediate({name: [predictions[name]] for name in distilled}, self._input_size, tasks)
+        logits = {name: self.final[name](self.distillation[name](initial)) for name in distilled}
+        logits = {name: logits.get(name, predictions[name]) for name in tasks}
         return self.finish(logits, self._input_size)
 
     def path_modules(self, task: str) -> list[nn.Module]:
         self._check_tasks([task])
+        if task not in self.final:  # auxiliary
+            return [self.backbone, self.initial_features, self.initial_predictions[task]]
         return [self.backbone, self.initial_features, self.initial_predictions[task], self.distillation[task], self.final[task]]
 
     def backbone_parameters(self) -> list[nn.Parameter]:
