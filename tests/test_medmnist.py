@@ -170,6 +170,25 @@ def test_joint_batches_concatenate_one_batch_per_task_with_presence_masks(tmp_pa
     assert torch.equal(task.compute_loss(logits, batch), reference)
 
 
+def test_a_3d_task_draws_its_own_batch_size_and_the_epoch_covers_every_training_set(tmp_path):
+    """batch_size_3d: volumes per step of a 3D task (each is D slices for the encoder); the default
+    epoch is the most batches any task needs to see its training set once."""
+    dm = SyntheticMedMNISTDataModule(
+        str(tmp_path),
+        ["breastmnist", "adrenalmnist3d"],
+        synthetic={"n_train": 12, "n_val": 2, "n_test": 2},
+        batch_size=4,
+        batch_size_3d=2,
+    )
+    dm.setup()
+    assert next(iter(dm.task_dataloader("breastmnist")))["image"].shape[0] == 4
+    assert next(iter(dm.task_dataloader("adrenalmnist3d")))["image"].shape[0] == 2
+    assert len(dm.train_dataloader()) == 12 // 2  # the 3D task: 6 batches of 2; BreastMNIST: 3 of 4
+    same = SyntheticMedMNISTDataModule(str(tmp_path), ["breastmnist", "adrenalmnist3d"], synthetic={"n_train": 12}, batch_size=4)
+    same.setup()
+    assert next(iter(same.task_dataloader("adrenalmnist3d")))["image"].shape[0] == 4
+
+
 def test_joint_batches_refuse_3d_tasks(tmp_path):
     with pytest.raises(DatasetError, match="3D.*optim=ga"):
         SyntheticMedMNISTDataModule(str(tmp_path), ["breastmnist", "nodulemnist3d"], joint_batches=True)

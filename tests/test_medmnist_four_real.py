@@ -33,8 +33,8 @@ def test_every_arm_trains_with_schafer_2024s_recipe_and_the_same_budget_per_task
         assert cfg.optim.optimizer.lr == 1e-3 and cfg.optim.optimizer.weight_decay == 0.05
         assert cfg.data.input_range == "unit" and cfg.data.loss_normalization and cfg.data.augment
         assert cfg.model.backbone == "resnet18" and cfg.model.norm == "layernorm_noaffine" and cfg.model.weights_path is None
-        budgets.add((cfg.data.batch_size, cfg.data.steps_per_epoch, cfg.trainer.max_epochs))
-    assert budgets == {(16, 50, 6)}
+        budgets.add((cfg.data.batch_size, cfg.data.batch_size_3d, cfg.data.steps_per_epoch, cfg.trainer.max_epochs))
+    assert budgets == {(16, 4, 100, 9)}
 
 
 def test_a_tiny_sweep_gives_a_table_whose_delta_mtl_is_the_papers_formula_on_its_runs(tmp_path):
@@ -71,7 +71,7 @@ def test_a_tiny_sweep_gives_a_table_whose_delta_mtl_is_the_papers_formula_on_its
 @needs_medmnist_sample
 @pytest.mark.real_data
 def test_the_four_real_datasets_learn_together_in_one_epoch(tmp_path):
-    """One epoch (50 steps of 16 samples per task) on the official files; chance AUC is 0.5."""
+    """One epoch (100 steps of 16 images, or 4 volumes, per task) on the official files; chance AUC is 0.5."""
     test = train_and_read_test_metrics(
         ["experiment=medmnist_four_real", "data=medmnist", f"data.root={MEDMNIST_SAMPLE}", "trainer.max_epochs=1"], tmp_path
     )

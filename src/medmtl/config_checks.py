@@ -52,6 +52,7 @@ def _positive_size(value: Any) -> bool:
 RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.batch_size", _positive_int, "a positive integer"),
     ("data.eval_batch_size", _positive_int, "a positive integer"),
+    ("data.batch_size_3d", lambda v: v is None or _positive_int(v), "a positive integer (or null: data.batch_size)"),
     ("data.num_workers", _non_negative_int, "a whole number >= 0"),
     ("data.image_size", _positive_size, "a positive integer (or a [height, width] pair)"),
     ("data.resolution", _positive_size, "a [height, width] pair of positive integers"),

@@ -347,6 +347,8 @@ class MedMNISTDataModule(MultiTaskDataModule):
         flags: the datasets (tasks), e.g. ``[breastmnist, pneumoniamnist]``.
         size: image side of the files to read (28, 64, 128 or 224).
         batch_size: per task and step (Schafer et al. 2024: the same for every task).
+        batch_size_3d: per step of a 3D task, whose volume of D slices costs the encoder D images
+            (an AdrenalMNIST3D volume at 28 px: 28); default ``batch_size``.
         steps_per_epoch: optimisation steps per epoch; default: the batches of the largest
             training set (every dataset is seen at least once per epoch). One dataset with joint
             batches and no ``steps_per_epoch``: an epoch is one shuffled pass over its training
@@ -375,6 +377,7 @@ class MedMNISTDataModule(MultiTaskDataModule):
         eval_batch_size: int = 256,
         num_workers: int = 0,
         steps_per_epoch: int | None = None,
+        batch_size_3d: int | None = None,
         verify_md5: bool = True,
         max_samples: int | None = None,
         seed: int = 0,
@@ -394,6 +397,7 @@ class MedMNISTDataModule(MultiTaskDataModule):
             raise DatasetError("MedMNIST needs at least one dataset in data.flags.")
         self.root, self.flags, self.size = Path(root), list(flags), size
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.batch_size_3d = batch_size if batch_size_3d is None else batch_size_3d
         self.pin_memory = pin_memory
         self.steps_per_epoch, self.verify, self.max_samples, self.seed = steps_per_epoch, verify_md5, max_samples, seed
         self.tasks = [medmnist_task(flag, loss_normalization) for flag in self.flags]
@@ -438,23 +442,28 @@ class MedMNISTDataModule(MultiTaskDataModule):
         """Samples per split, summed over the datasets."""
         return {split: sum(len(d[split]) for d in self.datasets.values()) for split in SPLITS}
 
+    def task_batch_size(self, task: str) -> int:
+        """Samples per training step of ``task`` (``batch_size_3d`` for a 3D task)."""
+        return self.batch_size_3d if self.tasks[self.flags.index(task)].metadata["is_3d"] else self.batch_size
+
     def task_dataloader(self, task: str) -> DataLoader:
         """One shuffled pass over ``task``'s training set (GA restarts it when it ends)."""
         dataset = self.datasets[task]["train"]
+        batch_size = self.task_batch_size(task)
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             sampler=EpochSeededSampler(len(dataset), self.seed + self.flags.index(task)),
-            drop_last=len(dataset) > self.batch_size,
+            drop_last=len(dataset) > batch_size,
         )
 
     def train_dataloader(self) -> DataLoader | JointBatchLoader:
         if self.joint_batches and len(self.flags) == 1 and self.steps_per_epoch is None:
             return self.single_task_pass()
-        steps = self.steps_per_epoch or max(math.ceil(len(d["train"]) / self.batch_size) for d in self.datasets.values())
+        steps = self.steps_per_epoch or max(math.ceil(len(self.datasets[f]["train"]) / self.task_batch_size(f)) for f in self.flags)
         if self.joint_batches:
             return JointBatchLoader(self, steps)
         return DataLoader(_Steps(steps), batch_size=1)
