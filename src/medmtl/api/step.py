@@ -139,7 +139,7 @@ class MultiTaskStep:
         """One iteration on ``batch``: the strategy's update of the network (and of its own weights)."""
         context = self._current_context()
         missing = [key for key in context.input_keys if key not in batch]
-        if missing:
+        if missing and not self.strategy.uses_task_batches:  # GA draws its own batches (the framework hands it a step marker)
             raise KeyError(f"The batch lacks the network's inputs {missing} (input_keys); it has {sorted(batch)}.")
         if self.iteration == 0 and self._shares_random_states:
             self.reducer.share_random_states()

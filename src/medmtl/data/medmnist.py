@@ -463,7 +463,9 @@ class MedMNISTDataModule(MultiTaskDataModule):
     def train_dataloader(self) -> DataLoader | JointBatchLoader:
         if self.joint_batches and len(self.flags) == 1 and self.steps_per_epoch is None:
             return self.single_task_pass()
-        steps = self.steps_per_epoch or max(math.ceil(len(self.datasets[f]["train"]) / self.task_batch_size(f)) for f in self.flags)
+        steps = self.steps_per_epoch or max(
+            math.ceil(len(self.datasets[f]["train"]) / self.task_batch_size(f)) for f in self.flags
+        )
         if self.joint_batches:
             return JointBatchLoader(self, steps)
         return DataLoader(_Steps(steps), batch_size=1)
