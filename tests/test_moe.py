@@ -47,6 +47,44 @@ def test_top_p_on_raw_confidence_differs_from_normalised_scores():
     assert top_p_mask(scores, 0.8, "normalised").tolist() == [[True, True, True], [True, True, False]]
 
 
+def test_moe_blocks_have_the_authors_layer_counts():
+    """Counted by hand from the authors' code's layer list (Roy 2025), 3 experts, on ResNet-18's
+    widths (C = 512 final, 64 at stride 4): every convolution with a bias, batch norm after the
+    depthwise-separable pairs; the classification gate on C, the segmentation gate on the ASPP's A."""
+    model = MoEDeepLabV3Plus(
+        [t for t in idrid_tasks() if t.name in ("retinopathy", "od")], backbone="resnet18", input_normalization="none"
+    )
+    C, low, A, W, P, H, E, k = 512, 64, 256, 256, 64, 256, 3, 5
+    count = lambda module: sum(p.numel() for p in module.parameters())
+    separable = lambda i, o, bn=True: i * 9 + i + i * o + o + (2 * o if bn else 0)
+    aspp = (C * A + A + 2 * A) + 3 * separable(C, A) + (C * A + A + 2 * A) + (5 * A * A + A + 2 * A)
+    assert count(model.aspp) == aspp
+    segmentation = (low * P + P + 2 * P) + separable(A + P, W) + (W + 1)
+    assert count(model.experts["od"]) == E * segmentation
+    classification = separable(C, C // 2, bn=False) + (C // 2 * H + H) + (H * k + k)
+    assert count(model.experts["retinopathy"]) == E * classification
+    assert count(model.gates["retinopathy"]) == C * E + E and count(model.gates["od"]) == A * E + E
+
+
+def test_the_classification_expert_is_the_authors_pool_separable_conv_and_mlp():
+    """Written from the description: pool to 11 x 16, depthwise 3x3 of stride 2 and pointwise to
+    C / 2, global mean, linear, ReLU, (dropout, off in eval), linear."""
+    model = MoEDeepLabV3Plus([t for t in idrid_tasks() if t.name == "retinopathy"], **TINY).eval()
+    expert = model.experts["retinopathy"][0]
+    depthwise, pointwise = expert.body[1]
+    first, last = expert.mlp[0], expert.mlp[3]
+    x = torch.rand(2, depthwise.in_channels, 7, 9)
+    pooled = torch.nn.functional.adaptive_avg_pool2d(x, (11, 16))
+    y = torch.nn.functional.conv2d(pooled, depthwise.weight, depthwise.bias, stride=2, padding=1, groups=x.shape[1])
+    y = torch.nn.functional.conv2d(y, pointwise.weight, pointwise.bias).mean(dim=(2, 3))
+    expected = torch.nn.functional.linear(
+        torch.relu(torch.nn.functional.linear(y, first.weight, first.bias)), last.weight, last.bias
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(expert(x), expected)
+    assert pointwise.out_channels == x.shape[1] // 2
+
+
 def _model(**options):
     return MoEDeepLabV3Plus(idrid_tasks(["od", "he"]), **(TINY | options)).eval()
 

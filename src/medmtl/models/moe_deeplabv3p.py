@@ -2,13 +2,23 @@
 
 - Shared backbone: a timm ResNet (ResNet-50 in Roy 2025) with output stride 16; its stride-4
   features feed the DeepLabV3+ decoders.
-- Shared ASPP for the segmentation tasks: 1x1 conv, three depthwise-separable 3x3 convs at rates
-  6/12/18, image pooling, projected to ``aspp_channels`` (256).
-- Per task, ``n_experts`` (3) experts and a gate. Classification expert: adaptive average pool of
-  the backbone's final map to 4x4, a depthwise-separable conv, global pool, linear. Segmentation
-  expert: a DeepLabV3+ decoder (low-level 1x1 to 48 channels, ASPP output up-sampled and
-  concatenated, two depthwise-separable 3x3 convs, a 1x1 to one logit, up-sampled to the input).
-  Gate: global average pool of the backbone's final map, linear, sigmoid: scores s_e in (0, 1).
+- Shared ASPP for the segmentation tasks, as the authors' code builds it: a 1x1 conv, three
+  depthwise-separable 3x3 convs at rates 6/12/18 and an image-pooling branch (1x1 conv), each
+  followed by batch norm and ReLU, concatenated and projected by a 1x1 conv, batch norm, ReLU to
+  ``aspp_channels`` (256). Their convolutions carry biases and their depthwise-separable
+  convolution is the depthwise and the pointwise convolution alone (the batch norm follows it).
+- Per task, ``n_experts`` (3 in Roy 2025's Table 1) experts and a gate, as in the authors' code
+  (which gave the paper's numbers; its Fig. 2 shows the classification expert). Classification
+  expert: adaptive average pool of the backbone's final map to ``classifier_pool`` (11 x 16), a
+  depthwise-separable 3x3 conv of stride 2 to half the channels (2048 -> 1024), global average
+  pool, a linear layer to ``classifier_channels`` (256), ReLU, dropout 0.5, a linear layer to the
+  classes. Segmentation expert: a DeepLabV3+ decoder (the stride-4 features projected by a 1x1
+  conv, batch norm, ReLU to ``low_level_channels`` (64), concatenated after the ASPP output
+  up-sampled to them; a depthwise-separable 3x3 conv to ``decoder_channels`` (256), batch norm,
+  ReLU, dropout 0.5, a 1x1 conv to the logits), the experts' mixture up-sampled to the input.
+  Up-sampling aligns corners, as theirs. Gate: global average pool, linear, sigmoid: scores
+  s_e in (0, 1), read from the backbone's final map for a classification task and from the ASPP
+  output for a segmentation task.
 - Routing. Dense (the first ``dense_fraction`` of the epochs): y = sum_e s_e y_e / sum_e s_e.
   Top-p (afterwards, also at inference): with the scores sorted in decreasing order, keep the
   fewest experts whose raw scores s sum to at least ``top_p`` (0.8; all of them if the sum never
@@ -37,58 +47,67 @@ from torch import nn
 from medmtl.errors import ConfigError
 from medmtl.models.backbones import InputNormalization, timm_weights
 from medmtl.models.base import MultiTaskNet
-from medmtl.models.heads import conv_head, shape_output, upsample_to
+from medmtl.models.heads import conv_head, shape_output
 from medmtl.tasks import Task
 
 
-def separable(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
-    """Depthwise 3x3 (dilated) + pointwise 1x1, batch norm, ReLU."""
+def separable_conv(cin: int, cout: int, dilation: int = 1, stride: int = 1) -> nn.Sequential:
+    """The authors' depthwise-separable convolution: depthwise 3x3 (dilated, strided), then pointwise
+    1x1, both with bias, nothing after them."""
     return nn.Sequential(
-        nn.Conv2d(cin, cin, 3, padding=dilation, dilation=dilation, groups=cin, bias=False),
-        nn.Conv2d(cin, cout, 1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cin, 3, stride=stride, padding=dilation, dilation=dilation, groups=cin), nn.Conv2d(cin, cout, 1)
     )
 
 
-def pointwise(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+def normalised(convolution: nn.Module, channels: int) -> nn.Sequential:
+    """``convolution``, batch norm, ReLU."""
+    return nn.Sequential(convolution, nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+
+
+def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear, corners aligned (the authors' code)."""
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
 
 
 class SeparableASPP(nn.Module):
     def __init__(self, cin: int, cout: int, rates: Sequence[int] = (6, 12, 18)):
         super().__init__()
-        self.branches = nn.ModuleList([pointwise(cin, cout)] + [separable(cin, cout, r) for r in rates])
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1, bias=False), nn.ReLU(inplace=True))
-        self.project = pointwise(cout * (len(rates) + 2), cout)
+        self.branches = nn.ModuleList(
+            [normalised(nn.Conv2d(cin, cout, 1), cout)] + [normalised(separable_conv(cin, cout, r), cout) for r in rates]
+        )
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), normalised(nn.Conv2d(cin, cout, 1), cout))
+        self.project = normalised(nn.Conv2d(cout * (len(rates) + 2), cout, 1), cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = F.interpolate(self.pool(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        pooled = resize(self.pool(x), x.shape[-2:])
         return self.project(torch.cat([b(x) for b in self.branches] + [pooled], dim=1))
 
 
 class SegmentationExpert(nn.Module):
-    """A DeepLabV3+ decoder with depthwise-separable convolutions."""
+    """A DeepLabV3+ decoder with a depthwise-separable convolution (module docstring)."""
 
-    def __init__(self, aspp_channels: int, low_channels: int, width: int, task: Task):
+    def __init__(self, aspp_channels: int, low_channels: int, projected: int, width: int, task: Task):
         super().__init__()
-        self.reduce = pointwise(low_channels, 48)
-        self.fuse = nn.Sequential(separable(aspp_channels + 48, width), separable(width, width))
+        self.reduce = normalised(nn.Conv2d(low_channels, projected, 1), projected)
+        self.fuse = nn.Sequential(normalised(separable_conv(aspp_channels + projected, width), width), nn.Dropout(0.5))
         self.logit = conv_head(width, task)
 
     def forward(self, aspp: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(aspp, size=low.shape[-2:], mode="bilinear", align_corners=False)
-        return self.logit(self.fuse(torch.cat([up, self.reduce(low)], dim=1)))
+        return self.logit(self.fuse(torch.cat([resize(aspp, low.shape[-2:]), self.reduce(low)], dim=1)))
 
 
 class ClassificationExpert(nn.Module):
-    def __init__(self, cin: int, width: int, task: Task):
+    """Pool to ``pool``, a strided depthwise-separable conv to half the channels, global pool, an MLP."""
+
+    def __init__(self, cin: int, hidden: int, task: Task, pool: Sequence[int] = (11, 16)):
         super().__init__()
-        self.body = nn.Sequential(nn.AdaptiveAvgPool2d(4), separable(cin, width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.linear = nn.Linear(width, task.channels)
+        self.body = nn.Sequential(
+            nn.AdaptiveAvgPool2d(tuple(pool)), separable_conv(cin, cin // 2, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
+        self.mlp = nn.Sequential(nn.Linear(cin // 2, hidden), nn.ReLU(), nn.Dropout(0.5), nn.Linear(hidden, task.channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.body(x))
+        return self.mlp(self.body(x))
 
 
 TOP_P_SCORES = ("raw", "normalised")
@@ -108,7 +127,8 @@ def top_p_mask(scores: torch.Tensor, p: float, of: str = "raw") -> torch.Tensor:
 
 class MoEDeepLabV3Plus(MultiTaskNet):
     """Args (see the module docstring): tasks; backbone (timm ResNet name; ``resnet18`` for tests);
-    n_experts; top_p; dense_fraction; aspp_channels, decoder_channels, classifier_channels;
+    n_experts; top_p; dense_fraction; aspp_channels, decoder_channels, low_level_channels,
+    classifier_channels (the classification MLP's hidden width), classifier_pool;
     gate loss weights l1_weight, balance_weight, entropy_weight; entropy_of (``sample`` | ``batch``);
     weights_path (a local backbone state dict; nothing is downloaded); input_normalization
     (``imagenet`` with ImageNet weights, Roy 2025 | ``none``); top_p_scores (``raw`` | ``normalised``,
@@ -126,6 +146,8 @@ class MoEDeepLabV3Plus(MultiTaskNet):
         aspp_channels: int = 256,
         decoder_channels: int = 256,
         classifier_channels: int = 256,
+        low_level_channels: int = 64,
+        classifier_pool: Sequence[int] = (11, 16),
         l1_weight: float = 0.01,
         balance_weight: float = 0.01,
         entropy_weight: float = 0.01,
@@ -160,11 +182,17 @@ class MoEDeepLabV3Plus(MultiTaskNet):
         for task in tasks:
             members: list[nn.Module]
             if task.is_dense:
-                members = [SegmentationExpert(aspp_channels, low_channels, decoder_channels, task) for _ in range(n_experts)]
+                members = [
+                    SegmentationExpert(aspp_channels, low_channels, low_level_channels, decoder_channels, task)
+                    for _ in range(n_experts)
+                ]
             else:
-                members = [ClassificationExpert(high_channels, classifier_channels, task) for _ in range(n_experts)]
+                members = [
+                    ClassificationExpert(high_channels, classifier_channels, task, classifier_pool) for _ in range(n_experts)
+                ]
             self.experts[task.name] = nn.ModuleList(members)
-        self.gates = nn.ModuleDict({t.name: nn.Linear(high_channels, n_experts) for t in tasks})
+        # a segmentation task's gate reads the ASPP output, a classification task's the backbone's map
+        self.gates = nn.ModuleDict({t.name: nn.Linear(aspp_channels if t.is_dense else high_channels, n_experts) for t in tasks})
         self.dense_tasks = {t.name for t in dense}
         self.register_buffer("top_p_active", torch.tensor(False))
         self._auxiliary: dict[str, torch.Tensor] = {}
@@ -221,17 +249,18 @@ class MoEDeepLabV3Plus(MultiTaskNet):
 
     def heads(self, shared: dict[str, torch.Tensor], tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         tasks = self._check_tasks(tasks)
-        pooled = shared["high"].mean(dim=(-2, -1))
+        pooled: dict[str, torch.Tensor] = {key: shared[key].mean(dim=(-2, -1)) for key in ("high", "aspp") if key in shared}
         size = self._input_size
         outputs = {}
         for name in tasks:
-            weights = self._route(name, torch.sigmoid(self.gates[name](pooled)))
+            read = "aspp" if name in self.dense_tasks else "high"
+            weights = self._route(name, torch.sigmoid(self.gates[name](pooled[read])))
             if name in self.dense_tasks:
                 expert_outputs = torch.stack(
                     [e(shared["aspp"], shared["low"]) for e in self.experts_of(name)], dim=1
                 )  # (B, E, C, h, w)
                 mixed = (weights[:, :, None, None, None] * expert_outputs).sum(dim=1)
-                outputs[name] = shape_output(upsample_to(mixed, size), self.task_by_name[name])
+                outputs[name] = shape_output(resize(mixed, size), self.task_by_name[name])
             else:
                 expert_outputs = torch.stack([e(shared["high"]) for e in self.experts_of(name)], dim=1)  # (B, E, C)
                 outputs[name] = shape_output((weights[:, :, None] * expert_outputs).sum(dim=1), self.task_by_name[name])
