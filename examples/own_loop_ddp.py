@@ -37,7 +37,9 @@ def main(strategy: str = "pcgrad", steps: int = 100) -> None:
         logged = step({key: value[rank::world] for key, value in batch.items()})
     checksum = sum(float(p.double().sum()) for p in net.parameters())
     losses = ", ".join(f"{k} {float(v):.3f}" for k, v in logged.items() if k.startswith("loss/"))
-    print(f"rank {rank}: {losses}; parameter checksum {checksum:.12f}", flush=True)
+    # one write per rank (print writes the line and its newline separately: two ranks could interleave)
+    sys.stdout.write(f"rank {rank}: {losses}; parameter checksum {checksum:.12f}\n")
+    sys.stdout.flush()
     dist.destroy_process_group()
 
 
