@@ -57,6 +57,14 @@ results: install ## rerun the recorded reproductions into results/ (hours on a C
 	$(PYTHON) src/train.py -m experiment=medmnist_yang2023 data=medmnist data.root=$(SHARED_DATA)/medmnist \
 		trainer.max_epochs=20 speed.channels_last=true yang2023_dataset=breastmnist,retinamnist hydra.sweep.dir=results/medmnist_yang2023
 	$(PYTHON) src/report.py results/medmnist_yang2023 results/medmnist_yang2023_pneumonia --metrics auc_mean acc_mean
+	$(PYTHON) src/train.py -m experiment=medmnist_four_real data=medmnist data.root=$(SHARED_DATA)/medmnist \
+		hydra.sweep.dir=results/medmnist_four_real
+	$(PYTHON) src/report.py results/medmnist_four_real --baseline "ga (1 task)"
+	$(PYTHON) src/train.py -m experiment=medmnist_four_real data=medmnist data.root=$(SHARED_DATA)/medmnist \
+		optim=vanilla data.joint_batches=true 'data.flags=[breastmnist,pneumoniamnist,retinamnist]' \
+		hydra.sweep.dir=results/medmnist_four_real_joint2d
+	$(PYTHON) src/report.py results/medmnist_four_real results/medmnist_four_real_joint2d --baseline "ga (1 task)" \
+		--metrics breastmnist_auc pneumoniamnist_auc retinamnist_auc --output results/medmnist_four_real_joint2d/report
 	$(PYTHON) src/train.py -m experiment=multimnist_sener2018 data=multimnist data.root=$(SHARED_DATA)/mnist \
 		speed.channels_last=true seed=0 optim=vanilla,mgda_ub,stl hydra.sweep.dir=results/multimnist_sener2018_100epochs
 	$(PYTHON) src/report.py results/multimnist_sener2018_100epochs --metrics left_acc right_acc --baseline "stl (MultiLeNet)"
