@@ -184,16 +184,17 @@ def framework_steps(name: str, partial: bool) -> list[torch.Tensor]:
     return [p.detach() for p in model.parameters()]
 
 
-def api_steps(name: str, partial: bool) -> list[torch.Tensor]:
+def users_step(name: str, stream) -> tuple[TaskNetwork, MultiTaskStep]:
+    """A user's network (MultiLeNet's seed-0 weights) and the step of strategy ``name``, the per-task
+    and validation batches (GA, Auto-Lambda) drawn from fresh ``stream()`` iterators."""
     torch.manual_seed(0)
     network = user_network(MultiLeNet(multimnist_tasks(), dropout="none").double())
-    step = MultiTaskStep(
-        network,
-        multimnist_tasks(),
-        name,
-        task_batches={"left": batches(partial), "right": batches(partial)},
-        validation_batches=batches(partial),
-    )
+    streams = {"left": stream(), "right": stream()}
+    return network, MultiTaskStep(network, multimnist_tasks(), name, task_batches=streams, validation_batches=stream())
+
+
+def api_steps(name: str, partial: bool) -> list[torch.Tensor]:
+    network, step = users_step(name, lambda: batches(partial))
     torch.manual_seed(1)
     for batch in itertools.islice(batches(partial), 3):
         step(batch)
@@ -278,15 +279,7 @@ def test_a_nonfinite_loss_stops_the_loop_before_any_parameter_changes(name):
     """optim.nonfinite=stop (the default): the sentence names the task's loss, and neither the
     network's parameters nor the strategy's learnable weights took the update (NaN inputs make every
     loss NaN; a strategy's statistics, such as DWA's loss history, may have recorded them)."""
-    torch.manual_seed(0)
-    network = user_network(MultiLeNet(multimnist_tasks(), dropout="none").double())
-    step = MultiTaskStep(
-        network,
-        multimnist_tasks(),
-        name,
-        task_batches={"left": nan_batches(), "right": nan_batches()},
-        validation_batches=nan_batches(),
-    )
+    network, step = users_step(name, nan_batches)
     before = [p.detach().clone() for p in [*network.parameters(), *step.strategy.parameters()]]
     with pytest.raises(NonFiniteError, match="Training stopped at iteration 0 .*the loss of task 'left' is NaN or infinite"):
         step(next(nan_batches()))
