@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medmtl.data.errors import DatasetError
-from medmtl.data.nyudv2 import NYUDv2DataModule, horizontal_flip, mtan_scale_crop, survey_scale
+from medmtl.data.nyudv2 import NYUDv2DataModule, horizontal_flip, mtan_scale_crop, scale_and_pad, survey_zoom
 from medmtl.data.nyudv2_synthetic import SyntheticNYUDv2DataModule, camera_rays, render_scene, write_synthetic_nyudv2
 
 SIZE = (48, 64)
@@ -80,7 +80,31 @@ def test_horizontal_flip_negates_the_normals_x_component(scene):
     assert torch.equal(flipped["image"], sample["image"].flip(-1))
 
 
-def test_survey_scale_pads_with_unlabelled_and_invalid_pixels():
+def test_survey_zoom_is_a_centred_window_resized_back_with_depth_divided_by_the_zoom():
+    """The survey code's NYUD augmentation: zoom s in {1, 1.2, 1.5} about the centre (its
+    warpAffine about (w/2, h/2) with scale s, rotation 0), depth / s. A 60 x 60 depth ramp: the
+    output equals the centred 60/s window, nearest-resized, divided by s."""
+    rows = torch.arange(60, dtype=torch.float32).view(60, 1).expand(60, 60)
+    sample = {"image": torch.rand(3, 60, 60), "depth": 1.0 + rows, "semseg": rows.long() % 7}
+    seen = set()
+    for seed in range(30):
+        out = survey_zoom(sample, torch.Generator().manual_seed(seed))
+        depth_scale = float(sample["depth"].mean() / out["depth"].mean())  # a centred window keeps the ramp's mean
+        zoom = min((1.0, 1.2, 1.5), key=lambda z: abs(z - depth_scale))
+        seen.add(zoom)
+        side = round(60 / zoom)
+        start = (60 - side) // 2
+        window = sample["depth"][start : start + side, start : start + side]
+        expected = torch.nn.functional.interpolate(window[None, None], size=(60, 60), mode="nearest")[0, 0] / zoom
+        torch.testing.assert_close(out["depth"], expected)
+        labels = torch.nn.functional.interpolate(
+            sample["semseg"][start : start + side, start : start + side][None, None].float(), size=(60, 60), mode="nearest"
+        )
+        assert torch.equal(out["semseg"], labels[0, 0].long())
+    assert seen == {1.0, 1.2, 1.5}
+
+
+def test_scale_and_pad_pads_with_unlabelled_and_invalid_pixels():
     sample = {
         "image": torch.rand(3, 40, 40),
         "semseg": torch.zeros(40, 40, dtype=torch.int64),
@@ -89,11 +113,13 @@ def test_survey_scale_pads_with_unlabelled_and_invalid_pixels():
         "edge": torch.zeros(40, 40),
     }
     for seed in range(12):
-        out = survey_scale(sample, torch.Generator().manual_seed(seed))
+        out = scale_and_pad(sample, torch.Generator().manual_seed(seed))
         assert all(v.shape[-2:] == (40, 40) for v in out.values())
         padded = out["depth"] == 0
         assert torch.equal(padded, out["semseg"] == -1) and torch.equal(padded, out["normals"].abs().sum(0) == 0)
         assert set(out["semseg"].unique().tolist()) <= {-1, 0}
+        depth = out["depth"][~padded]  # the unit depth seen at scale s: 1 / s, s in [0.75, 1.25]
+        assert torch.allclose(depth, depth[0].expand_as(depth)) and 1 / 1.25 - 1e-6 <= float(depth[0]) <= 1 / 0.75 + 1e-6
 
 
 def test_mtan_scale_crop_divides_depth_by_the_zoom():

@@ -50,7 +50,7 @@ from medmtl.tasks import Task, evaluated, mark_auxiliary
 
 log = logging.getLogger(__name__)
 
-AUGMENTATIONS = ("mtan", "survey", "none")
+AUGMENTATIONS = ("mtan", "survey", "scale_pad", "none")
 NORMALS_LOSSES = {"cosine": losses.normals_cosine, "l1": losses.normals_l1}
 #: the value of a pixel added by padding, per target: unlabelled / invalid
 PAD_VALUE = {"image": 0.0, "semseg": -1, "depth": 0.0, "normals": 0.0, "edge": 0.0}
@@ -128,15 +128,37 @@ def _place(value: torch.Tensor, top: int, left: int, height: int, width: int, fi
     return canvas
 
 
-def survey_scale(sample: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """A random scale in [0.75, 1.25], then a random crop (larger) or padding (smaller) back to the
-    input size; padded pixels are unlabelled / invalid (:data:`PAD_VALUE`)."""
+def survey_zoom(sample: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The survey code's NYUD augmentation (Vandenhende et al. 2022; with the flip): a zoom s drawn
+    from {1, 1.2, 1.5} about the image centre, i.e. the centred window of 1/s of the image resized
+    back, and the depth divided by s (the scene seen s times closer); no rotation. Their code
+    resamples the image and the normals bicubically, ours bilinearly and by nearest neighbour."""
+    height, width = sample["image"].shape[-2:]
+    scale = (1.0, 1.2, 1.5)[int(torch.randint(3, (1,), generator=generator))]
+    h, w = round(height / scale), round(width / scale)
+    top, left = (height - h) // 2, (width - w) // 2
+    out = {key: _resize(value[..., top : top + h, left : left + w], (height, width), key) for key, value in sample.items()}
+    if "depth" in out:
+        out["depth"] = out["depth"] / scale
+    return out
+
+
+def scale_and_pad(sample: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A random scale s in [0.75, 1.25], then a random crop (larger) or padding (smaller) back to the
+    input size, the depth divided by s; padded pixels are unlabelled / invalid (:data:`PAD_VALUE`).
+    The survey code's PASCAL-Context scaling without its rotation (``data.augment=scale_pad``)."""
     height, width = sample["image"].shape[-2:]
     scale = 0.75 + 0.5 * float(torch.rand(1, generator=generator))
     h, w = max(1, round(height * scale)), max(1, round(width * scale))
     top = int(torch.randint(abs(h - height) + 1, (1,), generator=generator))
     left = int(torch.randint(abs(w - width) + 1, (1,), generator=generator))
-    return {key: _place(_resize(value, (h, w), key), top, left, height, width, PAD_VALUE[key]) for key, value in sample.items()}
+    out = {key: _place(_resize(value, (h, w), key), top, left, height, width, PAD_VALUE[key]) for key, value in sample.items()}
+    if "depth" in out:
+        out["depth"] = out["depth"] / scale
+    return out
+
+
+GEOMETRIC = {"mtan": mtan_scale_crop, "survey": survey_zoom, "scale_pad": scale_and_pad}
 
 
 class NYUDv2Dataset(Dataset):
@@ -166,7 +188,7 @@ class NYUDv2Dataset(Dataset):
             sample = {k: _resize(v, self.resolution, k) for k, v in sample.items()}
         if self.augment != "none" and seed is not None:
             generator = torch.Generator().manual_seed(seed)
-            sample = (mtan_scale_crop if self.augment == "mtan" else survey_scale)(sample, generator)
+            sample = GEOMETRIC[self.augment](sample, generator)
             if float(torch.rand(1, generator=generator)) < 0.5:
                 sample = horizontal_flip(sample)
         sample["index"] = torch.tensor(index)
@@ -175,7 +197,8 @@ class NYUDv2Dataset(Dataset):
 
 class NYUDv2DataModule(SplitLoaders, MultiTaskDataModule):
     """Args: root; layout (``auto`` | ``mtan`` | ``nyud_mt``); tasks (some of ``semseg``, ``depth``,
-    ``normals``, ``edge``); resolution ([H, W] or null); augment (``mtan`` | ``survey`` | ``none``);
+    ``normals``, ``edge``); resolution ([H, W] or null); augment (``mtan`` | ``survey`` | ``scale_pad``
+    | ``none``; each but ``none`` with a horizontal flip);
     val_fraction and split_seed (validation held out of the training images); batch sizes,
     workers; seed (training order and augmentation draws); normals_loss (``cosine`` | ``l1``);
     edge_positive_weight; edge_thresholds (of the odsF metric); auxiliary_tasks (some of ``tasks``,
