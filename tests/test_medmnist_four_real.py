@@ -37,6 +37,13 @@ def test_every_arm_trains_with_schafer_2024s_recipe_and_the_same_budget_per_task
     assert budgets == {(16, 4, 100, 9)}
 
 
+def test_the_joint_training_arm_keeps_the_recipes_optimizer():
+    """optim=vanilla (joint batches) brings its own Adam at 1e-4; the experiment fixes AdamW 1e-3, decay 0.05."""
+    arm = ["optim=vanilla", "data.joint_batches=true", "data.flags=[breastmnist,pneumoniamnist,retinamnist]"]
+    optimizer = compose_train(["experiment=medmnist_four_real", *arm]).optim.optimizer
+    assert optimizer._target_ == "torch.optim.AdamW" and optimizer.lr == 1e-3 and optimizer.weight_decay == 0.05
+
+
 def test_a_tiny_sweep_gives_a_table_whose_delta_mtl_is_the_papers_formula_on_its_runs(tmp_path):
     """Five arms of one seed on the synthetic twin; Delta_MTL of the four-task row recomputed here
     from the runs' own metrics.json (Maninis et al. 2019: the mean relative AUC change per task)."""
