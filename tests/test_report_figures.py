@@ -10,7 +10,7 @@ import torch
 
 from medmtl.analysis.lr_sensitivity import best_validation_values, sensitivity_frame
 from medmtl.analysis.overlays import pick_example
-from medmtl.analysis.report import build_table, collect, write_report
+from medmtl.analysis.report import build_table, collect, to_markdown, write_report
 from medmtl.metrics.refuge import RefugeEvaluator
 
 
@@ -173,6 +173,10 @@ def test_delta_mtl_counts_only_the_task_metrics_among_the_shown_columns(tmp_path
     assert table.delta_metrics == shown
     assert table.delta["vanilla"] == pytest.approx(100 * ((0.88 - 0.8) / 0.8 + (0.57 - 0.6) / 0.6 + 0.0) / 3)
     assert np.isnan(build_table(collect(tmp_path), baseline="ga").delta["vanilla"])
+    # a baseline that names no method (labels gain ", lr=..." when the runs' learning rates differ) is said
+    unresolved = build_table(collect(tmp_path), metrics=shown, baseline="ga (1 task)")
+    assert unresolved.delta == {} and unresolved.unresolved_baselines == ["ga (1 task)"]
+    assert "No Δ_MTL: the baseline 'ga (1 task)' names no single method" in to_markdown(unresolved, collect(tmp_path))
 
 
 def test_runs_of_one_method_and_fold_never_overwrite_each_other(tmp_path):

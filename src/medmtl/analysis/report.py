@@ -207,6 +207,7 @@ class Table:
     delta_interval: dict[str, tuple[float, float]] = field(default_factory=dict)  # 95% t interval over runs
     ranks: dict[str, float] = field(default_factory=dict)  # mean rank over the task metrics
     declared_lower: set[str] = field(default_factory=set)
+    unresolved_baselines: list[str] = field(default_factory=list)  # baselines naming no single method
 
     def mean(self, method: str, metric: str) -> float:
         return mean_std(list(self.values.get((method, metric), {}).values()))[0]
@@ -264,8 +265,22 @@ def build_table(collection: Collection, metrics: Sequence[str] | None = None, ba
         method: {m: mean_std(list(values.get((method, m), {}).values()))[0] for m in task_metrics} for method in methods
     }
     ranks = mean_ranks(task_means, task_metrics, declared_lower) if len(methods) > 1 else {}
+    names = [baseline] if isinstance(baseline, str) else list(baseline)
+    unresolved = [b for b in names if resolve_baseline(methods, b) is None]
     return Table(
-        methods, metrics, values, best, p_values, delta, task_metrics, missing, conflicts, interval, ranks, declared_lower
+        methods,
+        metrics,
+        values,
+        best,
+        p_values,
+        delta,
+        task_metrics,
+        missing,
+        conflicts,
+        interval,
+        ranks,
+        declared_lower,
+        unresolved,
     )
 
 
@@ -330,6 +345,11 @@ def to_markdown(table: Table, collection: Collection) -> str:
         ]
     if table.ranks:
         lines += [f"Mean rank: each method's rank on {', '.join(table.delta_metrics)} (1 = best, ties averaged), averaged."]
+    if table.unresolved_baselines:
+        lines += [
+            f"No Δ_MTL: the baseline {', '.join(repr(b) for b in table.unresolved_baselines)} names no single method "
+            f"of this table (--baseline takes a method as labelled above)."
+        ]
     lines += problems(table, collection)
     return "\n".join(lines) + "\n"
 
