@@ -108,8 +108,9 @@ class NonFiniteGuard:
         finite = all_finite(optimizer_gradients(optimizer))
         about = f"the gradient of the update from {', '.join(repr(t) for t in tasks) or 'no task'}"
         if self.mode == "stop":
-            self._pending.append((finite, f"{about} (learning rate {_format(learning_rates(optimizer))})"))
-            self._stop_if_nonfinite(learning_rates(optimizer))
+            rates = learning_rates(optimizer)
+            self._pending.append((finite, f"{about} (learning rate {_format(rates)})"))
+            self._stop_if_nonfinite(rates)
             return True
         if bool(finite):
             return True

@@ -102,6 +102,13 @@ def horizontal_flip(sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return flipped
 
 
+def seen_closer(sample: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """``sample`` after a zoom by ``scale``: the scene appears ``scale`` times closer, so its depth is divided by it."""
+    if "depth" in sample:
+        sample["depth"] = sample["depth"] / scale
+    return sample
+
+
 def mtan_scale_crop(sample: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Liu et al. 2019's RandomScaleCrop: a window of 1/s of the image, resized back, depth / s."""
     height, width = sample["image"].shape[-2:]
@@ -110,9 +117,7 @@ def mtan_scale_crop(sample: dict[str, torch.Tensor], generator: torch.Generator)
     top = int(torch.randint(height - h + 1, (1,), generator=generator))
     left = int(torch.randint(width - w + 1, (1,), generator=generator))
     out = {key: _resize(value[..., top : top + h, left : left + w], (height, width), key) for key, value in sample.items()}
-    if "depth" in out:
-        out["depth"] = out["depth"] / scale
-    return out
+    return seen_closer(out, scale)
 
 
 def _place(value: torch.Tensor, top: int, left: int, height: int, width: int, fill: float) -> torch.Tensor:
@@ -138,9 +143,7 @@ def survey_zoom(sample: dict[str, torch.Tensor], generator: torch.Generator) -> 
     h, w = round(height / scale), round(width / scale)
     top, left = (height - h) // 2, (width - w) // 2
     out = {key: _resize(value[..., top : top + h, left : left + w], (height, width), key) for key, value in sample.items()}
-    if "depth" in out:
-        out["depth"] = out["depth"] / scale
-    return out
+    return seen_closer(out, scale)
 
 
 def scale_and_pad(sample: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -153,9 +156,7 @@ def scale_and_pad(sample: dict[str, torch.Tensor], generator: torch.Generator) -
     top = int(torch.randint(abs(h - height) + 1, (1,), generator=generator))
     left = int(torch.randint(abs(w - width) + 1, (1,), generator=generator))
     out = {key: _place(_resize(value, (h, w), key), top, left, height, width, PAD_VALUE[key]) for key, value in sample.items()}
-    if "depth" in out:
-        out["depth"] = out["depth"] / scale
-    return out
+    return seen_closer(out, scale)
 
 
 GEOMETRIC = {"mtan": mtan_scale_crop, "survey": survey_zoom, "scale_pad": scale_and_pad}
