@@ -22,6 +22,7 @@ def test_every_shipped_configuration_passes(group):
     [
         ("data.batch_size=0", "data.batch_size must be a positive integer, got 0"),
         ("data.eval_batch_size=-4", "data.eval_batch_size must be a positive integer, got -4"),
+        ("+data.batch_size_3d=0", r"data.batch_size_3d must be a positive integer \(or null: data.batch_size\), got 0"),
         ("data.image_size=0", r"data.image_size must be a positive integer \(or a \[height, width\] pair\), got 0"),
         ("data.n_folds=1", r"data.n_folds must be an integer >= 2"),
         ("data.fold=5", r"data.fold must be in \[0, 4\], got 5"),
