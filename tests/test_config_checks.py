@@ -30,12 +30,18 @@ def test_every_shipped_configuration_passes(group):
         ("optim.optimizer.lr=fast", "optim.optimizer.lr must be a positive number, got 'fast'"),
         ("optim.optimizer.lr=0", "optim.optimizer.lr must be a positive number, got 0"),
         ("optim.optimizer.weight_decay=-0.1", "optim.optimizer.weight_decay must be a number >= 0"),
+        ("model=mmoe model.num_experts=0", "model.num_experts must be an integer >= 1, got 0"),
+        ("model=cgc model.task_experts=-1", "model.task_experts must be a whole number >= 0, got -1"),
+        ("model=dselect_k model.num_nonzeros=0", "model.num_nonzeros must be an integer >= 1, got 0"),
+        ("model=dselect_k model.gamma=-1", "model.gamma must be a positive number, got -1"),
+        ("model=mmoe model.gate=top1", "model.gate must be softmax or dselect_k, got 'top1'"),
+        ("model=mmoe model.gate_input_size=[0,16]", r"model.gate_input_size must be a \[height, width\] pair"),
         ("trainer.max_epochs=0", r"trainer.max_epochs must be a positive integer \(or -1: no epoch limit\), got 0"),
     ],
 )
 def test_each_rule_refuses_its_bad_value_in_one_sentence(override, message):
     with pytest.raises(ConfigError, match=message) as raised:
-        check_config(compose_train([override]))
+        check_config(compose_train(override.split()))
     assert "\n" not in str(raised.value)
 
 

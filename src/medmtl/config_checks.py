@@ -48,6 +48,10 @@ def _positive_size(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and len(value) == 2 and all(_positive_int(v) for v in value)
 
 
+def _size_pair(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and _positive_size(value)
+
+
 #: (key, test, what it must be); a key absent from the config is not checked
 RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.batch_size", _positive_int, "a positive integer"),
@@ -58,6 +62,13 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.resolution", _positive_size, "a [height, width] pair of positive integers"),
     ("data.n_folds", lambda v: _is_int(v) and v >= 2, "an integer >= 2 (cross-validation needs two folds or more)"),
     ("data.val_size", _non_negative_int, "a whole number >= 0"),
+    ("model.num_experts", _positive_int, "an integer >= 1"),
+    ("model.task_experts", _non_negative_int, "a whole number >= 0"),
+    ("model.num_nonzeros", _positive_int, "an integer >= 1"),
+    ("model.gamma", _positive_number, "a positive number"),
+    ("model.entropy_weight", _non_negative_number, "a number >= 0"),
+    ("model.gate", lambda v: v in ("softmax", "dselect_k"), "softmax or dselect_k"),
+    ("model.gate_input_size", _size_pair, "a [height, width] pair of positive integers"),
     ("optim.optimizer.lr", _positive_number, "a positive number"),
     ("optim.optimizer.weight_decay", _non_negative_number, "a number >= 0"),
     ("optim.optimizer.momentum", _non_negative_number, "a number >= 0"),
