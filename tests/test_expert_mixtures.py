@@ -1,4 +1,4 @@
-"""MMoE, CGC and DSelect-k against LibMTL's own classes (the PyPI release, run here with the same
+"""MMoE, CGC, DSelect-k and PLE against LibMTL's own classes (the PyPI release, run here with the same
 weights): same parameter count, same outputs, and the same DSelect-k regulariser gradient."""
 
 import sys
@@ -11,7 +11,7 @@ from torch import nn
 
 from medmtl.data.nyudv2 import nyudv2_tasks
 from medmtl.models.backbones import dense_features
-from medmtl.models.expert_mixtures import ExpertMixture, smooth_step
+from medmtl.models.expert_mixtures import ExpertMixture, ProgressiveLayeredExtraction, smooth_step
 
 SIZE = (32, 48)
 
@@ -165,3 +165,67 @@ def test_other_image_sizes_are_pooled_to_the_gates_input():
     with torch.no_grad():
         out = model(torch.rand(1, 3, 64, 96, dtype=torch.float64))
     assert out["semseg"].shape[-2:] == (64, 96)
+
+
+def libmtl_resnet_encoder() -> nn.Module:
+    """timm's test ResNet with the attribute names LibMTL's PLE reads (torchvision's: ``relu``)."""
+    import timm
+
+    network = timm.create_model("test_resnet", num_classes=0, global_pool="", output_stride=8)
+    network.relu = network.act1
+    return network
+
+
+@pytest.mark.parametrize(("shared", "own"), [(1, 1), (2, 1), (1, 2)])
+def test_ple_has_libmtls_parameters_and_outputs(shared, own):
+    task_list = tasks()
+    torch.manual_seed(0)
+    model = ProgressiveLayeredExtraction(
+        task_list,
+        num_experts=shared,
+        task_experts=own,
+        gate_input_size=SIZE,
+        backbone="test_resnet",
+        aspp_width=8,
+        input_normalization="none",
+    ).double()
+    names = [t.name for t in task_list]
+    decoders = nn.ModuleDict({n: type(model.heads_by_task[n])(*_head_args(model, n)) for n in names})
+    net = (
+        libmtl_architectures()
+        .PLE(
+            names,
+            libmtl_resnet_encoder,
+            decoders,
+            rep_grad=False,
+            multi_input=False,
+            device=torch.device("cpu"),
+            img_size=(3, *SIZE),
+            num_experts=[shared] + [own] * len(names),
+        )
+        .double()
+    )
+    state = {}
+    for key, value in model.state_dict().items():
+        parts = key.split(".")
+        if parts[0] == "shared_levels":  # shared_levels.<level>.<expert>.*
+            key = ".".join(["encoder.shared_layer", *parts[1:]])
+        elif parts[0] == "task_levels":  # task_levels.<task>.<level>.<expert>.*
+            key = ".".join(["encoder.specific_layer", parts[2], parts[1], *parts[3:]])
+        elif parts[0] == "gates":  # gates.<task>.<level>.linear.*
+            key = ".".join(["encoder.gate_specific", parts[1], parts[2], "0", parts[-1]])
+        elif parts[0] == "heads_by_task":
+            key = ".".join(["decoders", *parts[1:]])
+        state[key] = value
+    their_state = net.state_dict()
+    # timm's stem ReLU is registered twice on LibMTL's side (act1 and relu): no parameters, so the
+    # two state dicts have the same keys
+    assert set(state) == set(their_state)
+    net.load_state_dict(state)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in net.parameters())
+    x = image()
+    with torch.no_grad():
+        expected = their_outputs(net.eval(), model, x)
+        got = model.eval()(x)
+    for name in names:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-10, atol=1e-10)

@@ -39,6 +39,7 @@ TASK_SETS = {
     "mmoe": (SCENE, []),
     "cgc": (SCENE, []),
     "dselect_k": (SCENE, []),
+    "ple": (SCENE, []),
     "padnet_auxiliary": (SCENE_AUXILIARY, ["model=padnet"]),
     "mtinet_auxiliary": (SCENE_AUXILIARY, ["model=mtinet"]),
     "emotic_2enc": (lambda: emotic_tasks("2task"), []),

@@ -1,6 +1,6 @@
 """``mmoe``, ``cgc``, ``dselect_k``: mixtures of whole-encoder experts, gated per task on the image.
 
-The three soft-sharing mixtures of LibMTL (Lin & Zhang 2023), built as LibMTL builds them for
+The soft-sharing mixtures of LibMTL (Lin & Zhang 2023), built as LibMTL builds them for
 images: every expert is a whole encoder (here our dilated ResNet, :func:`dense_features`) reading
 the image; every task has a gate reading the flattened image that weighs the experts' feature
 maps; the task's head (DeepLabV3's ASPP head, as LibMTL's NYUv2 example) reads the weighted sum:
@@ -11,6 +11,12 @@ maps; the task's head (DeepLabV3's ASPP head, as LibMTL's NYUv2 example) reads t
 - **CGC** (Tang et al. 2020, PLE's single level): besides the shared experts, ``task_experts``
   experts of each task's own; task k's softmax gate weighs the shared ones and its own
   (``task_experts=0`` is MMoE).
+- **PLE** (Tang et al. 2020) as LibMTL builds it (:class:`ProgressiveLayeredExtraction`): the
+  experts are ResNets cut into five levels (stem, then the four stages); at level l, task k's
+  representation passes through every shared expert's level l and its own experts' level l, and
+  task k's level-l gate (a softmax on that representation, flattened) mixes them into task k's
+  input of level l + 1. LibMTL has no shared gate (the paper's shared experts of a higher level read
+  a shared gate's mixture; here, as in LibMTL, they read each task's representation in turn).
 - **DSelect-k** (Hazimeh et al. 2021): ``num_experts`` shared experts and a sparse gate choosing
   ``num_nonzeros`` of them. For each of the k selectors, m = ceil(log2 E) logits z pass a smooth
   step S (0 below -gamma/2, 1 above gamma/2, ``-2/gamma^3 t^3 + 3/(2 gamma) t + 1/2`` between) and
@@ -38,7 +44,7 @@ that size) so that one built network serves any resolution.
 
 The shared representation of the "-UB" strategies is the stacked feature maps of the shared
 experts; the task experts, gates and heads are each task's own. Checked against LibMTL's
-``MMoE``, ``CGC`` and ``DSelect_k`` run in the tests with the same weights (same outputs and
+``MMoE``, ``CGC``, ``DSelect_k`` and ``PLE`` run in the tests with the same weights (same outputs and
 parameter counts).
 """
 
@@ -53,7 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmtl.errors import ConfigError
-from medmtl.models.backbones import dense_features
+from medmtl.models.backbones import dense_features, resnet_stages
 from medmtl.models.heads import ASPPHead
 from medmtl.models.scene_base import DenseSceneNet
 from medmtl.tasks import Task
@@ -214,3 +220,93 @@ def check_expert_options(
         raise ConfigError(f"model.gamma must be positive, got {gamma!r}.")
     if len(gate_input_size) != 2 or not all(isinstance(v, int) and v > 0 for v in gate_input_size):
         raise ConfigError(f"model.gate_input_size must be a [height, width] pair of positive integers, got {gate_input_size!r}.")
+
+
+def resnet_levels(backbone: str, output_stride: int, weights_path: str | None) -> tuple[list[nn.Module], int]:
+    """A dilated ResNet cut as LibMTL's PLE cuts it: the stem (conv, BN, ReLU, max-pool), then
+    its four stages; and the channels of the last."""
+    stages, channels = resnet_stages(backbone, output_stride, weights_path)
+    stem_and_first = cast(nn.Sequential, stages[0])
+    return [stem_and_first[0], stem_and_first[1], stages[1], stages[2], stages[3]], channels[-1]
+
+
+class ProgressiveLayeredExtraction(DenseSceneNet):
+    """PLE as LibMTL builds it for images (module docstring). Args: tasks; num_experts (shared
+    experts, >= 1); task_experts (each task's own, >= 0); gate_input_size ([H, W] of the image the
+    level gates are sized for; each level's gate reads its input pooled to the size it has at that
+    image size); backbone (a timm ResNet), output_stride, weights_path; aspp_width;
+    input_normalization; in_channels."""
+
+    LEVELS = 5
+
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        num_experts: int = 1,
+        task_experts: int = 1,
+        gate_input_size: Sequence[int] = (288, 384),
+        backbone: str = "resnet50",
+        output_stride: int = 8,
+        weights_path: str | None = None,
+        aspp_width: int = 256,
+        input_normalization: str = "imagenet",
+        in_channels: int = 3,
+    ):
+        super().__init__(tasks, input_normalization)
+        check_expert_options(num_experts, task_experts, "softmax", 1, 1.0, gate_input_size)
+        shared = [resnet_levels(backbone, output_stride, weights_path) for _ in range(num_experts)]
+        channels = shared[0][1]
+        self.shared_levels = nn.ModuleList(nn.ModuleList(levels[i] for levels, _ in shared) for i in range(self.LEVELS))
+        self.task_levels = nn.ModuleDict()
+        for t in tasks:
+            own = [resnet_levels(backbone, output_stride, weights_path)[0] for _ in range(task_experts)]
+            self.task_levels[t.name] = nn.ModuleList(nn.ModuleList(levels[i] for levels in own) for i in range(self.LEVELS))
+        self.level_inputs = self._level_inputs((in_channels, int(gate_input_size[0]), int(gate_input_size[1])))
+        n_choices = num_experts + task_experts
+        self.gates = nn.ModuleDict(
+            {t.name: nn.ModuleList(SoftmaxGate(c * h * w, n_choices) for c, h, w in self.level_inputs) for t in tasks}
+        )
+        self.heads_by_task = nn.ModuleDict({t.name: ASPPHead(channels, t, aspp_width) for t in tasks})
+
+    @torch.no_grad()
+    def _level_inputs(self, image_shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+        """(C, h, w) of each level's input for an image of ``image_shape``, through the first shared
+        expert in eval mode (its batch-norm statistics untouched)."""
+        x = torch.zeros(1, *image_shape)
+        shapes = []
+        for level in self.shared_levels:
+            shapes.append(tuple(x.shape[1:]))
+            first = level[0]
+            training = first.training
+            x = first.eval()(x)
+            first.train(training)
+        return cast(list[tuple[int, int, int]], shapes)
+
+    def representation(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Each requested task's representation after the last level (the tasks share parameters,
+        not features)."""
+        tasks = self._check_tasks(tasks)
+        self._input_size = tuple(image.shape[-2:])
+        x = self.normalize(image)
+        features = {name: x for name in tasks}
+        for level in range(self.LEVELS):
+            for name in tasks:
+                features[name] = self._mix(level, name, features[name])
+        return features
+
+    def _mix(self, level: int, name: str, x: torch.Tensor) -> torch.Tensor:
+        experts = list(cast(nn.ModuleList, self.shared_levels[level])) + list(
+            cast(nn.ModuleList, cast(nn.ModuleList, self.task_levels[name])[level])
+        )
+        outputs = torch.stack([e(x) for e in experts])
+        _, h, w = self.level_inputs[level]
+        gate_input = x if tuple(x.shape[-2:]) == (h, w) else F.adaptive_avg_pool2d(x, (h, w))
+        weights = cast(nn.ModuleList, self.gates[name])[level](gate_input.flatten(start_dim=1))
+        return torch.einsum("eb...,be->b...", outputs, weights)
+
+    def heads(self, shared: dict[str, torch.Tensor], tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        tasks = self._check_tasks(tasks)
+        return self.finish({name: self.heads_by_task[name](shared[name]) for name in tasks}, self._input_size)
+
+    def path_modules(self, task: str) -> list[nn.Module]:
+        return [self.shared_levels, self.task_levels[task], self.gates[task], self.heads_by_task[task]]
