@@ -276,7 +276,7 @@ class ProgressiveLayeredExtraction(DenseSceneNet):
         shapes = []
         for level in self.shared_levels:
             shapes.append(tuple(x.shape[1:]))
-            first = level[0]
+            first = cast(nn.ModuleList, level)[0]
             training = first.training
             x = first.eval()(x)
             first.train(training)
