@@ -5,6 +5,7 @@ import json
 import pandas as pd
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from helpers import TINY, run
 from medmtl.checkpoints import read_checkpoint
@@ -50,3 +51,38 @@ def test_per_task_selection_needs_separate_networks(tmp_path):
         "train.py", [*TINY, "optim=vanilla", "+optim.model_selection=per_task", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path
     )
     assert result.returncode == 2 and "needs one network per task (optim=stl)" in result.stderr
+
+
+def test_test_weights_last_tests_the_weights_training_ended_with(tmp_path):
+    """The quickstart's rule: the test reads the last weights (checkpoints/last.ckpt evaluated on
+    its own gives the same metrics), while the checkpoint of the lowest validation loss is still
+    recorded."""
+    folder = tmp_path / "run"
+    trained = run(
+        "train.py",
+        [*TINY, "trainer.max_epochs=3", "optim.optimizer.lr=0.01", "test_weights=last", f"hydra.run.dir={folder}"],
+        tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    record = json.loads((folder / "metrics.json").read_text())
+    assert record["tested_weights"] == "last"
+    # lr 0.01: the lowest validation loss is not the last epoch's (a property of this seeded run), so
+    # testing the selected checkpoint instead would give other metrics
+    assert record["best_checkpoint"] and not record["best_checkpoint"].endswith("epoch002.ckpt")
+    last_checkpoint = folder / "checkpoints" / "last.ckpt"
+    evaluated = run("eval.py", [f"ckpt_path={last_checkpoint}", f"hydra.run.dir={tmp_path / 'eval'}"], tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    last = json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"]
+    assert record["test"] == pytest.approx(last, rel=1e-6, abs=1e-9)
+
+
+def test_the_quickstart_decays_to_zero_and_tests_the_last_weights():
+    from helpers import compose_train
+
+    cfg = compose_train(["experiment=quickstart"])
+    assert cfg.test_weights == "last"
+    scheduler = instantiate(cfg.optim.scheduler)(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0))
+    for _ in range(cfg.trainer.max_epochs):  # stepped once per epoch
+        scheduler.optimizer.step()
+        scheduler.step()
+    assert scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)

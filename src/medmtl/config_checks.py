@@ -74,6 +74,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("optim.optimizer.momentum", _non_negative_number, "a number >= 0"),
     ("trainer.max_epochs", lambda v: _positive_int(v) or v == -1, "a positive integer (or -1: no epoch limit)"),
     ("seed", _is_int, "an integer"),
+    ("test_weights", lambda v: v in ("best", "last"), "best or last"),
 )
 
 

@@ -267,11 +267,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best_score = float(score) if score is not None else None
     if per_task is not None and cfg.get("train", True):
         best = per_task.compose(trainer, cast(SeparateNetworks, module.model)) or best
+    # test_weights=last: the weights training ended with (the quickstart's rule); best: the selected checkpoint
+    tested = best if cfg.get("test_weights", "best") == "best" else ""
     validation_metrics = None
     if cfg.get("optimized_split", "test") == "validation":
-        validation_metrics = _validate(trainer, module, datamodule, best or None)
+        validation_metrics = _validate(trainer, module, datamodule, tested or None)
     if cfg.get("test", True):
-        test_metrics = _test(trainer, module, datamodule, best or None, output_dir)
+        test_metrics = _test(trainer, module, datamodule, tested or None, output_dir)
     if csv_dir is not None:  # after testing: the logger's header only knows the keys it logged itself
         merge_after_resume(csv_dir)
 
@@ -294,6 +296,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "lower_is_better": sorted(module.evaluator.LOWER_IS_BETTER) if module.evaluator is not None else [],
         "n_tasks": len(module.tasks),
         "best_checkpoint": best,
+        "tested_weights": tested or "last",
         "best_val_loss": best_score if selector is not None and selector.monitor == "val/loss" else None,
         "selected_on": {"monitor": selector.monitor, "mode": selector.mode, "best": best_score} if selector is not None else None,
         "best_epochs_per_task": dict(per_task.epochs) if per_task is not None else None,
