@@ -24,7 +24,7 @@ def fit(root, model_name: str, optim_name: str, tmp_path, test: bool = False, va
     """``val_fraction``: default none, as the papers' NYUDv2 protocol, except for a strategy that
     reads validation batches (Auto-Lambda): a quarter of the eight training images. Batches of two
     images (the ASPP heads' batch norm needs two per forward), four for the strategies that halve
-    each batch (MoDo, SDMGrad): every run makes two iterations or more."""
+    each batch (MoDo, SDMGrad, MOML): every run makes two iterations or more."""
     cfg = compose_train([f"model={model_name}", "preset=tiny", f"optim={optim_name}"])
     strategy = instantiate(cfg.optim.strategy)
     if val_fraction is None:
@@ -34,7 +34,7 @@ def fit(root, model_name: str, optim_name: str, tmp_path, test: bool = False, va
         layout="nyud_mt",
         synthetic={"n_train": 8, "n_val": 2, "size": [32, 64]},
         tasks=["semseg", "depth", "normals", "edge"],
-        batch_size=4 if getattr(strategy, "reads", None) == "cross" else 2,
+        batch_size=4 if strategy.halves_batches else 2,
         eval_batch_size=2,
         augment="survey",
         val_fraction=val_fraction,

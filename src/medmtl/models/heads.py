@@ -69,7 +69,8 @@ class ASPP(nn.Module):
         if self.training and x.shape[0] == 1:
             raise ConfigError(
                 "The ASPP head's image-pooling branch has batch norm (the survey's DeepLab head), which cannot train on one "
-                "image per forward: use data.batch_size of 2 or more (4 or more with MoDo and SDMGrad, which halve each batch)."
+                "image per forward: use data.batch_size of 2 or more (4 or more with MoDo, SDMGrad and MOML, which halve "
+                "each batch)."
             )
         pooled = F.interpolate(self.pool(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
         return self.project(torch.cat([branch(x) for branch in self.branches] + [pooled], dim=1))

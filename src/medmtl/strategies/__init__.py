@@ -17,6 +17,7 @@ from medmtl.strategies.jacobian_aggregator import JacobianAggregator
 from medmtl.strategies.mao import MultiAdaptive, MultiAdaptiveOptimization
 from medmtl.strategies.mgda import MGDA
 from medmtl.strategies.moco import MultiObjectiveCorrection
+from medmtl.strategies.moml import MOML
 from medmtl.strategies.pcgrad import PCGrad
 from medmtl.strategies.preference_scalarization import PreferenceScalarization
 from medmtl.strategies.random_weighting import RandomLossWeighting
@@ -47,6 +48,7 @@ __all__ = [
     "GradientSignDropout",
     "JacobianAggregator",
     "MGDA",
+    "MOML",
     "MultiAdaptive",
     "MultiAdaptiveOptimization",
     "PCGrad",

@@ -107,6 +107,9 @@ class Strategy(nn.Module, abc.ABC):
     #: True when the strategy reads validation batches while training (``ctx.task_batch(VALIDATION)``,
     #: Auto-Lambda): refused for data without a validation split
     uses_validation_batches: bool = False
+    #: True when each batch is split in two independent halves (MoDo, SDMGrad, MOML): it needs
+    #: batches of 2 samples or more (:func:`batch_halves`)
+    halves_batches: bool = False
     #: True when one forward of the network serves several backward passes (retain_graph: per-task
     #: gradients or Jacobians of one forward); ``speed.compile`` is refused for these
     #: (:func:`medmtl.speed.check_compile`)
@@ -147,6 +150,18 @@ class Strategy(nn.Module, abc.ABC):
     @staticmethod
     def detached(losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {f"loss/{name}": value.detach() for name, value in losses.items()}
+
+
+def batch_halves(ctx: StepContext, batch: Batch, strategy: str) -> tuple[Batch, Batch]:
+    """The first and second half of ``batch`` (its per-sample entries split, the rest shared), for
+    the strategies that need two independent samples of one batch; one sentence for a batch of one."""
+    size = ctx.inputs(batch)[0].shape[0]
+    if size < 2:
+        raise ConfigError(f"optim={strategy} splits each batch in two: it needs batches of 2 samples or more.")
+    return tuple(  # type: ignore[return-value]
+        {k: v[part] if v.shape[:1] == (size,) else v for k, v in batch.items()}
+        for part in (slice(0, size // 2), slice(size // 2, size))
+    )
 
 
 def task_order(tasks: Sequence[Task], order: Sequence[str] | None) -> list[str]:

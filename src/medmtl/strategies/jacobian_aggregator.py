@@ -32,7 +32,7 @@ from torch import nn
 
 from medmtl.errors import ConfigError
 from medmtl.strategies import device_solvers
-from medmtl.strategies.base import Batch, StepContext
+from medmtl.strategies.base import Batch, StepContext, batch_halves
 from medmtl.strategies.gradient_combination import GradientCombination, task_jacobian
 
 #: name -> (torchjd class name, what it reads: "gramian", "jacobian" (a weighting of J),
@@ -173,6 +173,7 @@ class JacobianAggregator(GradientCombination):
         if aggregator not in AGGREGATORS:
             raise ConfigError(f"optim.strategy.aggregator must be one of {sorted(AGGREGATORS)}, got {aggregator!r}.")
         self.class_name, self.reads = AGGREGATORS[aggregator]
+        self.halves_batches = self.reads == "cross"
         self.needs_jacobian = self.reads != "gramian"
         if self.reads == "cross" and mode != "jacobian":
             raise ConfigError(f"{aggregator} samples two half-batch Jacobians at W: use mode=jacobian.")
@@ -311,13 +312,10 @@ class JacobianAggregator(GradientCombination):
         parameters in that iteration (its head still trains). Cost: 1F on the whole batch and 1F on
         each half, T backward passes per half and one for the update; batch norm sees every sample
         twice in its running statistics."""
-        size = ctx.inputs(batch)[0].shape[0]
-        if size < 2:
-            raise ConfigError(f"optim={self.aggregator_name} splits each batch in two: it needs batches of 2 samples or more.")
         shared = ctx.model.shared_parameters()
         halves = []
-        for part in (slice(0, size // 2), slice(size // 2, size)):
-            found = self.stacked_losses(ctx, {k: v[part] if v.shape[:1] == (size,) else v for k, v in batch.items()})
+        for half in batch_halves(ctx, batch, self.aggregator_name):
+            found = self.stacked_losses(ctx, half)
             halves.append(({}, [], None) if found is None else found)
         common = [n for n in halves[0][1] if n in halves[1][1]]
         found = self.stacked_losses(ctx, batch)
