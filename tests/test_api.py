@@ -287,6 +287,21 @@ def test_a_nonfinite_loss_stops_the_loop_before_any_parameter_changes(name):
         assert torch.equal(was, now)
 
 
+@pytest.mark.parametrize("name", ["moml", "forum"])
+def test_a_nonfinite_loss_leaves_the_bilevel_task_logits_untouched(name):
+    """MOML's and FORUM's logits (and FORUM's lambdas) are buffers stepped by their own Adam: a NaN
+    loss, skipped by the guard, must not reach them either."""
+    network = user_network(MultiLeNet(multimnist_tasks(), dropout="none").double())
+    step = MultiTaskStep(network, multimnist_tasks(), name, nonfinite="skip")
+    step(next(nan_batches()))  # skipped
+    assert step.guard.skipped_updates == 1
+    buffers = {k: v.clone() for k, v in step.strategy.named_buffers()}
+    assert buffers, "the strategy keeps its logits as buffers"
+    step(next(nan_batches()))
+    for key, value in step.strategy.named_buffers():
+        assert torch.equal(value, buffers[key]) and torch.isfinite(value).all(), key
+
+
 @pytest.mark.parametrize("name", ["jd_cagrad", "jd_imtl_g", "jd_nash_mtl", "jd_fairgrad"])
 @pytest.mark.parametrize("mode", ["stop", "skip"])
 def test_host_solvers_hand_a_nonfinite_jacobian_to_the_guard_instead_of_failing(name, mode):

@@ -7,6 +7,7 @@ from medmtl.strategies.dual_balancing import DualBalancing
 from medmtl.strategies.dwa import DynamicWeightAverage
 from medmtl.strategies.famo import FastAdaptiveMultitask
 from medmtl.strategies.fixed import FixedWeights
+from medmtl.strategies.forum import FORUM
 from medmtl.strategies.ga import GradientAccumulation
 from medmtl.strategies.graddrop import GradientSignDropout
 from medmtl.strategies.gradient_combination import GradientCombination
@@ -42,6 +43,7 @@ __all__ = [
     "DynamicWeightAverage",
     "EqualWeights",
     "FixedWeights",
+    "FORUM",
     "GradNorm",
     "GradientAccumulation",
     "GradientCombination",

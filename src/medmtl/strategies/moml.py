@@ -33,28 +33,19 @@ the virtual step. Cost per iteration: 3 forwards, 2T + 1 backward passes, one co
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from medmtl.errors import ConfigError
 from medmtl.strategies.base import Batch, StepContext, batch_halves
+from medmtl.strategies.bilevel import SoftmaxTaskWeights, add_flat_, flat_gradient, softmax_jacobian
 from medmtl.strategies.mgda import SOLVERS, min_norm_weights
-from medmtl.strategies.own_optimizer import OwnOptimizer
-from medmtl.strategies.weighted_sum import WeightedSum
 
 NORMALIZATIONS = ("l2", "none")
 
 
-class MOML(WeightedSum):
-    logits: torch.Tensor
-
-    supports_fp16_scaler = False
-    reuses_forward_graph = True
-    halves_batches = True
-
+class MOML(SoftmaxTaskWeights):
     def __init__(self, inner_lr: float = 0.1, outer_lr: float = 1e-3, normalization: str = "l2", solver: str = "exact"):
-        super().__init__()
+        super().__init__(outer_lr)
         if normalization not in NORMALIZATIONS:
             raise ConfigError(f"optim.strategy.normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
         if solver not in SOLVERS:
@@ -64,31 +55,12 @@ class MOML(WeightedSum):
         self.inner_lr = float(inner_lr)
         self.normalization = normalization
         self.solver = solver
-        self.meta_optimizer = OwnOptimizer(lambda params: torch.optim.Adam(params, lr=outer_lr))
-
-    def setup(self, task_names: list[str]) -> None:
-        self.task_names = list(task_names)
-        self.register_buffer("logits", torch.full((len(self.task_names),), 1.0 / len(self.task_names)))
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return self.meta_optimizer.state_dict()
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.meta_optimizer.load_state_dict(state)
-
-    def weights(self) -> torch.Tensor:
-        return torch.softmax(self.logits, dim=0)
-
-    def weighted_total(self, losses):
-        return self.combine(self.weights(), losses)
-
-    def weights_to_log(self):
-        return self.weights_by_task(self.weights())
 
     def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
         inner, outer = batch_halves(ctx, batch, "moml")
         gradient = self.logit_gradient(ctx, inner, outer)
-        if gradient is not None:
+        # the logits never take a non-finite step (a NaN loss reaches the guard at the network's step)
+        if gradient is not None and bool(torch.isfinite(gradient).all()):
             self.meta_optimizer.step(self.logits, gradient)
         return super().training_step(ctx, batch)
 
@@ -103,25 +75,18 @@ class MOML(WeightedSum):
             if found is None:
                 return None
             _, names, stacked = found
-            inner_gradients = torch.stack(
-                [torch.cat([g.reshape(-1) for g in ctx.gradients(loss, params)]) for loss in stacked]
-            )  # (T', d)
+            inner_gradients = torch.stack([flat_gradient(ctx, loss, params) for loss in stacked])  # (T', d)
             s = self.weights().to(inner_gradients.dtype)
-            present = torch.tensor([self.task_names.index(n) for n in names], device=s.device)
-            with torch.no_grad():
-                step = self.inner_lr * (s[present] @ inner_gradients)
-                offset = 0
-                for p in params:
-                    p.sub_(step[offset : offset + p.numel()].view_as(p))
-                    offset += p.numel()
+            present = self.present(names)
+            add_flat_(params, s[present] @ inner_gradients, -self.inner_lr)
             outer_losses = ctx.losses(ctx.forward(outer), outer)
             if not outer_losses:
                 return None
-            softmax_jacobian = (torch.diag(s) - torch.outer(s, s))[present]  # (T', T): d s_k / d alpha
-            rows = []
-            for loss in outer_losses.values():
-                outer_gradient = torch.cat([g.reshape(-1) for g in ctx.gradients(loss, params)])
-                rows.append(-self.inner_lr * (outer_gradient @ inner_gradients.T) @ softmax_jacobian)
+            jacobian = softmax_jacobian(s)[present]  # (T', T): d s_k / d alpha
+            rows = [
+                -self.inner_lr * (flat_gradient(ctx, loss, params) @ inner_gradients.T) @ jacobian
+                for loss in outer_losses.values()
+            ]
             return torch.stack(rows).detach()
         finally:
             model.load_state_dict(saved)
@@ -132,6 +97,8 @@ class MOML(WeightedSum):
         if rows is None:
             return None
         rows = rows.double()
+        if not bool(torch.isfinite(rows).all()):
+            return torch.full((rows.shape[1],), float("nan"), dtype=rows.dtype)  # no solve on NaN (a NaN loss)
         if self.normalization == "l2":
             rows = rows / torch.linalg.vector_norm(rows, dim=1, keepdim=True).clamp_min(1e-30)
         combination = min_norm_weights(rows @ rows.T, solver=self.solver)
