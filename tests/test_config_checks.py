@@ -36,6 +36,8 @@ def test_every_shipped_configuration_passes(group):
         ("model=dselect_k model.gamma=-1", "model.gamma must be a positive number, got -1"),
         ("model=mmoe model.gate=top1", "model.gate must be softmax or dselect_k, got 'top1'"),
         ("model=mmoe model.gate_input_size=[0,16]", r"model.gate_input_size must be a \[height, width\] pair"),
+        ("model=ltb model.eval_branching=mean", "model.eval_branching must be argmax or sample, got 'mean'"),
+        ("model=ltb model.epochs=0", r"model.epochs must be an integer >= 1 \(the run's max_epochs\), got 0"),
         ("test_weights=first", "test_weights must be best or last, got 'first'"),
         ("trainer.max_epochs=0", r"trainer.max_epochs must be a positive integer \(or -1: no epoch limit\), got 0"),
     ],

@@ -40,6 +40,7 @@ TASK_SETS = {
     "cgc": (SCENE, []),
     "dselect_k": (SCENE, []),
     "ple": (SCENE, []),
+    "ltb": (SCENE, []),
     "padnet_auxiliary": (SCENE_AUXILIARY, ["model=padnet"]),
     "mtinet_auxiliary": (SCENE_AUXILIARY, ["model=mtinet"]),
     "emotic_2enc": (lambda: emotic_tasks("2task"), []),

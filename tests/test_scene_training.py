@@ -11,7 +11,7 @@ from medmtl.data.nyudv2_synthetic import SyntheticNYUDv2DataModule
 from medmtl.module import MultiTaskModule, StrategyNotApplicable
 
 SCENE_MODELS = ["mtl_baseline", "cross_stitch", "nddr_cnn", "mtan", "segnet_mtan", "padnet", "mtinet"]
-SCENE_MODELS += ["mmoe", "cgc", "ple", "dselect_k"]  # LibMTL's mixtures
+SCENE_MODELS += ["mmoe", "cgc", "ple", "dselect_k", "ltb"]  # LibMTL's mixtures
 FAMILIES = ["vanilla", "pcgrad", "mgda_ub", "mtl_io", "stl"]
 
 

@@ -69,6 +69,8 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("model.entropy_weight", _non_negative_number, "a number >= 0"),
     ("model.gate", lambda v: v in ("softmax", "dselect_k"), "softmax or dselect_k"),
     ("model.gate_input_size", _size_pair, "a [height, width] pair of positive integers"),
+    ("model.epochs", _positive_int, "an integer >= 1 (the run's max_epochs)"),
+    ("model.eval_branching", lambda v: v in ("argmax", "sample"), "argmax or sample"),
     ("optim.optimizer.lr", _positive_number, "a positive number"),
     ("optim.optimizer.weight_decay", _non_negative_number, "a number >= 0"),
     ("optim.optimizer.momentum", _non_negative_number, "a number >= 0"),

@@ -21,7 +21,7 @@ sentence (:func:`medmtl.models.weights.resolve_weights_file`); nothing is downlo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +91,14 @@ def resnet_stages(name: str, output_stride: int = 8, weights_path: str | None = 
     stages = nn.ModuleList([nn.Sequential(stem, network.layer1), network.layer2, network.layer3, network.layer4])
     channels = [info["num_chs"] for info in network.feature_info if info["module"].startswith("layer")]
     return stages, channels
+
+
+def resnet_levels(name: str, output_stride: int = 8, weights_path: str | None = None) -> tuple[list[nn.Module], int]:
+    """A dilated timm ResNet cut as LibMTL's PLE and LTB cut it: the stem (conv, BN, ReLU,
+    max-pool), then its four stages; and the channels of the last."""
+    stages, channels = resnet_stages(name, output_stride, weights_path)
+    stem_and_first = cast(nn.Sequential, stages[0])
+    return [stem_and_first[0], stem_and_first[1], stages[1], stages[2], stages[3]], channels[-1]
 
 
 def hrnet_features(name: str, weights_path: str | None = None) -> tuple[nn.Module, list[int]]:

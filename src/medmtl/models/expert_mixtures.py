@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmtl.errors import ConfigError
-from medmtl.models.backbones import dense_features, resnet_stages
+from medmtl.models.backbones import dense_features, resnet_levels
 from medmtl.models.heads import ASPPHead
 from medmtl.models.scene_base import DenseSceneNet
 from medmtl.tasks import Task
@@ -220,14 +220,6 @@ def check_expert_options(
         raise ConfigError(f"model.gamma must be positive, got {gamma!r}.")
     if len(gate_input_size) != 2 or not all(isinstance(v, int) and v > 0 for v in gate_input_size):
         raise ConfigError(f"model.gate_input_size must be a [height, width] pair of positive integers, got {gate_input_size!r}.")
-
-
-def resnet_levels(backbone: str, output_stride: int, weights_path: str | None) -> tuple[list[nn.Module], int]:
-    """A dilated ResNet cut as LibMTL's PLE cuts it: the stem (conv, BN, ReLU, max-pool), then
-    its four stages; and the channels of the last."""
-    stages, channels = resnet_stages(backbone, output_stride, weights_path)
-    stem_and_first = cast(nn.Sequential, stages[0])
-    return [stem_and_first[0], stem_and_first[1], stages[1], stages[2], stages[3]], channels[-1]
 
 
 class ProgressiveLayeredExtraction(DenseSceneNet):
