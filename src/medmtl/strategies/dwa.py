@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from medmtl.errors import ConfigError
 from medmtl.strategies.weighted_sum import WeightedSum
 
 
@@ -20,6 +21,8 @@ class DynamicWeightAverage(WeightedSum):
 
     def __init__(self, temperature: float = 2.0):
         super().__init__()
+        if not temperature > 0:
+            raise ConfigError(f"optim.strategy.temperature must be a positive number, got {temperature!r}.")
         self.temperature = temperature
 
     def setup(self, task_names: list[str]) -> None:
