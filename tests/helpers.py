@@ -108,7 +108,6 @@ TINY = [
     "data.synthetic.glaucoma_threshold=0.55",
     "trainer.max_epochs=1",
     # the paper experiments' rule (the tests check model selection through it), not the quickstart's
-    "optim.scheduler=null",
     "test_weights=best",
 ]
 
