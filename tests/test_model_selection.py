@@ -5,7 +5,6 @@ import json
 import pandas as pd
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from helpers import TINY, run
 from medmtl.checkpoints import read_checkpoint
