@@ -8,7 +8,7 @@ d s / d alpha = diag(s) - s s^T (:func:`softmax_jacobian`, symmetric), so d/dalp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -68,6 +68,12 @@ class SoftmaxTaskWeights(WeightedSum):
 
     def weights_to_log(self):
         return self.weights_by_task(self.weights())
+
+    def alpha_gradient(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """d/dalpha sum_k s_k L_k = (diag(s) - s s^T) L, in float64, absent tasks' L_k taken as 0."""
+        values = torch.zeros(len(self.task_names), dtype=torch.float64, device=self.logits.device)
+        values[self.present(list(losses))] = torch.stack([v.detach() for v in losses.values()]).double()
+        return softmax_jacobian(self.weights().double()) @ values
 
     def present(self, names: Sequence[str]) -> torch.Tensor:
         """Indices of ``names`` in the task set."""

@@ -38,7 +38,7 @@ import torch
 
 from medmtl.errors import ConfigError
 from medmtl.strategies.base import Batch, StepContext, batch_halves
-from medmtl.strategies.bilevel import SoftmaxTaskWeights, add_flat_, flat_gradient, softmax_jacobian
+from medmtl.strategies.bilevel import SoftmaxTaskWeights, add_flat_, flat_gradient
 from medmtl.strategies.gradient_combination import write_flat_gradient
 
 
@@ -106,19 +106,13 @@ class FORUM(SoftmaxTaskWeights):
         """grad_alpha f(alpha, theta_N): ``inner_steps`` SGD steps on f from the current weights
         (which the caller restores), then (diag(s) - s s^T) L(theta_N)."""
         params = list(ctx.model.parameters())
-        s = self.weights()
-        present = self.present(names)
         for _ in range(self.inner_steps):
-            losses = ctx.losses(ctx.forward(inner), inner, names)
-            total = (s[present].to(next(iter(losses.values())).dtype) * torch.stack([losses[n] for n in names])).sum()
+            total = self.weighted_total(ctx.losses(ctx.forward(inner), inner, names))
             if float(total.detach()) > 1e5:  # LibMTL: a too large inner_lr or inner_steps diverged; stop there
                 break
             add_flat_(params, flat_gradient(ctx, total, params), -self.inner_lr)
         with torch.no_grad():
-            losses = ctx.losses(ctx.forward(inner), inner, names)
-        values = torch.zeros_like(s, dtype=torch.float64)
-        values[present] = torch.stack([losses[n] for n in names]).double()
-        return softmax_jacobian(s.double()) @ values
+            return self.alpha_gradient(ctx.losses(ctx.forward(inner), inner, names))
 
     def direction(
         self, ctx: StepContext, inner: Batch, outer: Batch
@@ -130,14 +124,9 @@ class FORUM(SoftmaxTaskWeights):
         found = self.stacked_losses(ctx, inner)
         if found is None:
             return None
-        losses, names, stacked = found
-        s = self.weights()
-        present = self.present(names)
-        f = (s[present].to(stacked.dtype) * stacked).sum()
-        grad_theta_f = flat_gradient(ctx, f, params).detach().double()
-        values = torch.zeros_like(s, dtype=torch.float64)
-        values[present] = stacked.detach().double()
-        grad_alpha_f = softmax_jacobian(s.double()) @ values
+        losses, names, _ = found
+        grad_theta_f = flat_gradient(ctx, self.weighted_total(losses), params).detach().double()
+        grad_alpha_f = self.alpha_gradient(losses)
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
         try:
             grad_alpha_f_inner = self.inner_gradient_of_alpha(ctx, inner, names)
