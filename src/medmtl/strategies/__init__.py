@@ -9,6 +9,7 @@ from medmtl.strategies.famo import FastAdaptiveMultitask
 from medmtl.strategies.fixed import FixedWeights
 from medmtl.strategies.forum import FORUM
 from medmtl.strategies.ga import GradientAccumulation
+from medmtl.strategies.go4align import GroupAlignment
 from medmtl.strategies.graddrop import GradientSignDropout
 from medmtl.strategies.gradient_combination import GradientCombination
 from medmtl.strategies.gradnorm import GradNorm
@@ -45,6 +46,7 @@ __all__ = [
     "FixedWeights",
     "FORUM",
     "GradNorm",
+    "GroupAlignment",
     "GradientAccumulation",
     "GradientCombination",
     "GradientSignDropout",
