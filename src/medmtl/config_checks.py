@@ -77,6 +77,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("optim.strategy.inner_steps", _positive_int, "an integer >= 1"),
     ("optim.strategy.phi", _positive_number, "a positive number"),
     ("optim.strategy.num_groups", _positive_int, "an integer >= 1"),
+    ("optim.strategy.ntk_exp", _positive_number, "a positive number"),
     ("optim.strategy.robust_step_size", _positive_number, "a positive number"),
     ("optim.optimizer.lr", _positive_number, "a positive number"),
     ("optim.optimizer.weight_decay", _non_negative_number, "a number >= 0"),

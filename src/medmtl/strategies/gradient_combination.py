@@ -111,6 +111,9 @@ class GradientCombination(Strategy):
 
     needs_jacobian: bool = False
     supports_fp16_scaler = False
+    #: > 0: the shared parameters' gradient is clipped to this global norm before the step (the
+    #: authors' code of NTKMTL, as of CAGrad and Nash-MTL, clips it at 1.0); the heads' is not
+    shared_max_norm: float = 0.0
 
     @property
     def reuses_forward_graph(self) -> bool:  # type: ignore[override]
@@ -219,8 +222,16 @@ class GradientCombination(Strategy):
             ctx.backward(stacked @ weights.to(stacked.dtype), inputs=shared, retain_graph=True)
             ctx.backward(stacked.sum(), inputs=heads)
         ctx.clip_gradients(optimizer)
+        self.clip_shared(model)
         optimizer.step()
         return self.logged(losses, stacked, names, weights)
+
+    def clip_shared(self, model) -> None:
+        """Clip the shared parameters' gradient to ``shared_max_norm`` (a no-op at 0); under DDP it
+        is already the union's, so every rank clips alike."""
+        if self.shared_max_norm > 0:
+            shared = [p for p in model.shared_parameters() if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(shared, self.shared_max_norm)
 
     @staticmethod
     def logged(losses, stacked: torch.Tensor, names: list[str], weights: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -255,6 +266,7 @@ class GradientCombination(Strategy):
         )
         ctx.backward(surrogate)
         ctx.clip_gradients(optimizer)
+        self.clip_shared(model)
         optimizer.step()
         return self.logged(losses, stacked, names, weights)
 
