@@ -655,3 +655,26 @@ def test_an_unreadable_run_record_is_one_sentence_naming_it(name, content, tmp_p
     (tmp_path / name).write_bytes(content)
     with pytest.raises(RunFolderConflict, match=f"{name} is not readable JSON .* delete that file"):
         check_reused_folder(tmp_path, "0123456789abcdef")
+
+
+def test_recorded_runs_stay_recognised_when_an_option_is_added_at_its_earlier_behaviour(tmp_path):
+    """A MultiMNIST run recorded (results/) before ``test_weights`` existed: today's composition adds
+    ``test_weights: best``, what every run did before, and a rerun sweep must skip the run, not refuse
+    it as another configuration; ``last`` is another configuration. A run recorded while the key was
+    still in the digest is recognised too."""
+    from omegaconf import OmegaConf
+
+    from helpers import PROJECT_ROOT
+    from medmtl.utils.run_identity import check_reused_folder, config_digest, earlier_digests
+
+    recorded = PROJECT_ROOT / "results" / "multimnist_sener2018" / "5"
+    config = OmegaConf.load(recorded / "config_resolved.yaml")
+    assert "test_weights" not in config, "the test needs a run recorded before the option existed"
+    today = OmegaConf.merge(config, {"test_weights": "best"})
+    finished = check_reused_folder(recorded, config_digest(today), earlier_digests(today))
+    assert finished is not None and finished["test"]["left_acc"] > 0.9
+    other = OmegaConf.merge(config, {"test_weights": "last"})
+    with pytest.raises(RunFolderConflict, match="another configuration"):
+        check_reused_folder(recorded, config_digest(other), earlier_digests(other))
+    (tmp_path / "metrics.json").write_text(json.dumps({"config_digest": config_digest(today, drop_later_keys=False)}))
+    assert check_reused_folder(tmp_path, config_digest(today), earlier_digests(today)) is not None

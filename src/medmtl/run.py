@@ -27,7 +27,7 @@ from medmtl.selection import SELECTIONS, PerTaskSelection
 from medmtl.utils import folder_lock
 from medmtl.utils.csv_log import merge_after_resume, set_aside_before_resume
 from medmtl.utils.outputs import atomic_write_text, print_summary, write_metrics_json, write_predictions
-from medmtl.utils.run_identity import NOT_IDENTITY, check_reused_folder, config_digest, record_identity
+from medmtl.utils.run_identity import NOT_IDENTITY, check_reused_folder, config_digest, earlier_digests, record_identity
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if primary:
         folder_lock.acquire(output_dir, "run folder")  # (re-entrant: train.py's Hydra callback took it)
     digest = config_digest(cfg)
-    finished = check_reused_folder(output_dir, digest)
+    finished = check_reused_folder(output_dir, digest, earlier_digests(cfg))
     if finished is not None and cfg.get("skip_finished", True):
         log.info("Skipping %s: it holds a finished run of this config (skip_finished=false to rerun).", output_dir)
         print(f"skipped (finished before): {output_dir}")

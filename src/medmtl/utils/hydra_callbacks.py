@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from medmtl.errors import NonFiniteError, RunFolderConflict, UserError
 from medmtl.utils import folder_lock
-from medmtl.utils.run_identity import check_reused_folder, config_digest
+from medmtl.utils.run_identity import check_reused_folder, config_digest, earlier_digests
 
 
 def _refuse(error: UserError) -> None:
@@ -61,7 +61,7 @@ class FolderGuard(Callback):
         HydraConfig.instance().set_config(config)
         try:
             if run_dir.is_dir():
-                check_reused_folder(run_dir, config_digest(config))
+                check_reused_folder(run_dir, config_digest(config), earlier_digests(config))
             folder_lock.acquire(run_dir, "run folder")
         except UserError as error:
             _refuse(error)

@@ -33,21 +33,34 @@ from medmtl.utils.outputs import atomic_write_text
 #: Top-level keys that do not change what a run computes (``speed``: the same results to rounding,
 #: so a run may be resumed with other speed options).
 NOT_IDENTITY = ("paths", "logger", "callbacks", "hydra", "ckpt_path", "auto_resume", "skip_finished", "speed")
+#: Top-level keys added after runs were recorded, with the value that reproduces what a run did
+#: before the key existed: at that value the key is left out of the digest, so that adding an option
+#: does not turn every recorded run into "another configuration" (a rerun sweep would refuse them
+#: all instead of skipping them); any other value changes the digest.
+LATER_KEYS = {"test_weights": "best"}
 IDENTITY_FILE = "identity.json"
 
 
-def config_digest(cfg: DictConfig) -> str:
-    """SHA-256 (first 16 hex digits) of the resolved config minus :data:`NOT_IDENTITY`.
+def config_digest(cfg: DictConfig, drop_later_keys: bool = True) -> str:
+    """SHA-256 (first 16 hex digits) of the resolved config minus :data:`NOT_IDENTITY` and minus the
+    :data:`LATER_KEYS` at their earlier behaviour's value.
 
     The keys are dropped before resolving, so that the digest can be taken before Hydra has set
     up its run-time values (``${hydra:runtime.output_dir}`` lives in ``paths``)."""
     identity = {
         key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
         for key in cfg
-        if key not in NOT_IDENTITY
+        if key not in NOT_IDENTITY and not (drop_later_keys and key in LATER_KEYS and cfg[key] == LATER_KEYS[key])
     }
     text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def earlier_digests(cfg: DictConfig) -> tuple[str, ...]:
+    """Digests the same configuration was recorded under before :data:`LATER_KEYS` were left out
+    (runs made while such a key was already in the config and still in the digest)."""
+    every_key = config_digest(cfg, drop_later_keys=False)
+    return () if every_key == config_digest(cfg) else (every_key,)
 
 
 def _recorded_digest(output_dir: Path) -> str | None:
@@ -67,8 +80,9 @@ def _recorded_digest(output_dir: Path) -> str | None:
     return None
 
 
-def check_reused_folder(output_dir: Path, digest: str) -> dict[str, Any] | None:
-    """The finished record when ``output_dir`` holds this config's ``metrics.json``, else None.
+def check_reused_folder(output_dir: Path, digest: str, earlier: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """The finished record when ``output_dir`` holds this config's ``metrics.json`` (recorded under
+    ``digest`` or one of its ``earlier`` digests), else None.
 
     Raises :class:`RunFolderConflict` when the folder holds another configuration's run.
     """
@@ -76,7 +90,7 @@ def check_reused_folder(output_dir: Path, digest: str) -> dict[str, Any] | None:
     recorded = _recorded_digest(output_dir)
     if recorded is None:
         return None
-    if recorded != digest:
+    if recorded != digest and recorded not in earlier:
         raise RunFolderConflict(
             f"The folder {output_dir} holds a run of another configuration (digest {recorded}, this one {digest}); "
             "choose a new folder, or rerun the exact command that made it. To continue that run with other "
