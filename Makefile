@@ -53,7 +53,7 @@ FOUR_REAL_METRICS := breastmnist_auc pneumoniamnist_auc retinamnist_auc adrenalm
 results: install ## rerun the recorded reproductions into results/ (hours on a CPU; a rerun trains only what is missing) and their reports
 	$(PYTHON) src/train.py -m experiment=multimnist_sener2018 data=multimnist data.root=$(SHARED_DATA)/mnist \
 		trainer.max_epochs=15 speed.channels_last=true hydra.sweep.dir=results/multimnist_sener2018
-	$(PYTHON) src/report.py results/multimnist_sener2018 --metrics left_acc right_acc --baseline "stl (MultiLeNet)"
+	$(PYTHON) src/report.py results/multimnist_sener2018 --metrics left_acc right_acc --baseline stl
 	$(PYTHON) src/train.py -m experiment=medmnist_yang2023 data=medmnist data.root=$(SHARED_DATA)/medmnist \
 		trainer.max_epochs=5 speed.channels_last=true yang2023_dataset=pneumoniamnist hydra.sweep.dir=results/medmnist_yang2023_pneumonia
 	$(PYTHON) src/train.py -m experiment=medmnist_yang2023 data=medmnist data.root=$(SHARED_DATA)/medmnist \
@@ -69,7 +69,7 @@ results: install ## rerun the recorded reproductions into results/ (hours on a C
 		--metrics breastmnist_auc pneumoniamnist_auc retinamnist_auc --output results/medmnist_four_real_joint2d/report
 	$(PYTHON) src/train.py -m experiment=multimnist_sener2018 data=multimnist data.root=$(SHARED_DATA)/mnist \
 		speed.channels_last=true seed=0 optim=vanilla,mgda_ub,stl hydra.sweep.dir=results/multimnist_sener2018_100epochs
-	$(PYTHON) src/report.py results/multimnist_sener2018_100epochs --metrics left_acc right_acc --baseline "stl (MultiLeNet)"
+	$(PYTHON) src/report.py results/multimnist_sener2018_100epochs --metrics left_acc right_acc --baseline stl
 
 report: install ## tables from a sweep: make report DIR=logs/train/multiruns/<date>
 	$(PYTHON) src/report.py $(DIR)
