@@ -352,12 +352,23 @@ def test_example_lightning_module_trains_with_a_strategy():
     assert losses["loss/kind"] < 0.7 and losses["loss/size"] < 0.5, losses
 
 
+#: a C++ abort at interpreter exit, after the script's last line, seen in 2-4 of 10 torchrun runs of
+#: the example on one machine (also at the commit before GO4Align; a bare gloo loop does not show it);
+#: not understood yet: the test retries a run that ends so, and fails on any other error
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def test_example_torchrun_script_keeps_the_ranks_identical():
     """examples/own_loop_ddp.py under torchrun with 2 processes started from different weights:
     both ranks end with the same parameters (the checksum) and the same union losses, learned."""
-    lines = run_example(
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "examples/own_loop_ddp.py", "pcgrad", "100"
-    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "examples/own_loop_ddp.py"]
+    for attempt in range(3):
+        try:
+            lines = run_example(*command, "pcgrad", "100")
+            break
+        except subprocess.CalledProcessError as error:
+            if TEARDOWN_ABORT not in error.stderr or attempt == 2:
+                raise
     ranks = sorted(line for line in lines if line.startswith("rank "))
     assert len(ranks) == 2, lines
     assert ranks[0].split(": ", 1)[1] == ranks[1].split(": ", 1)[1], ranks
