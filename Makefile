@@ -70,6 +70,8 @@ results: install ## rerun the recorded reproductions into results/ (hours on a C
 	$(PYTHON) src/train.py -m experiment=multimnist_sener2018 data=multimnist data.root=$(SHARED_DATA)/mnist \
 		speed.channels_last=true seed=0 optim=vanilla,mgda_ub,stl hydra.sweep.dir=results/multimnist_sener2018_100epochs
 	$(PYTHON) src/report.py results/multimnist_sener2018_100epochs --metrics left_acc right_acc --baseline stl
+	$(PYTHON) src/train.py -m experiment=multimnist_sener2018 data=multimnist data.root=$(SHARED_DATA)/mnist \
+		speed.channels_last=true seed=1,2 optim=mgda_ub hydra.sweep.dir=results/multimnist_sener2018_100epochs_mgda_ub
 
 report: install ## tables from a sweep: make report DIR=logs/train/multiruns/<date>
 	$(PYTHON) src/report.py $(DIR)
