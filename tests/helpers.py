@@ -47,6 +47,16 @@ def per_task_gradients(model, batch, tasks, params):
     return torch.stack(rows)
 
 
+def sgd_step_along(params, direction: torch.Tensor, lr: float) -> None:
+    """The reference's plain SGD step: every parameter moves by -lr times its slice of the flat
+    ``direction`` (parameters in ``params`` order)."""
+    with torch.no_grad():
+        offset = 0
+        for p in params:
+            p -= lr * direction[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF = PROJECT_ROOT / "conf"
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from helpers import PlainContext, per_task_gradients, random_batch, tiny_unet
+from helpers import PlainContext, per_task_gradients, random_batch, sgd_step_along, tiny_unet
 from medmtl.strategies import (
     DualBalancing,
     FastAdaptiveMultitask,
@@ -158,11 +158,7 @@ def test_famo_follows_algorithm_1_by_hand(max_norm):
         if max_norm > 0:
             assert shared_norm > max_norm, "the test needs a direction that is clipped"
             direction[shared] *= max_norm / shared_norm
-        with torch.no_grad():
-            offset = 0
-            for p in params:
-                p -= lr * direction[offset : offset + p.numel()].view_as(p)
-                offset += p.numel()
+        sgd_step_along(params, direction, lr)
         delta = torch.log(before) - torch.log(task_losses(reference))
         xi = xi - beta * (z * (delta - (z * delta).sum()) + gamma * xi)
     torch.testing.assert_close(strategy.logits, xi)

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from helpers import PlainContext, per_task_gradients, random_batch, tiny_unet
+from helpers import PlainContext, per_task_gradients, random_batch, sgd_step_along, tiny_unet
 from medmtl.strategies import NTKMTL
 from medmtl.tasks import refuge_tasks
 
@@ -37,11 +37,7 @@ def test_two_steps_equal_the_authors_update_by_hand(ntk_exp, max_norm, mode):
             norm = direction[shared].norm()
             assert norm > max_norm, "the test needs a direction that is clipped"
             direction[shared] *= max_norm / norm
-        with torch.no_grad():
-            offset = 0
-            for p in params:
-                p -= lr * direction[offset : offset + p.numel()].view_as(p)
-                offset += p.numel()
+        sgd_step_along(params, direction, lr)
         logged_weights = torch.stack([logged[f"weight/{t.name}"] for t in tasks]).double()
         torch.testing.assert_close(logged_weights, weights, rtol=1e-5, atol=0)
     for ours, theirs in zip(model.parameters(), reference.parameters()):

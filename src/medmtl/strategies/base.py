@@ -152,6 +152,14 @@ class Strategy(nn.Module, abc.ABC):
         return {f"loss/{name}": value.detach() for name, value in losses.items()}
 
 
+def clip_shared_gradients(model: MultiTaskNet, max_norm: float) -> None:
+    """Clip the shared parameters' gradient to the global norm ``max_norm`` (0: no-op); the heads'
+    is left alone. Under DDP it is already the union's, so every rank clips alike (the authors' code
+    of FAMO and NTKMTL clips it at 1.0)."""
+    if max_norm > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in model.shared_parameters() if p.grad is not None], max_norm)
+
+
 def batch_halves(ctx: StepContext, batch: Batch, strategy: str) -> tuple[Batch, Batch]:
     """The first and second half of ``batch`` (its per-sample entries split, the rest shared), for
     the strategies that need two independent samples of one batch; one sentence for a batch of one."""

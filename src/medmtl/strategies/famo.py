@@ -37,7 +37,7 @@ import torch
 
 from medmtl.errors import ConfigError
 from medmtl.models.base import MultiTaskNet
-from medmtl.strategies.base import Batch, OptimizerFactory, StepContext, Strategy
+from medmtl.strategies.base import Batch, OptimizerFactory, StepContext, Strategy, clip_shared_gradients
 from medmtl.strategies.own_optimizer import OwnOptimizer
 
 LOGIT_OPTIMIZERS = ("adam", "sgd")
@@ -94,9 +94,7 @@ class FastAdaptiveMultitask(Strategy):
         total = (weights * torch.log(stacked + self.eps)).sum()
         ctx.backward(total)
         ctx.clip_gradients(optimizer)
-        if self.max_norm > 0:
-            shared = [p for p in ctx.model.shared_parameters() if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(shared, self.max_norm)
+        clip_shared_gradients(ctx.model, self.max_norm)
         optimizer.step()
         with torch.no_grad():
             after_losses = ctx.losses(ctx.forward(batch, names), batch, names)

@@ -99,17 +99,20 @@ class GroupAlignment(WeightedSum):
         t = len(self.task_names)
         self.register_buffer("probs", torch.full((t,), 1.0 / t, dtype=torch.float64))
 
+    def present(self, losses) -> tuple[list[int], torch.Tensor]:
+        """The present tasks' positions in the task set and their detached losses (float64)."""
+        index = [self.task_names.index(name) for name in losses]
+        return index, torch.stack([loss.detach().to(self.probs) for loss in losses.values()])
+
     def observe(self, ctx, batch, outputs, losses) -> None:
         """Step 1: the present tasks' indicators decay with their losses; all are renormalised."""
-        index = [self.task_names.index(name) for name in losses]
-        values = torch.stack([loss.detach().to(self.probs) for loss in losses.values()])
+        index, values = self.present(losses)
         self.probs[index] *= torch.exp(-self.robust_step_size * values)
         self.probs /= self.probs.sum()
 
     def group_weights(self, losses) -> torch.Tensor:
         """Steps 2-3: w over the whole task set (0 for the absent tasks)."""
-        index = [self.task_names.index(name) for name in losses]
-        values = torch.stack([loss.detach().to(self.probs) for loss in losses.values()])
+        index, values = self.present(losses)
         gamma = values.sum() / values * self.probs[index]
         labels = kmeans_1d(gamma.tolist(), self.num_groups)
         label_tensor = torch.tensor(labels, device=gamma.device)

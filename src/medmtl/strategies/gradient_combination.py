@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from medmtl.errors import ConfigError
-from medmtl.strategies.base import Batch, StepContext, Strategy
+from medmtl.strategies.base import Batch, StepContext, Strategy, clip_shared_gradients
 
 if TYPE_CHECKING:
     from torchjd.autogram import Engine
@@ -222,16 +222,9 @@ class GradientCombination(Strategy):
             ctx.backward(stacked @ weights.to(stacked.dtype), inputs=shared, retain_graph=True)
             ctx.backward(stacked.sum(), inputs=heads)
         ctx.clip_gradients(optimizer)
-        self.clip_shared(model)
+        clip_shared_gradients(model, self.shared_max_norm)
         optimizer.step()
         return self.logged(losses, stacked, names, weights)
-
-    def clip_shared(self, model) -> None:
-        """Clip the shared parameters' gradient to ``shared_max_norm`` (a no-op at 0); under DDP it
-        is already the union's, so every rank clips alike."""
-        if self.shared_max_norm > 0:
-            shared = [p for p in model.shared_parameters() if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(shared, self.shared_max_norm)
 
     @staticmethod
     def logged(losses, stacked: torch.Tensor, names: list[str], weights: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -266,7 +259,7 @@ class GradientCombination(Strategy):
         )
         ctx.backward(surrogate)
         ctx.clip_gradients(optimizer)
-        self.clip_shared(model)
+        clip_shared_gradients(model, self.shared_max_norm)
         optimizer.step()
         return self.logged(losses, stacked, names, weights)
 
