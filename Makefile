@@ -13,6 +13,12 @@ export NO_MKDOCS_2_WARNING ?= 1
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
+# The stamp stands for "installed into this Python": a new environment (another machine, a new
+# virtual environment) with the clone's old stamp would otherwise skip the installation.
+ifneq ($(shell $(PYTHON) -c "import medmtl" 2>/dev/null && echo ok),ok)
+$(shell rm -f $(STAMP))
+endif
+
 $(STAMP): pyproject.toml
 	$(PIP) install -e ".[experiments,dev,sweep,bench,docs]"
 	@mkdir -p $(dir $@) && touch $@
