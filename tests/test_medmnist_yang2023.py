@@ -16,17 +16,18 @@ from medmtl.models.resnet_classifier import ResNetClassifier
 from medmtl.schedules import multistep_at_fractions
 
 
-def authors_resnet18_parameters(in_channels: int, outputs: int) -> int:
+def authors_resnet18_parameters(in_channels: int, outputs: int, kernel: int = 9) -> int:
     """The parameter count of their ResNet18(in_channels, outputs), from its layer list: a 3x3
     convolution and batch norm, four stages of two basic blocks (3x3 conv + BN twice, a 1x1 conv +
-    BN shortcut where the shape changes), a linear layer on the 512 pooled channels."""
+    BN shortcut where the shape changes), a linear layer on the 512 pooled channels. ``kernel``:
+    the weights of one 3x3 kernel (9; 27 once made 3D, 3x3x3; 9 for 2.5D, 1x3x3)."""
 
     def block(c_in: int, c_out: int) -> int:
         shortcut = c_in * c_out + 2 * c_out if c_in != c_out else 0
-        return c_in * c_out * 9 + 2 * c_out + c_out * c_out * 9 + 2 * c_out + shortcut
+        return c_in * c_out * kernel + 2 * c_out + c_out * c_out * kernel + 2 * c_out + shortcut
 
     stages = [(64, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 512), (512, 512)]
-    return in_channels * 64 * 9 + 2 * 64 + sum(block(a, b) for a, b in stages) + 512 * outputs + outputs
+    return in_channels * 64 * kernel + 2 * 64 + sum(block(a, b) for a, b in stages) + 512 * outputs + outputs
 
 
 def yang_network(flag: str, in_channels: int) -> ResNetClassifier:

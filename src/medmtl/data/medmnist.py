@@ -19,7 +19,9 @@ Samples are dicts ``{"image": (3, H, W) or (D, 3, H, W) float in [0, 1] (Schafer
 get the weak augmentation without flips of :mod:`medmtl.data.weak_augmentation` (``augment``).
 Grey images are repeated to three channels so that one encoder reads every dataset
 (``grey_channels: 1`` keeps them one channel, as Yang et al. 2023's 28-pixel baselines read them); a 3D volume
-(A, B, C) becomes its C slices through the last axis (Schafer et al. 2024), (C, 3, A, B). A batch
+(A, B, C) becomes its C slices through the last axis (Schafer et al. 2024), (C, 3, A, B), or, with
+``volume_layout: volume``, stays a volume of ``grey_channels`` channels, (1, A, B, C) or (3, A, B, C),
+for a 3D network (Yang et al. 2023's 3D baselines read (1, A, B, C) in [0, 1]). A batch
 holds one dataset only, so the other tasks' targets are absent and
 their losses are ``None`` (see :mod:`medmtl.tasks`). Training: every task has its own endless
 loader (``task_dataloader``), which gradient accumulation (``optim=ga``) draws from. Strategies
@@ -134,6 +136,7 @@ def verify_md5(path: Path, expected: str | None) -> None:
 
 
 INPUT_RANGES = ("unit", "symmetric")
+VOLUME_LAYOUTS = ("slices", "volume")
 
 
 def medmnist_task(flag: str, loss_normalization: bool = True) -> Task:
@@ -212,17 +215,18 @@ def load_split(path: Path, split: str, flag: str | None = None, size: int | None
     return images, labels
 
 
-def check_grey_channels(grey_channels: int, tasks: Sequence[Task], joint_batches: bool) -> int:
+def check_grey_channels(grey_channels: int, tasks: Sequence[Task], joint_batches: bool, volume_layout: str = "slices") -> int:
     """``grey_channels`` if it can serve ``tasks``: 3, or 1 for 2D datasets whose joint batches
-    (if any) hold no colour dataset beside a grey one."""
+    (if any) hold no colour dataset beside a grey one, and for volumes read whole."""
     if grey_channels not in (1, 3):
         raise ConfigError(f"data.grey_channels must be 1 or 3, got {grey_channels!r}.")
     if grey_channels == 3:
         return 3
     volumetric = [t.name for t in tasks if t.metadata["is_3d"]]
-    if volumetric:
+    if volumetric and volume_layout == "slices":
         raise ConfigError(
-            f"data.grey_channels=1 is for 2D datasets; {', '.join(volumetric)} are 3D (their slices are read as RGB)."
+            f"data.grey_channels=1 with data.volume_layout=slices is for 2D datasets; {', '.join(volumetric)} "
+            "are 3D (their slices are read as RGB). data.volume_layout=volume reads them as one-channel volumes."
         )
     colour = {t.name for t in tasks if t.metadata["n_channels"] == 3}
     if joint_batches and colour and len(colour) < len(tasks):
@@ -245,18 +249,22 @@ class MedMNISTDataset(Dataset):
         augmentation: WeakAugmentation | None = None,
         input_range: str = "unit",
         grey_channels: int = 3,
+        volume_layout: str = "slices",
     ):
         if len(images) != len(labels):
             raise DatasetError(f"{task.name}: {len(images)} images but {len(labels)} labels.")
         self.images, self.labels, self.task, self.task_index = images, labels, task, task_index
         self.augmentation, self.input_range, self.grey_channels = augmentation, input_range, grey_channels
         self.volumetric = bool(task.metadata.get("is_3d"))
+        self.volume_layout = volume_layout
 
     def __len__(self) -> int:
         return len(self.images)
 
     def _image(self, index: int) -> torch.Tensor:
         x = torch.from_numpy(np.asarray(self.images[index])).float().div_(255.0)
+        if self.volumetric and self.volume_layout == "volume":  # (A, B, C) -> (grey_channels, A, B, C)
+            return x.unsqueeze(0).expand(self.grey_channels, -1, -1, -1).contiguous()
         if self.volumetric:  # (A, B, C) -> (C, 3, A, B): slices through the last axis, each a grey image
             return x.permute(2, 0, 1).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
         if x.dim() == 2:  # grey (H, W) -> (3, H, W), or (1, H, W) with grey_channels=1
@@ -364,8 +372,12 @@ class MedMNISTDataModule(MultiTaskDataModule):
             batches only when no colour dataset joins them).
         pin_memory: page-locked batches (faster, asynchronous copies to a GPU).
         joint_batches: train on joint batches (one batch of every task per step, concatenated),
-            so that every strategy applies; needs all tasks 2D at one size. Default: per-task
-            batches, drawn by the strategy (``optim=ga``).
+            so that every strategy applies; needs all tasks 2D at one size, or all 3D read as
+            volumes. Default: per-task batches, drawn by the strategy (``optim=ga``).
+        volume_layout: how a 3D dataset is read: ``slices`` (its C slices through the last axis,
+            each a grey RGB image, (C, 3, A, B): Schafer et al. 2024) or ``volume`` (one volume of
+            ``grey_channels`` channels, (1 or 3, A, B, C), for a 3D network such as
+            ``model.dims=3``: Yang et al. 2023's 3D baselines).
     """
 
     def __init__(
@@ -387,8 +399,12 @@ class MedMNISTDataModule(MultiTaskDataModule):
         input_range: str = "unit",
         grey_channels: int = 3,
         pin_memory: bool = False,
+        volume_layout: str = "slices",
     ):
         super().__init__()
+        if volume_layout not in VOLUME_LAYOUTS:
+            raise ConfigError(f"data.volume_layout must be one of {VOLUME_LAYOUTS}, got {volume_layout!r}.")
+        self.volume_layout = volume_layout
         if input_range not in INPUT_RANGES:
             raise ConfigError(f"data.input_range must be one of {INPUT_RANGES}, got {input_range!r}.")
         self.augmentation = WeakAugmentation() if augment else None
@@ -404,12 +420,19 @@ class MedMNISTDataModule(MultiTaskDataModule):
         self.datasets: dict[str, dict[str, MedMNISTDataset]] = {}
         self.joint_batches = joint_batches
         volumetric = [t.name for t in self.tasks if t.metadata["is_3d"]]
-        if joint_batches and volumetric:
+        all_volumes = volume_layout == "volume" and len(volumetric) == len(self.tasks)
+        if joint_batches and volumetric and not all_volumes:
             raise DatasetError(
-                f"data.joint_batches needs every task 2D at one size, but {', '.join(volumetric)} "
-                "are 3D; train this task set with optim=ga (per-task batches) instead."
+                f"data.joint_batches needs every task 2D at one size, or every task 3D with "
+                f"data.volume_layout=volume, but {', '.join(volumetric)} are 3D; train this task set with "
+                "optim=ga (per-task batches) instead."
             )
-        self.grey_channels = check_grey_channels(grey_channels, self.tasks, joint_batches)
+        if augment and volume_layout == "volume" and volumetric:
+            raise ConfigError(
+                f"data.augment is a 2D augmentation; {', '.join(volumetric)} are read as volumes "
+                "(data.volume_layout=volume): use data.augment=false."
+            )
+        self.grey_channels = check_grey_channels(grey_channels, self.tasks, joint_batches, volume_layout)
         #: True when each task has its own dataset and input (one forward pass cannot serve every task)
         self.separate_task_inputs = not joint_batches
 
@@ -432,7 +455,7 @@ class MedMNISTDataModule(MultiTaskDataModule):
                     images, labels = images[: self.max_samples], labels[: self.max_samples]
                 augmentation = self.augmentation if split == "train" else None
                 self.datasets[flag][split] = MedMNISTDataset(
-                    images, labels, task, index, augmentation, self.input_range, self.grey_channels
+                    images, labels, task, index, augmentation, self.input_range, self.grey_channels, self.volume_layout
                 )
         log.info(
             "MedMNIST %s px: %s", self.size, {f: {s: len(d) for s, d in splits.items()} for f, splits in self.datasets.items()}

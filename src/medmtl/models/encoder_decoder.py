@@ -82,7 +82,8 @@ class EncoderDecoderNet(MultiTaskNet):
         wanted_classifiers = [t for t in tasks if t in self.classifiers]
         if wanted_classifiers:
             pool = torch.amax if self.classifier_pool == "max" else torch.mean
-            pooled = pool(shared["bottleneck"], dim=(-2, -1))
+            bottleneck = shared["bottleneck"]
+            pooled = pool(bottleneck, dim=tuple(range(2, bottleneck.dim())))  # every spatial axis (2D or 3D)
             for name in wanted_classifiers:
                 outputs[name] = shape_output(self.classifiers[name](pooled), self.task_by_name[name])
         for name in (t for t in tasks if t in self.dense_heads):

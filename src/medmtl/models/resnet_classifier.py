@@ -15,6 +15,14 @@ this network has no decoder.
   initialisation, as in their code (torchvision's ResNet draws them He-normal, fan-out). The
   residual stages are torchvision's in both.
 
+``dims: 3`` makes the network 3D (:func:`medmtl.models.volumetric.to_3d`): every convolution,
+batch norm and pooling layer becomes its 3D counterpart with the same settings on the depth axis,
+so that it reads volumes (B, C, D, H, W) -- Yang et al. 2023's "ResNet-18 + 3D" for MedMNIST3D, with
+``stem: cifar`` as their code builds it (a 28^3 volume reaches ``layer4`` as 4^3). ``init_3d``
+chooses how its kernels start (``i3d``, their default: the 2D initialisation inflated over the
+depth; ``fresh``: PyTorch's ``Conv3d`` initialisation); ``conv_3d: 2.5d`` keeps the kernels 2D
+(1 x k x k, each slice convolved alone: their "ResNet-18 + 2.5D", about a third of the cost).
+
 Nothing is downloaded: ``weights_path`` is a local torchvision ResNet state dict.
 """
 
@@ -27,6 +35,7 @@ from torch import nn
 
 from medmtl.errors import ConfigError
 from medmtl.models.encoder_decoder import EncoderDecoderNet
+from medmtl.models.volumetric import to_3d
 from medmtl.models.weights import load_torchvision_resnet
 from medmtl.tasks import Task
 
@@ -42,6 +51,9 @@ class ResNetClassifier(EncoderDecoderNet):
     input_normalization: ``imagenet`` (ImageNet's channel statistics, with ImageNet weights) or ``none``.
     stem: ``imagenet`` (7x7 stride-2 convolution + max pool) or ``cifar`` (3x3 stride-1
         convolution, no max pool: Yang et al. 2023's ResNet-18 (28)).
+    dims: 2 (images) or 3 (volumes: Yang et al. 2023's "ResNet-18 + 3D").
+    init_3d: with ``dims: 3``, ``i3d`` (the 2D initialisation inflated, their default) or ``fresh``.
+    conv_3d: with ``dims: 3``, ``3d`` (k x k x k kernels) or ``2.5d`` (1 x k x k kernels).
     """
 
     classifier_pool = "avg"  # global pooling takes any input size
@@ -55,6 +67,9 @@ class ResNetClassifier(EncoderDecoderNet):
         in_channels: int = 3,
         input_normalization: str = "imagenet",
         stem: str = "imagenet",
+        dims: int = 2,
+        init_3d: str = "i3d",
+        conv_3d: str = "3d",
     ):
         super().__init__(input_normalization)
         import segmentation_models_pytorch as smp
@@ -78,6 +93,12 @@ class ResNetClassifier(EncoderDecoderNet):
             for conv in self.encoder.modules():  # their code keeps PyTorch's default initialisation
                 if isinstance(conv, nn.Conv2d):
                     conv.reset_parameters()
+        if dims not in (2, 3):
+            raise ConfigError(f"model.dims must be 2 (images) or 3 (volumes), got {dims!r}.")
+        if dims == 3:
+            if weights_path:
+                raise ConfigError("model.dims=3 has no 3D weights to load; use model.weights_path=null.")
+            to_3d(self.encoder, init_3d, conv_3d)
         self.decoder = None
         self._build_heads(tasks, bottleneck_channels=int(self.encoder.out_channels[-1]), decoded_channels=0, dropout=dropout)
         if weights_path:
