@@ -44,6 +44,12 @@ def test_every_shipped_configuration_passes(group):
         ("optim=ntkmtl optim.strategy.ntk_exp=0", "optim.strategy.ntk_exp must be a positive number, got 0"),
         ("optim=go4align optim.strategy.num_groups=0", "optim.strategy.num_groups must be an integer >= 1, got 0"),
         ("optim=go4align optim.strategy.robust_step_size=-1e-4", "optim.strategy.robust_step_size must be a positive number"),
+        (
+            "optim=sel_update optim.strategy.affinity_decay=1.5",
+            r"optim.strategy.affinity_decay must be a number in \(0, 1\], got 1.5",
+        ),
+        ("optim=sel_update optim.strategy.warmup_iterations=-1", "optim.strategy.warmup_iterations must be a whole number >= 0"),
+        ("optim=sel_update optim.strategy.credit=next", "optim.strategy.credit must be authors_code or own_step, got 'next'"),
         ("test_weights=first", "test_weights must be best or last, got 'first'"),
         ("trainer.max_epochs=0", r"trainer.max_epochs must be a positive integer \(or -1: no epoch limit\), got 0"),
     ],

@@ -25,6 +25,7 @@ from medmtl.strategies.pcgrad import PCGrad
 from medmtl.strategies.preference_scalarization import PreferenceScalarization
 from medmtl.strategies.random_weighting import RandomLossWeighting
 from medmtl.strategies.scale_invariant import GeometricLossStrategy, ScaleInvariantLosses
+from medmtl.strategies.selective_update import SelectiveGroupUpdates
 from medmtl.strategies.stch import SmoothTchebycheff
 from medmtl.strategies.uncertainty import UncertaintyWeighting
 from medmtl.strategies.weighted_sum import EqualWeights, SingleTask, WeightedSum
@@ -40,6 +41,7 @@ __all__ = [
     "RandomLossWeighting",
     "GeometricLossStrategy",
     "ScaleInvariantLosses",
+    "SelectiveGroupUpdates",
     "SmoothTchebycheff",
     "DynamicTaskPrioritization",
     "DynamicWeightAverage",
