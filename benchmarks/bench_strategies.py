@@ -322,7 +322,7 @@ def row_label(strategy: str, mode: str | None, options: tuple[str, ...]) -> str:
     notes = [mode] if mode else []
     for option in options:
         key, value = option.split("=")
-        notes.append(f"{value} solver" if key == "solver" else value)
+        notes.append({"solver": f"{value} solver", "warmup_iterations": "grouped"}.get(key, value))
     return strategy + "".join(f" ({note})" for note in notes)
 
 
@@ -380,6 +380,9 @@ def main() -> None:
     runs += [(s, None, ("solver=host",)) for s in HOST_SOLVER_VARIANTS if chosen(s)]
     runs += [(s, "gramian", ()) for s in GRAMIAN_VARIANTS if chosen(s)]
     runs += [(s, "representation", ()) for s in ("pcgrad", "jd_upgrad") if chosen(s)]
+    # selective updates step once per task during their warm-up (the default row) and once per
+    # group of the affinity map afterwards (this row: grouped from the second iteration on)
+    runs += [(s, None, ("warmup_iterations=0",)) for s in ("sel_update",) if chosen(s)]
     if not many:  # the torchjd and LibMTL reference rows read one image input: REFUGE only
         runs += [(f"torchjd:{s}", None, ()) for s in TORCHJD_REFERENCE if chosen(s)]
         if importlib.util.find_spec("LibMTL") is not None:
