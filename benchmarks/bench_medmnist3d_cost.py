@@ -71,7 +71,7 @@ def main() -> None:
     three = seconds_per_iteration(to_3d(cifar_resnet18(), conv="3d"), volumes, args.repeats)
     two_and_half = seconds_per_iteration(to_3d(cifar_resnet18(), conv="2.5d"), volumes, args.repeats)
 
-    def hours(seconds: float) -> str:
+    def epoch_and_run_time(seconds: float) -> str:
         minutes = ADRENAL_TRAIN_VOLUMES / args.batch * seconds / 60
         return f"{minutes:.1f} min per epoch, {minutes * PAPER_EPOCHS / 60:.1f} h for the paper's {PAPER_EPOCHS} epochs"
 
@@ -83,8 +83,8 @@ def main() -> None:
         f"| 2D (Yang et al.'s 28 px baseline) | 28 x 28 | {two:.3f} | 1.0 |\n"
         f'| 3D conversion ("ResNet-18 + 3D") | 28^3 | {three:.2f} | {three / two:.0f} |\n'
         f'| 2.5D conversion ("ResNet-18 + 2.5D") | 28^3 | {two_and_half:.2f} | {two_and_half / two:.0f} |\n\n'
-        f"AdrenalMNIST3D ({ADRENAL_TRAIN_VOLUMES} training volumes), per run: 3D {hours(three)}; "
-        f"2.5D {hours(two_and_half)}.\n"
+        f"AdrenalMNIST3D ({ADRENAL_TRAIN_VOLUMES} training volumes), per run: 3D {epoch_and_run_time(three)}; "
+        f"2.5D {epoch_and_run_time(two_and_half)}.\n"
     )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(table)
