@@ -322,7 +322,7 @@ def row_label(strategy: str, mode: str | None, options: tuple[str, ...]) -> str:
     notes = [mode] if mode else []
     for option in options:
         key, value = option.split("=")
-        notes.append({"solver": f"{value} solver", "warmup_iterations": "grouped"}.get(key, value))
+        notes.append({"solver": f"{value} solver", "warmup_iterations": "grouped", "chunks": f"{value} chunks"}.get(key, value))
     return strategy + "".join(f" ({note})" for note in notes)
 
 
@@ -383,6 +383,8 @@ def main() -> None:
     # selective updates step once per task during their warm-up (the default row) and once per
     # group of the affinity map afterwards (this row: grouped from the second iteration on)
     runs += [(s, None, ("warmup_iterations=0",)) for s in ("sel_update",) if chosen(s)]
+    # NTKMTL-SR: one chunk by default (the authors' NYUv2 script), four in their CelebA/Cityscapes scripts
+    runs += [(s, None, ("chunks=4",)) for s in ("ntkmtl_sr",) if chosen(s)]
     if not many:  # the torchjd and LibMTL reference rows read one image input: REFUGE only
         runs += [(f"torchjd:{s}", None, ()) for s in TORCHJD_REFERENCE if chosen(s)]
         if importlib.util.find_spec("LibMTL") is not None:

@@ -42,6 +42,7 @@ def test_every_shipped_configuration_passes(group):
         ("optim=forum optim.strategy.inner_steps=0", "optim.strategy.inner_steps must be an integer >= 1, got 0"),
         ("optim=moml optim.strategy.inner_lr=0", "optim.strategy.inner_lr must be a positive number, got 0"),
         ("optim=ntkmtl optim.strategy.ntk_exp=0", "optim.strategy.ntk_exp must be a positive number, got 0"),
+        ("optim=ntkmtl_sr optim.strategy.chunks=0", "optim.strategy.chunks must be an integer >= 1, got 0"),
         ("optim=go4align optim.strategy.num_groups=0", "optim.strategy.num_groups must be an integer >= 1, got 0"),
         ("optim=go4align optim.strategy.robust_step_size=-1e-4", "optim.strategy.robust_step_size must be a positive number"),
         (

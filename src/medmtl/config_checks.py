@@ -78,6 +78,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("optim.strategy.phi", _positive_number, "a positive number"),
     ("optim.strategy.num_groups", _positive_int, "an integer >= 1"),
     ("optim.strategy.ntk_exp", _positive_number, "a positive number"),
+    ("optim.strategy.chunks", _positive_int, "an integer >= 1"),
     ("optim.strategy.robust_step_size", _positive_number, "a positive number"),
     ("optim.strategy.affinity_decay", lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
     ("optim.strategy.warmup_iterations", _non_negative_int, "a whole number >= 0"),

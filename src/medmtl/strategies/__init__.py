@@ -20,7 +20,7 @@ from medmtl.strategies.mao import MultiAdaptive, MultiAdaptiveOptimization
 from medmtl.strategies.mgda import MGDA
 from medmtl.strategies.moco import MultiObjectiveCorrection
 from medmtl.strategies.moml import MOML
-from medmtl.strategies.ntkmtl import NTKMTL
+from medmtl.strategies.ntkmtl import NTKMTL, NTKMTLSR
 from medmtl.strategies.pcgrad import PCGrad
 from medmtl.strategies.preference_scalarization import PreferenceScalarization
 from medmtl.strategies.random_weighting import RandomLossWeighting
@@ -57,6 +57,7 @@ __all__ = [
     "MGDA",
     "MOML",
     "NTKMTL",
+    "NTKMTLSR",
     "MultiAdaptive",
     "MultiAdaptiveOptimization",
     "PCGrad",
