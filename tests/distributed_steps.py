@@ -77,8 +77,10 @@ def batches(rank: int | None, stream: str = "train", labels: str = "full"):
 
 def train_one(optim_name: str, rank: int | None, labels: str = "full", iterations: int = ITERATIONS) -> dict[str, torch.Tensor]:
     """``iterations`` iterations (each followed by the end-of-epoch hook, so that loss histories
-    matter); the final parameters and the strategy's state."""
-    cfg = compose_train([f"optim={optim_name}"])
+    matter); the final parameters and the strategy's state. ``optim_name`` may carry overrides
+    after the name (``"ntkmtl_sr optim.strategy.chunks=2"``)."""
+    name, *overrides = optim_name.split()
+    cfg = compose_train([f"optim={name}", *overrides])
     strategy = instantiate(cfg.optim.strategy)
     tasks = refuge_tasks()
     strategy.setup([t.name for t in tasks])

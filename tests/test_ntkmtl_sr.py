@@ -108,3 +108,19 @@ def test_a_task_labelled_in_one_chunk_only_keeps_its_weight_and_one_absent_gets_
 def test_weights_follow_the_kernel_ratio_and_a_zero_kernel_gets_zero():
     weights = NTKMTLSR(ntk_exp=0.5).weights(torch.tensor([1.0, 4.0, 0.0], dtype=torch.float64))
     torch.testing.assert_close(weights, torch.tensor([5.0**0.5, (5.0 / 4.0) ** 0.5, 0.0], dtype=torch.float64))
+
+
+def test_two_ranks_with_two_chunks_take_the_single_process_step_on_the_union_batch(tmp_path):
+    """The distributed test runs the default (one chunk); with two chunks of each rank's batch of
+    two, chunk j of the union (interleaved, as that test orders it) is the ranks' chunks j, and the
+    union's kernel the ranks' summed as the docstring derives: equal to the single process."""
+    from distributed_steps import LABELLINGS
+    from test_distributed import on_two_ranks
+
+    name = "ntkmtl_sr optim.strategy.chunks=2"
+    reference, ranks = on_two_ranks(tmp_path, [name])
+    for labels in LABELLINGS:
+        single, first, second = reference[(labels, name)], ranks[0][(labels, name)], ranks[1][(labels, name)]
+        for key in single:
+            torch.testing.assert_close(first[key], single[key], rtol=1e-7, atol=1e-9, msg=key)
+            torch.testing.assert_close(second[key], first[key], rtol=0, atol=0, msg=key)
