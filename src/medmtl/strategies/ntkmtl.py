@@ -28,7 +28,14 @@ import torch
 
 from medmtl.errors import ConfigError
 from medmtl.strategies.base import Batch, StepContext, Strategy, clip_shared_gradients
-from medmtl.strategies.gradient_combination import GradientCombination
+from medmtl.strategies.gradient_combination import GradientCombination, task_jacobian
+
+
+def kernel_ratio_powers(kernels: torch.Tensor, ntk_exp: float) -> torch.Tensor:
+    """(sum_k K_k / K_i)^p for every task i, 0 where K_i = 0 (the code would divide by zero): the
+    weighting both NTKMTL variants share, on scalar kernels or largest eigenvalues."""
+    ratio = kernels.sum() / kernels.clamp_min(torch.finfo(kernels.dtype).tiny)
+    return torch.where(kernels > 0, ratio**ntk_exp, torch.zeros_like(kernels))
 
 
 class NTKMTL(GradientCombination):
@@ -43,8 +50,7 @@ class NTKMTL(GradientCombination):
 
     def combination_weights(self, gramian, losses, jacobian=None, names=None):
         kernel = gramian.diagonal()
-        ratio = kernel.sum() / kernel.clamp_min(torch.finfo(kernel.dtype).tiny)
-        return torch.where(kernel > 0, kernel.shape[0] * ratio**self.ntk_exp, torch.zeros_like(kernel))
+        return kernel.shape[0] * kernel_ratio_powers(kernel, self.ntk_exp)
 
 
 class NTKMTLSR(Strategy):
@@ -114,18 +120,17 @@ class NTKMTLSR(Strategy):
         width = sum(t.numel() for t in z)
         jacobians = {n: z[0].new_zeros(self.chunks, width, dtype=torch.float64) for n in names}
         for j, chunk in enumerate(self.chunk_batches(ctx, batch)):
-            for name, loss in ctx.losses(outputs, chunk, names).items():
-                grads = torch.autograd.grad(loss, z, retain_graph=True, allow_unused=True)
-                jacobians[name][j] = torch.cat(
-                    [(g if g is not None else torch.zeros_like(t)).reshape(-1) for g, t in zip(grads, z)]
-                )
+            losses = ctx.losses(outputs, chunk, names)
+            if losses:
+                rows = task_jacobian(torch.stack(list(losses.values())), z)
+                for name, row in zip(losses, rows):
+                    jacobians[name][j] = row
         kernels = [ctx.global_mean(jacobians[n] @ jacobians[n].T) / ctx.world_size for n in names]
         return torch.stack([torch.linalg.eigvalsh(k)[-1].clamp_min(0.0) for k in kernels])
 
     def weights(self, eigenvalues: torch.Tensor) -> torch.Tensor:
         """w_i = (sum_k lambda_k / lambda_i)^p, 0 where lambda_i = 0."""
-        ratio = eigenvalues.sum() / eigenvalues.clamp_min(torch.finfo(eigenvalues.dtype).tiny)
-        return torch.where(eigenvalues > 0, ratio**self.ntk_exp, torch.zeros_like(eigenvalues))
+        return kernel_ratio_powers(eigenvalues, self.ntk_exp)
 
     def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
         model = ctx.model
