@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from medmtl.catalogue import compose_train, options
 from medmtl.models import build_model
@@ -97,7 +98,10 @@ def train_one(optim_name: str, rank: int | None, labels: str = "full", iteration
         strategy.training_step(ctx, batch)
         strategy.on_train_epoch_end(iteration)
     state = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
-    return state | {f"strategy.{k}": v.detach().clone() for k, v in strategy.state_dict().items() if isinstance(v, torch.Tensor)}
+    ready = {
+        k: v for k, v in strategy.state_dict().items() if isinstance(v, torch.Tensor) and not is_lazy(v)
+    }  # LDC-MTL's router before its first step
+    return state | {f"strategy.{k}": v.detach().clone() for k, v in ready.items()}
 
 
 def train_every_strategy(rank: int | None, names: list[str] | None = None) -> dict[tuple[str, str], dict[str, torch.Tensor]]:

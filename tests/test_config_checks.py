@@ -43,6 +43,14 @@ def test_every_shipped_configuration_passes(group):
         ("optim=moml optim.strategy.inner_lr=0", "optim.strategy.inner_lr must be a positive number, got 0"),
         ("optim=ntkmtl optim.strategy.ntk_exp=0", "optim.strategy.ntk_exp must be a positive number, got 0"),
         ("optim=ntkmtl_sr optim.strategy.chunks=0", "optim.strategy.chunks must be an integer >= 1, got 0"),
+        ("optim=ldc_mtl optim.strategy.lamb=-0.5", "optim.strategy.lamb must be a number >= 0, got -0.5"),
+        ("optim=ldc_mtl optim.strategy.weighting=softmax", "optim.strategy.weighting must be router or free, got 'softmax'"),
+        (
+            "optim=ldc_mtl optim.strategy.normalisation=ratio",
+            "optim.strategy.normalisation must be initial_ratio, initial_log or none",
+        ),
+        ("optim=ldc_mtl optim.strategy.weight_sum=yes", "optim.strategy.weight_sum must be differentiable, detached or none"),
+        ("optim=ldc_mtl optim.strategy.clamp=[0.9,0.1]", r"optim.strategy.clamp must be \[low, high\] with 0 <= low < high <= 1"),
         ("optim=go4align optim.strategy.num_groups=0", "optim.strategy.num_groups must be an integer >= 1, got 0"),
         ("optim=go4align optim.strategy.robust_step_size=-1e-4", "optim.strategy.robust_step_size must be a positive number"),
         (

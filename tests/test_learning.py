@@ -57,7 +57,7 @@ def test_the_tiny_emotic_experiment_learns_both_tasks(tmp_path):
 LATER_METHODS = [
     "rlw", "gls", "si", "imtl_l", "imtl", "stch", "famo", "db_mtl", "moco", "auto_lambda",
     "jd_fairgrad", "jd_gradvac", "jd_pcd", "jd_excess_mtl", "jd_config", "jd_graddrop", "jd_random",
-    "jd_modo", "jd_sdmgrad", "go4align", "ntkmtl", "ntkmtl_sr", "sel_update",
+    "jd_modo", "jd_sdmgrad", "go4align", "ntkmtl", "ntkmtl_sr", "sel_update", "ldc_mtl",
 ]  # fmt: skip
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch.nn.parameter import is_lazy
 
 from medmtl.errors import CheckpointError
 
@@ -61,7 +62,8 @@ def _shape(value: Any) -> tuple[int, ...] | None:
 
 def check_fits(path: str | os.PathLike, expected: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """Read ``path`` and check that its ``state_dict`` has exactly the keys and shapes of
-    ``expected`` (a module's ``state_dict()``); return the checkpoint."""
+    ``expected`` (a module's ``state_dict()``; lazy parameters, not sized yet, match any shape);
+    return the checkpoint."""
     checkpoint = read_checkpoint(path)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), Mapping):
         raise CheckpointError(f"{path} is not a checkpoint of this project (it has no Lightning state_dict).")
@@ -71,8 +73,8 @@ def check_fits(path: str | os.PathLike, expected: Mapping[str, torch.Tensor]) ->
     reshaped = [
         f"{k} is {_shape(found[k])} in the file but {_shape(expected[k])} in the model"
         for k in expected
-        if k in found and _shape(found[k]) != _shape(expected[k])
-    ]
+        if k in found and not is_lazy(expected[k]) and _shape(found[k]) != _shape(expected[k])
+    ]  # a lazy parameter (LDC-MTL's router before its first step) takes the file's shape
     if missing or unexpected or reshaped:
         problems = []
         if missing:

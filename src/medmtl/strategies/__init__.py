@@ -16,6 +16,7 @@ from medmtl.strategies.gradnorm import GradNorm
 from medmtl.strategies.imtl import ImpartialLossScaling, ImpartialMTL
 from medmtl.strategies.io import IndependentOptimizers, SharedOptimizerAlternating
 from medmtl.strategies.jacobian_aggregator import JacobianAggregator
+from medmtl.strategies.ldc_mtl import LossDiscrepancyControl
 from medmtl.strategies.mao import MultiAdaptive, MultiAdaptiveOptimization
 from medmtl.strategies.mgda import MGDA
 from medmtl.strategies.moco import MultiObjectiveCorrection
@@ -54,6 +55,7 @@ __all__ = [
     "GradientCombination",
     "GradientSignDropout",
     "JacobianAggregator",
+    "LossDiscrepancyControl",
     "MGDA",
     "MOML",
     "NTKMTL",
