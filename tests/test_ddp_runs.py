@@ -67,6 +67,18 @@ def test_a_ddp_run_continued_from_its_checkpoint_ends_where_the_uninterrupted_on
         torch.testing.assert_close(final[name], tensor, rtol=1e-6, atol=1e-8, msg=name)
 
 
+@pytest.mark.slow
+def test_a_strategy_with_a_lazy_router_starts_under_ddp(tmp_path):
+    """LDC-MTL's router is sized at the first step: the start-of-training broadcast of rank 0's
+    parameters must leave it out (it failed on the uninitialised parameter), and the router drawn
+    on rank 0 at the first step is the one trained and saved."""
+    folder = tmp_path / "ldc"
+    result = run("train.py", TINY + DDP + ["optim=ldc_mtl", "test=false", f"hydra.run.dir={folder}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert state["strategy.router.weight"].shape[0] == 4 and torch.isfinite(state["strategy.router.weight"]).all()
+
+
 def free_port() -> int:
     import socket
 

@@ -33,7 +33,13 @@ class ExactDDPStrategy(DDPStrategy):
         warnings.filterwarnings("ignore", message=r".*sync_dist=True.*distributed setting")
 
     def configure_ddp(self) -> None:
-        from lightning.pytorch.overrides.distributed import _sync_module_states
+        """Rank 0's parameters and buffers on every rank; a lazy parameter, not sized before the
+        first step (LDC-MTL's router), is left out: its strategy draws it on rank 0 then."""
+        from torch.distributed.distributed_c10d import _get_default_group
+        from torch.distributed.utils import _sync_module_states
+        from torch.nn.parameter import is_lazy
 
         assert self.model is not None
-        _sync_module_states(self.model)
+        tensors = [*self.model.named_parameters(), *self.model.named_buffers()]
+        lazy = {name for name, tensor in tensors if is_lazy(tensor)}
+        _sync_module_states(self.model, _get_default_group(), 250 * 1024 * 1024, src=0, params_and_buffers_to_ignore=lazy)

@@ -30,6 +30,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities import move_data_to_device
+from torch.nn.parameter import is_lazy
 
 from medmtl.api.step import MultiTaskStep
 from medmtl.data.task_streams import TaskBatchStreams
@@ -406,7 +407,7 @@ class MultiTaskModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # the network and the strategy's learnable weights; strategy buffers use NaN for "not yet seen"
         weights = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        weights |= {f"strategy.{k}": v for k, v in self.strategy.named_parameters()}
+        weights |= {f"strategy.{k}": v for k, v in self.strategy.named_parameters() if not is_lazy(v)}
         bad = first_nonfinite(weights)
         if bad is not None:
             raise NonFiniteError(

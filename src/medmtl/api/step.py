@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch.nn.parameter import is_lazy
 
 from medmtl.api.registry import build, make_strategy, optim_config
 from medmtl.distributed import Reducer, broadcast_buffers
@@ -177,7 +178,8 @@ class MultiTaskStep:
         for module in (self.network, self.strategy):
             with torch.no_grad():
                 for parameter in module.parameters():
-                    parameter.copy_(self.reducer.agree(parameter))
+                    if not is_lazy(parameter):  # sized and drawn on rank 0 at the first step (LDC-MTL's router)
+                        parameter.copy_(self.reducer.agree(parameter))
             broadcast_buffers(module, self.reducer)
 
 
