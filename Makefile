@@ -78,6 +78,11 @@ results: install ## rerun the recorded reproductions into results/ (hours on a C
 	$(PYTHON) src/report.py results/multimnist_sener2018_100epochs --metrics left_acc right_acc --baseline stl
 	$(PYTHON) src/train.py -m experiment=multimnist_sener2018 data=multimnist data.root=$(SHARED_DATA)/mnist \
 		speed.channels_last=true seed=1,2 optim=mgda_ub hydra.sweep.dir=results/multimnist_sener2018_100epochs_mgda_ub
+	$(PYTHON) src/train.py -m experiment=multimnist_sener2018 data=multimnist data.root=$(SHARED_DATA)/mnist \
+		trainer.max_epochs=15 speed.channels_last=true 'optim=ldc_mtl,ntkmtl_sr,go4align' \
+		hydra.sweep.dir=results/multimnist_sener2018_later_methods
+	$(PYTHON) src/report.py results/multimnist_sener2018 results/multimnist_sener2018_later_methods --metrics left_acc right_acc \
+		--baseline stl --output results/multimnist_sener2018_later_methods/report
 	$(PYTHON) src/train.py -m experiment=medmnist_yang2023 data=medmnist data.root=$(SHARED_DATA)/medmnist \
 		yang2023_dataset=adrenalmnist3d seed=0,1,2 model.conv_3d=2.5d trainer.max_epochs=10 \
 		hydra.sweep.dir=results/medmnist_yang2023_adrenal3d_2.5d
