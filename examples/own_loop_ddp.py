@@ -35,7 +35,7 @@ def main(strategy: str = "pcgrad", steps: int = 100) -> None:
         x = torch.randn(32, 8, generator=data)
         batch = {"image": x, "kind": (x[:, 0] > 0).long() + (x[:, 1] > 1).long(), "size": x[:, 2:5].sum(1)}
         logged = step({key: value[rank::world] for key, value in batch.items()})
-    checksum = sum(float(p.double().sum()) for p in net.parameters())
+    checksum = sum(float(p.detach().double().sum()) for p in net.parameters())
     losses = ", ".join(f"{k} {float(v):.3f}" for k, v in logged.items() if k.startswith("loss/"))
     # one write per rank (print writes the line and its newline separately: two ranks could interleave)
     sys.stdout.write(f"rank {rank}: {losses}; parameter checksum {checksum:.12f}\n")

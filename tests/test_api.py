@@ -358,9 +358,10 @@ def test_example_lightning_module_trains_with_a_strategy():
     assert losses["loss/kind"] < 0.7 and losses["loss/size"] < 0.5, losses
 
 
-#: a C++ abort at interpreter exit, after the script's last line, seen in 2-4 of 10 torchrun runs of
-#: the example on one machine (also at the commit before GO4Align; a bare gloo loop does not show it);
-#: not understood yet: the test retries a run that ends so, and fails on any other error
+#: a C++ abort of one rank at interpreter exit, after the script's last line, in 1-7 of 25 torchrun
+#: runs of the example on one machine; PyTorch's, not ours: a plain gloo loop with backward passes and
+#: no medmtl aborts so in 4 of 25 (docs/api.md). The test retries a run that ends so, and fails on
+#: any other error
 TEARDOWN_ABORT = "terminate called without an active exception"
 
 
