@@ -177,8 +177,11 @@ def test_a_checkpoint_fits_a_fresh_strategy_whose_router_is_not_sized_yet(tmp_pa
     path = tmp_path / "ldc.ckpt"
     torch.save({"state_dict": trained.state_dict()}, path)
     fresh = new_strategy(tasks)
+    assert fresh.recorded() == set()
     check_fits(path, fresh.state_dict())
     fresh.load_state_dict(torch.load(path)["state_dict"])
+    assert fresh.recorded() == {t.name for t in tasks}, "the loaded initial losses count as recorded"
+    torch.testing.assert_close(fresh.reference_loss, trained.reference_loss)
     torch.testing.assert_close(fresh.router.weight, trained.router.weight, check_dtype=False)
     wrong = trained.state_dict() | {"initial_losses": torch.zeros(3)}
     torch.save({"state_dict": wrong}, path)

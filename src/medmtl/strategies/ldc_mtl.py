@@ -78,6 +78,11 @@ def pooled_batch_mean(ctx: StepContext, shared: dict[str, torch.Tensor]) -> torc
     return scaled + (union - scaled.detach())
 
 
+def _forget_recorded(module: LossDiscrepancyControl, incompatible_keys) -> None:
+    """After a checkpoint load the recorded tasks are read from the loaded buffer again."""
+    module._recorded = None
+
+
 class LossDiscrepancyControl(Strategy):
     initial_losses: torch.Tensor
     reference_loss: torch.Tensor
@@ -111,6 +116,8 @@ class LossDiscrepancyControl(Strategy):
             self.router = nn.LazyLinear(count)
         else:
             self.logits = nn.Parameter(torch.ones(count))
+        self._recorded: set[str] | None = None  # tasks whose L_k(0) is known: read from the buffer once
+        self.register_load_state_dict_post_hook(_forget_recorded)
 
     # --- the pieces of F ---
 
@@ -128,22 +135,29 @@ class LossDiscrepancyControl(Strategy):
                     p.copy_(ctx.agree(p))
         return torch.softmax(self.router(z), dim=-1).clamp(*self.clamp)
 
+    def recorded(self) -> set[str]:
+        """The tasks whose L_k(0) is known (read from the buffer once, after construction or a
+        checkpoint load, so that later steps make no host round trip for it)."""
+        if self._recorded is None:
+            known = (~torch.isnan(self.initial_losses)).tolist()
+            self._recorded = {n for n, k in zip(self.task_names, known) if k}
+        return self._recorded
+
     def record_initial_losses(self, losses: dict[str, torch.Tensor]) -> None:
+        recorded = self.recorded()
+        first = not recorded
         for name, loss in losses.items():
-            index = self.task_names.index(name)
-            if torch.isnan(self.initial_losses[index]) and loss.detach() > 0:
-                self.initial_losses[index] = loss.detach().float()
-        if torch.isnan(self.reference_loss):
-            seen = [self.initial_losses[self.task_names.index(n)] for n in losses]
-            seen = [v for v in seen if not torch.isnan(v)]
-            if seen:
-                self.reference_loss.copy_(torch.stack(seen).min())
+            if name not in recorded and bool(loss.detach() > 0):
+                self.initial_losses[self.task_names.index(name)] = loss.detach().float()
+                recorded.add(name)
+        if first and recorded:  # the first step with a recorded loss fixes min_j L_j(0)
+            self.reference_loss.copy_(torch.stack([self.initial_losses[self.task_names.index(n)] for n in recorded]).min())
 
     def normalised(self, name: str, loss: torch.Tensor) -> torch.Tensor:
         """l_k: the task's loss after the pre-normalisation (unchanged until L_k(0) is known)."""
-        initial = self.initial_losses[self.task_names.index(name)]
-        if self.normalisation == "none" or torch.isnan(initial):
+        if self.normalisation == "none" or name not in self.recorded():
             return loss
+        initial = self.initial_losses[self.task_names.index(name)]
         if self.normalisation == "initial_log":
             return torch.log(loss / initial.to(loss.dtype))
         return loss * (self.reference_loss / initial).to(loss.dtype)
