@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -163,6 +164,10 @@ class MultiTaskModule(L.LightningModule):
                 "help a network they share: drop data.auxiliary_tasks for the single-task baselines."
             )
         self.strategy.setup([t.name for t in self.tasks])
+        if any(is_lazy(p) for p in self.strategy.parameters()):
+            # Lightning's summary would call its parameter count inaccurate; the run reports the
+            # network's own (metrics.json), and the strategy sizes its parameters at the first step
+            warnings.filterwarnings("ignore", message=".*contains an instance of `UninitializedParameter`")
         self.model = build_model(model, self.tasks, strategy.separate_networks)
         self.speed = SpeedOptions.of(speed)
         check_compile(self.speed, strategy)
