@@ -81,8 +81,12 @@ results: install ## rerun the recorded reproductions into results/ (hours on a C
 	$(PYTHON) src/train.py -m experiment=multimnist_sener2018 data=multimnist data.root=$(SHARED_DATA)/mnist \
 		trainer.max_epochs=15 speed.channels_last=true 'optim=ldc_mtl,ntkmtl_sr,go4align' \
 		hydra.sweep.dir=results/multimnist_sener2018_later_methods
-	$(PYTHON) src/report.py results/multimnist_sener2018 results/multimnist_sener2018_later_methods --metrics left_acc right_acc \
-		--baseline stl --output results/multimnist_sener2018_later_methods/report
+	$(PYTHON) src/train.py -m experiment=multimnist_sener2018 data=multimnist data.root=$(SHARED_DATA)/mnist \
+		trainer.max_epochs=15 speed.channels_last=true 'optim=ntkmtl,stch,sel_update' \
+		hydra.sweep.dir=results/multimnist_sener2018_ntkmtl_stch_sel_update
+	$(PYTHON) src/report.py results/multimnist_sener2018 results/multimnist_sener2018_later_methods \
+		results/multimnist_sener2018_ntkmtl_stch_sel_update --metrics left_acc right_acc --baseline stl \
+		--output results/multimnist_sener2018_ntkmtl_stch_sel_update/report
 	$(PYTHON) src/train.py -m experiment=medmnist_yang2023 data=medmnist data.root=$(SHARED_DATA)/medmnist \
 		yang2023_dataset=adrenalmnist3d seed=0,1,2 model.conv_3d=2.5d trainer.max_epochs=10 \
 		hydra.sweep.dir=results/medmnist_yang2023_adrenal3d_2.5d
