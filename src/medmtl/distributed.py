@@ -47,6 +47,14 @@ def data_parallel_rank() -> tuple[int, int]:
     return 0, 1
 
 
+def union_valued(local: torch.Tensor, share: float, union: torch.Tensor) -> torch.Tensor:
+    """A rank's mean over its n_r samples, valued as the union's: the value is ``union`` (the mean
+    over all N samples) and the gradient s_r d(local) with ``share`` s_r = R n_r / N, whose average
+    over the ranks is the union's gradient (the module docstring's rule for losses)."""
+    scaled = local * share
+    return scaled + (union.to(scaled.dtype) - scaled.detach())
+
+
 class Reducer:
     """Collective operations over the default process group (identity on one process).
 
@@ -131,8 +139,7 @@ class Reducer:
             if samples == 0:
                 continue  # labelled on no rank: absent everywhere
             if name in losses:
-                scaled = losses[name] * (self.world_size * counts[name] / samples)
-                result[name] = scaled + ((total[0, i] / samples).to(scaled.dtype) - scaled.detach())
+                result[name] = union_valued(losses[name], self.world_size * counts[name] / samples, total[0, i] / samples)
             else:
                 zero = zero_of(name)
                 result[name] = zero + (total[0, i] / samples).to(zero.dtype)

@@ -48,6 +48,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medmtl.distributed import union_valued
 from medmtl.errors import ConfigError
 from medmtl.strategies.base import Batch, StepContext, Strategy
 
@@ -65,17 +66,15 @@ def _choice(key: str, value: str, allowed: tuple[str, ...]) -> str:
 def pooled_batch_mean(ctx: StepContext, shared: dict[str, torch.Tensor]) -> torch.Tensor:
     """The union's batch mean of the representation pooled over its spatial axes, (C,): every
     tensor (N, C, ...) averaged over its axes after the second and concatenated along C. Under DDP
-    the value is the union's and the gradient s_r dz_r (s_r = R n_r / N), averaging to dz."""
+    the value is the union's and the gradient averages to the union's (:func:`union_valued`)."""
     per_sample = torch.cat([t.flatten(2).mean(2) if t.dim() > 2 else t for t in shared.values()], dim=1)
     local = per_sample.mean(0)
     if ctx.world_size == 1:
         return local
     n = per_sample.shape[0]
     totals = ctx.global_sum(torch.cat([local.detach().double() * n, local.new_tensor([n], dtype=torch.float64)]))
-    count = totals[-1]
-    union = (totals[:-1] / count).to(local.dtype)
-    scaled = local * float(ctx.world_size * n / count)
-    return scaled + (union - scaled.detach())
+    count = float(totals[-1])
+    return union_valued(local, ctx.world_size * n / count, totals[:-1] / count)
 
 
 def _forget_recorded(module: LossDiscrepancyControl, incompatible_keys) -> None:
