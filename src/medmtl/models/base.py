@@ -53,6 +53,15 @@ class MultiTaskNet(nn.Module, abc.ABC):
         """Optional: task outputs from the shared representation (see :meth:`representation`)."""
         raise TypeError(f"{type(self).__name__} does not expose its heads (needed by the -UB strategies).")
 
+    def readout_layer(self, task: str) -> nn.Linear:
+        """Optional: the one linear layer that is task ``task``'s whole head, reading the shared
+        vector (the single (N, D) tensor of :meth:`representation`), as BayesAgg-MTL's Bayesian
+        last layer needs."""
+        raise ConfigError(
+            f"{type(self).__name__} has no head that is one linear layer on a shared vector "
+            "(optim=bayesagg_mtl needs one: model=emotic_2enc, or model=multi_lenet model.head=linear)."
+        )
+
     @abc.abstractmethod
     def path_modules(self, task: str) -> list[nn.Module]:
         """Modules whose parameters task ``task``'s output depends on."""

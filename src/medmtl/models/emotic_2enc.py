@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -100,6 +100,11 @@ class EmoticTwoEncoder(MultiTaskNet):
 
     def forward(self, context: torch.Tensor, body: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         return self.heads(self.representation(context, body, tasks), tasks)
+
+    def readout_layer(self, task: str) -> nn.Linear:
+        """Task ``task``'s linear layer on the fused vector (its head's dropout is 0)."""
+        self._check_tasks([task])
+        return cast(nn.Linear, self.heads_by_task[task][1])
 
     def path_modules(self, task: str) -> list[nn.Module]:
         if task not in self.heads_by_task:

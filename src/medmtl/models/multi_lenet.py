@@ -15,6 +15,10 @@ cross-entropy).
   evaluated activations are about twice the trained ones, as in their network);
 - ``standard``: ``nn.Dropout2d(0.5)`` and ``nn.Dropout(0.5)`` (a mask per sample, rescaled);
 - ``none``.
+
+``head``: ``mlp`` (default, theirs) or ``linear``: each digit read by one linear layer 50->10 from
+the shared features (no dropout there), the network BayesAgg-MTL's Bayesian last layer needs
+(Achituve et al. 2024's networks end in a shared vector and one linear layer per task).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from medmtl.models.base import MultiTaskNet
 from medmtl.tasks import Task
 
 DROPOUTS = ("authors", "standard", "none")
+HEADS = ("mlp", "linear")
 
 
 class UnscaledDropout(nn.Module):
@@ -83,18 +88,22 @@ class LeNetHead(nn.Module):
 
 class MultiLeNet(MultiTaskNet):
     """Args: tasks (image-level classification tasks on 1 x 28 x 28 inputs); dropout (``authors`` |
-    ``standard`` | ``none``, module docstring)."""
+    ``standard`` | ``none``); head (``mlp`` | ``linear``); module docstring."""
 
-    def __init__(self, tasks: Sequence[Task], dropout: str = "authors"):
+    def __init__(self, tasks: Sequence[Task], dropout: str = "authors", head: str = "mlp"):
         super().__init__()
         if dropout not in DROPOUTS:
             raise ConfigError(f"model.dropout must be one of {DROPOUTS}, got {dropout!r}.")
+        if head not in HEADS:
+            raise ConfigError(f"model.head must be one of {HEADS}, got {head!r}.")
         wrong = [t.name for t in tasks if t.kind != "multiclass"]
         if wrong:
             raise ConfigError(f"MultiLeNet classifies digits (multiclass tasks); {wrong} are not multiclass.")
         self.task_names = tuple(t.name for t in tasks)
         self.encoder = LeNetEncoder(dropout)
-        self.classifiers = nn.ModuleDict({t.name: LeNetHead(t.num_outputs, dropout) for t in tasks})
+        self.classifiers = nn.ModuleDict(
+            {t.name: LeNetHead(t.num_outputs, dropout) if head == "mlp" else nn.Linear(50, t.num_outputs) for t in tasks}
+        )
 
     def representation(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         if image.shape[-3:] != (1, 28, 28):
@@ -107,10 +116,17 @@ class MultiLeNet(MultiTaskNet):
     def forward(self, image: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         return self.heads(self.representation(image, tasks), tasks)
 
+    def readout_layer(self, task: str) -> nn.Linear:
+        """With ``head=linear``, task ``task``'s one layer on the shared features."""
+        layer = self.classifiers[self._check_tasks([task])[0]]
+        if not isinstance(layer, nn.Linear):
+            return super().readout_layer(task)
+        return layer
+
     def path_modules(self, task: str) -> list[nn.Module]:
         if task not in self.classifiers:
             raise KeyError(f"MultiLeNet has no task {task!r}; it has {list(self.task_names)}.")
         return [self.encoder, self.classifiers[task]]
 
 
-__all__ = ["DROPOUTS", "MultiLeNet", "UnscaledDropout"]
+__all__ = ["DROPOUTS", "HEADS", "MultiLeNet", "UnscaledDropout"]

@@ -2,6 +2,7 @@
 
 from medmtl.strategies.auto_lambda import AutoLambda
 from medmtl.strategies.base import StepContext, Strategy
+from medmtl.strategies.bayesagg import BayesAggMTL
 from medmtl.strategies.dtp import DynamicTaskPrioritization
 from medmtl.strategies.dual_balancing import DualBalancing
 from medmtl.strategies.dwa import DynamicWeightAverage
@@ -33,6 +34,7 @@ from medmtl.strategies.weighted_sum import EqualWeights, SingleTask, WeightedSum
 
 __all__ = [
     "AutoLambda",
+    "BayesAggMTL",
     "MultiObjectiveCorrection",
     "DualBalancing",
     "FastAdaptiveMultitask",
