@@ -1,4 +1,5 @@
-"""Iterations of every strategy on the tiny U-Net, on one process or as one rank of several.
+"""Iterations of every strategy on the tiny U-Net (BayesAgg-MTL: MultiLeNet, linear heads), on one
+process or as one rank of several.
 
 Both the single-process reference and each gloo rank call :func:`train_every_strategy`; the
 ranks see their own local batches, the reference the union of them, ordered so that the batch's
@@ -18,8 +19,10 @@ from hydra.utils import instantiate
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-from medmtl.catalogue import compose_train, options
+from medmtl.catalogue import compose_train, needs_linear_readout, options
+from medmtl.data.multimnist import multimnist_tasks
 from medmtl.models import build_model
+from medmtl.models.multi_lenet import MultiLeNet
 from medmtl.models.unet_vgg16 import UNetVGG16
 from medmtl.strategies.context import PlainContext
 from medmtl.tasks import VALIDATION, refuge_tasks
@@ -40,13 +43,26 @@ def without_batch_norm(model: nn.Module) -> nn.Module:
 LABELLINGS = ("full", "partial")
 
 
-def rank_batch(iteration: int, rank: int, stream: str = "train", labels: str = "full") -> dict[str, torch.Tensor]:
+def rank_batch(
+    iteration: int, rank: int, stream: str = "train", labels: str = "full", digits: bool = False
+) -> dict[str, torch.Tensor]:
     """Rank ``rank``'s local batch of ``iteration`` (float64, 32 px). ``partial``: rank 0 has no
     optic-cup label at all (the task is labelled on the other rank only) and the second sample of
-    rank 1 has no glaucoma label, so the ranks' losses average different numbers of samples."""
+    rank 1 has no glaucoma label, so the ranks' losses average different numbers of samples.
+    ``digits``: MultiMNIST's two digits instead (28 px; ``partial``: rank 0 has no right digit,
+    rank 1's second sample no left digit)."""
     seed = 1000 * iteration + 10 * rank + (7 if stream != "train" else 0)
     g = torch.Generator().manual_seed(seed)
     n, size = LOCAL_BATCH, 32
+    if digits:
+        images = torch.rand(n, 1, 28, 28, generator=g, dtype=torch.float64)
+        found = {
+            "image": images,
+            "left": torch.randint(0, 10, (n,), generator=g),
+            "right": torch.randint(0, 10, (n,), generator=g),
+        }
+        partial = {"present/right": torch.tensor([rank == 1] * n), "present/left": torch.tensor([True, rank == 0])}
+        return found | (partial if labels == "partial" else {})
     od = (torch.rand(n, size, size, generator=g) > 0.6).double()
     return {
         "image": torch.rand(n, 3, size, size, generator=g, dtype=torch.float64),
@@ -64,16 +80,20 @@ def partial_labels(rank: int) -> dict[str, torch.Tensor]:
     }
 
 
-def union_batch(iteration: int, stream: str = "train", labels: str = "full") -> dict[str, torch.Tensor]:
+def union_batch(iteration: int, stream: str = "train", labels: str = "full", digits: bool = False) -> dict[str, torch.Tensor]:
     """The ranks' batches as one, interleaved: sample i of rank r at position i * R + r, so the
     first half of the union is the union of the ranks' first halves."""
-    parts = [rank_batch(iteration, r, stream, labels) for r in range(RANKS)]
+    parts = [rank_batch(iteration, r, stream, labels, digits) for r in range(RANKS)]
     return {k: torch.stack([p[k] for p in parts], dim=1).flatten(0, 1) for k in parts[0]}
 
 
-def batches(rank: int | None, stream: str = "train", labels: str = "full"):
+def batches(rank: int | None, stream: str = "train", labels: str = "full", digits: bool = False):
     for iteration in itertools.count():
-        yield union_batch(iteration, stream, labels) if rank is None else rank_batch(iteration, rank, stream, labels)
+        yield (
+            union_batch(iteration, stream, labels, digits)
+            if rank is None
+            else rank_batch(iteration, rank, stream, labels, digits)
+        )
 
 
 def train_one(optim_name: str, rank: int | None, labels: str = "full", iterations: int = ITERATIONS) -> dict[str, torch.Tensor]:
@@ -83,18 +103,21 @@ def train_one(optim_name: str, rank: int | None, labels: str = "full", iteration
     name, *overrides = optim_name.split()
     cfg = compose_train([f"optim={name}", *overrides])
     strategy = instantiate(cfg.optim.strategy)
-    tasks = refuge_tasks()
+    digits = needs_linear_readout(name)  # BayesAgg-MTL: MultiLeNet with one linear layer per digit
+    tasks = multimnist_tasks() if digits else refuge_tasks()
     strategy.setup([t.name for t in tasks])
     torch.manual_seed(0)
-    model = build_model(partial(UNetVGG16, width=1 / 16, dropout=0.0), tasks, strategy.separate_networks)
+    network = partial(MultiLeNet, dropout="none", head="linear") if digits else partial(UNetVGG16, width=1 / 16, dropout=0.0)
+    model = build_model(network, tasks, strategy.separate_networks)
     model = without_batch_norm(model).double()
     strategy.double()
     optimizers = strategy.configure_optimizers(model, instantiate(cfg.optim.optimizer))
-    streams = {t.name: batches(rank, labels=labels) for t in tasks} | {VALIDATION: batches(rank, "validation", labels)}
+    streams = {t.name: batches(rank, labels=labels, digits=digits) for t in tasks}
+    streams[VALIDATION] = batches(rank, "validation", labels, digits)
     ctx = PlainContext(model, tasks, optimizers, clip_norm=cfg.optim.get("gradient_clip_val"), task_batches=streams)
     strategy.check_distributed(ctx.world_size)
     torch.manual_seed(1)  # the strategies' own draws (random weights, GA's balanced sampler)
-    for iteration, batch in zip(range(iterations), batches(rank, labels=labels)):
+    for iteration, batch in zip(range(iterations), batches(rank, labels=labels, digits=digits)):
         strategy.training_step(ctx, batch)
         strategy.on_train_epoch_end(iteration)
     state = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}

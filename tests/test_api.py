@@ -20,6 +20,7 @@ from torch.nn.parameter import is_lazy
 
 from helpers import PROJECT_ROOT, PlainContext, compose_train, options
 from medmtl.api import ConfigError, MultiTaskStep, TaskNetwork, make_strategy, optim_config, strategy_names
+from medmtl.catalogue import needs_linear_readout
 from medmtl.data.multimnist import multimnist_tasks
 from medmtl.errors import NonFiniteError
 from medmtl.models.multi_lenet import MultiLeNet
@@ -41,6 +42,7 @@ FAMILIES = [
     "ga",
     "auto_lambda",
     "graddrop",
+    "bayesagg_mtl",
 ]
 EXPERIMENT_STACK = ("hydra", "omegaconf", "lightning", "lightning_fabric", "pytorch_lightning", "wandb", "torchmetrics")
 
@@ -126,13 +128,20 @@ def test_an_installed_wheel_builds_every_strategy_without_the_repository(tmp_pat
 
 # ----- the same steps as the framework --------------------------------------------------------
 class UserNet(nn.Module):
-    """What a user writes: a trunk and two heads, no MultiTaskNet (MultiLeNet's layers, in another class)."""
+    """What a user writes: a trunk and two heads, no MultiTaskNet (MultiLeNet's layers, in another
+    class); ``linear``: each head one linear layer (MultiLeNet's ``head=linear``)."""
 
-    def __init__(self):
+    def __init__(self, linear: bool = False):
         super().__init__()
         self.conv1, self.conv2, self.fc = nn.Conv2d(1, 10, 5), nn.Conv2d(10, 20, 5), nn.Linear(320, 50)
-        self.left = nn.Sequential(nn.Linear(50, 50), nn.ReLU(), nn.Linear(50, 10))
-        self.right = nn.Sequential(nn.Linear(50, 50), nn.ReLU(), nn.Linear(50, 10))
+        self.left, self.right = (
+            (nn.Linear(50, 10), nn.Linear(50, 10))
+            if linear
+            else (
+                nn.Sequential(nn.Linear(50, 50), nn.ReLU(), nn.Linear(50, 10)),
+                nn.Sequential(nn.Linear(50, 50), nn.ReLU(), nn.Linear(50, 10)),
+            )
+        )
 
     def trunk(self, x):
         x = torch.relu(torch.max_pool2d(self.conv1(x), 2))
@@ -144,12 +153,13 @@ class UserNet(nn.Module):
         return {"left": self.left(z), "right": self.right(z)}
 
 
-def user_network(reference: MultiLeNet) -> TaskNetwork:
-    net = UserNet().double()
+def user_network(reference: MultiLeNet, linear: bool = False) -> TaskNetwork:
+    net = UserNet(linear).double()
     encoder, heads = reference.encoder, reference.classifiers
     pairs = [(net.conv1, encoder.conv1), (net.conv2, encoder.conv2), (net.fc, encoder.fc)]
     for side in ("left", "right"):
-        pairs += [(getattr(net, side)[0], heads[side].fc1), (getattr(net, side)[2], heads[side].fc2)]
+        mine = getattr(net, side)
+        pairs += [(mine, heads[side])] if linear else [(mine[0], heads[side].fc1), (mine[2], heads[side].fc2)]
     for mine, theirs in pairs:
         mine.load_state_dict(theirs.state_dict())
     shared = [*net.conv1.parameters(), *net.conv2.parameters(), *net.fc.parameters()]
@@ -173,7 +183,7 @@ def framework_steps(name: str, partial: bool) -> list[torch.Tensor]:
     strategy = instantiate(cfg.optim.strategy)
     strategy.setup([t.name for t in tasks])
     torch.manual_seed(0)
-    model = MultiLeNet(tasks, dropout="none").double()
+    model = MultiLeNet(tasks, dropout="none", head=head_of(name)).double()
     strategy.double()
     optimizers = strategy.configure_optimizers(model, instantiate(cfg.optim.optimizer))
     streams = {t.name: batches(partial) for t in tasks} | {VALIDATION: batches(partial)}
@@ -189,7 +199,8 @@ def users_step(name: str, stream) -> tuple[TaskNetwork, MultiTaskStep]:
     """A user's network (MultiLeNet's seed-0 weights) and the step of strategy ``name``, the per-task
     and validation batches (GA, Auto-Lambda) drawn from fresh ``stream()`` iterators."""
     torch.manual_seed(0)
-    network = user_network(MultiLeNet(multimnist_tasks(), dropout="none").double())
+    linear = head_of(name) == "linear"
+    network = user_network(MultiLeNet(multimnist_tasks(), dropout="none", head=head_of(name)).double(), linear)
     streams = {"left": stream(), "right": stream()}
     return network, MultiTaskStep(network, multimnist_tasks(), name, task_batches=streams, validation_batches=stream())
 
@@ -201,7 +212,8 @@ def api_steps(name: str, partial: bool) -> list[torch.Tensor]:
         step(batch)
         step.end_epoch()
     net = network.module
-    order = [net.conv1, net.conv2, net.fc, net.left[0], net.left[2], net.right[0], net.right[2]]
+    heads = [net.left, net.right] if head_of(name) == "linear" else [net.left[0], net.left[2], net.right[0], net.right[2]]
+    order = [net.conv1, net.conv2, net.fc, *heads]
     return [p.detach() for layer in order for p in layer.parameters()]
 
 
@@ -213,14 +225,19 @@ def test_three_api_steps_on_a_users_module_equal_the_frameworks(name, partial):
     """float64, the same weights and batches (``partial``: the right digit missing from some samples)."""
     ours, framework = api_steps(name, partial), framework_steps(name, partial)
     assert len(ours) == len(framework)
-    assert any(not torch.equal(a, b) for a, b in zip(framework, api_initial())), "nothing trained"
+    assert any(not torch.equal(a, b) for a, b in zip(framework, api_initial(name))), "nothing trained"
     for mine, theirs in zip(ours, framework):
         torch.testing.assert_close(mine, theirs, rtol=1e-9, atol=1e-12)
 
 
-def api_initial() -> list[torch.Tensor]:
+def api_initial(name: str) -> list[torch.Tensor]:
     torch.manual_seed(0)
-    return [p.detach() for p in MultiLeNet(multimnist_tasks(), dropout="none").double().parameters()]
+    return [p.detach() for p in MultiLeNet(multimnist_tasks(), dropout="none", head=head_of(name)).double().parameters()]
+
+
+def head_of(name: str) -> str:
+    """MultiLeNet's heads for strategy ``name``: one linear layer where it needs that (BayesAgg-MTL)."""
+    return "linear" if needs_linear_readout(name) else "mlp"
 
 
 # ----- bad input: one sentence, nothing changed ---------------------------------------------------

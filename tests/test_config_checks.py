@@ -7,14 +7,21 @@ import json
 import pytest
 
 from helpers import compose_train, options, run
+from medmtl.catalogue import needs_linear_readout
 from medmtl.config_checks import check_config
 from medmtl.errors import ConfigError
 
 
 @pytest.mark.parametrize("group", ["experiment", "data", "optim", "model"])
 def test_every_shipped_configuration_passes(group):
+    """Each entry with the default others (a strategy that needs linear heads with such a network)."""
     for name in options(group):
-        check_config(compose_train([f"{group}={name}"]))
+        readout = group == "optim" and needs_linear_readout(name)
+        check_config(
+            compose_train(
+                [f"{group}={name}", *(["model=multi_lenet", "model.head=linear", "data=multimnist"] if readout else [])]
+            )
+        )
 
 
 @pytest.mark.parametrize(
@@ -44,6 +51,14 @@ def test_every_shipped_configuration_passes(group):
         ("optim=ntkmtl optim.strategy.ntk_exp=0", "optim.strategy.ntk_exp must be a positive number, got 0"),
         ("optim=ntkmtl_sr optim.strategy.chunks=0", "optim.strategy.chunks must be an integer >= 1, got 0"),
         ("optim=ldc_mtl optim.strategy.lamb=-0.5", "optim.strategy.lamb must be a number >= 0, got -0.5"),
+        ("optim=bayesagg_mtl optim.strategy.prior_variance=0", "optim.strategy.prior_variance must be a positive number, got 0"),
+        ("optim=bayesagg_mtl optim.strategy.mc_samples=1", "optim.strategy.mc_samples must be an integer >= 2"),
+        ("optim=bayesagg_mtl optim.strategy.variance_power=-1", "optim.strategy.variance_power must be a number >= 0"),
+        ("optim=bayesagg_mtl optim.strategy.warmup_epochs=0", "optim.strategy.warmup_epochs must be an integer >= 1"),
+        ("optim=bayesagg_mtl optim.strategy.head_clip=-2", "optim.strategy.head_clip must be a number >= 0"),
+        ("model=multi_lenet model.head=conv", "model.head must be mlp or linear, got 'conv'"),
+        ("optim=bayesagg_mtl", "optim=bayesagg_mtl needs every task's head to be one linear layer on a shared vector"),
+        ("optim=bayesagg_mtl model=multi_lenet data=multimnist", r"model=multi_lenet model.head=linear \(got model MultiLeNet\)"),
         ("optim=ldc_mtl optim.strategy.weighting=softmax", "optim.strategy.weighting must be router or free, got 'softmax'"),
         (
             "optim=ldc_mtl optim.strategy.normalisation=ratio",

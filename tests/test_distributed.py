@@ -38,6 +38,7 @@ FAMILIES = (
     "mao",
     "ga",
     "stl",
+    "bayesagg_mtl",
 )
 
 

@@ -3,6 +3,9 @@ new strategy for the benchmarks, the checks and the tests, with nothing else to 
 
 - :func:`options`: the entries of a config group (files starting with ``_`` are partial bases).
 - :func:`strategy_names`: every strategy (``optim=<name>``).
+- :func:`needs_linear_readout`: whether a strategy trains only networks whose heads are one linear
+  layer on a shared vector (BayesAgg-MTL), so that a test over every strategy on another network
+  leaves it to its own networks.
 - :func:`strategy_profile`: what a strategy is, read from its composed config and its class:
   whether it combines task gradients (and in which ``mode``), needs the Jacobian itself, or trains
   one network per task.
@@ -25,6 +28,17 @@ def options(group: str) -> list[str]:
 
 def strategy_names() -> list[str]:
     return options("optim")
+
+
+def needs_linear_readout(name: str) -> bool:
+    """Whether ``optim=<name>``'s class declares ``needs_linear_readout`` (read from its
+    ``strategy._target_`` without building it)."""
+    import yaml
+    from hydra.utils import get_class
+
+    own = (yaml.safe_load((PACKAGE_CONF_DIR / "optim" / f"{name}.yaml").read_text()) or {}).get("strategy") or {}
+    target = own.get("_target_") or compose_train([f"optim={name}"]).optim.strategy._target_  # inherited
+    return bool(getattr(get_class(target), "needs_linear_readout", False))
 
 
 def compose_train(overrides: list[str]):

@@ -96,6 +96,13 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("optim.strategy.affinity_decay", lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
     ("optim.strategy.warmup_iterations", _non_negative_int, "a whole number >= 0"),
     ("optim.strategy.credit", lambda v: v in ("authors_code", "own_step"), "authors_code or own_step"),
+    ("optim.strategy.prior_variance", _positive_number, "a positive number"),
+    ("optim.strategy.mc_samples", lambda v: _is_int(v) and v >= 2, "an integer >= 2 (a variance needs two draws)"),
+    ("optim.strategy.variance_power", _non_negative_number, "a number >= 0"),
+    ("optim.strategy.warmup_epochs", _positive_int, "an integer >= 1 (the first full-data posterior needs an epoch's features)"),
+    ("optim.strategy.head_clip", _non_negative_number, "a number >= 0 (0: no clipping)"),
+    ("optim.strategy.shared_clip", _non_negative_number, "a number >= 0 (0: no clipping)"),
+    ("model.head", lambda v: v in ("mlp", "linear"), "mlp or linear"),
     ("optim.optimizer.lr", _positive_number, "a positive number"),
     ("optim.optimizer.weight_decay", _non_negative_number, "a number >= 0"),
     ("optim.optimizer.momentum", _non_negative_number, "a number >= 0"),
@@ -128,10 +135,40 @@ def check_config(cfg: Mapping[str, Any]) -> None:
         present, value = _lookup(cfg, key)
         if present and value is not None and not test(_plain(value)):
             raise ConfigError(f"{key} must be {wanted}, got {value!r}.")
+    _check_linear_readout(cfg)
     has_folds, n_folds = _lookup(cfg, "data.n_folds")
     has_fold, fold = _lookup(cfg, "data.fold")
     if has_folds and has_fold and fold is not None and not (_is_int(fold) and 0 <= fold < n_folds):
         raise ConfigError(f"data.fold must be in [0, {n_folds - 1}], got {fold!r}.")
+
+
+#: the networks whose heads are one linear layer on a shared vector, and the option that makes them so
+LINEAR_READOUT_MODELS: dict[str, tuple[str, str] | None] = {
+    "medmtl.models.emotic_2enc.EmoticTwoEncoder": None,
+    "medmtl.models.multi_lenet.MultiLeNet": ("head", "linear"),
+}
+
+
+def _check_linear_readout(cfg: Mapping[str, Any]) -> None:
+    """A strategy that needs one linear head per task on a shared vector (BayesAgg-MTL) with a
+    network that has none: one sentence before any data is read."""
+    has_target, target = _lookup(cfg, "optim.strategy._target_")
+    has_model, model = _lookup(cfg, "model._target_")
+    if not (has_target and has_model):
+        return
+    from hydra.utils import get_class
+
+    if not getattr(get_class(str(target)), "needs_linear_readout", False):
+        return
+    known = str(model) in LINEAR_READOUT_MODELS
+    option = LINEAR_READOUT_MODELS.get(str(model))
+    if known and (option is None or _lookup(cfg, f"model.{option[0]}")[1] == option[1]):
+        return
+    _, name = _lookup(cfg, "optim.name")
+    raise ConfigError(
+        f"optim={name} needs every task's head to be one linear layer on a shared vector: use model=emotic_2enc "
+        f"or model=multi_lenet model.head=linear (got model {str(model).rsplit('.', 1)[-1]})."
+    )
 
 
 def check_precision_device(precision: Any, accelerator: Any, cuda_available: bool) -> None:

@@ -110,6 +110,16 @@ class TaskNetwork(MultiTaskNet):
             raise TypeError(f"TaskNetwork: heads[{task!r}] is a parameter list; give decode= to apply it to the representation.")
         return self._head_parts[task][0]
 
+    def readout_layer(self, task: str) -> nn.Linear:
+        """``heads[task]`` when it is one ``nn.Linear`` applied to ``encode``'s vector (BayesAgg-MTL)."""
+        part = self._head_parts.get(self._check_tasks([task])[0], [None])[0]
+        if self._encode is None or self._decode is not None or not isinstance(part, nn.Linear):
+            raise ConfigError(
+                f"TaskNetwork: optim=bayesagg_mtl needs encode= (the shared vector) "
+                f"and heads[{task!r}] one nn.Linear applied to it."
+            )
+        return part
+
     def path_parameters(self, task: str) -> list[nn.Parameter]:
         self._check_tasks([task])
         return self._shared + self._heads[task]

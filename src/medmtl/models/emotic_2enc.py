@@ -104,7 +104,8 @@ class EmoticTwoEncoder(MultiTaskNet):
     def readout_layer(self, task: str) -> nn.Linear:
         """Task ``task``'s linear layer on the fused vector (its head's dropout is 0)."""
         self._check_tasks([task])
-        return cast(nn.Linear, self.heads_by_task[task][1])
+        head = cast(nn.Sequential, self.heads_by_task[task])
+        return cast(nn.Linear, head[1])
 
     def path_modules(self, task: str) -> list[nn.Module]:
         if task not in self.heads_by_task:

@@ -114,6 +114,9 @@ class Strategy(nn.Module, abc.ABC):
     #: gradients or Jacobians of one forward); ``speed.compile`` is refused for these
     #: (:func:`medmtl.speed.check_compile`)
     reuses_forward_graph: bool = False
+    #: True when the strategy needs every task's head to be one linear layer on a shared vector
+    #: (``model.readout_layer``: BayesAgg-MTL); other networks are refused in one sentence
+    needs_linear_readout: bool = False
 
     def setup(self, task_names: list[str]) -> None:
         """Called once by the module with the task set, before optimizers exist: create per-task

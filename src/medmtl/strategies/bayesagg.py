@@ -90,7 +90,9 @@ def safe_cholesky(matrix: torch.Tensor, tries: int = 25) -> torch.Tensor:
         matrix = matrix + bump[..., None, None] * torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
         factor, info = torch.linalg.cholesky_ex(matrix)
     if bool(info.any()):
-        raise FloatingPointError(f"bayesagg_mtl: a posterior precision is not positive definite even with a jitter of {step:.0e}.")
+        raise FloatingPointError(
+            f"bayesagg_mtl: a posterior precision is not positive definite even with a jitter of {step:.0e}."
+        )
     return factor
 
 
@@ -150,7 +152,9 @@ def curvature(kind: str, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) 
     return ggn, grad
 
 
-def laplace(theta: torch.Tensor, ggn: torch.Tensor, grad: torch.Tensor, prior_mean: torch.Tensor, prior_precision: torch.Tensor) -> Posterior:
+def laplace(
+    theta: torch.Tensor, ggn: torch.Tensor, grad: torch.Tensor, prior_mean: torch.Tensor, prior_precision: torch.Tensor
+) -> Posterior:
     """Lambda = GGN + P0; mean = theta - Lambda^{-1} (grad + P0 (theta - m0)); the covariance's
     factor as their code takes it (Cholesky of Lambda^{-1} computed from Lambda's factor)."""
     precision = ggn + prior_precision
@@ -162,7 +166,9 @@ def laplace(theta: torch.Tensor, ggn: torch.Tensor, grad: torch.Tensor, prior_me
     return Posterior(mean, precision, safe_cholesky(covariance))
 
 
-def gradient_moments(kind: str, draws: torch.Tensor, h: torch.Tensor, y: torch.Tensor, power: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gradient_moments(
+    kind: str, draws: torch.Tensor, h: torch.Tensor, y: torch.Tensor, power: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Monte-Carlo mean and variance of g = dl/dh per sample and binary output (N, O, D) or per
     sample for a multiclass task (N, 1, D), from posterior draws (S, G, M); the variance clamped
     at 1e-8 and raised to ``power``."""
@@ -205,6 +211,7 @@ class BayesAggMTL(Strategy):
     """
 
     supports_fp16_scaler = False  # the shared gradient is written, not scaled through a backward
+    needs_linear_readout = True
 
     def __init__(
         self,
@@ -219,10 +226,13 @@ class BayesAggMTL(Strategy):
         if not prior_variance > 0:
             raise ConfigError(f"optim.strategy.prior_variance must be a positive number, got {prior_variance!r}.")
         if mc_samples < 2:
-            raise ConfigError(f"optim.strategy.mc_samples must be an integer >= 2 (a variance needs two draws), got {mc_samples!r}.")
+            raise ConfigError(
+                f"optim.strategy.mc_samples must be an integer >= 2 (a variance needs two draws), got {mc_samples!r}."
+            )
         if warmup_epochs < 1:
             raise ConfigError(
-                f"optim.strategy.warmup_epochs must be an integer >= 1 (the first full-data posterior needs an epoch's features), got {warmup_epochs!r}."
+                "optim.strategy.warmup_epochs must be an integer >= 1 (the first full-data posterior needs an "
+                f"epoch's features), got {warmup_epochs!r}."
             )
         if variance_power < 0 or head_clip < 0 or shared_clip < 0:
             raise ConfigError("optim.strategy.variance_power, head_clip and shared_clip must be numbers >= 0.")
@@ -246,7 +256,9 @@ class BayesAggMTL(Strategy):
                 )
             layer = ctx.model.readout_layer(task.name)
             if {id(p) for p in ctx.model.head_parameters(task.name)} != {id(layer.weight), id(layer.bias)}:
-                raise ConfigError(f"optim=bayesagg_mtl needs task {task.name!r}'s head to be its one linear layer on the shared vector.")
+                raise ConfigError(
+                    f"optim=bayesagg_mtl needs task {task.name!r}'s head to be its one linear layer on the shared vector."
+                )
             layers[task.name] = layer
         return layers
 
@@ -265,17 +277,32 @@ class BayesAggMTL(Strategy):
         """(targets, labelled mask (N,)): targets (N, O) floats for binary outputs, (N,) class
         indices; unlabelled samples' targets set to 0."""
         labelled = task.present(batch)
-        mask = torch.ones(size, dtype=torch.bool, device=device) if labelled is None else labelled.to(device=device, dtype=torch.bool)
+        mask = (
+            torch.ones(size, dtype=torch.bool, device=device)
+            if labelled is None
+            else labelled.to(device=device, dtype=torch.bool)
+        )
         if task.target_key not in batch:
             mask = torch.zeros_like(mask)
-            target = torch.zeros(size, device=device) if task.kind == "multiclass" else torch.zeros(size, task.channels, device=device)
+            target = (
+                torch.zeros(size, device=device) if task.kind == "multiclass" else torch.zeros(size, task.channels, device=device)
+            )
             return target, mask
         target = batch[task.target_key].to(device)
         target = target.reshape(size) if task.kind == "multiclass" else target.reshape(size, -1)
         return torch.where(mask.view(-1, *[1] * (target.dim() - 1)), target, torch.zeros_like(target)), mask
 
     # ----- posteriors --------------------------------------------------------------------------
-    def _posterior(self, ctx: StepContext, task: Task, layer: nn.Linear, h: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, prior: Posterior | None) -> Posterior:
+    def _posterior(
+        self,
+        ctx: StepContext,
+        task: Task,
+        layer: nn.Linear,
+        h: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor,
+        prior: Posterior | None,
+    ) -> Posterior:
         kind = self._kind(task)
         theta = layer_blocks(kind, layer.weight.detach(), layer.bias.detach()).to(h.dtype)
         ggn, grad = curvature(kind, theta, with_bias_input(h[mask]), y[mask])
@@ -311,7 +338,9 @@ class BayesAggMTL(Strategy):
             variances.append(variance)
             labelled.append(mask[:, None].expand(-1, mean.shape[1]))
         union_size = int(ctx.global_sum(torch.tensor([float(h.shape[0])], device=h.device)).item())
-        return ctx.world_size * precision_weighted(torch.cat(means, 1), torch.cat(variances, 1), torch.cat(labelled, 1), union_size)
+        return ctx.world_size * precision_weighted(
+            torch.cat(means, 1), torch.cat(variances, 1), torch.cat(labelled, 1), union_size
+        )
 
     # ----- one iteration -----------------------------------------------------------------------
     def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
