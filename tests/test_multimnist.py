@@ -150,6 +150,17 @@ def test_a_short_run_learns_both_digits_of_the_synthetic_twin(tmp_path):
 
 
 @pytest.mark.slow
+def test_bayesagg_learns_both_digits_with_linear_heads(tmp_path):
+    """BayesAgg-MTL through the command line on MultiLeNet with one linear layer per digit: the
+    warm-up epoch, then 29 epochs of its own steps (checkpoints carry its kept features); both
+    digits far above chance (10%)."""
+    overrides = ["experiment=multimnist_sener2018", "preset=tiny", "model.head=linear", "optim=bayesagg_mtl", "seed=0"]
+    untrained, trained = untrained_and_trained(overrides, tmp_path)
+    assert untrained["left_acc"] < 0.3 and untrained["right_acc"] < 0.3
+    assert trained["left_acc"] > 0.35 and trained["right_acc"] > 0.35, trained
+
+
+@pytest.mark.slow
 @pytest.mark.real_data
 @needs_mnist_sample
 def test_one_epoch_on_the_real_mnist_learns_both_digits(tmp_path):
