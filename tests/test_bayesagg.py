@@ -16,7 +16,16 @@ from medmtl import losses
 from medmtl.errors import ConfigError
 from medmtl.models.multi_lenet import MultiLeNet
 from medmtl.strategies import BayesAggMTL
-from medmtl.strategies.bayesagg import curvature, gradient_moments, laplace, layer_blocks, precision_weighted, with_bias_input
+from medmtl.strategies.bayesagg import (
+    Posterior,
+    curvature,
+    gradient_moments,
+    laplace,
+    layer_blocks,
+    precision_weighted,
+    regression_moments,
+    with_bias_input,
+)
 from medmtl.strategies.context import PlainContext
 from medmtl.tasks import Task
 
@@ -36,6 +45,14 @@ def tasks():
     return [
         Task("left", "multiclass", losses.cross_entropy, num_outputs=10),
         Task("right", "multiclass", losses.cross_entropy, num_outputs=10),
+    ]
+
+
+def mixed_tasks():
+    """UTKFace's kind of task set: a regression (two outputs, squared error) and a multiclass task."""
+    return [
+        Task("age", "regression", losses.squared_error, num_outputs=2),
+        Task("grade", "multiclass", losses.cross_entropy, num_outputs=4),
     ]
 
 
@@ -65,6 +82,8 @@ def batch(seed, task_list, n=N):
     for t in task_list:
         if t.kind == "multiclass":
             data[t.name] = torch.randint(0, t.num_outputs, (n,), generator=g)
+        elif t.kind == "regression":
+            data[t.name] = torch.randn(n, t.num_outputs, generator=g) + 1.0
         else:
             data[t.name] = (torch.rand(n, *(() if t.channels == 1 else (t.channels,)), generator=g) > 0.5).double()
     return data
@@ -123,6 +142,43 @@ def test_binary_posterior_is_one_block_per_output_equal_to_autograd():
     ours = laplace(theta, ggn, grad, torch.zeros(2, 4), eye / 0.5)
     torch.testing.assert_close(torch.block_diag(*ours.precision), precision)
     torch.testing.assert_close(ours.mean.flatten(), mean)
+
+
+def test_regression_posterior_is_exact_bayesian_linear_regression_from_any_weights():
+    """Unit-noise Gaussian likelihood, no bias: mean = (P0 + H'H)^{-1} (P0 m0 + H'y) per output (NumPy's
+    solve), whatever the current weights the Newton step starts from."""
+    import numpy as np
+
+    torch.manual_seed(3)
+    h, y = torch.randn(7, 3), torch.randn(7, 2)
+    a = torch.randn(3, 3)
+    prior_precision, prior_mean = (a @ a.T + torch.eye(3)).expand(2, 3, 3), torch.randn(2, 3)
+    expected = [
+        np.linalg.solve(
+            prior_precision[o].numpy() + h.numpy().T @ h.numpy(),
+            prior_precision[o].numpy() @ prior_mean[o].numpy() + h.numpy().T @ y[:, o].numpy(),
+        )
+        for o in range(2)
+    ]
+    for theta in (torch.zeros(2, 3), torch.randn(2, 3) * 5):
+        ours = laplace(theta, *curvature("regression", theta, h, y), prior_mean, prior_precision)
+        torch.testing.assert_close(ours.mean, torch.tensor(np.stack(expected)))
+        torch.testing.assert_close(ours.precision, prior_precision + h.T @ h)
+
+
+def test_regression_moments_equal_a_monte_carlo_estimate():
+    """g = 2 (w.h - y) w for w ~ N(mu, Sigma): the closed form against 400,000 draws."""
+    torch.manual_seed(4)
+    h, y = torch.randn(3, 3), torch.randn(3, 2)
+    a = torch.randn(2, 3, 3)
+    precision = a @ a.transpose(1, 2) + 2 * torch.eye(3)
+    mu = torch.randn(2, 3)
+    posterior = Posterior(mu, precision, torch.linalg.cholesky(torch.linalg.inv(precision)))
+    mean, variance = regression_moments(posterior, h, y, power=1.0)
+    w = posterior.sample(400_000)  # (S, O, D)
+    g = 2 * (torch.einsum("sod,nd->sno", w, h) - y)[..., None] * w[:, None]  # (S, N, O, D)
+    torch.testing.assert_close(mean, g.mean(0), atol=0.02, rtol=0.01)
+    torch.testing.assert_close(variance, g.var(0), atol=0.05, rtol=0.02)
 
 
 # ----- the moments and the aggregation ---------------------------------------------------------
@@ -187,25 +243,27 @@ def hand_shared_gradient(model, task_list, kept_h, kept_batch, b, gamma, power, 
     torch.manual_seed(seed)
     for t in task_list:
         layer = model.readout_layer(t.name)
-        kind = "multiclass" if t.kind == "multiclass" else "binary"
+        kind = t.kind if t.kind in ("multiclass", "regression") else "binary"
         theta = layer_blocks(kind, layer.weight.detach(), layer.bias.detach())
         target = lambda d, t=t, kind=kind: d[t.name] if kind == "multiclass" else d[t.name].reshape(d[t.name].shape[0], -1)
+        inputs = (lambda x: x) if kind == "regression" else with_bias_input
         eye = torch.eye(theta.shape[1]).expand(theta.shape[0], -1, -1)
-        full = laplace(
-            theta, *curvature(kind, theta, with_bias_input(kept_h), target(kept_batch)), torch.zeros_like(theta), eye / gamma
-        )
-        post = laplace(theta, *curvature(kind, theta, with_bias_input(h), target(b)), full.mean, full.precision)
-        draws = torch.distributions.MultivariateNormal(post.mean, scale_tril=post.scale_tril).rsample((draws_n,))
-        mean, variance = gradient_moments(kind, draws, h, target(b), power)
+        full = laplace(theta, *curvature(kind, theta, inputs(kept_h), target(kept_batch)), torch.zeros_like(theta), eye / gamma)
+        post = laplace(theta, *curvature(kind, theta, inputs(h), target(b)), full.mean, full.precision)
+        if kind == "regression":  # exact moments, no draws
+            mean, variance = regression_moments(post, h, target(b), power)
+        else:
+            draws = torch.distributions.MultivariateNormal(post.mean, scale_tril=post.scale_tril).rsample((draws_n,))
+            mean, variance = gradient_moments(kind, draws, h, target(b), power)
         means.append(mean)
         variances.append(variance)
     mean, variance = torch.cat(means, 1), torch.cat(variances, 1)
     return ((mean / variance).sum(1) / (1 / variance).sum(1)) / h.shape[0]
 
 
-@pytest.mark.parametrize("task_list", [tasks(), binary_tasks()], ids=["multiclass", "binary"])
+@pytest.mark.parametrize("task_list", [tasks(), binary_tasks(), mixed_tasks()], ids=["multiclass", "binary", "regression"])
 def test_a_step_after_the_warm_up_back_propagates_the_aggregated_gradient_from_h(task_list):
-    model, strategy, optimizer, ctx = new_run(task_list, prior_variance=0.05, variance_power=0.3)
+    model, strategy, optimizer, ctx = new_run(task_list, prior_variance=0.05, variance_power=0.3, regression_variance_power=0.3)
     first, second = batch(1, task_list), batch(2, task_list)
     kept_h = model.representation(first["image"])["features"].detach()
     strategy.training_step(ctx, first)

@@ -57,6 +57,11 @@ def test_every_shipped_configuration_passes(group):
         ("optim=bayesagg_mtl optim.strategy.warmup_epochs=0", "optim.strategy.warmup_epochs must be an integer >= 1"),
         ("optim=bayesagg_mtl optim.strategy.head_clip=-2", "optim.strategy.head_clip must be a number >= 0"),
         ("model=multi_lenet model.head=conv", "model.head must be mlp or linear, got 'conv'"),
+        ("data=emotic_synthetic data.dimensions_loss=l2", "data.dimensions_loss must be l1 or squared_error, got 'l2'"),
+        (
+            "optim=bayesagg_mtl optim.strategy.regression_variance_power=-1",
+            "optim.strategy.regression_variance_power must be a number >= 0",
+        ),
         ("optim=bayesagg_mtl", "optim=bayesagg_mtl needs every task's head to be one linear layer on a shared vector"),
         ("optim=bayesagg_mtl model=multi_lenet data=multimnist", r"model=multi_lenet model.head=linear \(got model MultiLeNet\)"),
         ("optim=ldc_mtl optim.strategy.weighting=softmax", "optim.strategy.weighting must be router or free, got 'softmax'"),

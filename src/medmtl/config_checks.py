@@ -103,6 +103,8 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("optim.strategy.head_clip", _non_negative_number, "a number >= 0 (0: no clipping)"),
     ("optim.strategy.shared_clip", _non_negative_number, "a number >= 0 (0: no clipping)"),
     ("model.head", lambda v: v in ("mlp", "linear"), "mlp or linear"),
+    ("data.dimensions_loss", lambda v: v in ("l1", "squared_error"), "l1 or squared_error"),
+    ("optim.strategy.regression_variance_power", _non_negative_number, "a number >= 0"),
     ("optim.optimizer.lr", _positive_number, "a positive number"),
     ("optim.optimizer.weight_decay", _non_negative_number, "a number >= 0"),
     ("optim.optimizer.momentum", _non_negative_number, "a number >= 0"),

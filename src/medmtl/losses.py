@@ -62,6 +62,11 @@ def multilabel_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return _per_sample_mean(F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="none"))
 
 
+def squared_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error averaged over the values of each sample: (B, K) -> (B,)."""
+    return _per_sample_mean((prediction - target.to(prediction.dtype)) ** 2)
+
+
 def l1(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean absolute error over the values of each sample: (B, K) -> (B,) (EMOTIC's dimensions)."""
     return _per_sample_mean((prediction - target.to(prediction.dtype)).abs())

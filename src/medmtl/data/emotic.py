@@ -53,13 +53,17 @@ from medmtl.tasks import Task
 log = logging.getLogger(__name__)
 
 SETTINGS = ("2task", "26task")
+#: the dimensions' loss: the L1 of Hervella et al. 2024, or squared error (BayesAgg-MTL's regression)
+DIMENSION_LOSSES = {"l1": losses.l1, "squared_error": losses.squared_error}
 
 
-def emotic_tasks(setting: str) -> list[Task]:
+def emotic_tasks(setting: str, dimensions_loss: str = "l1") -> list[Task]:
+    if dimensions_loss not in DIMENSION_LOSSES:
+        raise ConfigError(f"data.dimensions_loss must be one of {tuple(DIMENSION_LOSSES)}, got {dimensions_loss!r}.")
     if setting == "2task":
         return [
             Task("categories", "multilabel", losses.multilabel_bce, num_outputs=len(CATEGORIES)),
-            Task("dimensions", "regression", losses.l1, num_outputs=3),
+            Task("dimensions", "regression", DIMENSION_LOSSES[dimensions_loss], num_outputs=3),
         ]
     if setting == "26task":
         return [Task(category_task_name(c), "binary", losses.binary_cross_entropy) for c in CATEGORIES]
@@ -128,6 +132,7 @@ class ArraySource:
 
 class EmoticDataModule(SplitLoaders, MultiTaskDataModule):
     """Args: root; layout (``auto`` | ``mat`` | ``preprocessed``); setting (``2task`` | ``26task``);
+    dimensions_loss (``l1`` | ``squared_error``: the 2-task setting's regression loss);
     context_size, body_size (square sides); augment (horizontal flips); batch_size,
     eval_batch_size, num_workers, pin_memory; seed (order and flips); cache_dir (the converted
     ``.mat``); skip_bad_samples (leave out the persons of missing images, logged and counted)."""
@@ -149,11 +154,12 @@ class EmoticDataModule(SplitLoaders, MultiTaskDataModule):
         cache_dir: str | None = None,
         skip_bad_samples: bool = False,
         pin_memory: bool = False,
+        dimensions_loss: str = "l1",
     ):
         super().__init__()
         if layout not in ("auto", *LAYOUTS):
             raise ConfigError(f"data.layout must be auto or one of {LAYOUTS}, got {layout!r}.")
-        self.tasks = emotic_tasks(setting)
+        self.tasks = emotic_tasks(setting, dimensions_loss)
         self.root, self.layout_choice, self.setting = Path(root).expanduser(), layout, setting
         self.context_size, self.body_size, self.augment = int(context_size), int(body_size), augment
         self.batch_size, self.eval_batch_size, self.num_workers, self.pin_memory = (

@@ -37,9 +37,13 @@ clip; their UTKFace script (regression and multiclass) uses variance power 0.1 f
 classification tasks, 10 warm-up epochs and clips 10 / 5; CIFAR-MTL gamma 0.0005 and 3 warm-up
 epochs.
 
-Not built from their code: regression heads (squared error: exact moments of a Bayesian linear
-regression; no task here is trained with squared error) and their UTKFace evaluation's
-replacement of the regression head by the full-data posterior mean. A ``multilabel`` task's
+Regression outputs (a ``regression`` task trained with :func:`medmtl.losses.squared_error`, each
+output its own task): their posterior is exact Bayesian linear regression of y on h with unit
+noise and no bias (Lambda = P0 + sum_i h_i h_i^T, mean = Lambda^{-1} (P0 m0 + sum_i h_i y_i); the
+same full-data prior), and the moments of g = 2 (w.h - y) w are exact (:func:`regression_moments`),
+their variance raised to ``regression_variance_power`` (their ``sqrt_power``: UTKFace 0.3).
+Not built: their UTKFace evaluation's replacement of the regression head by the full-data
+posterior mean. A ``multilabel`` task's
 outputs are aggregated as separate binary tasks (their binary-task group) while its own head
 follows our mean over the labels.
 
@@ -67,6 +71,7 @@ from medmtl.tasks import Task
 
 #: the losses whose curvature and gradient the posterior and the moments write out, per task kind
 SUPPORTED_LOSSES = {
+    "regression": task_losses.squared_error,
     "binary": task_losses.binary_cross_entropy,
     "multilabel": task_losses.multilabel_bce,
     "multiclass": task_losses.cross_entropy,
@@ -120,16 +125,24 @@ def with_bias_input(features: torch.Tensor) -> torch.Tensor:
 
 def layer_blocks(kind: str, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """theta in blocks: binary outputs one block [w_o, b_o] each (O, D + 1); multiclass one block
-    of the C x (D + 1) matrix [W, b] flattened by rows (1, C (D + 1))."""
+    of the C x (D + 1) matrix [W, b] flattened by rows (1, C (D + 1)); regression outputs one
+    block w_o each (O, D): their regression posterior leaves the bias out."""
+    if kind == "regression":
+        return weight
     stacked = torch.cat([weight, bias[:, None]], dim=1)
     return stacked[None].flatten(1) if kind == "multiclass" else stacked
 
 
 def curvature(kind: str, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum_i J_i^T H_i J_i, sum_i dl_i/dtheta) over the rows of x (N, D + 1), at theta (blocks
-    of :func:`layer_blocks`); y: (N, O) in {0, 1} for binary outputs, (N,) class indices."""
+    of :func:`layer_blocks`); y: (N, O) in {0, 1} for binary outputs, (N,) class indices.
+    Regression (x = h, (N, D); y (N, O)): the Gaussian likelihood of unit noise, l = (w h - y)^2 / 2,
+    whose Newton step from any theta is the exact Bayesian linear regression posterior."""
     blocks, size = theta.shape
     width = x.shape[1]
+    if kind == "regression":
+        gram = x.T @ x
+        return gram.expand(blocks, -1, -1).clone(), theta @ gram - y.to(x.dtype).T @ x
     if kind == "multiclass":
         classes = size // width
         w = theta.view(classes, width)
@@ -188,6 +201,28 @@ def gradient_moments(
     return mean, (second - mean**2).clamp_min(1e-8) ** power
 
 
+def regression_moments(posterior: Posterior, h: torch.Tensor, y: torch.Tensor, power: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact mean and variance of g = d (w h - y)^2 / dh = 2 (w.h - y) w per sample and output
+    (N, O, D) for w ~ N(mu, Sigma) (the posterior; the authors' closed form, ours derived from the
+    moments of the jointly Gaussian a = w.h and b = w_d): with m_a = h.mu, v_a = h' Sigma h,
+    c = Sigma h, v_b = diag Sigma,
+        E[g]   = 2 (c + (m_a - y) mu)
+        E[g^2] = 4 ((v_a + m_a^2)(v_b + mu^2) + 2 c^2 + 4 c m_a mu - 2 y (m_a (v_b + mu^2) + 2 c mu) + y^2 (v_b + mu^2)),
+    the variance clamped at 1e-8 and raised to ``power``."""
+    mu = posterior.mean  # (O, D)
+    sigma = torch.cholesky_inverse(safe_cholesky(posterior.precision))  # (O, D, D)
+    c = torch.einsum("ode,ne->nod", sigma, h)
+    m_a = h @ mu.T  # (N, O)
+    v_a = torch.einsum("nod,nd->no", c, h)
+    second_b = torch.diagonal(sigma, dim1=-2, dim2=-1) + mu**2  # E[b^2] (O, D)
+    y = y.to(h.dtype)[:, :, None]
+    m_a, v_a = m_a[:, :, None], v_a[:, :, None]
+    mean = 2 * (c + (m_a - y) * mu)
+    second_ab2 = (v_a + m_a**2) * second_b + 2 * c**2 + 4 * c * m_a * mu
+    second = 4 * (second_ab2 - 2 * y * (m_a * second_b + 2 * c * mu) + y**2 * second_b)
+    return mean, (second - mean**2).clamp_min(1e-8) ** power
+
+
 def precision_weighted(mean: torch.Tensor, variance: torch.Tensor, labelled: torch.Tensor, batch_size: int) -> torch.Tensor:
     """dL/dh (N, D) = (sum_r mu_r / v_r) / (sum_r 1 / v_r) / batch_size over the rows r (N, R, D)
     a sample is labelled for (``labelled`` (N, R)); zero for a sample labelled for none."""
@@ -204,7 +239,9 @@ class BayesAggMTL(Strategy):
     Args:
         prior_variance: gamma, the full-data posterior's prior N(0, gamma I) (their ``gamma``).
         mc_samples: posterior draws per step for the moments (their ``num_mc_samples``).
-        variance_power: exponent of the gradient variances (their ``sqrt_power_cls``).
+        variance_power: exponent of the classification tasks' gradient variances (their
+            ``sqrt_power_cls``).
+        regression_variance_power: the regression tasks' (their ``sqrt_power``).
         warmup_epochs: epochs of the plain loss sum first (their ``ls_epochs``), at least 1.
         head_clip, shared_clip: global-norm clipping of the heads' and (after the warm-up) the
             shared parameters' gradients; 0 turns one off.
@@ -221,6 +258,7 @@ class BayesAggMTL(Strategy):
         warmup_epochs: int = 1,
         head_clip: float = 50.0,
         shared_clip: float = 0.0,
+        regression_variance_power: float = 0.3,
     ):
         super().__init__()
         if not prior_variance > 0:
@@ -234,8 +272,11 @@ class BayesAggMTL(Strategy):
                 "optim.strategy.warmup_epochs must be an integer >= 1 (the first full-data posterior needs an "
                 f"epoch's features), got {warmup_epochs!r}."
             )
-        if variance_power < 0 or head_clip < 0 or shared_clip < 0:
-            raise ConfigError("optim.strategy.variance_power, head_clip and shared_clip must be numbers >= 0.")
+        if min(variance_power, regression_variance_power, head_clip, shared_clip) < 0:
+            raise ConfigError(
+                "optim.strategy.variance_power, regression_variance_power, head_clip and shared_clip must be numbers >= 0."
+            )
+        self.regression_variance_power = float(regression_variance_power)
         self.prior_variance, self.mc_samples, self.variance_power = float(prior_variance), int(mc_samples), float(variance_power)
         self.warmup_epochs, self.head_clip, self.shared_clip = int(warmup_epochs), float(head_clip), float(shared_clip)
         self.epoch = 0
@@ -251,7 +292,8 @@ class BayesAggMTL(Strategy):
             expected = SUPPORTED_LOSSES.get(task.kind)
             if expected is None or task.loss is not expected:
                 raise ConfigError(
-                    f"optim=bayesagg_mtl writes the curvature of binary and multi-label BCE and of softmax cross-entropy; "
+                    "optim=bayesagg_mtl writes the posteriors of binary and multi-label BCE, softmax cross-entropy and "
+                    "squared error (losses.squared_error); "
                     f"task {task.name!r} ({task.kind}) is trained with another loss."
                 )
             layer = ctx.model.readout_layer(task.name)
@@ -270,7 +312,7 @@ class BayesAggMTL(Strategy):
 
     @staticmethod
     def _kind(task: Task) -> str:
-        return "multiclass" if task.kind == "multiclass" else "binary"
+        return task.kind if task.kind in ("multiclass", "regression") else "binary"
 
     @staticmethod
     def _labels(task: Task, batch: Batch, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,7 +347,8 @@ class BayesAggMTL(Strategy):
     ) -> Posterior:
         kind = self._kind(task)
         theta = layer_blocks(kind, layer.weight.detach(), layer.bias.detach()).to(h.dtype)
-        ggn, grad = curvature(kind, theta, with_bias_input(h[mask]), y[mask])
+        x = h[mask] if kind == "regression" else with_bias_input(h[mask])
+        ggn, grad = curvature(kind, theta, x, y[mask])
         ggn, grad = ctx.global_sum(ggn), ctx.global_sum(grad)
         if prior is None:
             eye = torch.eye(theta.shape[1], dtype=h.dtype, device=h.device).expand(theta.shape[0], -1, -1)
@@ -332,8 +375,11 @@ class BayesAggMTL(Strategy):
         for task in ctx.tasks:
             y, mask = self._labels(task, batch, h.shape[0], h.device)
             posterior = self._posterior(ctx, task, layers[task.name], h, y, mask, self._full[task.name])
-            draws = ctx.agree(posterior.sample(self.mc_samples))
-            mean, variance = gradient_moments(self._kind(task), draws, h, y, self.variance_power)
+            if task.kind == "regression":
+                mean, variance = regression_moments(posterior, h, y, self.regression_variance_power)
+            else:
+                draws = ctx.agree(posterior.sample(self.mc_samples))
+                mean, variance = gradient_moments(self._kind(task), draws, h, y, self.variance_power)
             means.append(mean)
             variances.append(variance)
             labelled.append(mask[:, None].expand(-1, mean.shape[1]))
