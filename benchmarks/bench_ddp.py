@@ -39,9 +39,10 @@ NATIVE = "vanilla (torch DDP)"
 
 
 def strategies() -> list[str]:
-    from medmtl.catalogue import options
+    from medmtl.catalogue import needs_linear_readout, options
 
-    return [name for name in options("optim") if name != "stl"]  # stl: T networks, no shared payload to compare
+    # stl: T networks, no shared payload to compare; BayesAgg-MTL: needs linear heads, not the U-Net's
+    return [name for name in options("optim") if name != "stl" and not needs_linear_readout(name)]
 
 
 def timed_iterations(name: str, args, batch_size: int, native: bool = False) -> tuple[float, float]:

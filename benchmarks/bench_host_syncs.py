@@ -83,8 +83,10 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("bench_host_syncs.py counts CUDA synchronisations: it needs a CUDA device.")
     from bench_strategies import discovered_strategies
+    from medmtl.catalogue import needs_linear_readout
 
-    names = args.only or list(discovered_strategies())
+    # BayesAgg-MTL needs one linear head per task on a shared vector, which the U-Net has not
+    names = args.only or [n for n in discovered_strategies() if not needs_linear_readout(n)]
     lines = [
         f"# Host round trips per training step ({torch.cuda.get_device_name()}, torch {torch.__version__})",
         "",

@@ -68,7 +68,10 @@ def main() -> None:
     from medmtl.speed import SpeedOptions
 
     device = torch.device(args.device)
-    names = args.only or list(discovered_strategies())
+    from medmtl.catalogue import needs_linear_readout
+
+    # BayesAgg-MTL needs one linear head per task on a shared vector, which the U-Net has not
+    names = args.only or [n for n in discovered_strategies() if not needs_linear_readout(n)]
     lines = [
         f"# Speed options against the default path ({args.device}, torch {torch.__version__})",
         "",
