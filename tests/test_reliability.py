@@ -248,9 +248,12 @@ def test_user_errors_are_found_through_hydra_and_dataloader_wrappers():
             raise InstantiationException("Error in call to target 'medmtl.data.refuge.RefugeDataModule'") from error
     except InstantiationException as wrapped:
         assert find_user_error(wrapped) is inner
-    argument = InstantiationException("Error in call to target 'X': TypeError(\"got an unexpected keyword argument 'fold'\")")
+    argument = InstantiationException("Error in call to target 'X':\nTypeError(\"got an unexpected keyword argument 'fold'\")")
     argument.__cause__ = TypeError("__init__() got an unexpected keyword argument 'fold'")
-    assert isinstance(find_user_error(argument), ConfigError)
+    found = find_user_error(argument)
+    assert isinstance(found, ConfigError)
+    # the cause, not a bare colon
+    assert str(found) == "Error in call to target 'X': __init__() got an unexpected keyword argument 'fold'"
     assert find_user_error(RuntimeError("a bug")) is None
 
     from medmtl.errors import one_sentence

@@ -95,7 +95,9 @@ def find_user_error(error: BaseException | None) -> UserError | None:
         if isinstance(error, UserError):
             return error
         if _is_argument_error(error) and _is_instantiation_error(outer):
-            return ConfigError(f"{_first_line(str(outer))}")
+            # Hydra writes the cause on the line after "Error in call to target 'X':"
+            head = _first_line(str(outer))
+            return ConfigError(head if str(error) in head else f"{head.rstrip(':')}: {error}")
         error = error.__cause__ or error.__context__
     return None
 
