@@ -46,12 +46,13 @@ TASK_SETS = {
     "emotic_2enc": (lambda: emotic_tasks("2task"), []),
     "emotic_2enc_26_tasks": (lambda: emotic_tasks("26task"), ["model=emotic_2enc"]),
     "multi_lenet": (multimnist_tasks, []),
+    "multi_lenet_linear_heads": (multimnist_tasks, ["model=multi_lenet", "model.head=linear"]),
 }
 #: models that read several inputs (the datamodule's input_keys): how many
 INPUTS = {"emotic_2enc": 2, "emotic_2enc_26_tasks": 2}
 SIZE = (64, 64)
 #: models that read another image shape than 3 x SIZE
-IMAGE_SHAPES = {"multi_lenet": (1, 28, 28)}
+IMAGE_SHAPES = {"multi_lenet": (1, 28, 28), "multi_lenet_linear_heads": (1, 28, 28)}
 
 
 def build(name: str, separate: bool = False):

@@ -13,7 +13,7 @@ import torch
 from helpers import MNIST_SAMPLE, needs_mnist_sample, train_and_read_test_metrics, untrained_and_trained
 from medmtl.data import mnist_idx
 from medmtl.data.multimnist import compose, compose_split, multimnist_tasks
-from medmtl.errors import DatasetError
+from medmtl.errors import ConfigError, DatasetError
 from medmtl.models.multi_lenet import MultiLeNet, UnscaledDropout
 
 
@@ -124,6 +124,21 @@ def test_multi_lenet_has_the_authors_layer_sizes():
     outputs = model(torch.zeros(3, 1, 28, 28))
     assert {k: tuple(v.shape) for k, v in outputs.items()} == {"left": (3, 10), "right": (3, 10)}
     assert model.representation(torch.zeros(3, 1, 28, 28))["features"].shape == (3, 50)
+
+
+def test_linear_heads_are_one_50_to_10_layer_per_digit_read_out_for_bayesagg():
+    """``head=linear``: the same encoder, each head 50 x 10 + 10 = 510 parameters, the layer
+    ``readout_layer`` names; the two-layer heads have no such layer (one sentence)."""
+    model = MultiLeNet(multimnist_tasks(), head="linear")
+    assert sum(p.numel() for p in model.shared_parameters()) == 260 + 5020 + 16050
+    for task in ("left", "right"):
+        layer = model.readout_layer(task)
+        assert {id(p) for p in model.head_parameters(task)} == {id(layer.weight), id(layer.bias)}
+        assert sum(p.numel() for p in model.head_parameters(task)) == 510
+    features = model.representation(torch.rand(3, 1, 28, 28))
+    torch.testing.assert_close(model.heads(features)["left"], model.readout_layer("left")(features["features"]))
+    with pytest.raises(ConfigError, match="no head that is one linear layer on a shared vector"):
+        MultiLeNet(multimnist_tasks()).readout_layer("left")
 
 
 def test_the_authors_dropout_drops_the_same_channels_for_the_whole_batch_unscaled():
