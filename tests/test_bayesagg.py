@@ -22,6 +22,7 @@ from medmtl.strategies.bayesagg import (
     gradient_moments,
     laplace,
     layer_blocks,
+    precision_shares,
     precision_weighted,
     regression_moments,
     with_bias_input,
@@ -223,6 +224,28 @@ def test_precision_weighted_mean_by_hand():
     torch.testing.assert_close(out, torch.tensor([first, [1.0, 1.0]]) / 4)
     none = precision_weighted(mean, variance, torch.zeros(2, 2, dtype=torch.bool), batch_size=4)
     assert torch.equal(none, torch.zeros(2, 2))
+
+
+def test_precision_shares_by_hand_and_logged_as_task_weights():
+    """Task shares of the aggregation: sample 0, rows (a, b1, b2) with precisions (1, 1, 2) in one
+    dimension and (1, 3, 0) in the other: a's share 1/4 in both, b's 3/4; sample 1, labelled for
+    nothing, is left out. Logged as ``weight/<task>`` after the warm-up, summing to 1."""
+    variance = torch.tensor([[[1.0, 1.0], [1.0, 1 / 3], [0.5, 1.0]], [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]])
+    labelled = torch.tensor([[True, True, True], [False, False, False]])
+    labelled[0, 2] = True
+    variance[0, 2, 1] = float("inf")  # precision 0 in the second dimension
+    sums, count = precision_shares(variance, labelled, rows=[1, 2])
+    first = (1 / 4 + 1 / 4) / 2
+    torch.testing.assert_close(sums, torch.tensor([first, 1 - first]))
+    assert int(count) == 1
+    task_list = tasks()
+    model, strategy, optimizer, ctx = new_run(task_list)
+    assert "weight/left" not in strategy.training_step(ctx, batch(1, task_list))  # the warm-up: the plain sum
+    strategy.on_train_epoch_end(0)
+    logged = strategy.training_step(ctx, batch(2, task_list))
+    assert set(logged) == {"loss/left", "loss/right", "weight/left", "weight/right"}
+    assert 0 < float(logged["weight/left"]) < 1
+    assert float(logged["weight/left"] + logged["weight/right"]) == pytest.approx(1.0, abs=1e-6)
 
 
 # ----- whole steps -----------------------------------------------------------------------------

@@ -223,7 +223,20 @@ def regression_moments(posterior: Posterior, h: torch.Tensor, y: torch.Tensor, p
     return mean, (second - mean**2).clamp_min(1e-8) ** power
 
 
-def precision_weighted(mean: torch.Tensor, variance: torch.Tensor, labelled: torch.Tensor, batch_size: int) -> torch.Tensor:
+def precision_shares(variance: torch.Tensor, labelled: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each task's share of the aggregation, what it weighs in dL/dh: per sample the mean over D
+    of (1 / v_r) / sum_r' (1 / v_r') summed over the task's rows (``rows``: rows per task, in
+    order); (the sum over the samples labelled for some task (T,), their count)."""
+    precision = labelled[:, :, None].to(variance.dtype) / variance
+    share = (precision / precision.sum(1, keepdim=True).clamp_min(torch.finfo(variance.dtype).tiny)).mean(2)
+    per_task = torch.stack([part.sum(1) for part in share.split(rows, dim=1)], 1)
+    some = labelled.any(1)
+    return per_task[some].sum(0), some.sum()
+
+
+def precision_weighted(
+    mean: torch.Tensor, variance: torch.Tensor, labelled: torch.Tensor, batch_size: float | torch.Tensor
+) -> torch.Tensor:
     """dL/dh (N, D) = (sum_r mu_r / v_r) / (sum_r 1 / v_r) / batch_size over the rows r (N, R, D)
     a sample is labelled for (``labelled`` (N, R)); zero for a sample labelled for none."""
     precision = labelled[:, :, None].to(mean.dtype) / variance
@@ -283,6 +296,7 @@ class BayesAggMTL(Strategy):
         self._current: list[dict[str, torch.Tensor]] = []  # this epoch's features and labels, per step
         self._previous: dict[str, torch.Tensor] | None = None  # the last epoch's, until its posterior is made
         self._full: dict[str, Posterior] = {}  # the full-data posteriors (each step's prior)
+        self.shares: torch.Tensor | None = None  # the last step's tasks' shares of the aggregation (logged)
 
     # ----- the network's shape -----------------------------------------------------------------
     def _readout(self, ctx: StepContext) -> dict[str, nn.Linear]:
@@ -383,10 +397,11 @@ class BayesAggMTL(Strategy):
             means.append(mean)
             variances.append(variance)
             labelled.append(mask[:, None].expand(-1, mean.shape[1]))
-        union_size = int(ctx.global_sum(torch.tensor([float(h.shape[0])], device=h.device)).item())
-        return ctx.world_size * precision_weighted(
-            torch.cat(means, 1), torch.cat(variances, 1), torch.cat(labelled, 1), union_size
-        )
+        variance, present = torch.cat(variances, 1), torch.cat(labelled, 1)
+        sums, count = precision_shares(variance, present, [m.shape[1] for m in means])
+        totals = ctx.global_sum(torch.cat([h.new_tensor([h.shape[0]]), count.to(h.dtype)[None], sums.to(h.dtype)]))
+        self.shares = totals[2:] / totals[1].clamp_min(1)
+        return ctx.world_size * precision_weighted(torch.cat(means, 1), variance, present, totals[0])
 
     # ----- one iteration -----------------------------------------------------------------------
     def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
@@ -415,7 +430,10 @@ class BayesAggMTL(Strategy):
             torch.nn.utils.clip_grad_norm_([p for p in ctx.model.shared_parameters() if p.grad is not None], self.shared_clip)
         optimizer.step()
         self._keep(ctx, features, batch)
-        return self.detached(losses)
+        logged = self.detached(losses)
+        if not warm and self.shares is not None:  # the effective task weighting, for the task-balance plots
+            logged |= {f"weight/{t.name}": share.detach().float() for t, share in zip(ctx.tasks, self.shares)}
+        return logged
 
     def _keep(self, ctx: StepContext, h: torch.Tensor, batch: Batch) -> None:
         entry = {"h": h}
