@@ -17,6 +17,7 @@ from medmtl.errors import ConfigError
 from medmtl.models.multi_lenet import MultiLeNet
 from medmtl.strategies import BayesAggMTL
 from medmtl.strategies.bayesagg import (
+    Group,
     Posterior,
     curvature,
     gradient_moments,
@@ -25,6 +26,7 @@ from medmtl.strategies.bayesagg import (
     precision_shares,
     precision_weighted,
     regression_moments,
+    task_groups,
     with_bias_input,
 )
 from medmtl.strategies.context import PlainContext
@@ -226,6 +228,40 @@ def test_precision_weighted_mean_by_hand():
     assert torch.equal(none, torch.zeros(2, 2))
 
 
+def test_binary_tasks_share_one_group_and_its_posterior_is_each_tasks_own():
+    """Every binary output of the binary and multi-label tasks in one group (their code's binary
+    group: one batched factorisation, one draw); its posterior equals each task's computed alone,
+    each with its own labelled samples."""
+    task_list = [
+        Task("a", "binary", losses.binary_cross_entropy),
+        Task("g", "multiclass", losses.cross_entropy, num_outputs=3),
+        Task("b", "multilabel", losses.multilabel_bce, num_outputs=2),
+    ]
+    groups = task_groups(task_list)
+    assert [(g.name, g.kind, [t.name for t in g.tasks]) for g in groups] == [
+        (":binary", "binary", ["a", "b"]),
+        ("g", "multiclass", ["g"]),
+    ]
+    model, strategy, optimizer, ctx = new_run(task_list)
+    b = batch(5, task_list) | {"present/a": torch.tensor([True, False, True, True, False, True])}
+    h = model.representation(b["image"])["features"].detach()
+    layers = strategy._readout(ctx)
+    y, present = strategy._group_labels(groups[0], lambda t: strategy._labels(t, b, N, h.device))
+    together = strategy._posterior(ctx, groups[0], layers, h, y, present, None)
+    alone_a = strategy._posterior(
+        ctx,
+        Group("a", "binary", (task_list[0],)),
+        layers,
+        h[present[:, 0]],
+        y[present[:, 0], :1],
+        present[present[:, 0], :1],
+        None,
+    )
+    alone_b = strategy._posterior(ctx, Group("b", "binary", (task_list[2],)), layers, h, y[:, 1:], present[:, 1:], None)
+    torch.testing.assert_close(together.mean, torch.cat([alone_a.mean, alone_b.mean]))
+    torch.testing.assert_close(together.precision, torch.cat([alone_a.precision, alone_b.precision]))
+
+
 def test_precision_shares_by_hand_and_logged_as_task_weights():
     """Task shares of the aggregation: sample 0, rows (a, b1, b2) with precisions (1, 1, 2) in one
     dimension and (1, 3, 0) in the other: a's share 1/4 in both, b's 3/4; sample 1, labelled for
@@ -234,7 +270,7 @@ def test_precision_shares_by_hand_and_logged_as_task_weights():
     labelled = torch.tensor([[True, True, True], [False, False, False]])
     labelled[0, 2] = True
     variance[0, 2, 1] = float("inf")  # precision 0 in the second dimension
-    sums, count = precision_shares(variance, labelled, rows=[1, 2])
+    sums, count = precision_shares(variance, labelled, row_task=torch.tensor([0, 1, 1]), tasks=2)
     first = (1 / 4 + 1 / 4) / 2
     torch.testing.assert_close(sums, torch.tensor([first, 1 - first]))
     assert int(count) == 1
@@ -260,15 +296,24 @@ def new_run(task_list, **options):
 
 def hand_shared_gradient(model, task_list, kept_h, kept_batch, b, gamma, power, draws_n, seed):
     """dL/dh of batch ``b`` from the pieces above written again: full-data Laplace from N(0, gamma I)
-    over the kept features, the batch's Laplace from it, seeded draws, moments, aggregation."""
+    over the kept features, the batch's Laplace from it, seeded draws, moments, aggregation. The
+    binary outputs of all tasks form one unit (one draw), as in the authors' binary group; the task
+    sets here put no other task before a binary one."""
     h = model.representation(b["image"])["features"].detach()
+    kind_of = lambda t: t.kind if t.kind in ("multiclass", "regression") else "binary"
+    binary = [t for t in task_list if kind_of(t) == "binary"]
+    units = ([("binary", binary)] if binary else []) + [(kind_of(t), [t]) for t in task_list if kind_of(t) != "binary"]
     means, variances = [], []
     torch.manual_seed(seed)
-    for t in task_list:
-        layer = model.readout_layer(t.name)
-        kind = t.kind if t.kind in ("multiclass", "regression") else "binary"
-        theta = layer_blocks(kind, layer.weight.detach(), layer.bias.detach())
-        target = lambda d, t=t, kind=kind: d[t.name] if kind == "multiclass" else d[t.name].reshape(d[t.name].shape[0], -1)
+    for kind, members in units:
+        layers = [model.readout_layer(t.name) for t in members]
+        theta = torch.cat([layer_blocks(kind, layer.weight.detach(), layer.bias.detach()) for layer in layers])
+
+        def target(d, members=members, kind=kind):
+            if kind == "multiclass":
+                return d[members[0].name]
+            return torch.cat([d[t.name].reshape(d[t.name].shape[0], -1) for t in members], 1)
+
         inputs = (lambda x: x) if kind == "regression" else with_bias_input
         eye = torch.eye(theta.shape[1]).expand(theta.shape[0], -1, -1)
         full = laplace(theta, *curvature(kind, theta, inputs(kept_h), target(kept_batch)), torch.zeros_like(theta), eye / gamma)
@@ -344,19 +389,14 @@ def test_partial_labels_a_task_counts_only_where_labelled():
     gradient = strategy.shared_gradient(ctx, h, b, layers)
     assert torch.equal(gradient[3], torch.zeros(D))
     torch.manual_seed(3)
-    left = strategy._posterior(ctx, task_list[0], layers["left"], h, b["left"], b["present/left"], strategy._full["left"])
+    group = task_groups(task_list)[0]
+    present = b["present/left"][:, None]
+    left = strategy._posterior(ctx, group, layers, h, b["left"], present, strategy._full["left"])
     draws = left.sample(strategy.mc_samples)
     mean, _ = gradient_moments("multiclass", draws, h, b["left"], strategy.variance_power)
     torch.testing.assert_close(gradient[1], mean[1, 0] / N)
-    subset = strategy._posterior(
-        ctx,
-        task_list[0],
-        layers["left"],
-        h[b["present/left"]],
-        b["left"][b["present/left"]],
-        torch.ones(4, dtype=torch.bool),
-        strategy._full["left"],
-    )
+    kept = b["present/left"]
+    subset = strategy._posterior(ctx, group, layers, h[kept], b["left"][kept], present[kept], strategy._full["left"])
     torch.testing.assert_close(left.mean, subset.mean)
 
 

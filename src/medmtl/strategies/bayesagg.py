@@ -15,7 +15,8 @@ precisions. One iteration, after a warm-up:
         mean   = theta_k - Lambda^{-1} (sum_{i in B} d l_i / d theta + P0 (theta_k - m0))
       binary outputs (``binary`` tasks, each output of a ``multilabel`` task): H_i = p(1 - p)
       per output, independent outputs (their code drops the mixed second derivatives), so one
-      (D + 1) block per output; ``multiclass``: H_i = diag(p) - p p^T, one C (D + 1) block.
+      (D + 1) block per output, all binary outputs of all tasks in one group (:class:`Group`);
+      ``multiclass``: H_i = diag(p) - p p^T, one C (D + 1) block.
     prior (m0, P0): the full-data posterior, the same Laplace step over every training sample
       of the previous epoch (their features as computed then, kept during that epoch) around the
       current theta_k, with prior N(0, gamma I); recomputed at each epoch's first step.
@@ -56,7 +57,7 @@ union's, so the update equals one process's on the union batch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,35 +134,40 @@ def layer_blocks(kind: str, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
     return stacked[None].flatten(1) if kind == "multiclass" else stacked
 
 
-def curvature(kind: str, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def curvature(
+    kind: str, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, labelled: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum_i J_i^T H_i J_i, sum_i dl_i/dtheta) over the rows of x (N, D + 1), at theta (blocks
     of :func:`layer_blocks`); y: (N, O) in {0, 1} for binary outputs, (N,) class indices.
     Regression (x = h, (N, D); y (N, O)): the Gaussian likelihood of unit noise, l = (w h - y)^2 / 2,
-    whose Newton step from any theta is the exact Bayesian linear regression posterior."""
+    whose Newton step from any theta is the exact Bayesian linear regression posterior.
+    ``labelled`` (N, O) (multiclass: (N, 1)): which samples count for which output (all by default)."""
     blocks, size = theta.shape
     width = x.shape[1]
+    rows = 1 if kind == "multiclass" else blocks
+    weight = x.new_ones(x.shape[0], rows) if labelled is None else labelled.to(x.dtype)
     if kind == "regression":
-        gram = x.T @ x
-        return gram.expand(blocks, -1, -1).clone(), theta @ gram - y.to(x.dtype).T @ x
+        gram = torch.einsum("no,nd,ne->ode", weight, x, x)
+        return gram, torch.einsum("od,ode->oe", theta, gram) - (weight * y.to(x.dtype)).T @ x
     if kind == "multiclass":
         classes = size // width
         w = theta.view(classes, width)
         ggn = x.new_zeros(classes, classes, width, width)
         grad = x.new_zeros(classes, width)
-        for part, target in zip(x.split(CHUNK), y.split(CHUNK)):
+        for part, target, counted in zip(x.split(CHUNK), y.split(CHUNK), weight.split(CHUNK)):
             p = torch.softmax(part @ w.T, dim=1)
-            h_out = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+            h_out = (torch.diag_embed(p) - p[:, :, None] * p[:, None, :]) * counted[:, :, None]
             weighted = (h_out[:, :, :, None] * part[:, None, None, :]).flatten(1)
             ggn += (weighted.T @ part).view(classes, classes, width, width)
-            grad += (p - F.one_hot(target.long(), classes).to(p.dtype)).T @ part
+            grad += ((p - F.one_hot(target.long(), classes).to(p.dtype)) * counted).T @ part
         return ggn.permute(0, 2, 1, 3).reshape(1, size, size), grad.reshape(1, size)
     ggn = x.new_zeros(blocks, width, width)
     grad = x.new_zeros(blocks, width)
-    for part, target in zip(x.split(CHUNK), y.split(CHUNK)):
+    for part, target, counted in zip(x.split(CHUNK), y.split(CHUNK), weight.split(CHUNK)):
         p = torch.sigmoid(part @ theta.T)
-        weighted = ((p * (1 - p))[:, :, None] * part[:, None, :]).flatten(1)
+        weighted = ((p * (1 - p) * counted)[:, :, None] * part[:, None, :]).flatten(1)
         ggn += (weighted.T @ part).view(blocks, width, width)
-        grad += (p - target.to(p.dtype)).T @ part
+        grad += ((p - target.to(p.dtype)) * counted).T @ part
     return ggn, grad
 
 
@@ -223,13 +229,15 @@ def regression_moments(posterior: Posterior, h: torch.Tensor, y: torch.Tensor, p
     return mean, (second - mean**2).clamp_min(1e-8) ** power
 
 
-def precision_shares(variance: torch.Tensor, labelled: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def precision_shares(
+    variance: torch.Tensor, labelled: torch.Tensor, row_task: torch.Tensor, tasks: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each task's share of the aggregation, what it weighs in dL/dh: per sample the mean over D
-    of (1 / v_r) / sum_r' (1 / v_r') summed over the task's rows (``rows``: rows per task, in
-    order); (the sum over the samples labelled for some task (T,), their count)."""
+    of (1 / v_r) / sum_r' (1 / v_r') summed over the task's rows (``row_task``: each row's task
+    index); (the sum over the samples labelled for some task (T,), their count)."""
     precision = labelled[:, :, None].to(variance.dtype) / variance
     share = (precision / precision.sum(1, keepdim=True).clamp_min(torch.finfo(variance.dtype).tiny)).mean(2)
-    per_task = torch.stack([part.sum(1) for part in share.split(rows, dim=1)], 1)
+    per_task = share.new_zeros(share.shape[0], tasks).index_add_(1, row_task.to(share.device), share)
     some = labelled.any(1)
     return per_task[some].sum(0), some.sum()
 
@@ -242,6 +250,32 @@ def precision_weighted(
     precision = labelled[:, :, None].to(mean.dtype) / variance
     total = precision.sum(1)
     return torch.where(total > 0, (precision * mean).sum(1) / total.clamp_min(torch.finfo(total.dtype).tiny), 0.0) / batch_size
+
+
+@dataclass(frozen=True)
+class Group:
+    """Tasks whose last layers share one posterior computation: every binary output of every
+    ``binary`` and ``multilabel`` task together (their code's group of binary tasks: independent
+    blocks, one batched factorisation and one draw), each ``multiclass`` and each ``regression``
+    task alone."""
+
+    name: str
+    kind: str
+    tasks: tuple[Task, ...]
+
+
+def task_groups(tasks: Sequence[Task]) -> list[Group]:
+    """The groups, in the order of their first task; the binary group is named ``:binary`` (task
+    names have no colon)."""
+    binary = tuple(t for t in tasks if t.kind in ("binary", "multilabel"))
+    groups: list[Group] = []
+    for task in tasks:
+        if task.kind in ("binary", "multilabel"):
+            if task is binary[0]:
+                groups.append(Group(":binary", "binary", binary))
+        else:
+            groups.append(Group(task.name, task.kind, (task,)))
+    return groups
 
 
 class BayesAggMTL(Strategy):
@@ -325,10 +359,6 @@ class BayesAggMTL(Strategy):
         return next(iter(shared.items()))
 
     @staticmethod
-    def _kind(task: Task) -> str:
-        return task.kind if task.kind in ("multiclass", "regression") else "binary"
-
-    @staticmethod
     def _labels(task: Task, batch: Batch, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(targets, labelled mask (N,)): targets (N, O) floats for binary outputs, (N,) class
         indices; unlabelled samples' targets set to 0."""
@@ -349,20 +379,34 @@ class BayesAggMTL(Strategy):
         return torch.where(mask.view(-1, *[1] * (target.dim() - 1)), target, torch.zeros_like(target)), mask
 
     # ----- posteriors --------------------------------------------------------------------------
+    @staticmethod
+    def _group_labels(
+        group: Group, labels: Callable[[Task], tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(targets, labelled (N, rows)) of a group from each task's (targets, mask (N,)): binary
+        outputs side by side, a multiclass task's class indices with one row, a regression
+        task's outputs."""
+        parts = [labels(t) for t in group.tasks]
+        if group.kind == "multiclass":
+            y, mask = parts[0]
+            return y, mask[:, None]
+        return torch.cat([y for y, _ in parts], 1), torch.cat([m[:, None].expand(-1, y.shape[1]) for y, m in parts], 1)
+
     def _posterior(
         self,
         ctx: StepContext,
-        task: Task,
-        layer: nn.Linear,
+        group: Group,
+        layers: Mapping[str, nn.Linear],
         h: torch.Tensor,
         y: torch.Tensor,
-        mask: torch.Tensor,
+        labelled: torch.Tensor,
         prior: Posterior | None,
     ) -> Posterior:
-        kind = self._kind(task)
-        theta = layer_blocks(kind, layer.weight.detach(), layer.bias.detach()).to(h.dtype)
-        x = h[mask] if kind == "regression" else with_bias_input(h[mask])
-        ggn, grad = curvature(kind, theta, x, y[mask])
+        theta = torch.cat(
+            [layer_blocks(group.kind, layers[t.name].weight.detach(), layers[t.name].bias.detach()) for t in group.tasks]
+        ).to(h.dtype)
+        x = h if group.kind == "regression" else with_bias_input(h)
+        ggn, grad = curvature(group.kind, theta, x, y, labelled)
         ggn, grad = ctx.global_sum(ggn), ctx.global_sum(grad)
         if prior is None:
             eye = torch.eye(theta.shape[1], dtype=h.dtype, device=h.device).expand(theta.shape[0], -1, -1)
@@ -370,35 +414,39 @@ class BayesAggMTL(Strategy):
         return laplace(theta, ggn, grad, prior.mean, prior.precision)
 
     def _refresh_full_data_posteriors(self, ctx: StepContext, layers: Mapping[str, nn.Linear]) -> None:
-        """At an epoch's first step: every task's posterior over the previous epoch's samples."""
+        """At an epoch's first step: every group's posterior over the previous epoch's samples."""
         if self._previous is None:
             if not self._full:
                 raise RuntimeError("bayesagg_mtl has no full-data posterior: no epoch's features were kept before this step.")
             return
         stored = self._previous
+        kept = lambda t: (stored[f"y/{t.name}"], stored[f"m/{t.name}"])
         self._full = {
-            t.name: self._posterior(ctx, t, layers[t.name], stored["h"], stored[f"y/{t.name}"], stored[f"m/{t.name}"], None)
-            for t in ctx.tasks
+            g.name: self._posterior(ctx, g, layers, stored["h"], *self._group_labels(g, kept), None)
+            for g in task_groups(ctx.tasks)
         }
         self._previous = None
 
     def shared_gradient(self, ctx: StepContext, h: torch.Tensor, batch: Batch, layers: Mapping[str, nn.Linear]) -> torch.Tensor:
         """dL/dh (N, D) of this rank's samples (module docstring), times the number of ranks so
         that the ranks' average is the union's."""
-        means, variances, labelled = [], [], []
-        for task in ctx.tasks:
-            y, mask = self._labels(task, batch, h.shape[0], h.device)
-            posterior = self._posterior(ctx, task, layers[task.name], h, y, mask, self._full[task.name])
-            if task.kind == "regression":
+        means, variances, labelled, row_task = [], [], [], []
+        index = {t.name: i for i, t in enumerate(ctx.tasks)}
+        for group in task_groups(ctx.tasks):
+            y, present = self._group_labels(group, lambda t: self._labels(t, batch, h.shape[0], h.device))
+            posterior = self._posterior(ctx, group, layers, h, y, present, self._full[group.name])
+            if group.kind == "regression":
                 mean, variance = regression_moments(posterior, h, y, self.regression_variance_power)
             else:
                 draws = ctx.agree(posterior.sample(self.mc_samples))
-                mean, variance = gradient_moments(self._kind(task), draws, h, y, self.variance_power)
+                mean, variance = gradient_moments(group.kind, draws, h, y, self.variance_power)
             means.append(mean)
             variances.append(variance)
-            labelled.append(mask[:, None].expand(-1, mean.shape[1]))
+            labelled.append(present)
+            row_task += [index[t.name] for t in group.tasks for _ in range(1 if group.kind == "multiclass" else t.channels)]
         variance, present = torch.cat(variances, 1), torch.cat(labelled, 1)
-        sums, count = precision_shares(variance, present, [m.shape[1] for m in means])
+        rows = torch.tensor(row_task, device=h.device)
+        sums, count = precision_shares(variance, present, rows, len(ctx.tasks))
         totals = ctx.global_sum(torch.cat([h.new_tensor([h.shape[0]]), count.to(h.dtype)[None], sums.to(h.dtype)]))
         self.shares = totals[2:] / totals[1].clamp_min(1)
         return ctx.world_size * precision_weighted(torch.cat(means, 1), variance, present, totals[0])
