@@ -184,6 +184,18 @@ def test_regression_moments_equal_a_monte_carlo_estimate():
     torch.testing.assert_close(variance, g.var(0), atol=0.05, rtol=0.02)
 
 
+def test_draws_are_torchs_multivariate_normal_draws_for_the_same_generator_state():
+    torch.manual_seed(6)
+    a = torch.randn(3, 4, 4)
+    covariance = a @ a.transpose(1, 2) + torch.eye(4)
+    posterior = Posterior(torch.randn(3, 4), torch.linalg.inv(covariance), torch.linalg.cholesky(covariance))
+    torch.manual_seed(7)
+    ours = posterior.sample(50)
+    torch.manual_seed(7)
+    torchs = torch.distributions.MultivariateNormal(posterior.mean, scale_tril=posterior.scale_tril).rsample((50,))
+    torch.testing.assert_close(ours, torchs)
+
+
 # ----- the moments and the aggregation ---------------------------------------------------------
 @pytest.mark.parametrize("kind", ["multiclass", "binary"])
 def test_gradient_moments_equal_per_draw_autograd_gradients(kind):

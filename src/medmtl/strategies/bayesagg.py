@@ -112,8 +112,11 @@ class Posterior:
     scale_tril: torch.Tensor
 
     def sample(self, count: int) -> torch.Tensor:
-        """(count, G, M) draws."""
-        return torch.distributions.MultivariateNormal(self.mean, scale_tril=self.scale_tril).rsample((count,))
+        """(count, G, M) draws mean + L eps, eps standard normal drawn as ``MultivariateNormal``
+        draws it (the same numbers for the same generator state), without its batched product,
+        which copies L once per draw (G x M x M x count numbers)."""
+        eps = torch.empty((count, *self.mean.shape), dtype=self.mean.dtype, device=self.mean.device).normal_()
+        return self.mean + torch.einsum("gij,sgj->sgi", self.scale_tril, eps)
 
     def state(self) -> dict[str, torch.Tensor]:
         return {"mean": self.mean, "precision": self.precision, "scale_tril": self.scale_tril}
