@@ -44,9 +44,9 @@ noise and no bias (Lambda = P0 + sum_i h_i h_i^T, mean = Lambda^{-1} (P0 m0 + su
 same full-data prior), and the moments of g = 2 (w.h - y) w are exact (:func:`regression_moments`),
 their variance raised to ``regression_variance_power`` (their ``sqrt_power``: UTKFace 0.3).
 Not built: their UTKFace evaluation's replacement of the regression head by the full-data
-posterior mean. A ``multilabel`` task's
-outputs are aggregated as separate binary tasks (their binary-task group) while its own head
-follows our mean over the labels.
+posterior mean. A ``multilabel`` task's outputs are aggregated as separate binary tasks (their
+binary-task group) while its own head follows our mean over the labels. Each task's share of the
+aggregation (:func:`precision_shares`) is logged as ``weight/<task>``.
 
 Partial labels: a task's posterior sums run over the samples labelled for it, a sample's
 aggregation over the tasks it is labelled for (a sample labelled for none gets no shared
