@@ -94,8 +94,8 @@ results: install ## rerun the recorded reproductions into results/ (hours on a C
 		trainer.max_epochs=15 speed.channels_last=true model.head=linear optim=bayesagg_mtl \
 		optim.strategy.variance_power=0.1 optim.strategy.head_clip=10 optim.strategy.shared_clip=5 \
 		hydra.sweep.dir=results/multimnist_bayesagg_utkface_settings
-	$(PYTHON) src/report.py results/multimnist_sener2018_linear_heads results/multimnist_bayesagg_utkface_settings \
-		--metrics left_acc right_acc --baseline vanilla --output results/multimnist_sener2018_linear_heads/report
+	$(PYTHON) src/report.py results/multimnist_sener2018_linear_heads --metrics left_acc right_acc --baseline vanilla
+	$(PYTHON) src/report.py results/multimnist_bayesagg_utkface_settings --metrics left_acc right_acc
 	$(PYTHON) src/train.py -m experiment=medmnist_yang2023 data=medmnist data.root=$(SHARED_DATA)/medmnist \
 		yang2023_dataset=adrenalmnist3d seed=0,1,2 model.conv_3d=2.5d trainer.max_epochs=10 \
 		hydra.sweep.dir=results/medmnist_yang2023_adrenal3d_2.5d

@@ -311,27 +311,3 @@ def test_runs_of_different_datasets_are_refused_in_one_sentence(sweep):
     result = subprocess.run([sys.executable, str(PROJECT_ROOT / "src" / "report.py"), str(sweep)], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "The runs come from different datasets (RefugeDataModule (1 runs), IdridDataModule (1 runs))" in result.stderr
-
-
-def test_runs_of_one_strategy_at_different_settings_are_told_apart_by_the_option(tmp_path):
-    """Two sweeps of one strategy with another option value (or one sweep over the option): each
-    setting its own row, labelled by the option that differs; options every run shares stay out."""
-    jobs = [
-        ("vanilla", ["seed=0", "optim=vanilla", "model.head=linear"]),
-        ("bayesagg_mtl", ["seed=0", "optim=bayesagg_mtl", "model.head=linear"]),
-        ("bayesagg_mtl", ["seed=0", "optim=bayesagg_mtl", "model.head=linear", "optim.strategy.variance_power=0.1"]),
-    ]
-    for job, (strategy, overrides) in enumerate(jobs):
-        folder = tmp_path / str(job)
-        (folder / ".hydra").mkdir(parents=True)
-        (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-        record = {
-            "test": {"left_acc": 0.5 + 0.1 * job},
-            "strategy": strategy,
-            "model": "MultiLeNet",
-            "seed": 0,
-            "overrides": overrides,
-        }
-        (folder / "metrics.json").write_text(json.dumps(record))
-    methods = sorted(run.method for run in collect(tmp_path).runs)
-    assert methods == ["bayesagg_mtl (variance_power=0.1)", "bayesagg_mtl (variance_power=default)", "vanilla"]

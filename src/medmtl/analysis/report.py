@@ -97,7 +97,6 @@ def load_run(folder: Path) -> Run | None:
         "task_metrics": record.get("task_metrics"),
         "lower_is_better": record.get("lower_is_better"),
         "arms": record.get("arms") or {},
-        "options": _options(record.get("overrides") or []),
     }
     return Run(folder, str(record.get("strategy")), pair_key, metrics, attributes)
 
@@ -126,43 +125,12 @@ def collect(sweeps: str | Path | Sequence[str | Path]) -> Collection:
         )
     varying = [name for name in ("model", "tasks", "lr") if len({r.attributes.get(name) for r in runs}) > 1]
     arms = _arms_that_separate(runs, ("model", "tasks", "lr"))
-    options = _options_that_separate(runs)
     for run in runs:
         labels = [_attribute_label(n, run.attributes.get(n)) for n in varying]
         labels += [f"{group}={run.attributes['arms'].get(group)}" for group in arms]
-        labels += [
-            f"{key.removeprefix('optim.strategy.')}={run.attributes['options'].get(key, 'default')}"
-            for key in options[run.method]
-        ]
         if labels:
             run.method = f"{run.method} ({', '.join(labels)})"
     return Collection(runs, failed)
-
-
-#: overrides that tell the repetitions of one method apart (or are labelled otherwise: the learning rate)
-_NOT_OPTIONS = ("data.fold", "optim.optimizer.lr")
-
-
-def _options(overrides: Sequence[str]) -> dict[str, str]:
-    """The run's command-line overrides that set an option (``key.path=value``), less seed, fold and
-    the learning rate; a config group's choice (``model=``, an experiment's arm) is labelled by the
-    model or the arm instead."""
-    pairs = (o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
-    return {k: v for k, v in pairs if "." in k and k not in _NOT_OPTIONS and not k.startswith("hydra.")}
-
-
-def _options_that_separate(runs: Sequence[Run]) -> dict[str, list[str]]:
-    """Per method, the override keys whose value differs between its runs (two sweeps of one
-    strategy at different settings, or one sweep over a strategy's option): each becomes part of
-    that method's labels (``default`` where a run did not set it); a method whose runs agree keeps
-    its name."""
-    by_method: dict[str, list[dict[str, str]]] = {}
-    for run in runs:
-        by_method.setdefault(run.method, []).append(run.attributes.get("options", {}))
-    return {
-        method: sorted(k for k in {k for options in found for k in options} if len({o.get(k) for o in found}) > 1)
-        for method, found in by_method.items()
-    }
 
 
 def _arms_that_separate(runs: Sequence[Run], attributes: Sequence[str]) -> list[str]:
