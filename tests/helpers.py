@@ -36,6 +36,16 @@ def random_batch(seed: int = 0, size: int = 32, n: int = 2, dtype=torch.float64)
     }
 
 
+def random_digits_batch(seed: int = 0, n: int = 4, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """A MultiMNIST-shaped batch (1 x 28 x 28 images, the left and right digits' classes)."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "image": torch.rand(n, 1, 28, 28, generator=g, dtype=dtype),
+        "left": torch.randint(0, 10, (n,), generator=g),
+        "right": torch.randint(0, 10, (n,), generator=g),
+    }
+
+
 def per_task_gradients(model, batch, tasks, params):
     """Reference: one full backward per task (what the strategy must NOT do, but must equal)."""
     rows = []

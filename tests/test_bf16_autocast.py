@@ -10,7 +10,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from helpers import random_batch
+from helpers import random_batch, random_digits_batch
 from medmtl.catalogue import compose_train, needs_linear_readout, strategy_names
 from medmtl.data.multimnist import multimnist_tasks
 from medmtl.models import build_model
@@ -31,7 +31,7 @@ def test_two_bf16_autocast_steps_stay_finite_and_move_the_weights(name):
     network = partial(MultiLeNet, dropout="none", head="linear") if readout else partial(UNetVGG16, width=1 / 16, dropout=0.0)
     model = build_model(network, tasks, strategy.separate_networks)
     optimizers = strategy.configure_optimizers(model, instantiate(cfg.optim.optimizer))
-    batch = digits_batch() if readout else random_batch(0, dtype=torch.float32)
+    batch = random_digits_batch() if readout else random_batch(0, dtype=torch.float32)
     streams = {t.name: itertools.repeat(batch) for t in tasks} | {VALIDATION: itertools.repeat(batch)}
     ctx = PlainContext(model, tasks, optimizers, task_batches=streams)
     before = [p.detach().clone() for p in model.parameters()]
@@ -42,12 +42,3 @@ def test_two_bf16_autocast_steps_stay_finite_and_move_the_weights(name):
             strategy.on_train_epoch_end(0)
     assert all(torch.isfinite(p).all() for p in model.parameters()), "a non-finite value reached the weights"
     assert max((p.detach() - q).abs().max().item() for p, q in zip(model.parameters(), before)) > 0
-
-
-def digits_batch() -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return {
-        "image": torch.rand(4, 1, 28, 28, generator=g),
-        "left": torch.randint(0, 10, (4,), generator=g),
-        "right": torch.randint(0, 10, (4,), generator=g),
-    }

@@ -34,18 +34,21 @@ def emotic_data(root, setting: str, tmp_path, **options) -> SyntheticEmoticDataM
     )
 
 
-def fit(root, setting: str, optim_name: str, tmp_path, test: bool = False):
-    cfg = compose_train(["experiment=emotic_table2", "preset=tiny", f"optim={optim_name}"])
-    dm = emotic_data(root, setting, tmp_path)
-    torch.manual_seed(0)
-    module = MultiTaskModule(
+def emotic_module(cfg, dm) -> MultiTaskModule:
+    return MultiTaskModule(
         model=instantiate(cfg.model),
         strategy=instantiate(cfg.optim.strategy),
         tasks=dm.tasks,
         optimizer=instantiate(cfg.optim.optimizer),
         input_keys=dm.input_keys,
     )
-    return fit_briefly(module, dm, tmp_path, test, limit_val_batches=1)
+
+
+def fit(root, setting: str, optim_name: str, tmp_path, test: bool = False):
+    cfg = compose_train(["experiment=emotic_table2", "preset=tiny", f"optim={optim_name}"])
+    dm = emotic_data(root, setting, tmp_path)
+    torch.manual_seed(0)
+    return fit_briefly(emotic_module(cfg, dm), dm, tmp_path, test, limit_val_batches=1)
 
 
 @pytest.mark.slow
@@ -63,13 +66,7 @@ def test_bayesagg_trains_past_its_warm_up_through_lightning(setting, emotic_root
     tasks; the categories with the dimensions regressed under squared error (its exact moments)."""
     cfg = compose_train(["experiment=emotic_table2", "preset=tiny", "optim=bayesagg_mtl", "optim.strategy.mc_samples=64"])
     dm = emotic_data(emotic_root, setting, tmp_path, dimensions_loss="squared_error")
-    module = MultiTaskModule(
-        model=instantiate(cfg.model),
-        strategy=instantiate(cfg.optim.strategy),
-        tasks=dm.tasks,
-        optimizer=instantiate(cfg.optim.optimizer),
-        input_keys=dm.input_keys,
-    )
+    module = emotic_module(cfg, dm)
     trainer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(module, datamodule=dm)
     groups = {":binary"} | ({"dimensions"} if setting == "2task" else set())  # the categories' binary outputs together

@@ -76,7 +76,7 @@ def test_strategy_trains_and_resumes_its_state(optim_name, refuge_root, tmp_path
 def test_absent_tasks_contribute_nothing_and_break_nothing(optim_name):
     import itertools
 
-    from helpers import PlainContext, random_batch
+    from helpers import PlainContext, random_batch, random_digits_batch
     from medmtl.data.multimnist import multimnist_tasks
     from medmtl.models import build_model
     from medmtl.tasks import VALIDATION, refuge_tasks
@@ -95,12 +95,7 @@ def test_absent_tasks_contribute_nothing_and_break_nothing(optim_name):
     strategy.double()
     optimizers = strategy.configure_optimizers(model, instantiate(cfg.optim.optimizer))
     if readout:
-        g = torch.Generator().manual_seed(3)
-        digits = {
-            "image": torch.rand(2, 1, 28, 28, generator=g, dtype=torch.float64),
-            "left": torch.tensor([3, 7]),
-            "right": torch.tensor([1, 2]),
-        }
+        digits = random_digits_batch(3, n=2, dtype=torch.float64)
         batch, missing, gone = digits | {"present/right": torch.tensor([False, False])}, "right", ["loss/right"]
     else:
         absent = {"present/oc": torch.tensor([False, False]), "present/glaucoma": torch.tensor([False, False])}

@@ -333,11 +333,15 @@ class BayesAggMTL(Strategy):
         self._current: list[dict[str, torch.Tensor]] = []  # this epoch's features and labels, per step
         self._previous: dict[str, torch.Tensor] | None = None  # the last epoch's, until its posterior is made
         self._full: dict[str, Posterior] = {}  # the full-data posteriors (each step's prior)
+        self._layers: tuple[nn.Module, dict[str, nn.Linear]] | None = None  # the checked readout of the last network
         self.shares: torch.Tensor | None = None  # the last step's tasks' shares of the aggregation (logged)
 
     # ----- the network's shape -----------------------------------------------------------------
     def _readout(self, ctx: StepContext) -> dict[str, nn.Linear]:
-        """Each task's one linear layer, checked against the head's parameters and its loss."""
+        """Each task's one linear layer, checked against the head's parameters and its loss once
+        per network (not at every step)."""
+        if self._layers is not None and self._layers[0] is ctx.model:
+            return self._layers[1]
         layers = {}
         for task in ctx.tasks:
             expected = SUPPORTED_LOSSES.get(task.kind)
@@ -353,6 +357,7 @@ class BayesAggMTL(Strategy):
                     f"optim=bayesagg_mtl needs task {task.name!r}'s head to be its one linear layer on the shared vector."
                 )
             layers[task.name] = layer
+        self._layers = (ctx.model, layers)
         return layers
 
     @staticmethod
